@@ -1,0 +1,48 @@
+# Every target installs what it needs into .venv by itself.
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed-stamp
+
+# All tool state stays inside the repo; all telemetry is off.
+export CAMEO_DATA            ?= $(CURDIR)/data
+export DAGSTER_HOME          := $(CURDIR)/.dagster
+export DVC_SITE_CACHE_DIR    := $(CURDIR)/.dvc/site-cache
+export MPLCONFIGDIR          := $(CURDIR)/.cache/matplotlib
+export DAGSTER_DISABLE_TELEMETRY := 1
+export MLFLOW_DISABLE_TELEMETRY  := true
+export DVC_NO_ANALYTICS      := 1
+export GX_ANALYTICS_ENABLED  := false
+export DO_NOT_TRACK          := 1
+export PATH                  := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: venv demo test lint ui bench clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --no-deps -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	cameo sample-movie
+	dvc repro
+	cameo dataset summary
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+ui: $(STAMP)
+	dagster dev -m orchestration.definitions --host 127.0.0.1 --port 3000
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .dagster/storage .dagster/history .dagster/schedules .dagster/logs

@@ -1,0 +1,177 @@
+"""Stage 3, grouping distinct characters (article 2.1.3).
+
+Frames are taken in order; the first frame not yet in a group seeds a new group, and every
+ungrouped frame whose cosine similarity to the seed reaches the threshold joins it. A group's
+frames are ordered by descending similarity to its seed. Groups smaller than the minimum are
+dropped; groups larger than the maximum keep their most similar frames.
+"""
+
+from dataclasses import dataclass
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from assets.layout import read_table, write_table
+from assets.partitions import movie_partitions
+from assets.quality import blocking_spec, check_result
+
+
+@dataclass(frozen=True)
+class CharactersParams:
+    similarity_threshold: float = 0.5
+    min_frames: int = 5
+    max_frames: int = 200
+
+
+@dataclass(frozen=True)
+class CharacterGroup:
+    """Row positions of one character's frames, most similar to the seed first."""
+
+    members: np.ndarray
+    similarity: np.ndarray
+
+
+def group_characters(
+    embeddings: np.ndarray,
+    threshold: float,
+    min_frames: int,
+    max_frames: int,
+    block: int = 256,
+) -> list[CharacterGroup]:
+    """Greedy threshold grouping of unit embeddings, as the article describes.
+
+    Vectorised: similarities of a block of candidate seeds to every still-ungrouped frame
+    come from one matrix product; the seeds of a block are then resolved in order with
+    boolean masks. Ties in similarity keep frame order.
+    """
+    if min_frames < 1 or max_frames < min_frames:
+        raise ValueError(f"need 1 <= min_frames <= max_frames, got {min_frames}, {max_frames}")
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    n = len(embeddings)
+    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    remaining = np.arange(n)  # ungrouped frames, in frame order
+    groups: list[CharacterGroup] = []
+    while len(remaining):
+        seeds = remaining[:block]
+        similarity = unit[seeds] @ unit[remaining].T  # (seeds, remaining)
+        free = np.ones(len(remaining), dtype=bool)
+        for seed in range(len(seeds)):  # a seed's row and its position in `remaining` agree
+            if not free[seed]:
+                continue
+            joined = free & (similarity[seed] >= threshold)
+            joined[seed] = True  # a seed always belongs to its own group
+            positions = np.flatnonzero(joined)
+            positions = positions[np.argsort(-similarity[seed, positions], kind="stable")]
+            groups.append(
+                CharacterGroup(
+                    members=remaining[positions],
+                    similarity=similarity[seed, positions].astype(np.float32),
+                )
+            )
+            free &= ~joined
+        remaining = remaining[free]
+    return [
+        CharacterGroup(g.members[:max_frames], g.similarity[:max_frames])
+        for g in groups
+        if len(g.members) >= min_frames
+    ]
+
+
+def build_characters(faces: pd.DataFrame, params: CharactersParams) -> pd.DataFrame:
+    """The characters table: one row per (character, frame), rank 0 = the group's seed."""
+    columns = [
+        "movie",
+        "character_id",
+        "frame_idx",
+        "similarity",
+        "rank",
+        "path",
+        "width",
+        "height",
+        "bbox",
+        "kps",
+        "embedding",
+    ]
+    if faces.empty:
+        return pd.DataFrame(columns=columns)
+    faces = faces.sort_values("frame_idx", kind="stable").reset_index(drop=True)
+    groups = group_characters(
+        np.array(faces["embedding"].tolist(), dtype=np.float32),
+        params.similarity_threshold,
+        params.min_frames,
+        params.max_frames,
+    )
+    parts = [
+        faces.iloc[g.members].assign(
+            character_id=cid, similarity=g.similarity, rank=np.arange(len(g.members))
+        )
+        for cid, g in enumerate(groups)
+    ]
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(parts, ignore_index=True)[columns]
+
+
+def characters_expectations(params: CharactersParams) -> list:
+    import great_expectations as gx
+
+    e = gx.expectations
+    return [
+        e.ExpectColumnValuesToBeUnique(column="frame_idx"),
+        e.ExpectColumnValuesToBeBetween(
+            column="group_size", min_value=params.min_frames, max_value=params.max_frames
+        ),
+        e.ExpectColumnValuesToBeBetween(
+            column="similarity", min_value=params.similarity_threshold - 1e-4, max_value=1.0001
+        ),
+        e.ExpectColumnValuesToBeInSet(column="seed_first", value_set=[True]),
+    ]
+
+
+def check_characters(df: pd.DataFrame, params: CharactersParams) -> dg.AssetCheckResult:
+    sizes = df.groupby("character_id")["frame_idx"].transform("size")
+    first_rank = df.groupby("character_id")["rank"].transform("min")
+    view = df[["character_id", "frame_idx", "similarity", "rank"]].assign(
+        group_size=sizes, seed_first=(first_rank == 0)
+    )
+    return check_result(
+        "characters_expectations", view, characters_expectations(params), "characters"
+    )
+
+
+@dg.asset(
+    partitions_def=movie_partitions,
+    deps=["faces"],
+    required_resource_keys={"data", "params"},
+    check_specs=[
+        blocking_spec(
+            "characters",
+            "characters_expectations",
+            "group sizes within [min, max], no frame in two groups, similarities above threshold",
+        )
+    ],
+    group_name="identity_mining",
+    kinds={"numpy"},
+)
+def characters(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """Frames grouped into distinct characters, in characters/<movie>.parquet."""
+    layout = context.resources.data.layout
+    params = CharactersParams(**context.resources.params.section("characters"))
+    movie = context.partition_key
+    faces_df = read_table(layout.table("faces", movie))
+    df = build_characters(faces_df, params)
+    table = layout.table("characters", movie)
+    write_table(df, table)
+    sizes = df.groupby("character_id").size()
+    context.log.info(f"{movie}: {len(sizes)} characters from {len(faces_df)} face frames")
+    return dg.MaterializeResult(
+        metadata={
+            "characters": len(sizes),
+            "frames_grouped": len(df),
+            "frames_in": len(faces_df),
+            "group_sizes": dg.MetadataValue.json({str(k): int(v) for k, v in sizes.items()}),
+            "table": dg.MetadataValue.path(str(table)),
+        },
+        check_results=[check_characters(df, params)],
+    )

@@ -1,0 +1,161 @@
+"""Stage 2, face detection (article 2.1.2): one representative face per frame.
+
+Frames without faces are dropped. Where a frame has several faces, the one whose summed
+cosine similarity to the other faces of the frame is lowest (the most distinctive) is kept.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from assets.layout import read_table, write_table
+from assets.partitions import movie_partitions
+from assets.quality import blocking_spec, check_result
+from perception.faces import EMBEDDING_DIM, DetectedFace, FaceAnalyzer
+
+
+@dataclass(frozen=True)
+class FacesParams:
+    model: str = "antelopev2"
+    det_size: int = 640
+    det_thresh: float = 0.5
+    min_face_px: int = 24
+
+
+def select_distinctive_face(embeddings: np.ndarray, areas: np.ndarray | None = None) -> int:
+    """Index of the face with the lowest summed cosine similarity to the other faces.
+
+    Ties (always the case with exactly two faces) go to the larger face, then to the
+    earlier one.
+    """
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    if len(embeddings) == 0:
+        raise ValueError("no faces to choose from")
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    similarity = unit @ unit.T
+    summed = similarity.sum(axis=1) - np.diag(similarity)
+    tied = np.flatnonzero(np.isclose(summed, summed.min(), rtol=0.0, atol=1e-6))
+    if areas is None or len(tied) == 1:
+        return int(tied[0])
+    areas = np.asarray(areas, dtype=np.float64)
+    # argmax returns the first maximum: the earlier face among equal areas.
+    return int(tied[np.argmax(areas[tied])])
+
+
+def _face_record(face: DetectedFace, n_faces: int) -> dict:
+    return {
+        "bbox": face.bbox.astype(np.float32).tolist(),
+        "kps": face.kps.astype(np.float32).reshape(-1).tolist(),
+        "det_score": float(face.det_score),
+        "n_faces": n_faces,
+        "embedding": face.embedding.astype(np.float32).tolist(),
+    }
+
+
+def detect_faces(
+    frames: pd.DataFrame,
+    root: Path,
+    analyzer: FaceAnalyzer,
+    min_face_px: int = 24,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """One row per frame that has a face: the frame's columns plus the chosen face.
+
+    Columns added: bbox (x1, y1, x2, y2), kps (5 points, flattened x, y), det_score,
+    n_faces (faces found in the frame), embedding (512 floats, unit norm).
+    """
+    rows = []
+    for frame in tqdm(frames.itertuples(index=False), total=len(frames), disable=not progress):
+        image = np.asarray(Image.open(root / frame.path).convert("RGB"))
+        faces = [
+            f
+            for f in analyzer.detect(image)
+            if min(f.bbox[2] - f.bbox[0], f.bbox[3] - f.bbox[1]) >= min_face_px
+        ]
+        if not faces:
+            continue
+        chosen = faces[
+            select_distinctive_face(
+                np.stack([f.embedding for f in faces]), np.array([f.area for f in faces])
+            )
+        ]
+        rows.append({**frame._asdict(), **_face_record(chosen, len(faces))})
+    columns = [*frames.columns, "bbox", "kps", "det_score", "n_faces", "embedding"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def faces_expectations() -> list:
+    import great_expectations as gx
+
+    e = gx.expectations
+    return [
+        e.ExpectTableRowCountToBeBetween(min_value=1),
+        e.ExpectColumnValuesToBeUnique(column="frame_idx"),
+        e.ExpectColumnValuesToBeInSet(column="embedding_dim", value_set=[EMBEDDING_DIM]),
+        e.ExpectColumnValuesToBeBetween(column="embedding_norm", min_value=0.999, max_value=1.001),
+        e.ExpectColumnValuesToBeBetween(column="x1", min_value=-0.5),
+        e.ExpectColumnValuesToBeBetween(column="y1", min_value=-0.5),
+        e.ExpectColumnValuesToBeInSet(column="x2_inside", value_set=[True]),
+        e.ExpectColumnValuesToBeInSet(column="y2_inside", value_set=[True]),
+        e.ExpectColumnPairValuesAToBeGreaterThanB(column_A="x2", column_B="x1"),
+        e.ExpectColumnPairValuesAToBeGreaterThanB(column_A="y2", column_B="y1"),
+        e.ExpectColumnValuesToBeBetween(column="det_score", min_value=0.0, max_value=1.0),
+        e.ExpectColumnValuesToBeBetween(column="n_faces", min_value=1),
+    ]
+
+
+def check_faces(df: pd.DataFrame) -> dg.AssetCheckResult:
+    boxes = np.array(df["bbox"].tolist(), dtype=np.float64).reshape(-1, 4)
+    embeddings = [np.asarray(e, dtype=np.float64) for e in df["embedding"]]
+    # Detectors may place a box up to half a pixel past the border.
+    view = df[["frame_idx", "det_score", "n_faces"]].assign(
+        embedding_dim=[len(e) for e in embeddings],
+        embedding_norm=[float(np.linalg.norm(e)) for e in embeddings],
+        x1=boxes[:, 0],
+        y1=boxes[:, 1],
+        x2=boxes[:, 2],
+        y2=boxes[:, 3],
+        x2_inside=boxes[:, 2] <= df["width"].to_numpy() + 0.5,
+        y2_inside=boxes[:, 3] <= df["height"].to_numpy() + 0.5,
+    )
+    return check_result("faces_expectations", view, faces_expectations(), "faces")
+
+
+@dg.asset(
+    partitions_def=movie_partitions,
+    deps=["frames"],
+    required_resource_keys={"data", "params", "face_model"},
+    check_specs=[
+        blocking_spec(
+            "faces", "faces_expectations", "embeddings 512-d unit-norm, boxes inside the frame"
+        )
+    ],
+    group_name="identity_mining",
+    kinds={"insightface"},
+)
+def faces(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """The most distinctive face of every frame that has one, in faces/<movie>.parquet."""
+    layout = context.resources.data.layout
+    params = FacesParams(**context.resources.params.section("faces"))
+    movie = context.partition_key
+    frames_df = read_table(layout.table("frames", movie))
+    df = detect_faces(
+        frames_df, layout.root, context.resources.face_model.analyzer(), params.min_face_px
+    )
+    table = layout.table("faces", movie)
+    write_table(df, table)
+    context.log.info(f"{movie}: faces in {len(df)} of {len(frames_df)} frames")
+    return dg.MaterializeResult(
+        metadata={
+            "frames_in": len(frames_df),
+            "frames_with_faces": len(df),
+            "multi_face_frames": int((df["n_faces"] > 1).sum()),
+            "table": dg.MetadataValue.path(str(table)),
+        },
+        check_results=[check_faces(df)],
+    )

@@ -1,0 +1,1 @@
+"""Dagster definitions, resources, sensors and the `cameo` command line."""

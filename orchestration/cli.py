@@ -1,0 +1,178 @@
+"""The `cameo` command line."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from orchestration.environment import configure_local_environment
+
+STAGE_CHOICES = ("frames", "faces", "characters")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """cameo: identity-consistent character inpainting, from movies to a served model."""
+    configure_local_environment()
+
+
+data_option = click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="CAMEO_DATA",
+    default="data",
+    show_default=True,
+    help="Data root (the data contract's layout); $CAMEO_DATA.",
+)
+
+
+@main.command("sample-movie")
+@data_option
+@click.option("--name", default="sample", show_default=True, help="File stem of the movie.")
+def sample_movie(data_dir: Path, name: str) -> None:
+    """Write a deterministic sample movie under DATA/movies/ and its ground truth."""
+    from assets.layout import DataLayout
+    from assets.sample_movie import write_sample_movie
+
+    layout = DataLayout.from_env(data_dir)
+    path = write_sample_movie(layout, name)
+    click.echo(f"wrote {path}")
+    click.echo(f"ground truth: {layout.ground_truth(name)}")
+
+
+@main.group()
+def dataset() -> None:
+    """Build and inspect the dataset (Dagster assets, one partition per movie)."""
+
+
+@dataclass
+class PartitionOutcome:
+    movie: str
+    success: bool
+    message: str
+
+
+def materialize_movie(movie: str, until: str, instance, resources: dict) -> PartitionOutcome:
+    """Materialise the stages up to `until` for one movie partition on `instance`."""
+    import dagster as dg
+
+    from orchestration.definitions import STAGES
+
+    selection = dg.AssetSelection.assets(until).upstream()
+    result = dg.materialize(
+        list(STAGES),
+        selection=selection,
+        partition_key=movie,
+        instance=instance,
+        resources=resources,
+        raise_on_error=False,
+        tags={"cameo/source": "cli"},
+    )
+    failed_checks = [
+        f"check {e.asset_key.to_user_string()}.{e.check_name} failed: {e.description}"
+        for e in result.get_asset_check_evaluations()
+        if not e.passed
+    ]
+    step_errors = [
+        e.step_failure_data.error.message.strip()
+        for e in result.all_events
+        if e.is_step_failure and e.step_failure_data.error is not None
+    ]
+    problems = step_errors + failed_checks
+    if result.success and not problems:
+        return PartitionOutcome(movie, True, f"run {result.run_id}")
+    return PartitionOutcome(movie, False, "; ".join(problems) or f"run {result.run_id} failed")
+
+
+@dataset.command("build")
+@data_option
+@click.option(
+    "--until",
+    type=click.Choice(STAGE_CHOICES),
+    default=STAGE_CHOICES[-1],
+    show_default=True,
+    help="Last stage to materialise (with everything upstream).",
+)
+@click.option("--movie", "movies", multiple=True, help="Only these partition keys (repeatable).")
+@click.option(
+    "--params",
+    "params_path",
+    type=click.Path(dir_okay=False),
+    envvar="CAMEO_PARAMS",
+    default="params.yaml",
+    show_default=True,
+    help="Parameters file; $CAMEO_PARAMS.",
+)
+@click.option(
+    "--profile",
+    type=click.Choice(["tiny", "full"]),
+    default=None,
+    help="Model profile; default: $CAMEO_PROFILE, else params.yaml.",
+)
+def build(
+    data_dir: Path, until: str, movies: tuple[str, ...], params_path: str, profile: str | None
+) -> None:
+    """Register every movie under DATA/movies as a partition and materialise it.
+
+    Runs go to the persistent Dagster instance in $DAGSTER_HOME, so they show in the UI
+    (`make ui`). A movie that fails (unreadable file, failed check) is reported and the
+    others go on; the exit status is 1 if any failed.
+    """
+    import dagster as dg
+    from tqdm import tqdm
+
+    from assets.layout import DataLayout
+    from assets.partitions import movie_partitions
+    from orchestration.definitions import build_resources
+
+    layout = DataLayout.from_env(data_dir)
+    found = layout.movies()
+    unknown = sorted(set(movies) - set(found))
+    if unknown:
+        raise click.UsageError(f"no movie file for {', '.join(unknown)} under {layout.movies_dir}")
+    keys = list(movies) or sorted(found)
+    if not keys:
+        raise click.UsageError(f"no movie files under {layout.movies_dir}")
+    instance = dg.DagsterInstance.get()
+    registered = set(instance.get_dynamic_partitions(movie_partitions.name))
+    instance.add_dynamic_partitions(movie_partitions.name, [k for k in keys if k not in registered])
+    resources = build_resources(str(layout.root), params_path, profile)
+    outcomes = []
+    with tqdm(keys, unit="movie", desc=f"until {until}") as bar:
+        for key in bar:
+            bar.set_postfix_str(key)
+            outcomes.append(materialize_movie(key, until, instance, resources))
+    for outcome in outcomes:
+        status = "ok    " if outcome.success else "FAILED"
+        click.echo(f"{status} {outcome.movie}: {outcome.message}")
+    if not all(o.success for o in outcomes):
+        sys.exit(1)
+
+
+@dataset.command("summary")
+@data_option
+def summary(data_dir: Path) -> None:
+    """Print what each stage produced per movie, and where."""
+    import pandas as pd
+
+    from assets.layout import DataLayout
+
+    layout = DataLayout.from_env(data_dir)
+    for movie in sorted(layout.movies()):
+        click.echo(f"movie {movie} ({layout.movie(movie)})")
+        for stage in STAGE_CHOICES:
+            table = layout.table(stage, movie)
+            if not table.is_file():
+                click.echo(f"  {stage:<11} not materialised")
+                continue
+            df = pd.read_parquet(table)
+            extra = ""
+            if stage == "characters" and not df.empty:
+                sizes = df.groupby("character_id").size()
+                extra = f", {len(sizes)} characters (frames each: {', '.join(map(str, sizes))})"
+            click.echo(f"  {stage:<11} {len(df):>5} rows{extra}  {table}")
+    click.echo("Dagster UI on the same instance: make ui  (then http://127.0.0.1:3000)")

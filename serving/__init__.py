@@ -1,0 +1,1 @@
+"""The inpainting pipeline as an MLflow pyfunc model behind `mlflow models serve`."""

@@ -1,0 +1,1 @@
+"""The identity-consistent inpainting model, its inference pipeline and its training loop."""
