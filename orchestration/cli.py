@@ -56,7 +56,9 @@ class PartitionOutcome:
     message: str
 
 
-def materialize_movie(movie: str, until: str, instance, resources: dict) -> PartitionOutcome:
+def materialize_movie(
+    movie: str, until: str, instance, resources: dict, log_level: str = "WARNING"
+) -> PartitionOutcome:
     """Materialise the stages up to `until` for one movie partition on `instance`."""
     import dagster as dg
 
@@ -71,6 +73,7 @@ def materialize_movie(movie: str, until: str, instance, resources: dict) -> Part
         resources=resources,
         raise_on_error=False,
         tags={"cameo/source": "cli"},
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
     )
     failed_checks = [
         f"check {e.asset_key.to_user_string()}.{e.check_name} failed: {e.description}"
@@ -113,8 +116,14 @@ def materialize_movie(movie: str, until: str, instance, resources: dict) -> Part
     default=None,
     help="Model profile; default: $CAMEO_PROFILE, else params.yaml.",
 )
+@click.option("-v", "--verbose", is_flag=True, help="Print Dagster's step logs.")
 def build(
-    data_dir: Path, until: str, movies: tuple[str, ...], params_path: str, profile: str | None
+    data_dir: Path,
+    until: str,
+    movies: tuple[str, ...],
+    params_path: str,
+    profile: str | None,
+    verbose: bool,
 ) -> None:
     """Register every movie under DATA/movies as a partition and materialise it.
 
@@ -145,7 +154,9 @@ def build(
     with tqdm(keys, unit="movie", desc=f"until {until}") as bar:
         for key in bar:
             bar.set_postfix_str(key)
-            outcomes.append(materialize_movie(key, until, instance, resources))
+            outcomes.append(
+                materialize_movie(key, until, instance, resources, "INFO" if verbose else "WARNING")
+            )
     for outcome in outcomes:
         status = "ok    " if outcome.success else "FAILED"
         click.echo(f"{status} {outcome.movie}: {outcome.message}")

@@ -132,6 +132,8 @@ class TinyFaceAnalyzer:
 
         gray = rgb2gray(image).astype(np.float32)
         height, width = gray.shape
+        if min(height, width) < self._min_face_px:
+            return []
         boxes = self._cascade.detect_multi_scale(
             img=gray,
             scale_factor=1.2,

@@ -1,0 +1,42 @@
+"""Shared fixtures: tool state in temp dirs, telemetry off, one torch thread, the sample movie."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_STATE = Path(tempfile.mkdtemp(prefix="cameo-test-state-"))
+os.environ.update(
+    DAGSTER_DISABLE_TELEMETRY="1",
+    MLFLOW_DISABLE_TELEMETRY="true",
+    DVC_NO_ANALYTICS="1",
+    GX_ANALYTICS_ENABLED="false",
+    DO_NOT_TRACK="1",
+    MPLCONFIGDIR=str(_STATE / "matplotlib"),
+    DAGSTER_HOME=str(_STATE / "dagster"),
+    CAMEO_PROFILE="tiny",
+)
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = REPO / "params.yaml"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def sample_root(tmp_path_factory) -> Path:
+    """A data root holding the sample movie and its ground truth (written once per session)."""
+    from assets.layout import DataLayout
+    from assets.sample_movie import write_sample_movie
+
+    root = tmp_path_factory.mktemp("data")
+    write_sample_movie(DataLayout(root))
+    return root

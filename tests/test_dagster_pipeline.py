@@ -1,0 +1,132 @@
+"""The identity-mining assets materialised in-process, with their blocking checks."""
+
+import json
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from assets.layout import DataLayout
+from assets.params import load_params
+from assets.partitions import movie_partitions
+from assets.sample_movie import compare_with_truth
+from orchestration.cli import main
+from orchestration.definitions import STAGES, build_resources, defs
+from orchestration.resources import DataResource
+from orchestration.sensors import movie_sensor
+from tests.conftest import PARAMS
+
+
+def materialize(
+    root: Path, params: Path = PARAMS, movie: str = "sample"
+) -> dg.ExecuteInProcessResult:
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(movie_partitions.name, [movie])
+    return dg.materialize(
+        list(STAGES),
+        partition_key=movie,
+        instance=instance,
+        resources=build_resources(str(root), str(params), "tiny"),
+        raise_on_error=False,
+    )
+
+
+def check_outcomes(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+@pytest.fixture(scope="module")
+def built(sample_root: Path) -> dg.ExecuteInProcessResult:
+    return materialize(sample_root)
+
+
+def test_definitions_load():
+    dg.Definitions.validate_loadable(defs)
+    assert {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()} == {
+        "frames",
+        "faces",
+        "characters",
+    }
+
+
+def test_sample_movie_materialises_with_every_check_passing(built, sample_root: Path):
+    assert built.success
+    assert check_outcomes(built) == {
+        "frames_expectations": True,
+        "faces_expectations": True,
+        "characters_expectations": True,
+    }
+    layout = DataLayout(sample_root)
+    frames = pd.read_parquet(layout.table("frames", "sample"))
+    faces = pd.read_parquet(layout.table("faces", "sample"))
+    assert (frames["frame_idx"] % 50 == 0).all()
+    assert set(faces["frame_idx"]) < set(frames["frame_idx"])  # faceless frames dropped
+    assert (faces["n_faces"] > 1).any()  # the distinctive-face rule was exercised
+
+
+def test_characters_match_the_ground_truth(built, sample_root: Path):
+    layout = DataLayout(sample_root)
+    characters = pd.read_parquet(layout.table("characters", "sample"))
+    truth = json.loads(layout.ground_truth("sample").read_text())
+    params = load_params(PARAMS, "tiny")
+    report = compare_with_truth(
+        characters, truth, params["frames"]["stride"], params["characters"]["min_frames"]
+    )
+    assert report["pure"], report["groups"]  # each group is one identity
+    assert report["expected"] == ["eileen_collins", "grace_hopper", "tom_hanks"]
+    assert report["found"] == report["expected"]  # every identity with enough frames found
+
+
+def test_a_failing_check_blocks_downstream_and_says_why(sample_root: Path, tmp_path: Path):
+    root = tmp_path / "data"
+    (root / "movies").mkdir(parents=True)
+    (root / "movies" / "sample.mp4").symlink_to(sample_root / "movies" / "sample.mp4")
+    params = yaml.safe_load(PARAMS.read_text())
+    params["faces"]["min_face_px"] = 10_000  # no face is that large: faces comes out empty
+    strict = tmp_path / "params.yaml"
+    strict.write_text(yaml.safe_dump(params))
+
+    result = materialize(root, strict)
+    outcomes = check_outcomes(result)
+    assert outcomes["frames_expectations"] and not outcomes["faces_expectations"]
+    failed = next(e for e in result.get_asset_check_evaluations() if not e.passed)
+    assert "expect_table_row_count_to_be_between" in failed.description
+    materialised = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert materialised == {"frames", "faces"}
+    assert not DataLayout(root).table("characters", "sample").exists()
+
+
+def test_cli_build_fails_the_bad_movie_and_finishes_the_others(sample_root: Path, tmp_path: Path):
+    root = tmp_path / "data"
+    (root / "movies").mkdir(parents=True)
+    shutil.copy(sample_root / "movies" / "sample.mp4", root / "movies" / "sample.mp4")
+    (root / "movies" / "Broken Reel.mkv").write_bytes(b"\x1aE\xdf\xa3 garbage" * 64)
+
+    result = CliRunner().invoke(
+        main, ["dataset", "build", "--data", str(root), "--until", "frames"]
+    )
+    assert result.exit_code == 1, result.output
+    assert "FAILED broken-reel" in result.output and "Broken Reel.mkv" in result.output
+    assert "ok     sample" in result.output
+    assert DataLayout(root).table("frames", "sample").is_file()
+    assert not DataLayout(root).frames_dir("broken-reel").exists()
+    # Both movies are registered partitions of the persistent instance, visible in the UI.
+    instance = dg.DagsterInstance.get()
+    assert {"sample", "broken-reel"} <= set(instance.get_dynamic_partitions("movies"))
+
+
+def test_sensor_registers_new_movies_once(sample_root: Path):
+    instance = dg.DagsterInstance.ephemeral()
+    context = dg.build_sensor_context(
+        instance=instance, resources={"data": DataResource(root=str(sample_root))}
+    )
+    result = movie_sensor(context)
+    assert [r.partition_key for r in result.run_requests] == ["sample"]
+    assert result.dynamic_partitions_requests[0].partition_keys == ["sample"]
+    instance.add_dynamic_partitions("movies", ["sample"])
+    again = movie_sensor(context)
+    assert not again.run_requests and again.skip_reason
