@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed-stamp
 # All tool state stays inside the repo; all telemetry is off.
 export CAMEO_DATA            ?= $(CURDIR)/data
 export DAGSTER_HOME          := $(CURDIR)/.dagster
-export DVC_SITE_CACHE_DIR    := $(CURDIR)/.dvc/site-cache
+export DVC_SITE_CACHE_DIR    := $(CURDIR)/.dvc/tmp/site-cache
 export MPLCONFIGDIR          := $(CURDIR)/.cache/matplotlib
 export DAGSTER_DISABLE_TELEMETRY := 1
 export MLFLOW_DISABLE_TELEMETRY  := true

@@ -70,11 +70,14 @@ class InsightFaceAnalyzer:
                 "(scrfd_10g_bnkps.onnx and glintr100.onnx at least)"
             )
         providers = providers or onnx_providers()
-        self._app = FaceAnalysis(
-            name=str(model_dir),
-            allowed_modules=["detection", "recognition"],
-            providers=providers,
-        )
+        try:
+            self._app = FaceAnalysis(
+                name=str(model_dir),
+                allowed_modules=["detection", "recognition"],
+                providers=providers,
+            )
+        except AssertionError:  # insightface asserts that a detector was found
+            raise FileNotFoundError(f"no detection (SCRFD) model found in {model_dir}") from None
         if "recognition" not in self._app.models:
             raise FileNotFoundError(f"no recognition (ArcFace) model found in {model_dir}")
         ctx_id = 0 if providers[0] == "CUDAExecutionProvider" else -1
