@@ -50,7 +50,7 @@ def test_check_fails_when_the_stride_is_not_respected(tmp_path: Path):
 def test_unreadable_files_raise_an_error_naming_the_file(tmp_path: Path, content: bytes):
     bad = tmp_path / "broken movie.mp4"
     bad.write_bytes(content)
-    with pytest.raises(VideoReadError, match="broken movie.mp4"):
+    with pytest.raises(VideoReadError, match=r"broken movie\.mp4"):
         extract_frames(bad, tmp_path / "out", "broken-movie")
 
 

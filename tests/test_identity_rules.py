@@ -58,7 +58,9 @@ def test_grouping_min_drops_and_max_truncates():
     rng = np.random.default_rng(0)
     centres = np.eye(8)[:3]
     sizes = [6, 2, 4]
-    emb = np.concatenate([c + 0.05 * rng.standard_normal((n, 8)) for c, n in zip(centres, sizes)])
+    emb = np.concatenate(
+        [c + 0.05 * rng.standard_normal((n, 8)) for c, n in zip(centres, sizes, strict=True)]
+    )
     groups = group_characters(unit(*emb), threshold=0.8, min_frames=3, max_frames=5)
     assert [len(g.members) for g in groups] == [5, 4]
     assert all(np.all(np.diff(g.similarity) <= 1e-7) for g in groups)
