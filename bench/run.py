@@ -1,0 +1,12 @@
+"""Run the CPU benchmarks and write BENCHMARKS.md (`make bench`)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import dataset
+
+if __name__ == "__main__":
+    dataset.main()
+    print("wrote", Path(__file__).resolve().parents[1] / "BENCHMARKS.md")

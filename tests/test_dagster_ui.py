@@ -1,0 +1,107 @@
+"""The persistent instance as a user sees it: `dagster asset materialize` and the web UI."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from tests.conftest import REPO
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def instance_env(sample_root: Path, tmp_path_factory) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("dagster_home")
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "CAMEO_DATA": str(sample_root)}
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions("movies", ["sample"])
+    return env
+
+
+def test_one_partition_rematerialises_from_the_dagster_cli(instance_env):
+    subprocess.run(
+        [
+            BIN / "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "orchestration.definitions",
+            "--select",
+            "frames",
+            "--partition",
+            "sample",
+        ],
+        cwd=REPO,
+        env=instance_env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    with dg.DagsterInstance.from_config(instance_env["DAGSTER_HOME"]) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey("frames"))
+    assert event is not None and event.asset_materialization.partition == "sample"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ui_shows_assets_partitions_and_blocking_checks(instance_env):
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            BIN / "dagster-webserver",
+            "-m",
+            "orchestration.definitions",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=REPO,
+        env=instance_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/server_info", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "webserver did not start"
+                assert server.poll() is None, "webserver exited"
+                time.sleep(0.5)
+        query = (
+            "{ assetNodes { assetKey { path } partitionKeys "
+            "assetChecksOrError { ... on AssetChecks { checks { name blocking } } } } }"
+        )
+        request = urllib.request.Request(
+            f"{url}/graphql",
+            data=json.dumps({"query": query}).encode(),
+            headers={"content-type": "application/json"},
+        )
+        nodes = json.load(urllib.request.urlopen(request, timeout=30))["data"]["assetNodes"]
+    finally:
+        server.kill()  # the webserver ignores SIGTERM
+        server.wait(timeout=30)
+    by_name = {n["assetKey"]["path"][0]: n for n in nodes}
+    assert set(by_name) == {"frames", "faces", "characters"}
+    for name, node in by_name.items():
+        assert node["partitionKeys"] == ["sample"]
+        assert node["assetChecksOrError"]["checks"] == [
+            {"name": f"{name}_expectations", "blocking": True}
+        ]
