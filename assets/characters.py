@@ -12,7 +12,8 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from assets.layout import read_table, write_table
+from assets.contact_sheet import character_contact_sheet, markdown_preview
+from assets.layout import atomic_path, read_table, write_table
 from assets.partitions import movie_partitions
 from assets.quality import blocking_spec, check_result
 
@@ -163,6 +164,10 @@ def characters(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     df = build_characters(faces_df, params)
     table = layout.table("characters", movie)
     write_table(df, table)
+    sheet = character_contact_sheet(df, layout.root)
+    sheet_path = layout.contact_sheet("characters", movie)
+    with atomic_path(sheet_path) as tmp:
+        sheet.save(tmp, format="JPEG", quality=90)
     sizes = df.groupby("character_id").size()
     context.log.info(f"{movie}: {len(sizes)} characters from {len(faces_df)} face frames")
     return dg.MaterializeResult(
@@ -172,6 +177,8 @@ def characters(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             "frames_in": len(faces_df),
             "group_sizes": dg.MetadataValue.json({str(k): int(v) for k, v in sizes.items()}),
             "table": dg.MetadataValue.path(str(table)),
+            "contact_sheet": dg.MetadataValue.path(str(sheet_path)),
+            "preview": dg.MetadataValue.md(markdown_preview(sheet)),
         },
         check_results=[check_characters(df, params)],
     )

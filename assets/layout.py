@@ -67,6 +67,9 @@ class DataLayout:
         """The per-movie table of a stage, e.g. faces/<movie>.parquet."""
         return self.root / stage / f"{movie}.parquet"
 
+    def contact_sheet(self, stage: str, movie: str) -> Path:
+        return self.root / stage / f"{movie}.contact_sheet.jpg"
+
     def ground_truth(self, movie: str) -> Path:
         return self.root / "ground_truth" / f"{movie}.json"
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
+from PIL import Image
 
 from assets.layout import DataLayout
 from assets.params import load_params
@@ -66,6 +67,20 @@ def test_sample_movie_materialises_with_every_check_passing(built, sample_root: 
     assert (frames["frame_idx"] % 50 == 0).all()
     assert set(faces["frame_idx"]) < set(frames["frame_idx"])  # faceless frames dropped
     assert (faces["n_faces"] > 1).any()  # the distinctive-face rule was exercised
+
+
+def test_characters_carry_a_contact_sheet(built, sample_root: Path):
+    event = next(
+        e
+        for e in built.get_asset_materialization_events()
+        if e.asset_key.to_user_string() == "characters"
+    )
+    metadata = event.materialization.metadata
+    sheet = Path(metadata["contact_sheet"].value)
+    assert sheet == DataLayout(sample_root).contact_sheet("characters", "sample")
+    with Image.open(sheet) as image:
+        assert image.height >= 4 * 96  # one row per character
+    assert metadata["preview"].value.startswith("![contact sheet](data:image/jpeg;base64,")
 
 
 def test_characters_match_the_ground_truth(built, sample_root: Path):
