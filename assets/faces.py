@@ -137,6 +137,10 @@ def check_faces(df: pd.DataFrame) -> dg.AssetCheckResult:
     ],
     group_name="identity_mining",
     kinds={"insightface"},
+    # Read by k8s_job_executor only: the face models run on a GPU node.
+    op_tags={
+        "dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": 1}}}}
+    },
 )
 def faces(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """The most distinctive face of every frame that has one, in faces/<movie>.parquet."""
