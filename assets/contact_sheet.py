@@ -1,11 +1,15 @@
-"""Contact sheets: one row of face crops per character, so a person can judge a grouping."""
+"""Contact sheets, so a person can judge a stage at a glance: face crops per character, and
+frames with their mask and pose overlays."""
 
 import base64
 import io
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
+
+from assets.layout import load_rgb
 
 LABEL_WIDTH = 120
 CAPTION_HEIGHT = 14
@@ -59,3 +63,55 @@ def markdown_preview(image: Image.Image, max_width: int = 800) -> str:
     return (
         f"![contact sheet](data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()})"
     )
+
+
+def overlay(frame: np.ndarray, mask: np.ndarray, control: np.ndarray | None) -> np.ndarray:
+    """The frame with the mask tinted green and the pose skeleton drawn on top."""
+    tinted = frame.astype(np.float32)
+    tinted[mask] = 0.6 * tinted[mask] + 0.4 * np.array([0, 255, 0], dtype=np.float32)
+    out = tinted.astype(np.uint8)
+    if control is not None:
+        drawn = control.any(axis=-1)
+        out[drawn] = control[drawn]
+    return out
+
+
+def pose_contact_sheet(
+    poses: pd.DataFrame, root: Path, mask_dir: Path, pose_dir: Path, tile_width: int = 192
+) -> Image.Image:
+    """One character's frames with mask and pose overlays, captioned with frame and status."""
+    tiles = []
+    for row in poses.itertuples(index=False):
+        frame = load_rgb(root / row.path)
+        mask = load_rgb(mask_dir / row.mask_file)[..., 0] > 127
+        control = load_rgb(pose_dir / row.control_file) if row.control_file else None
+        tile = Image.fromarray(overlay(frame, mask, control))
+        tile = tile.resize((tile_width, round(tile.height * tile_width / tile.width)))
+        caption = f"f{row.frame_idx} " + ("pose" if row.status == "ok" else "no pose")
+        tiles.append((tile, caption))
+    if not tiles:
+        return Image.new("RGB", (tile_width, CAPTION_HEIGHT), "white")
+    height = max(t.height for t, _ in tiles) + CAPTION_HEIGHT
+    sheet = Image.new("RGB", (tile_width * len(tiles), height), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (tile, caption) in enumerate(tiles):
+        sheet.paste(tile, (i * tile_width, 0))
+        draw.text((i * tile_width + 2, height - CAPTION_HEIGHT), caption, fill="black")
+    return sheet
+
+
+def triplet_sheet(manifest: pd.DataFrame, triplets_dir: Path, tile: int = 160) -> Image.Image:
+    """One row per triplet: reference, reference crop, target, target mask, target pose."""
+    columns = ("reference", "reference_crop", "target", "target_mask", "target_pose")
+    row_height = tile + CAPTION_HEIGHT
+    sheet = Image.new("RGB", (tile * len(columns), max(len(manifest), 1) * row_height), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, row in enumerate(manifest.itertuples(index=False)):
+        for j, column in enumerate(columns):
+            with Image.open(triplets_dir / getattr(row, column)) as image:
+                thumb = image.convert("RGB")
+                thumb.thumbnail((tile, tile))
+            sheet.paste(thumb, (j * tile, i * row_height))
+        words = " ".join(row.prompt.split()[:12])
+        draw.text((2, i * row_height + tile), f"{row.triplet_id}: {words}...", fill="black")
+    return sheet

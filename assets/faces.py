@@ -10,12 +10,12 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pandas as pd
-from PIL import Image
 from tqdm import tqdm
 
-from assets.layout import read_table, write_table
+from assets.layout import load_rgb, read_table, write_table
 from assets.partitions import movie_partitions
 from assets.quality import blocking_spec, check_result
+from assets.steps import GPU_STEP_TAGS
 from perception.faces import EMBEDDING_DIM, DetectedFace, FaceAnalyzer
 
 
@@ -71,7 +71,7 @@ def detect_faces(
     """
     rows = []
     for frame in tqdm(frames.itertuples(index=False), total=len(frames), disable=not progress):
-        image = np.asarray(Image.open(root / frame.path).convert("RGB"))
+        image = load_rgb(root / frame.path)
         faces = [
             f
             for f in analyzer.detect(image)
@@ -129,7 +129,7 @@ def check_faces(df: pd.DataFrame) -> dg.AssetCheckResult:
 @dg.asset(
     partitions_def=movie_partitions,
     deps=["frames"],
-    required_resource_keys={"data", "params", "face_model"},
+    required_resource_keys={"data", "params", "perception"},
     check_specs=[
         blocking_spec(
             "faces", "faces_expectations", "embeddings 512-d unit-norm, boxes inside the frame"
@@ -137,10 +137,7 @@ def check_faces(df: pd.DataFrame) -> dg.AssetCheckResult:
     ],
     group_name="identity_mining",
     kinds={"insightface"},
-    # Read by k8s_job_executor only: the face models run on a GPU node.
-    op_tags={
-        "dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": 1}}}}
-    },
+    op_tags=GPU_STEP_TAGS,
 )
 def faces(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """The most distinctive face of every frame that has one, in faces/<movie>.parquet."""
@@ -149,7 +146,7 @@ def faces(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     movie = context.partition_key
     frames_df = read_table(layout.table("frames", movie))
     df = detect_faces(
-        frames_df, layout.root, context.resources.face_model.analyzer(), params.min_face_px
+        frames_df, layout.root, context.resources.perception.faces(), params.min_face_px
     )
     table = layout.table("faces", movie)
     write_table(df, table)

@@ -128,11 +128,11 @@ def frames(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     params = FramesParams(**context.resources.params.section("frames"))
     movie = context.partition_key
     video = layout.movie(movie)
-    with atomic_path(layout.frames_dir(movie)) as tmp_dir:
+    with atomic_path(layout.stage_dir("frames", movie)) as tmp_dir:
         df = extract_frames(video, tmp_dir, movie, params.stride, params.jpeg_quality)
         # Paths are recorded where the folder will be once it is renamed into place.
         df["path"] = [
-            str((layout.frames_dir(movie) / Path(p).name).relative_to(layout.root))
+            str((layout.stage_dir("frames", movie) / Path(p).name).relative_to(layout.root))
             for p in df["path"]
         ]
     table = layout.table("frames", movie)

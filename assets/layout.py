@@ -11,7 +11,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from PIL import Image
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts")
 
@@ -60,8 +62,17 @@ class DataLayout:
             raise FileNotFoundError(f"no movie for partition {key!r} under {self.movies_dir}")
         return movies[key]
 
-    def frames_dir(self, movie: str) -> Path:
-        return self.root / "frames" / movie
+    @property
+    def singles_dir(self) -> Path:
+        return self.root / "singles"
+
+    @property
+    def triplets_dir(self) -> Path:
+        return self.root / "triplets"
+
+    def stage_dir(self, stage: str, movie: str) -> Path:
+        """Per-movie folder of a stage's images, e.g. masks/<movie>/."""
+        return self.root / stage / movie
 
     def table(self, stage: str, movie: str) -> Path:
         """The per-movie table of a stage, e.g. faces/<movie>.parquet."""
@@ -95,6 +106,19 @@ def atomic_path(target: Path) -> Iterator[Path]:
             os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def save_image(array: np.ndarray, target: Path, **options) -> None:
+    """Write an image array atomically; the format follows the file suffix."""
+    with atomic_path(target) as tmp:
+        Image.fromarray(array).save(
+            tmp, format=Image.registered_extensions()[target.suffix.lower()], **options
+        )
 
 
 def write_table(df: pd.DataFrame, target: Path) -> None:

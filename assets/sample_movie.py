@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from assets.layout import DataLayout, atomic_path
+from assets.layout import DataLayout, atomic_path, save_image
 
 FRAME_SIZE = (640, 360)  # width, height
 CANVAS_SIZE = (1280, 720)
@@ -175,6 +175,20 @@ def _to_frame(box: tuple[int, int, int, int], window: tuple[float, float, float,
         round((x2 - x0) * sx, 1),
         round((y2 - y0) * sy, 1),
     ]
+
+
+def write_sample_singles(layout: DataLayout) -> list[Path]:
+    """Single-image IDs under singles/: a portrait, and a picture with no human face (a cat),
+    which the dataset must skip with its reason."""
+    from skimage import data
+
+    images = {"eileen_collins.png": data.astronaut()[:400, 60:460], "chelsea.png": data.chelsea()}
+    paths = []
+    for name, image in images.items():
+        path = layout.singles_dir / name
+        save_image(image, path)
+        paths.append(path)
+    return paths
 
 
 def identity_at(truth: dict, frame_idx: int, bbox: list[float]) -> str | None:

@@ -10,7 +10,18 @@ import click
 
 from orchestration.environment import configure_local_environment
 
-STAGE_CHOICES = ("frames", "faces", "characters")
+# The stage names, in order (orchestration.definitions.STAGE_NAMES; a test keeps them equal).
+STAGE_CHOICES = (
+    "frames",
+    "faces",
+    "characters",
+    "masks",
+    "poses",
+    "captions",
+    "references",
+    "triplets",
+)
+DATASET_STAGE = "triplets"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,13 +45,16 @@ data_option = click.option(
 @data_option
 @click.option("--name", default="sample", show_default=True, help="File stem of the movie.")
 def sample_movie(data_dir: Path, name: str) -> None:
-    """Write a deterministic sample movie under DATA/movies/ and its ground truth."""
+    """Write a deterministic sample movie under DATA/movies/ (with its ground truth) and
+    sample single-image IDs under DATA/singles/."""
     from assets.layout import DataLayout
-    from assets.sample_movie import write_sample_movie
+    from assets.sample_movie import write_sample_movie, write_sample_singles
 
     layout = DataLayout.from_env(data_dir)
     path = write_sample_movie(layout, name)
     click.echo(f"wrote {path}")
+    for single in write_sample_singles(layout):
+        click.echo(f"wrote {single}")
     click.echo(f"ground truth: {layout.ground_truth(name)}")
 
 
@@ -56,15 +70,21 @@ class PartitionOutcome:
     message: str
 
 
-def materialize_movie(
-    movie: str, until: str, instance, resources: dict, log_level: str = "WARNING"
+def materialize_stages(
+    movie: str | None, until: str, instance, resources: dict, log_level: str = "WARNING"
 ) -> PartitionOutcome:
-    """Materialise the stages up to `until` for one movie partition on `instance`."""
+    """Materialise, on `instance`, the per-movie stages up to `until` for partition `movie`,
+    or (movie None) the dataset asset alone."""
     import dagster as dg
 
-    from orchestration.definitions import STAGES
+    from orchestration.definitions import MOVIE_STAGES, STAGES
 
-    selection = dg.AssetSelection.assets(until).upstream()
+    if movie is None:
+        selection = dg.AssetSelection.assets(DATASET_STAGE)
+    else:
+        selection = dg.AssetSelection.assets(until).upstream() & dg.AssetSelection.assets(
+            *MOVIE_STAGES
+        )
     result = dg.materialize(
         list(STAGES),
         selection=selection,
@@ -86,9 +106,10 @@ def materialize_movie(
         if e.is_step_failure and e.step_failure_data.error is not None
     ]
     problems = step_errors + failed_checks
+    name = movie or DATASET_STAGE
     if result.success and not problems:
-        return PartitionOutcome(movie, True, f"run {result.run_id}")
-    return PartitionOutcome(movie, False, "; ".join(problems) or f"run {result.run_id} failed")
+        return PartitionOutcome(name, True, f"run {result.run_id}")
+    return PartitionOutcome(name, False, "; ".join(problems) or f"run {result.run_id} failed")
 
 
 @dataset.command("build")
@@ -127,9 +148,10 @@ def build(
 ) -> None:
     """Register every movie under DATA/movies as a partition and materialise it.
 
-    Runs go to the persistent Dagster instance in $DAGSTER_HOME, so they show in the UI
-    (`make ui`). A movie that fails (unreadable file, failed check) is reported and the
-    others go on; the exit status is 1 if any failed.
+    With --until triplets (the default), the dataset is then built from every movie and
+    every image under DATA/singles. Runs go to the persistent Dagster instance in
+    $DAGSTER_HOME, so they show in the UI (`make ui`). A movie that fails (unreadable file,
+    failed check) is reported and the others go on; the exit status is 1 if any failed.
     """
     import dagster as dg
     from tqdm import tqdm
@@ -150,13 +172,15 @@ def build(
     registered = set(instance.get_dynamic_partitions(movie_partitions.name))
     instance.add_dynamic_partitions(movie_partitions.name, [k for k in keys if k not in registered])
     resources = build_resources(str(layout.root), params_path, profile)
+    log_level = "INFO" if verbose else "WARNING"
     outcomes = []
     with tqdm(keys, unit="movie", desc=f"until {until}") as bar:
         for key in bar:
             bar.set_postfix_str(key)
-            outcomes.append(
-                materialize_movie(key, until, instance, resources, "INFO" if verbose else "WARNING")
-            )
+            outcomes.append(materialize_stages(key, until, instance, resources, log_level))
+    if until == DATASET_STAGE:
+        click.echo("building the triplet dataset from every movie and single image")
+        outcomes.append(materialize_stages(None, until, instance, resources, log_level))
     for outcome in outcomes:
         status = "ok    " if outcome.success else "FAILED"
         click.echo(f"{status} {outcome.movie}: {outcome.message}")

@@ -10,13 +10,20 @@ import os
 
 import dagster as dg
 
+from assets.captions import captions
 from assets.characters import characters
 from assets.faces import faces
 from assets.frames import frames
-from orchestration.resources import DataResource, FaceModelResource, ParamsResource
+from assets.masks import masks
+from assets.poses import poses
+from assets.references import references
+from assets.triplets import triplets
+from orchestration.resources import DataResource, ParamsResource, PerceptionResource
 from orchestration.sensors import movie_sensor
 
-STAGES = (frames, faces, characters)
+# Per-movie stages in order, then the dataset built from all movies.
+MOVIE_STAGES = (frames, faces, characters, masks, poses, captions, references)
+STAGES = (*MOVIE_STAGES, triplets)
 STAGE_NAMES = tuple(stage.key.to_user_string() for stage in STAGES)
 
 
@@ -31,7 +38,7 @@ def build_resources(
     return {
         "data": DataResource(root=data_root or os.environ.get("CAMEO_DATA", "data")),
         "params": params,
-        "face_model": FaceModelResource(
+        "perception": PerceptionResource(
             params=params, models_dir=os.environ.get("CAMEO_MODELS", "")
         ),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
@@ -10,7 +11,15 @@ from pydantic import PrivateAttr
 
 from assets.layout import DataLayout
 from assets.params import load_params
+from perception.captions import TinyCaptioner, VLMCaptioner, load_captioner
 from perception.faces import FaceAnalyzer, load_face_analyzer
+from perception.pose import RTMPoseEstimator, load_pose_estimator
+from perception.segmentation import (
+    GroundingDinoPersonDetector,
+    SamSegmenter,
+    load_person_detector,
+    load_segmenter,
+)
 
 
 class DataResource(dg.ConfigurableResource):
@@ -41,23 +50,61 @@ class ParamsResource(dg.ConfigurableResource):
         return dict(self.values.get(name, {}))
 
 
-class FaceModelResource(dg.ConfigurableResource):
-    """The face analyzer of the active profile, loaded once per process on first use."""
+class PerceptionResource(dg.ConfigurableResource):
+    """The frozen priors of the active profile, each loaded once per process on first use."""
 
     params: ParamsResource
     models_dir: str = ""
 
-    _analyzer: FaceAnalyzer | None = PrivateAttr(default=None)
+    _loaded: dict[str, Any] = PrivateAttr(default_factory=dict)
 
-    def analyzer(self) -> FaceAnalyzer:
-        if self._analyzer is None:
-            faces = self.params.section("faces")
-            self._analyzer = load_face_analyzer(
-                self.params.values["profile"],
-                self.models_dir or os.environ.get("CAMEO_MODELS") or None,
-                model=faces.get("model", "antelopev2"),
-                det_size=faces.get("det_size", 640),
-                det_thresh=faces.get("det_thresh", 0.5),
-                min_face_px=faces.get("min_face_px", 24),
-            )
-        return self._analyzer
+    def _load(self, name: str, loader: Callable[[], Any]) -> Any:
+        if name not in self._loaded:
+            self._loaded[name] = loader()
+        return self._loaded[name]
+
+    @property
+    def _profile(self) -> str:
+        return self.params.values["profile"]
+
+    @property
+    def _models(self) -> str | None:
+        return self.models_dir or os.environ.get("CAMEO_MODELS") or None
+
+    def faces(self) -> FaceAnalyzer:
+        p = self.params.section("faces")
+        return self._load(
+            "faces",
+            lambda: load_face_analyzer(
+                self._profile,
+                self._models,
+                model=p.get("model", "antelopev2"),
+                det_size=p.get("det_size", 640),
+                det_thresh=p.get("det_thresh", 0.5),
+                min_face_px=p.get("min_face_px", 24),
+            ),
+        )
+
+    def segmenter(self) -> SamSegmenter:
+        model = self.params.section("masks").get("model", "sam")
+        return self._load("segmenter", lambda: load_segmenter(self._profile, self._models, model))
+
+    def person_detector(self) -> GroundingDinoPersonDetector:
+        model = self.params.section("masks").get("person_detector", "grounding-dino")
+        return self._load(
+            "person_detector", lambda: load_person_detector(self._profile, self._models, model)
+        )
+
+    def pose_estimator(self) -> RTMPoseEstimator:
+        p = self.params.section("poses")
+        kwargs = {"model": p["model"]} if "model" in p else {}
+        return self._load(
+            "pose", lambda: load_pose_estimator(self._profile, self._models, **kwargs)
+        )
+
+    def captioner(self) -> VLMCaptioner | TinyCaptioner:
+        p = self.params.section("captions")
+        kwargs = {"model": p["model"]} if "model" in p else {}
+        return self._load(
+            "captioner", lambda: load_captioner(self._profile, self._models, **kwargs)
+        )

@@ -1,0 +1,185 @@
+"""Stage 4, mask generation (article 2.2): the target character's segmentation mask.
+
+SAM is prompted with the midpoint of the frame's face box, with multimask output, and the
+mask with the largest area is kept. Optionally (the article's Note 1) the person box from a
+detector that overlaps the face box most is given to SAM as a box prompt too. Masks that are
+(nearly) empty, cover the whole frame or miss the face centre are kept on disk but marked
+skipped, with the reason.
+"""
+
+from dataclasses import dataclass
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from assets.layout import atomic_path, load_rgb, read_table, save_image, write_table
+from assets.partitions import movie_partitions
+from assets.quality import blocking_spec, check_result
+from assets.steps import GPU_STEP_TAGS
+from perception.segmentation import best_person_box
+
+
+@dataclass(frozen=True)
+class MasksParams:
+    model: str = "sam"
+    person_box_prompt: bool = False  # article Note 1
+    person_detector: str = "grounding-dino"
+    min_area_fraction: float = 0.01
+    max_area_fraction: float = 0.95
+
+
+def mask_skip_reason(area_fraction: float, face_center_inside: bool, params: MasksParams) -> str:
+    """Why a mask cannot be used ('' when it can)."""
+    if area_fraction < params.min_area_fraction:
+        return f"empty mask: area {area_fraction:.4f} < {params.min_area_fraction}"
+    if area_fraction > params.max_area_fraction:
+        return f"mask covers the frame: area {area_fraction:.3f} > {params.max_area_fraction}"
+    if not face_center_inside:
+        return "mask misses the face centre"
+    return ""
+
+
+def segment_character(
+    image: np.ndarray,
+    face_bbox: np.ndarray,
+    segmenter,
+    person_boxes: np.ndarray | None,
+    params: MasksParams,
+) -> tuple[np.ndarray, dict]:
+    """The mask of the character whose face is `face_bbox`, and its record."""
+    x1, y1, x2, y2 = (float(v) for v in face_bbox)
+    point = ((x1 + x2) / 2, (y1 + y2) / 2)
+    box = best_person_box(person_boxes, np.asarray(face_bbox)) if person_boxes is not None else None
+    result = segmenter.segment(image, point, None if box is None else tuple(float(v) for v in box))
+    height, width = result.mask.shape
+    cx, cy = min(int(point[0]), width - 1), min(int(point[1]), height - 1)
+    inside = bool(result.mask[cy, cx])
+    reason = mask_skip_reason(result.area_fraction, inside, params)
+    return result.mask, {
+        "area_fraction": float(result.area_fraction),
+        "face_center_inside": inside,
+        "sam_score": float(result.score),
+        "prompt": "point+box" if box is not None else "point",
+        "person_box": None if box is None else [float(v) for v in box],
+        "status": "skipped" if reason else "ok",
+        "skip_reason": reason,
+    }
+
+
+def generate_masks(
+    characters: pd.DataFrame,
+    root,
+    out_dir,
+    segmenter,
+    person_detector,
+    params: MasksParams,
+) -> pd.DataFrame:
+    """One row (and one PNG in `out_dir`) per character frame."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for frame in characters.itertuples(index=False):
+        image = load_rgb(root / frame.path)
+        person_boxes = person_detector.detect(image) if person_detector is not None else None
+        mask, record = segment_character(image, frame.bbox, segmenter, person_boxes, params)
+        name = f"{frame.character_id:04d}_{frame.frame_idx:08d}.png"
+        save_image(mask.astype(np.uint8) * 255, out_dir / name)
+        rows.append(
+            {
+                "movie": frame.movie,
+                "character_id": frame.character_id,
+                "frame_idx": frame.frame_idx,
+                "path": frame.path,
+                "bbox": list(frame.bbox),
+                "mask_file": name,
+                **record,
+            }
+        )
+    columns = [
+        "movie",
+        "character_id",
+        "frame_idx",
+        "path",
+        "bbox",
+        "mask_file",
+        "area_fraction",
+        "face_center_inside",
+        "sam_score",
+        "prompt",
+        "person_box",
+        "status",
+        "skip_reason",
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def masks_expectations(params: MasksParams) -> list:
+    import great_expectations as gx
+
+    e = gx.expectations
+    return [
+        e.ExpectColumnValuesToBeInSet(column="status", value_set=["ok", "skipped"]),
+        e.ExpectColumnValuesToBeInSet(column="reason_matches_status", value_set=[True]),
+        e.ExpectColumnValuesToBeBetween(
+            column="ok_area",
+            min_value=params.min_area_fraction,
+            max_value=params.max_area_fraction,
+        ),
+        e.ExpectColumnValuesToBeInSet(column="ok_face_center_inside", value_set=[True]),
+        e.ExpectColumnValuesToBeInSet(column="file_exists", value_set=[True]),
+        e.ExpectCompoundColumnsToBeUnique(column_list=["character_id", "frame_idx"]),
+    ]
+
+
+def check_masks(df: pd.DataFrame, mask_dir, params: MasksParams) -> dg.AssetCheckResult:
+    ok = df["status"] == "ok"
+    view = df[["character_id", "frame_idx", "status"]].assign(
+        reason_matches_status=(df["skip_reason"] == "") == ok,
+        ok_area=df["area_fraction"].where(ok),
+        ok_face_center_inside=df["face_center_inside"].where(ok, True),
+        file_exists=[(mask_dir / name).is_file() for name in df["mask_file"]],
+    )
+    return check_result("masks_expectations", view, masks_expectations(params), "masks")
+
+
+@dg.asset(
+    partitions_def=movie_partitions,
+    deps=["characters"],
+    required_resource_keys={"data", "params", "perception"},
+    check_specs=[
+        blocking_spec(
+            "masks",
+            "masks_expectations",
+            "usable masks within the area range and covering the face centre; skips say why",
+        )
+    ],
+    group_name="dataset",
+    kinds={"sam"},
+    op_tags=GPU_STEP_TAGS,
+)
+def masks(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """SAM masks of every character frame: masks/<movie>/*.png and masks/<movie>.parquet."""
+    layout = context.resources.data.layout
+    params = MasksParams(**context.resources.params.section("masks"))
+    movie = context.partition_key
+    perception = context.resources.perception
+    characters_df = read_table(layout.table("characters", movie))
+    detector = perception.person_detector() if params.person_box_prompt else None
+    mask_dir = layout.stage_dir("masks", movie)
+    with atomic_path(mask_dir) as tmp_dir:
+        df = generate_masks(
+            characters_df, layout.root, tmp_dir, perception.segmenter(), detector, params
+        )
+    write_table(df, layout.table("masks", movie))
+    skipped = df[df["status"] != "ok"]
+    return dg.MaterializeResult(
+        metadata={
+            "masks": len(df),
+            "usable": int((df["status"] == "ok").sum()),
+            "skipped": dg.MetadataValue.json(skipped["skip_reason"].value_counts().to_dict()),
+            "prompt": "point+box" if params.person_box_prompt else "point",
+            "mean_area_fraction": float(df["area_fraction"].mean()) if len(df) else 0.0,
+            "table": dg.MetadataValue.path(str(layout.table("masks", movie))),
+        },
+        check_results=[check_masks(df, mask_dir, params)],
+    )

@@ -1,0 +1,180 @@
+"""Stage 5, pose extraction (article 3.2.3): 133 whole-body keypoints of the target character.
+
+The pose model sees the masked frame, where only the target character is visible, with the
+person box taken from the mask. The OpenPose-style control image that Pose-IdentityNet is
+conditioned on is rendered at frame size. Frames where too few keypoints are found are
+skipped, with the reason.
+"""
+
+from dataclasses import dataclass
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from assets.contact_sheet import markdown_preview, pose_contact_sheet
+from assets.layout import atomic_path, load_rgb, read_table, save_image, write_table
+from assets.partitions import movie_partitions
+from assets.quality import blocking_spec, check_result
+from assets.steps import GPU_STEP_TAGS
+from perception.pose import DEFAULT_MODEL, NUM_KEYPOINTS, Pose, draw_openpose, mask_box
+
+
+@dataclass(frozen=True)
+class PosesParams:
+    model: str = DEFAULT_MODEL
+    score_threshold: float = 0.3
+    min_keypoints: int = 5  # keypoints above the threshold for a pose to count as found
+
+
+def masked_image(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The frame with everything but the character blacked out."""
+    return np.where(mask[..., None], image, 0).astype(np.uint8)
+
+
+def extract_pose(
+    image: np.ndarray, mask: np.ndarray, estimator, params: PosesParams
+) -> tuple[Pose | None, str]:
+    """The character's pose from the masked frame, or None and why not."""
+    box = mask_box(mask)
+    if box is None:
+        return None, "empty mask"
+    pose = estimator.estimate(masked_image(image, mask), box)
+    found = int((pose.scores >= params.score_threshold).sum())
+    if found < params.min_keypoints:
+        return None, (
+            f"no pose found: {found} of {NUM_KEYPOINTS} keypoints score >= "
+            f"{params.score_threshold} (need {params.min_keypoints})"
+        )
+    return pose, ""
+
+
+def estimate_poses(masks: pd.DataFrame, root, mask_dir, out_dir, estimator, params) -> pd.DataFrame:
+    """One row per usable mask; a control image in `out_dir` for every pose found."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for row in masks[masks["status"] == "ok"].itertuples(index=False):
+        image = load_rgb(root / row.path)
+        mask = load_rgb(mask_dir / row.mask_file)[..., 0] > 127
+        pose, reason = extract_pose(image, mask, estimator, params)
+        control_file = ""
+        if pose is not None:
+            control_file = f"{row.character_id:04d}_{row.frame_idx:08d}.png"
+            save_image(
+                draw_openpose(pose, (image.shape[1], image.shape[0]), params.score_threshold),
+                out_dir / control_file,
+            )
+        rows.append(
+            {
+                "movie": row.movie,
+                "character_id": row.character_id,
+                "frame_idx": row.frame_idx,
+                "path": row.path,
+                "mask_file": row.mask_file,
+                "keypoints": None if pose is None else pose.keypoints.reshape(-1).tolist(),
+                "scores": None if pose is None else pose.scores.tolist(),
+                "keypoints_found": 0
+                if pose is None
+                else int((pose.scores >= params.score_threshold).sum()),
+                "control_file": control_file,
+                "status": "skipped" if reason else "ok",
+                "skip_reason": reason,
+            }
+        )
+    columns = [
+        "movie",
+        "character_id",
+        "frame_idx",
+        "path",
+        "mask_file",
+        "keypoints",
+        "scores",
+        "keypoints_found",
+        "control_file",
+        "status",
+        "skip_reason",
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def poses_expectations(params: PosesParams) -> list:
+    import great_expectations as gx
+
+    e = gx.expectations
+    return [
+        e.ExpectColumnValuesToBeInSet(column="status", value_set=["ok", "skipped"]),
+        e.ExpectColumnValuesToBeInSet(column="reason_matches_status", value_set=[True]),
+        e.ExpectColumnValuesToBeInSet(column="ok_keypoint_count", value_set=[NUM_KEYPOINTS]),
+        e.ExpectColumnValuesToBeBetween(column="ok_found", min_value=params.min_keypoints),
+        e.ExpectColumnValuesToBeInSet(column="ok_control_exists", value_set=[True]),
+        e.ExpectCompoundColumnsToBeUnique(column_list=["character_id", "frame_idx"]),
+    ]
+
+
+def check_poses(df: pd.DataFrame, pose_dir, params: PosesParams) -> dg.AssetCheckResult:
+    ok = df["status"] == "ok"
+    view = df[["character_id", "frame_idx", "status"]].assign(
+        reason_matches_status=(df["skip_reason"] == "") == ok,
+        ok_keypoint_count=[
+            len(s) if k else NUM_KEYPOINTS
+            for s, k in zip(df["scores"].fillna("").tolist(), ok, strict=True)
+        ],
+        ok_found=df["keypoints_found"].where(ok),
+        ok_control_exists=[
+            (pose_dir / f).is_file() if k else True
+            for f, k in zip(df["control_file"], ok, strict=True)
+        ],
+    )
+    return check_result("poses_expectations", view, poses_expectations(params), "poses")
+
+
+@dg.asset(
+    partitions_def=movie_partitions,
+    deps=["masks"],
+    required_resource_keys={"data", "params", "perception"},
+    check_specs=[
+        blocking_spec(
+            "poses",
+            "poses_expectations",
+            "133 keypoints and a control image for every pose found; skips say why",
+        )
+    ],
+    group_name="dataset",
+    kinds={"onnx"},
+    op_tags=GPU_STEP_TAGS,
+)
+def poses(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """Whole-body poses and OpenPose control images: poses/<movie>/*.png, poses/<movie>.parquet.
+
+    Each character also gets a contact sheet (frames with mask and pose overlays).
+    """
+    layout = context.resources.data.layout
+    params = PosesParams(**context.resources.params.section("poses"))
+    movie = context.partition_key
+    masks_df = read_table(layout.table("masks", movie))
+    mask_dir = layout.stage_dir("masks", movie)
+    pose_dir = layout.stage_dir("poses", movie)
+    estimator = context.resources.perception.pose_estimator()
+    with atomic_path(pose_dir) as tmp_dir:
+        df = estimate_poses(masks_df, layout.root, mask_dir, tmp_dir, estimator, params)
+        sheets = {}
+        for cid, group in df.groupby("character_id"):
+            sheet = pose_contact_sheet(group, layout.root, mask_dir, tmp_dir)
+            sheet.save(tmp_dir / f"contact_sheet_{cid:04d}.jpg", quality=90)
+            sheets[int(cid)] = sheet
+    write_table(df, layout.table("poses", movie))
+    metadata = {
+        "poses": int((df["status"] == "ok").sum()),
+        "skipped": dg.MetadataValue.json(
+            df.loc[df["status"] != "ok", "skip_reason"].value_counts().to_dict()
+        ),
+        "table": dg.MetadataValue.path(str(layout.table("poses", movie))),
+    }
+    for cid, sheet in sheets.items():
+        metadata[f"contact_sheet_character_{cid}"] = dg.MetadataValue.path(
+            str(pose_dir / f"contact_sheet_{cid:04d}.jpg")
+        )
+        metadata[f"preview_character_{cid}"] = dg.MetadataValue.md(markdown_preview(sheet, 640))
+    return dg.MaterializeResult(
+        metadata=metadata, check_results=[check_poses(df, pose_dir, params)]
+    )

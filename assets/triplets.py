@@ -1,0 +1,365 @@
+"""The dataset (article 3.2.5): (reference, target, prompt) triplets, versioned with DVC.
+
+For each character, one frame is the reference and a different frame the target, chosen
+deterministically from the seed; the target's caption is the prompt. Each single-image ID
+under singles/ becomes a triplet whose target is the horizontally flipped reference. A
+triplet carries the reference image, its face embedding, the segmented reference crop, the
+target image, target mask, target pose control image and prompt. Everything that could not
+become a triplet is listed in skipped.parquet with the stage and reason.
+"""
+
+import json
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from assets.captions import CaptionsParams
+from assets.contact_sheet import markdown_preview, triplet_sheet
+from assets.faces import select_distinctive_face
+from assets.layout import DataLayout, atomic_path, load_rgb, read_table, save_image
+from assets.masks import MasksParams, segment_character
+from assets.poses import PosesParams, extract_pose
+from assets.quality import blocking_spec, check_result
+from assets.references import ReferencesParams, segment_reference
+from perception.captions import caption_problems
+from perception.pose import draw_openpose
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+FILES = ("reference.png", "reference_crop.png", "target.png", "target_mask.png", "target_pose.png")
+
+
+@dataclass(frozen=True)
+class TripletsParams:
+    seed: int = 0
+
+
+@dataclass
+class Triplet:
+    """One training example; image arrays are written into triplets/<triplet_id>/."""
+
+    triplet_id: str
+    source: str  # "movie" or "single"
+    movie: str
+    character_id: int
+    reference_frame: int
+    target_frame: int
+    prompt: str
+    face_embedding: list[float]
+    images: dict[str, np.ndarray]
+
+
+def _rng(seed: int, *key: object) -> np.random.Generator:
+    # A stable per-character stream: the same seed picks the same frames whatever else changes.
+    return np.random.default_rng([seed, zlib.crc32(repr(key).encode())])
+
+
+def skipped_record(source: str, movie: str, character_id, frame_idx, stage: str, reason: str):
+    return {
+        "source": source,
+        "movie": movie,
+        "character_id": character_id,
+        "frame_idx": frame_idx,
+        "stage": stage,
+        "reason": reason,
+    }
+
+
+def movie_triplets(layout: DataLayout, movie: str, seed: int) -> tuple[list[Triplet], list[dict]]:
+    """One triplet per character of `movie`, plus every frame or character skipped on the way."""
+    characters = read_table(layout.table("characters", movie))
+    masks = read_table(layout.table("masks", movie))
+    poses = read_table(layout.table("poses", movie))
+    captions = read_table(layout.table("captions", movie))
+    crops = read_table(layout.table("references", movie))
+    skipped = [
+        skipped_record("movie", movie, r.character_id, r.frame_idx, stage, r.skip_reason)
+        for stage, table in (("masks", masks), ("poses", poses), ("captions", captions))
+        for r in table[table["status"] != "ok"].itertuples(index=False)
+    ]
+    usable_targets = captions[captions["status"] == "ok"].merge(
+        poses[["character_id", "frame_idx", "control_file", "mask_file"]],
+        on=["character_id", "frame_idx"],
+    )
+    triplets = []
+    for cid, group in characters.groupby("character_id"):
+        refs = crops[crops["character_id"] == cid]
+        targets = usable_targets[usable_targets["character_id"] == cid]
+        pairs = [(r, t) for r in refs["frame_idx"] for t in targets["frame_idx"] if r != t]
+        if not pairs:
+            skipped.append(
+                skipped_record(
+                    "movie",
+                    movie,
+                    int(cid),
+                    None,
+                    "triplets",
+                    f"no (reference, target) pair: {len(refs)} reference crops, "
+                    f"{len(targets)} captioned targets",
+                )
+            )
+            continue
+        ref_frame, target_frame = pairs[_rng(seed, movie, int(cid)).integers(len(pairs))]
+        ref = group[group["frame_idx"] == ref_frame].iloc[0]
+        target = targets[targets["frame_idx"] == target_frame].iloc[0]
+        target_row = group[group["frame_idx"] == target_frame].iloc[0]
+        crop_file = refs.loc[refs["frame_idx"] == ref_frame, "crop_file"].iloc[0]
+        triplets.append(
+            Triplet(
+                triplet_id=f"{movie}-c{int(cid):04d}",
+                source="movie",
+                movie=movie,
+                character_id=int(cid),
+                reference_frame=int(ref_frame),
+                target_frame=int(target_frame),
+                prompt=target["caption"],
+                face_embedding=[float(v) for v in ref["embedding"]],
+                images={
+                    "reference.png": load_rgb(layout.root / ref["path"]),
+                    "reference_crop.png": load_rgb(
+                        layout.stage_dir("references", movie) / crop_file
+                    ),
+                    "target.png": load_rgb(layout.root / target_row["path"]),
+                    "target_mask.png": load_rgb(
+                        layout.stage_dir("masks", movie) / target["mask_file"]
+                    ),
+                    "target_pose.png": load_rgb(
+                        layout.stage_dir("poses", movie) / target["control_file"]
+                    ),
+                },
+            )
+        )
+    return triplets, skipped
+
+
+def single_triplet(path: Path, perception, params: dict) -> tuple[Triplet | None, str, str]:
+    """A single-image ID: the image is the reference, its horizontal flip the target.
+
+    Returns the triplet, or None with the stage that stopped it and why.
+    """
+    try:
+        reference = load_rgb(path)
+    except (OSError, ValueError) as e:
+        return None, "read", f"unreadable image {path.name}: {e}"
+    faces = perception.faces().detect(reference)
+    if not faces:
+        return None, "faces", "no face found"
+    face = faces[
+        select_distinctive_face(
+            np.stack([f.embedding for f in faces]), np.array([f.area for f in faces])
+        )
+    ]
+    target = np.ascontiguousarray(reference[:, ::-1])
+    width = reference.shape[1]
+    x1, y1, x2, y2 = face.bbox
+    flipped_box = np.array([width - x2, y1, width - x1, y2], dtype=np.float32)
+    masks_params = MasksParams(**params["masks"])
+    detector = perception.person_detector() if masks_params.person_box_prompt else None
+    person_boxes = detector.detect(target) if detector is not None else None
+    mask, record = segment_character(
+        target, flipped_box, perception.segmenter(), person_boxes, masks_params
+    )
+    if record["status"] != "ok":
+        return None, "masks", record["skip_reason"]
+    poses_params = PosesParams(**params["poses"])
+    pose, reason = extract_pose(target, mask, perception.pose_estimator(), poses_params)
+    if pose is None:
+        return None, "poses", reason
+    captions_params = CaptionsParams(**params["captions"])
+    prompt = perception.captioner().caption_batch([target])[0]
+    problems = caption_problems(prompt, captions_params.min_words, captions_params.max_words)
+    if problems:
+        return None, "captions", "; ".join(problems)
+    crop = segment_reference(reference, mask[:, ::-1], ReferencesParams(**params["references"]))
+    height = reference.shape[0]
+    return (
+        Triplet(
+            triplet_id=f"single-{path.stem}",
+            source="single",
+            movie="",
+            character_id=-1,
+            reference_frame=0,
+            target_frame=0,
+            prompt=prompt,
+            face_embedding=[float(v) for v in face.embedding],
+            images={
+                "reference.png": reference,
+                "reference_crop.png": crop,
+                "target.png": target,
+                "target_mask.png": np.repeat((mask.astype(np.uint8) * 255)[..., None], 3, axis=-1),
+                "target_pose.png": draw_openpose(
+                    pose, (width, height), poses_params.score_threshold
+                ),
+            },
+        ),
+        "",
+        "",
+    )
+
+
+def write_triplets(
+    triplets: list[Triplet], skipped: list[dict], out_dir: Path, summary: dict
+) -> pd.DataFrame:
+    """Write images, manifest.parquet, skipped.parquet and dataset.json into `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for t in triplets:
+        folder = out_dir / t.triplet_id
+        folder.mkdir()
+        for name, image in t.images.items():
+            save_image(image, folder / name)
+        record = {k: v for k, v in asdict(t).items() if k != "images"}
+        rows.append({**record, **{n.removesuffix(".png"): f"{t.triplet_id}/{n}" for n in FILES}})
+    manifest = pd.DataFrame(rows)
+    manifest.to_parquet(out_dir / "manifest.parquet", index=False)
+    pd.DataFrame(
+        skipped, columns=["source", "movie", "character_id", "frame_idx", "stage", "reason"]
+    ).to_parquet(out_dir / "skipped.parquet", index=False)
+    (out_dir / "dataset.json").write_text(
+        json.dumps({**summary, "triplets": len(manifest), "skipped": len(skipped)}, indent=2)
+    )
+    return manifest
+
+
+def dvc_md5(path: Path) -> str:
+    """The md5 DVC records for a file or folder (folders: '<md5>.dir'), computed as DVC does."""
+    import tempfile
+
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import HashFileDB
+    from dvc_objects.fs.local import LocalFileSystem
+
+    fs = LocalFileSystem()
+    with tempfile.TemporaryDirectory() as tmp:
+        _, _, obj = build(HashFileDB(fs, tmp), str(path), fs, "md5", dry_run=True)
+    return obj.hash_info.value
+
+
+def triplets_expectations() -> list:
+    import great_expectations as gx
+
+    e = gx.expectations
+    return [
+        e.ExpectTableRowCountToBeBetween(min_value=1),
+        e.ExpectColumnValuesToBeUnique(column="triplet_id"),
+        e.ExpectColumnValuesToBeInSet(column="distinct_frames", value_set=[True]),
+        e.ExpectColumnValuesToBeInSet(column="prompt_ok", value_set=[True]),
+        e.ExpectColumnValuesToBeBetween(column="embedding_norm", min_value=0.999, max_value=1.001),
+        e.ExpectColumnValuesToBeInSet(column="files_exist", value_set=[True]),
+    ]
+
+
+def check_triplets(manifest: pd.DataFrame, root: Path, captions: CaptionsParams):
+    view = pd.DataFrame(
+        {
+            "triplet_id": manifest["triplet_id"],
+            # A movie triplet's target is another frame; a single's is the flipped image.
+            "distinct_frames": (manifest["reference_frame"] != manifest["target_frame"])
+            | (manifest["source"] == "single"),
+            "prompt_ok": [
+                not caption_problems(p, captions.min_words, captions.max_words)
+                for p in manifest["prompt"]
+            ],
+            "embedding_norm": [float(np.linalg.norm(e)) for e in manifest["face_embedding"]],
+            "files_exist": [
+                all((root / row[n.removesuffix(".png")]).is_file() for n in FILES)
+                for _, row in manifest.iterrows()
+            ],
+        }
+    )
+    return check_result("triplets_expectations", view, triplets_expectations(), "triplets")
+
+
+def build_triplets(
+    layout: DataLayout, movies: list[str], perception, params: dict, out_dir: Path
+) -> tuple[pd.DataFrame, list[dict]]:
+    """Every movie's and every single's triplets, written into `out_dir`."""
+    seed = TripletsParams(**params.get("triplets", {})).seed
+    triplets, skipped = [], []
+    for movie in movies:
+        missing = [
+            s
+            for s in ("characters", "masks", "poses", "captions", "references")
+            if not layout.table(s, movie).is_file()
+        ]
+        if missing:
+            skipped.append(
+                skipped_record(
+                    "movie",
+                    movie,
+                    None,
+                    None,
+                    missing[0],
+                    f"not materialised: {', '.join(missing)}",
+                )
+            )
+            continue
+        found, lost = movie_triplets(layout, movie, seed)
+        triplets += found
+        skipped += lost
+    singles = sorted(p for p in layout.singles_dir.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    for path in singles:
+        triplet, stage, reason = single_triplet(path, perception, params)
+        if triplet is None:
+            skipped.append(skipped_record("single", path.name, None, None, stage, reason))
+        else:
+            triplets.append(triplet)
+    summary = {
+        "seed": seed,
+        "movies": movies,
+        "singles": [p.name for p in singles],
+        "prompt_version": params["captions"].get("prompt_version", "caption_v1"),
+        "profile": params["profile"],
+    }
+    return write_triplets(triplets, skipped, out_dir, summary), skipped
+
+
+@dg.asset(
+    deps=["captions", "references"],
+    required_resource_keys={"data", "params", "perception"},
+    check_specs=[
+        blocking_spec(
+            "triplets",
+            "triplets_expectations",
+            "distinct reference/target, prompts follow the template, "
+            "unit face embeddings, every file present",
+        )
+    ],
+    group_name="dataset",
+    kinds={"dvc"},
+)
+def triplets(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """The (reference, target, prompt) dataset in triplets/, DVC-tracked; its DVC md5 is the
+    dataset version a training run names."""
+    layout = context.resources.data.layout
+    params = context.resources.params.values
+    movies = sorted(context.instance.get_dynamic_partitions("movies"))
+    with atomic_path(layout.triplets_dir) as tmp_dir:
+        manifest, skipped = build_triplets(
+            layout, movies, context.resources.perception, params, tmp_dir
+        )
+    version = dvc_md5(layout.triplets_dir)
+    sheet = triplet_sheet(manifest, layout.triplets_dir)
+    sheet_path = layout.root / "triplets.contact_sheet.jpg"
+    with atomic_path(sheet_path) as tmp:
+        sheet.save(tmp, format="JPEG", quality=90)
+    by_stage = pd.Series([s["stage"] for s in skipped], dtype=str).value_counts().to_dict()
+    return dg.MaterializeResult(
+        metadata={
+            "dvc_md5": version,
+            "triplets": len(manifest),
+            "from_movies": int((manifest["source"] == "movie").sum()) if len(manifest) else 0,
+            "from_singles": int((manifest["source"] == "single").sum()) if len(manifest) else 0,
+            "skipped_by_stage": dg.MetadataValue.json(by_stage),
+            "manifest": dg.MetadataValue.path(str(layout.triplets_dir / "manifest.parquet")),
+            "contact_sheet": dg.MetadataValue.path(str(sheet_path)),
+            "preview": dg.MetadataValue.md(markdown_preview(sheet, 900)),
+        },
+        data_version=dg.DataVersion(version),
+        check_results=[
+            check_triplets(manifest, layout.triplets_dir, CaptionsParams(**params["captions"]))
+        ],
+    )
