@@ -66,8 +66,10 @@ def test_controlnet_reads_the_4_latent_channels(tiny):
     assert unet.config.in_channels == 9
     assert controlnet.config.in_channels == 4
     assert torch.equal(controlnet.conv_in.weight, unet.conv_in.weight[:, :4])
-    assert torch.equal(controlnet.down_blocks[1].attentions[0].proj_in.weight,
-                       unet.down_blocks[1].attentions[0].proj_in.weight)  # fmt: skip
+    assert torch.equal(
+        controlnet.down_blocks[1].attentions[0].proj_in.weight,
+        unet.down_blocks[1].attentions[0].proj_in.weight,
+    )
 
 
 def test_branch_kv_start_from_the_text_kv(tiny):

@@ -175,13 +175,22 @@ def test_reference_image_goes_through_face_analyzer_and_body_encoder(tiny, scene
     assert body.shape == (1, 17, TINY.body_resampler.embed_dims)
 
     from_reference = _run(
-        pipe, scene, reference_image=reference, face_embedding=None, body_features=None,
-        output_type="latent", num_inference_steps=1,
-    )  # fmt: skip
-    precomputed = _run(
-        pipe, scene, face_embedding=face, body_features=body[0], output_type="latent",
+        pipe,
+        scene,
+        reference_image=reference,
+        face_embedding=None,
+        body_features=None,
+        output_type="latent",
         num_inference_steps=1,
-    )  # fmt: skip
+    )
+    precomputed = _run(
+        pipe,
+        scene,
+        face_embedding=face,
+        body_features=body[0],
+        output_type="latent",
+        num_inference_steps=1,
+    )
     assert torch.equal(from_reference, precomputed)
 
 
