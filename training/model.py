@@ -332,8 +332,8 @@ def attach_adapters(unet: UNet2DConditionModel, config: ModelConfig) -> None:
     # set_attn_processor would otherwise expect in its dict.
     unet.set_attn_processor(processors)
     with torch.device(unet.device):
-        resamplers = [IPAdapterPlusImageProjection(**asdict(c)) for c in resampler_configs]
-    unet.encoder_hid_proj = MultiIPAdapterImageProjection(resamplers).to(dtype=unet.dtype)
+        projections = [IPAdapterPlusImageProjection(**asdict(c)) for c in resampler_configs]
+    unet.encoder_hid_proj = MultiIPAdapterImageProjection(projections).to(dtype=unet.dtype)
     unet.register_to_config(encoder_hid_dim_type="ip_image_proj")
 
 
@@ -372,9 +372,9 @@ def trainable_parameters(
 def build_components(config: ModelConfig, seed: int = 0) -> dict[str, Any]:
     """All pipeline components of `config`, randomly initialised.
 
-    For `tiny` this is the whole offline model. Under `accelerate.init_empty_weights` it sizes
-    `sdxl` without allocating anything. Tokenizers and the body encoder are included where the
-    config can build them without files (`byte_tokenizers`, `body_encoder`), else None.
+    For `tiny` this is the whole offline model; for `sdxl`, random full-size weights (the GPU
+    benchmark). Tokenizers and the body encoder are included where the config can build them
+    without files (`byte_tokenizers`, `body_encoder`), else None.
     """
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**config.unet)
@@ -440,8 +440,7 @@ def predict_noise(
     if controlnet_scale != 0:
         if pose_image is None:
             raise ValueError("the ControlNet needs a pose image")
-        face_resampler = unet.encoder_hid_proj.image_projection_layers[0]
-        face_tokens = face_resampler(face_embeds[:, None, :])
+        face_tokens = resamplers(unet)["face"](face_embeds[:, None, :])
         down_residuals, mid_residual = controlnet(
             latents,
             timestep,

@@ -210,7 +210,6 @@ class CharacterInpaintPipeline(StableDiffusionXLInpaintPipeline):
         device = self._execution_device
         dtype = self.unet.dtype
         do_cfg = guidance_scale > 1.0
-        self._guidance_scale = guidance_scale
         if generator is None:
             generator = torch.Generator("cpu").manual_seed(0 if seed is None else seed)
 
@@ -275,15 +274,16 @@ class CharacterInpaintPipeline(StableDiffusionXLInpaintPipeline):
         mask_latents, masked_image_latents = self.prepare_mask_latents(
             mask_tensor, masked_image, 1, height, width, dtype, device, generator, do_cfg
         )
+        size = (height, width)
         time_ids, negative_time_ids = self._get_add_time_ids(
-            (height, width),
-            (0, 0),
-            (height, width),
-            6.0,
-            2.5,
-            (height, width),
-            (0, 0),
-            (height, width),
+            original_size=size,
+            crops_coords_top_left=(0, 0),
+            target_size=size,
+            aesthetic_score=6.0,  # read only by refiner-style U-Nets (requires_aesthetics_score)
+            negative_aesthetic_score=2.5,
+            negative_original_size=size,
+            negative_crops_coords_top_left=(0, 0),
+            negative_target_size=size,
             dtype=dtype,
             text_encoder_projection_dim=self.text_encoder_2.config.projection_dim,
         )
@@ -292,7 +292,6 @@ class CharacterInpaintPipeline(StableDiffusionXLInpaintPipeline):
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, 0.0)
 
         set_adapter_scales(self.unet, face_scale, body_scale)
-        self._num_timesteps = len(timesteps)
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             for t in timesteps:
                 model_input = torch.cat([latents] * 2) if do_cfg else latents
