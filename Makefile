@@ -28,6 +28,7 @@ $(STAMP): requirements.lock pyproject.toml
 demo: $(STAMP)
 	cameo sample-movie
 	dvc repro
+	dvc push
 	cameo dataset summary
 
 test: $(STAMP)

@@ -36,6 +36,7 @@ import PIL.Image
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.report import REPORT, write_section
 from training.model import (
     SDXL,
     ModelConfig,
@@ -49,8 +50,6 @@ from training.text import MAX_PROMPT_TOKENS, byte_level_tokenizer
 
 SIZE = 1024
 BODY_TOKENS = 1025  # InternViT-300M-448px: 32 × 32 patches + CLS
-SECTION_START = "<!-- model_gpu:start -->"
-SECTION_END = "<!-- model_gpu:end -->"
 TRAINING_BUDGET_GB = 80  # the article's H100s
 
 
@@ -182,9 +181,6 @@ def render(train: dict[str, float], infer: dict[str, float], args: argparse.Name
     fits = "yes" if train["peak_gb"] < TRAINING_BUDGET_GB else "NO"
     return "\n".join(
         [
-            SECTION_START,
-            "## Model (GPU)",
-            "",
             f"`python -m bench.model_gpu` on {torch.cuda.get_device_name()}, torch "
             f"{torch.__version__}, diffusers {diffusers.__version__}, {platform.node()}, "
             f"{time.strftime('%Y-%m-%d')}. Full-size `sdxl` config, random weights.",
@@ -208,23 +204,8 @@ def render(train: dict[str, float], infer: dict[str, float], args: argparse.Name
             "embeddings, plus the optimizer step. Inference: the whole pipeline call (prompt "
             "encoding, denoising, VAE decode, compositing), face embedding and body features "
             "precomputed.",
-            SECTION_END,
         ]
     )
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of BENCHMARKS.md (or append it), atomically."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if SECTION_START in text and SECTION_END in text:
-        head, rest = text.split(SECTION_START, 1)
-        tail = rest.split(SECTION_END, 1)[1]
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -233,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
     parser.add_argument("--inference-steps", type=int, default=30)
     parser.add_argument("--inference-runs", type=int, default=3)
-    parser.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
+    parser.add_argument("--output", type=Path, default=REPORT)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit(
@@ -249,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.cuda.empty_cache()
     infer = bench_inference(components, SDXL, SIZE, args.inference_steps, args.inference_runs)
     section = render(train, infer, args)
-    write_section(args.output, section)
+    write_section("Model (GPU)", section, args.output)
     print(section)
 
 

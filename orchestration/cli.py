@@ -191,23 +191,41 @@ def build(
 @dataset.command("summary")
 @data_option
 def summary(data_dir: Path) -> None:
-    """Print what each stage produced per movie, and where."""
+    """Print what each stage produced per movie, the triplet dataset, and where they are."""
     import pandas as pd
 
     from assets.layout import DataLayout
+    from assets.triplets import dvc_md5
 
     layout = DataLayout.from_env(data_dir)
     for movie in sorted(layout.movies()):
         click.echo(f"movie {movie} ({layout.movie(movie)})")
-        for stage in STAGE_CHOICES:
+        for stage in STAGE_CHOICES[:-1]:
             table = layout.table(stage, movie)
             if not table.is_file():
                 click.echo(f"  {stage:<11} not materialised")
                 continue
             df = pd.read_parquet(table)
             extra = ""
+            if "status" in df:
+                extra = f", {int((df['status'] == 'ok').sum())} usable"
             if stage == "characters" and not df.empty:
                 sizes = df.groupby("character_id").size()
                 extra = f", {len(sizes)} characters (frames each: {', '.join(map(str, sizes))})"
             click.echo(f"  {stage:<11} {len(df):>5} rows{extra}  {table}")
+    manifest = layout.triplets_dir / "manifest.parquet"
+    if manifest.is_file():
+        triplets = pd.read_parquet(manifest)
+        skipped = pd.read_parquet(layout.triplets_dir / "skipped.parquet")
+        sources = triplets["source"].value_counts().to_dict()
+        click.echo(
+            f"triplets: {len(triplets)} ({sources}), {len(skipped)} skipped "
+            f"(by stage: {skipped['stage'].value_counts().to_dict()})"
+        )
+        click.echo(f"  dataset version (DVC md5): {dvc_md5(layout.triplets_dir)}")
+        click.echo(
+            f"  {layout.triplets_dir}  (sheet: {layout.root / 'triplets.contact_sheet.jpg'})"
+        )
+    else:
+        click.echo("triplets: not materialised")
     click.echo("Dagster UI on the same instance: make ui  (then http://127.0.0.1:3000)")

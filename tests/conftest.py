@@ -33,10 +33,12 @@ def _one_torch_thread():
 
 @pytest.fixture(scope="session")
 def sample_root(tmp_path_factory) -> Path:
-    """A data root holding the sample movie and its ground truth (written once per session)."""
+    """A data root holding the sample movie, its ground truth and the sample single images
+    (written once per session)."""
     from assets.layout import DataLayout
-    from assets.sample_movie import write_sample_movie
+    from assets.sample_movie import write_sample_movie, write_sample_singles
 
     root = tmp_path_factory.mktemp("data")
     write_sample_movie(DataLayout(root))
+    write_sample_singles(DataLayout(root))
     return root

@@ -1,4 +1,4 @@
-"""The identity-mining assets materialised in-process, with their blocking checks."""
+"""The dataset assets materialised in-process, with their blocking checks."""
 
 import json
 import shutil
@@ -15,20 +15,22 @@ from assets.layout import DataLayout
 from assets.params import load_params
 from assets.partitions import movie_partitions
 from assets.sample_movie import compare_with_truth
-from orchestration.cli import main
-from orchestration.definitions import STAGES, build_resources, defs
+from assets.triplets import dvc_md5, triplets
+from orchestration.cli import STAGE_CHOICES, main
+from orchestration.definitions import MOVIE_STAGES, STAGE_NAMES, STAGES, build_resources, defs
 from orchestration.resources import DataResource
 from orchestration.sensors import movie_sensor
 from tests.conftest import PARAMS
 
 
 def materialize(
-    root: Path, params: Path = PARAMS, movie: str = "sample"
+    root: Path, params: Path = PARAMS, movie: str = "sample", instance=None
 ) -> dg.ExecuteInProcessResult:
-    instance = dg.DagsterInstance.ephemeral()
+    """Every per-movie stage of one partition."""
+    instance = instance or dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(movie_partitions.name, [movie])
     return dg.materialize(
-        list(STAGES),
+        list(MOVIE_STAGES),
         partition_key=movie,
         instance=instance,
         resources=build_resources(str(root), str(params), "tiny"),
@@ -41,25 +43,35 @@ def check_outcomes(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
 
 
 @pytest.fixture(scope="module")
-def built(sample_root: Path) -> dg.ExecuteInProcessResult:
-    return materialize(sample_root)
+def instance() -> dg.DagsterInstance:
+    return dg.DagsterInstance.ephemeral()
+
+
+@pytest.fixture(scope="module")
+def built(sample_root: Path, instance) -> dg.ExecuteInProcessResult:
+    return materialize(sample_root, instance=instance)
+
+
+@pytest.fixture(scope="module")
+def dataset(built, sample_root: Path, instance) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        list(STAGES),
+        selection=[triplets],
+        instance=instance,
+        resources=build_resources(str(sample_root), str(PARAMS), "tiny"),
+    )
 
 
 def test_definitions_load():
     dg.Definitions.validate_loadable(defs)
-    assert {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()} == {
-        "frames",
-        "faces",
-        "characters",
-    }
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert keys == set(STAGE_NAMES) == set(STAGE_CHOICES)
 
 
 def test_sample_movie_materialises_with_every_check_passing(built, sample_root: Path):
     assert built.success
     assert check_outcomes(built) == {
-        "frames_expectations": True,
-        "faces_expectations": True,
-        "characters_expectations": True,
+        f"{name}_expectations": True for name in STAGE_NAMES if name != "triplets"
     }
     layout = DataLayout(sample_root)
     frames = pd.read_parquet(layout.table("frames", "sample"))
@@ -128,7 +140,7 @@ def test_cli_build_fails_the_bad_movie_and_finishes_the_others(sample_root: Path
     assert "FAILED broken-reel" in result.output and "Broken Reel.mkv" in result.output
     assert "ok     sample" in result.output
     assert DataLayout(root).table("frames", "sample").is_file()
-    assert not DataLayout(root).frames_dir("broken-reel").exists()
+    assert not DataLayout(root).stage_dir("frames", "broken-reel").exists()
     # Both movies are registered partitions of the persistent instance, visible in the UI.
     instance = dg.DagsterInstance.get()
     assert {"sample", "broken-reel"} <= set(instance.get_dynamic_partitions("movies"))
@@ -145,3 +157,22 @@ def test_sensor_registers_new_movies_once(sample_root: Path):
     instance.add_dynamic_partitions("movies", ["sample"])
     again = movie_sensor(context)
     assert not again.run_requests and again.skip_reason
+
+
+def test_triplet_dataset_from_the_movie_and_the_singles(dataset, sample_root: Path):
+    assert check_outcomes(dataset) == {"triplets_expectations": True}
+    layout = DataLayout(sample_root)
+    manifest = pd.read_parquet(layout.triplets_dir / "manifest.parquet")
+    characters = pd.read_parquet(layout.table("characters", "sample"))
+    movie_rows = manifest[manifest["source"] == "movie"]
+    assert len(movie_rows) == characters["character_id"].nunique()  # one triplet a character
+    assert (movie_rows["reference_frame"] != movie_rows["target_frame"]).all()
+    assert manifest.loc[manifest["source"] == "single", "triplet_id"].tolist() == [
+        "single-eileen_collins"
+    ]
+    skipped = pd.read_parquet(layout.triplets_dir / "skipped.parquet")
+    cat = skipped[skipped["movie"] == "chelsea.png"].iloc[0]
+    assert (cat["stage"], cat["reason"]) == ("faces", "no face found")
+    event = next(iter(dataset.get_asset_materialization_events())).materialization
+    assert event.metadata["dvc_md5"].value == dvc_md5(layout.triplets_dir)
+    assert event.metadata["dvc_md5"].value.endswith(".dir")

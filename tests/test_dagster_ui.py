@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from orchestration.definitions import STAGE_NAMES
 from tests.conftest import REPO
 
 BIN = Path(sys.executable).parent
@@ -99,9 +100,10 @@ def test_ui_shows_assets_partitions_and_blocking_checks(instance_env):
         server.kill()  # the webserver ignores SIGTERM
         server.wait(timeout=30)
     by_name = {n["assetKey"]["path"][0]: n for n in nodes}
-    assert set(by_name) == {"frames", "faces", "characters"}
+    assert set(by_name) == set(STAGE_NAMES)
     for name, node in by_name.items():
-        assert node["partitionKeys"] == ["sample"]
+        # Every stage is per movie but the dataset, which gathers all of them.
+        assert node["partitionKeys"] == ([] if name == "triplets" else ["sample"])
         assert node["assetChecksOrError"]["checks"] == [
             {"name": f"{name}_expectations", "blocking": True}
         ]

@@ -1,0 +1,123 @@
+"""The completing stages' rules on small inputs, and each bad case's recorded reason."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from assets.captions import CaptionsParams, caption_frames
+from assets.layout import DataLayout
+from assets.masks import MasksParams, mask_skip_reason, segment_character
+from assets.poses import PosesParams, extract_pose, masked_image
+from assets.references import ReferencesParams, segment_reference
+from assets.triplets import dvc_md5, single_triplet
+from orchestration.resources import ParamsResource, PerceptionResource
+from perception.captions import TinyCaptioner
+from perception.pose import RTMPoseEstimator
+from perception.segmentation import SamSegmenter
+from tests.conftest import PARAMS
+
+
+@pytest.fixture(scope="module")
+def perception() -> PerceptionResource:
+    return PerceptionResource(params=ParamsResource(path=str(PARAMS), profile="tiny"))
+
+
+def test_mask_skip_reasons():
+    params = MasksParams(min_area_fraction=0.01, max_area_fraction=0.95)
+    assert mask_skip_reason(0.3, True, params) == ""
+    assert mask_skip_reason(0.0, True, params).startswith("empty mask")
+    assert mask_skip_reason(0.99, True, params).startswith("mask covers the frame")
+    assert mask_skip_reason(0.3, False, params) == "mask misses the face centre"
+
+
+def test_segment_character_records_what_sam_returned():
+    image = np.zeros((96, 128, 3), np.uint8)
+    image[20:80, 40:90] = 200
+    mask, record = segment_character(
+        image, np.array([50, 25, 80, 50]), SamSegmenter.tiny(), None, MasksParams()
+    )
+    assert mask.shape == (96, 128) and mask.dtype == bool
+    assert record["area_fraction"] == pytest.approx(mask.mean())
+    assert record["face_center_inside"] == bool(mask[37, 65])
+    assert record["prompt"] == "point" and record["person_box"] is None
+    assert (record["status"] == "ok") == (record["skip_reason"] == "")
+
+
+def test_pose_is_taken_from_the_masked_image_and_can_be_missing():
+    image = np.full((120, 90, 3), 180, np.uint8)
+    mask = np.zeros((120, 90), bool)
+    mask[10:110, 20:70] = True
+    assert masked_image(image, mask)[0, 0].tolist() == [0, 0, 0]
+    estimator = RTMPoseEstimator.tiny()
+    pose, reason = extract_pose(image, mask, estimator, PosesParams(min_keypoints=1))
+    assert reason == "" and pose.keypoints.shape == (133, 2)
+    pose, reason = extract_pose(image, mask, estimator, PosesParams(min_keypoints=134))
+    assert pose is None and reason.startswith("no pose found")
+    pose, reason = extract_pose(image, np.zeros_like(mask), estimator, PosesParams())
+    assert pose is None and reason == "empty mask"
+
+
+def test_reference_crop_removes_the_background():
+    image = np.full((50, 60, 3), 7, np.uint8)
+    mask = np.zeros((50, 60), bool)
+    mask[10:30, 20:40] = True
+    mask[10, 20] = False
+    crop = segment_reference(image, mask, ReferencesParams(padding=0.0, background=255))
+    assert crop.shape == (20, 20, 3)
+    assert crop[0, 0].tolist() == [255, 255, 255] and crop[5, 5].tolist() == [7, 7, 7]
+    assert segment_reference(image, np.zeros_like(mask), ReferencesParams()) is None
+
+
+def test_captions_breaking_the_template_are_skipped_with_the_rules_broken(tmp_path: Path):
+    Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(tmp_path / "f.jpg")
+    poses = pd.DataFrame(
+        {
+            "movie": "m",
+            "character_id": [0, 0],
+            "frame_idx": [0, 50],
+            "path": ["f.jpg", "f.jpg"],
+            "status": ["ok", "skipped"],
+        }
+    )
+    ok = caption_frames(poses, tmp_path, TinyCaptioner(), CaptionsParams())
+    assert ok["frame_idx"].tolist() == [0] and ok["status"].tolist() == ["ok"]
+    strict = caption_frames(
+        poses, tmp_path, TinyCaptioner(), CaptionsParams(min_words=300, max_words=400)
+    )
+    assert strict["status"].tolist() == ["skipped"]
+    assert "outside 300-400" in strict["skip_reason"].iloc[0]
+
+
+def test_unreadable_single_image_is_skipped_with_its_name(tmp_path: Path, perception):
+    bad = tmp_path / "hero.png"
+    bad.write_bytes(b"not a png")
+    params = perception.params.values
+    triplet, stage, reason = single_triplet(bad, perception, params)
+    assert triplet is None and stage == "read" and "hero.png" in reason
+
+
+def test_single_image_becomes_a_flipped_triplet(sample_root: Path, perception):
+    single = DataLayout(sample_root).singles_dir / "eileen_collins.png"
+    triplet, stage, reason = single_triplet(single, perception, perception.params.values)
+    assert triplet is not None, (stage, reason)
+    np.testing.assert_array_equal(
+        triplet.images["target.png"], triplet.images["reference.png"][:, ::-1]
+    )
+    assert len(triplet.face_embedding) == 512
+
+
+def test_dvc_md5_is_the_hash_dvc_records(tmp_path: Path):
+    folder = tmp_path / "triplets"
+    (folder / "a").mkdir(parents=True)
+    (folder / "a" / "x.txt").write_text("x")
+    (folder / "manifest.json").write_text("{}")
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([*dvc, "add", "-q", "triplets"], cwd=tmp_path, check=True)
+    recorded = (tmp_path / "triplets.dvc").read_text()
+    assert f"md5: {dvc_md5(folder)}" in recorded
