@@ -9,6 +9,7 @@ become a triplet is listed in skipped.parquet with the stage and reason.
 """
 
 import json
+import tempfile
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -226,8 +227,6 @@ def write_triplets(
 
 def dvc_md5(path: Path) -> str:
     """The md5 DVC records for a file or folder (folders: '<md5>.dir'), computed as DVC does."""
-    import tempfile
-
     from dvc_data.hashfile.build import build
     from dvc_data.hashfile.db import HashFileDB
     from dvc_objects.fs.local import LocalFileSystem

@@ -9,12 +9,14 @@ from orchestration.resources import DataResource
 
 
 @dg.sensor(
-    target=dg.AssetSelection.groups("identity_mining"),
+    # Every per-movie stage; the triplets gather all movies and are built on demand.
+    target=dg.AssetSelection.groups("identity_mining", "dataset")
+    - dg.AssetSelection.assets("triplets"),
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def movie_sensor(context: dg.SensorEvaluationContext, data: DataResource) -> dg.SensorResult:
-    """New movie files become partitions; each gets one run of the identity-mining stages."""
+    """New movie files become partitions; each gets one run of the per-movie stages."""
     known = set(context.instance.get_dynamic_partitions(movie_partitions.name))
     try:
         movies = data.layout.movies()
