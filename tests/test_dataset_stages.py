@@ -14,7 +14,7 @@ from assets.layout import DataLayout
 from assets.masks import MasksParams, mask_skip_reason, segment_character
 from assets.poses import PosesParams, extract_pose, masked_image
 from assets.references import ReferencesParams, segment_reference
-from assets.triplets import dvc_md5, single_triplet
+from assets.triplets import dvc_md5, movie_triplets, single_triplet
 from orchestration.resources import ParamsResource, PerceptionResource
 from perception.captions import TinyCaptioner
 from perception.pose import RTMPoseEstimator
@@ -121,3 +121,94 @@ def test_dvc_md5_is_the_hash_dvc_records(tmp_path: Path):
     subprocess.run([*dvc, "add", "-q", "triplets"], cwd=tmp_path, check=True)
     recorded = (tmp_path / "triplets.dvc").read_text()
     assert f"md5: {dvc_md5(folder)}" in recorded
+
+
+def small_movie_dataset(root: Path) -> DataLayout:
+    """Two characters in movie 'm': character 0 has three usable frames, character 1 loses
+    its frames to an empty mask, a missing pose and a caption that breaks the template."""
+    layout = DataLayout(root)
+    frames = [0, 50, 100, 150, 200]
+    for stage in ("frames", "masks", "poses", "references"):
+        layout.stage_dir(stage, "m").mkdir(parents=True)
+    for stage in ("characters", "captions"):
+        (root / stage).mkdir()
+    for f in frames:
+        image = np.full((32, 48, 3), f % 255, np.uint8)
+        Image.fromarray(image).save(layout.stage_dir("frames", "m") / f"{f:08d}.png")
+        for stage, name in (("masks", "mask"), ("poses", "pose"), ("references", "crop")):
+            Image.fromarray(image).save(layout.stage_dir(stage, "m") / f"{name}{f}.png")
+    ids = [0, 0, 0, 1, 1]
+
+    def table(**columns):
+        return pd.DataFrame({"movie": "m", "character_id": ids, "frame_idx": frames, **columns})
+
+    unit = np.eye(512, dtype=np.float32)[0].tolist()
+    table(path=[f"frames/m/{f:08d}.png" for f in frames], embedding=[unit] * 5).to_parquet(
+        layout.table("characters", "m")
+    )
+    mask_status = ["ok", "ok", "ok", "ok", "skipped"]
+    table(
+        mask_file=[f"mask{f}.png" for f in frames],
+        status=mask_status,
+        skip_reason=["", "", "", "", "empty mask: area 0.0000 < 0.01"],
+    ).to_parquet(layout.table("masks", "m"))
+    ok4 = [0, 0, 0, 1]
+    pd.DataFrame(
+        {
+            "movie": "m",
+            "character_id": ok4,
+            "frame_idx": frames[:4],
+            "mask_file": [f"mask{f}.png" for f in frames[:4]],
+            "control_file": [f"pose{f}.png" for f in frames[:4]],
+            "status": ["ok", "ok", "ok", "skipped"],
+            "skip_reason": ["", "", "", "no pose found: 2 of 133 keypoints"],
+        }
+    ).to_parquet(layout.table("poses", "m"))
+    caption = "A woman " + "stands " * 110
+    pd.DataFrame(
+        {
+            "movie": "m",
+            "character_id": [0, 0, 0],
+            "frame_idx": frames[:3],
+            "caption": [caption, caption, "A man waves."],
+            "status": ["ok", "ok", "skipped"],
+            "skip_reason": ["", "", "3 words, outside 100-150"],
+        }
+    ).to_parquet(layout.table("captions", "m"))
+    pd.DataFrame(
+        {
+            "movie": "m",
+            "character_id": ok4,
+            "frame_idx": frames[:4],
+            "crop_file": [f"crop{f}.png" for f in frames[:4]],
+        }
+    ).to_parquet(layout.table("references", "m"))
+    return layout
+
+
+def test_movie_triplets_record_every_skip_and_follow_the_seed(tmp_path: Path):
+    layout = small_movie_dataset(tmp_path)
+    triplets, skipped = movie_triplets(layout, "m", seed=0)
+    assert [t.character_id for t in triplets] == [0]
+    t = triplets[0]
+    assert t.reference_frame != t.target_frame and t.target_frame in (0, 50)
+    assert set(t.images) == {
+        "reference.png",
+        "reference_crop.png",
+        "target.png",
+        "target_mask.png",
+        "target_pose.png",
+    }
+    reasons = {(s["stage"], s["frame_idx"]): s["reason"] for s in skipped}
+    assert reasons[("masks", 200)].startswith("empty mask")
+    assert reasons[("poses", 150)].startswith("no pose found")
+    assert reasons[("captions", 100)] == "3 words, outside 100-150"
+    assert reasons[("triplets", None)].startswith("no (reference, target) pair")
+    choices = {
+        (t.reference_frame, t.target_frame)
+        for seed in range(8)
+        for t in movie_triplets(layout, "m", seed)[0]
+    }
+    again = movie_triplets(layout, "m", seed=0)[0][0]
+    assert (again.reference_frame, again.target_frame) == (t.reference_frame, t.target_frame)
+    assert len(choices) > 1  # the seed, not the table order, decides
