@@ -11,7 +11,7 @@ from pydantic import PrivateAttr
 
 from assets.layout import DataLayout
 from assets.params import load_params
-from perception.captions import TinyCaptioner, VLMCaptioner, load_captioner
+from perception.captions import Captioner, load_captioner
 from perception.faces import FaceAnalyzer, load_face_analyzer
 from perception.pose import RTMPoseEstimator, load_pose_estimator
 from perception.segmentation import (
@@ -102,7 +102,7 @@ class PerceptionResource(dg.ConfigurableResource):
             "pose", lambda: load_pose_estimator(self._profile, self._models, **kwargs)
         )
 
-    def captioner(self) -> VLMCaptioner | TinyCaptioner:
+    def captioner(self) -> Captioner:
         p = self.params.section("captions")
         kwargs = {"model": p["model"]} if "model" in p else {}
         return self._load(

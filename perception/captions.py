@@ -83,11 +83,9 @@ def caption_problems(text: str, min_words: int = 100, max_words: int = 150) -> l
 class Captioner(Protocol):
     def caption(self, image: np.ndarray) -> str:
         """The caption of an RGB uint8 image of shape (H, W, 3)."""
-        ...
 
     def caption_batch(self, images: list[np.ndarray]) -> list[str]:
         """One caption per image, in order."""
-        ...
 
 
 def _vllm_engine(model_dir: Path) -> Any | None:

@@ -41,7 +41,6 @@ class DetectedFace:
 class FaceAnalyzer(Protocol):
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
         """Every face in an RGB uint8 image of shape (H, W, 3)."""
-        ...
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
