@@ -9,7 +9,6 @@ skipped, with the reason.
 from dataclasses import dataclass
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 
 from assets.contact_sheet import markdown_preview, pose_contact_sheet
@@ -17,7 +16,7 @@ from assets.layout import atomic_path, load_rgb, read_table, save_image, write_t
 from assets.partitions import movie_partitions
 from assets.quality import blocking_spec, check_result
 from assets.steps import GPU_STEP_TAGS
-from perception.pose import DEFAULT_MODEL, NUM_KEYPOINTS, Pose, draw_openpose, mask_box
+from perception.pose import DEFAULT_MODEL, NUM_KEYPOINTS, draw_openpose, extract_pose
 
 
 @dataclass(frozen=True)
@@ -27,28 +26,6 @@ class PosesParams:
     min_keypoints: int = 5  # keypoints above the threshold for a pose to count as found
 
 
-def masked_image(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The frame with everything but the character blacked out."""
-    return np.where(mask[..., None], image, 0).astype(np.uint8)
-
-
-def extract_pose(
-    image: np.ndarray, mask: np.ndarray, estimator, params: PosesParams
-) -> tuple[Pose | None, str]:
-    """The character's pose from the masked frame, or None and why not."""
-    box = mask_box(mask)
-    if box is None:
-        return None, "empty mask"
-    pose = estimator.estimate(masked_image(image, mask), box)
-    found = int((pose.scores >= params.score_threshold).sum())
-    if found < params.min_keypoints:
-        return None, (
-            f"no pose found: {found} of {NUM_KEYPOINTS} keypoints score >= "
-            f"{params.score_threshold} (need {params.min_keypoints})"
-        )
-    return pose, ""
-
-
 def estimate_poses(masks: pd.DataFrame, root, mask_dir, out_dir, estimator, params) -> pd.DataFrame:
     """One row per usable mask; a control image in `out_dir` for every pose found."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -56,7 +33,9 @@ def estimate_poses(masks: pd.DataFrame, root, mask_dir, out_dir, estimator, para
     for row in masks[masks["status"] == "ok"].itertuples(index=False):
         image = load_rgb(root / row.path)
         mask = load_rgb(mask_dir / row.mask_file)[..., 0] > 127
-        pose, reason = extract_pose(image, mask, estimator, params)
+        pose, reason = extract_pose(
+            estimator, image, mask, params.score_threshold, params.min_keypoints
+        )
         control_file = ""
         if pose is not None:
             control_file = f"{row.character_id:04d}_{row.frame_idx:08d}.png"

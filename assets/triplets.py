@@ -23,11 +23,11 @@ from assets.contact_sheet import markdown_preview, triplet_sheet
 from assets.faces import select_distinctive_face
 from assets.layout import DataLayout, atomic_path, load_rgb, read_table, save_image
 from assets.masks import MasksParams, segment_character
-from assets.poses import PosesParams, extract_pose
+from assets.poses import PosesParams
 from assets.quality import blocking_spec, check_result
 from assets.references import ReferencesParams, segment_reference
 from perception.captions import caption_problems
-from perception.pose import draw_openpose
+from perception.pose import draw_openpose, extract_pose
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 FILES = ("reference.png", "reference_crop.png", "target.png", "target_mask.png", "target_pose.png")
@@ -166,7 +166,13 @@ def single_triplet(path: Path, perception, params: dict) -> tuple[Triplet | None
     if record["status"] != "ok":
         return None, "masks", record["skip_reason"]
     poses_params = PosesParams(**params["poses"])
-    pose, reason = extract_pose(target, mask, perception.pose_estimator(), poses_params)
+    pose, reason = extract_pose(
+        perception.pose_estimator(),
+        target,
+        mask,
+        poses_params.score_threshold,
+        poses_params.min_keypoints,
+    )
     if pose is None:
         return None, "poses", reason
     captions_params = CaptionsParams(**params["captions"])

@@ -211,6 +211,53 @@ def mask_box(mask: np.ndarray, pad: float = 0.05) -> tuple[float, float, float, 
     return (max(x1 - dx, 0.0), max(y1 - dy, 0.0), min(x2 + dx, width), min(y2 + dy, height))
 
 
+def masked_image(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The image with everything but the masked character blacked out."""
+    return np.where(mask[..., None], image, 0).astype(np.uint8)
+
+
+def extract_pose(
+    estimator: RTMPoseEstimator,
+    image: np.ndarray,
+    mask: np.ndarray,
+    score_threshold: float = 0.3,
+    min_keypoints: int = 5,
+) -> tuple[Pose | None, str]:
+    """The masked character's pose (article 3.2.3: the pose model sees only that character,
+    boxed by its mask), or None and why not."""
+    box = mask_box(mask)
+    if box is None:
+        return None, "empty mask"
+    pose = estimator.estimate(masked_image(image, mask), box)
+    found = int((pose.scores >= score_threshold).sum())
+    if found < min_keypoints:
+        return None, (
+            f"no pose found: {found} of {NUM_KEYPOINTS} keypoints score >= {score_threshold} "
+            f"(need {min_keypoints})"
+        )
+    return pose, ""
+
+
+class MaskedPoseExtractor:
+    """Masked image → OpenPose control image, the way the dataset's poses stage makes them:
+    the `pose_extractor` of `training.pipeline.CharacterInpaintPipeline`."""
+
+    def __init__(
+        self, estimator: RTMPoseEstimator, score_threshold: float = 0.3, min_keypoints: int = 5
+    ) -> None:
+        self.estimator = estimator
+        self.score_threshold = score_threshold
+        self.min_keypoints = min_keypoints
+
+    def __call__(self, masked: np.ndarray) -> np.ndarray:
+        pose, reason = extract_pose(
+            self.estimator, masked, masked.any(axis=-1), self.score_threshold, self.min_keypoints
+        )
+        if pose is None:
+            raise ValueError(f"cannot condition on the masked figure's pose: {reason}")
+        return draw_openpose(pose, (masked.shape[1], masked.shape[0]), self.score_threshold)
+
+
 def _openpose18(pose: Pose) -> tuple[np.ndarray, np.ndarray]:
     """COCO-17 body -> OpenPose-18 order; the neck scores as the weaker shoulder."""
     points = np.zeros((18, 2), np.float32)

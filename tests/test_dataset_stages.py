@@ -12,12 +12,11 @@ from PIL import Image
 from assets.captions import CaptionsParams, caption_frames
 from assets.layout import DataLayout
 from assets.masks import MasksParams, mask_skip_reason, segment_character
-from assets.poses import PosesParams, extract_pose, masked_image
 from assets.references import ReferencesParams, segment_reference
 from assets.triplets import dvc_md5, movie_triplets, single_triplet
 from orchestration.resources import ParamsResource, PerceptionResource
 from perception.captions import TinyCaptioner
-from perception.pose import RTMPoseEstimator
+from perception.pose import MaskedPoseExtractor, RTMPoseEstimator, extract_pose, masked_image
 from perception.segmentation import SamSegmenter
 from tests.conftest import PARAMS
 
@@ -54,12 +53,17 @@ def test_pose_is_taken_from_the_masked_image_and_can_be_missing():
     mask[10:110, 20:70] = True
     assert masked_image(image, mask)[0, 0].tolist() == [0, 0, 0]
     estimator = RTMPoseEstimator.tiny()
-    pose, reason = extract_pose(image, mask, estimator, PosesParams(min_keypoints=1))
+    pose, reason = extract_pose(estimator, image, mask, min_keypoints=1)
     assert reason == "" and pose.keypoints.shape == (133, 2)
-    pose, reason = extract_pose(image, mask, estimator, PosesParams(min_keypoints=134))
+    pose, reason = extract_pose(estimator, image, mask, min_keypoints=134)
     assert pose is None and reason.startswith("no pose found")
-    pose, reason = extract_pose(image, np.zeros_like(mask), estimator, PosesParams())
+    pose, reason = extract_pose(estimator, image, np.zeros_like(mask))
     assert pose is None and reason == "empty mask"
+    # The inpainting pipeline's extractor sees only the masked image and draws the same pose.
+    control = MaskedPoseExtractor(estimator, min_keypoints=1)(masked_image(image, mask))
+    assert control.shape == (120, 90, 3) and control.any()
+    with pytest.raises(ValueError, match="no pose found"):
+        MaskedPoseExtractor(estimator, min_keypoints=134)(masked_image(image, mask))
 
 
 def test_reference_crop_removes_the_background():

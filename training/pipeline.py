@@ -52,9 +52,10 @@ class CharacterInpaintPipeline(StableDiffusionXLInpaintPipeline):
     Components are those of `StableDiffusionXLInpaintPipeline` (its U-Net carrying the two image
     branches, see `training.model.attach_adapters`) plus `controlnet` (Pose-IdentityNet) and the
     body encoder with its image processor. `face_analyzer` (a `perception.faces.FaceAnalyzer`)
-    and `pose_extractor` (a `PoseExtractor`) turn a reference image into a face embedding and a
-    masked base image into a pose drawing; either may be omitted when callers pass
-    `face_embedding` / `pose_image` themselves.
+    and `pose_extractor` (a `PoseExtractor`, e.g. `perception.pose.MaskedPoseExtractor`, which
+    draws poses exactly as the dataset's poses stage) turn a reference image into a face
+    embedding and a masked base image into a pose drawing; either may be omitted when callers
+    pass `face_embedding` / `pose_image` themselves.
 
     Trained adapters can also be loaded the diffusers way:
     `pipe.load_ip_adapter(dir, subfolder="", weight_name=[face_file, body_file],

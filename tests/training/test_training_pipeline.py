@@ -9,6 +9,7 @@ import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionXLInpaintPipeline
 from tiny_scene import Scene, plain_unet, randomize_controlnet_outputs
 
+from perception.pose import MaskedPoseExtractor, RTMPoseEstimator
 from training.model import TINY
 from training.pipeline import CharacterInpaintPipeline
 from training.text import encode_prompt
@@ -131,22 +132,20 @@ def test_np_output_is_uint8(tiny, scene):
     assert images.dtype == np.uint8 and images.shape == (1, *np.asarray(scene.base).shape)
 
 
-class _KeypointDrawer:
-    """A pose extractor that draws a dot at the centroid of the pixels it is shown."""
+class _RecordingPoseExtractor(MaskedPoseExtractor):
+    """The dataset's pose extractor (tiny RTMPose), remembering what it was shown."""
 
     def __init__(self) -> None:
+        super().__init__(RTMPoseEstimator.tiny(), min_keypoints=1)
         self.seen: list[np.ndarray] = []
 
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        self.seen.append(rgb)
-        ys, xs = np.nonzero(rgb.any(axis=-1))
-        drawing = np.zeros_like(rgb)
-        drawing[int(ys.mean()), int(xs.mean())] = 255
-        return drawing
+    def __call__(self, masked: np.ndarray) -> np.ndarray:
+        self.seen.append(masked)
+        return super().__call__(masked)
 
 
 def test_pose_is_extracted_from_the_masked_base_image(tiny, scene):
-    drawer = _KeypointDrawer()
+    drawer = _RecordingPoseExtractor()
     _run(_pipeline(tiny, pose_extractor=drawer), scene, pose_image=None, num_inference_steps=1)
     (seen,) = drawer.seen
     base = np.asarray(scene.base)
