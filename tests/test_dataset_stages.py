@@ -45,6 +45,12 @@ def test_segment_character_records_what_sam_returned():
     assert record["face_center_inside"] == bool(mask[37, 65])
     assert record["prompt"] == "point" and record["person_box"] is None
     assert (record["status"] == "ok") == (record["skip_reason"] == "")
+    # Note 1: the person box overlapping the face most becomes a box prompt.
+    people = np.array([[0, 0, 30, 90], [35, 10, 95, 95]], dtype=np.float32)
+    _, record = segment_character(
+        image, np.array([50, 25, 80, 50]), SamSegmenter.tiny(), people, MasksParams()
+    )
+    assert record["prompt"] == "point+box" and record["person_box"] == [35, 10, 95, 95]
 
 
 def test_pose_is_taken_from_the_masked_image_and_can_be_missing():
