@@ -11,7 +11,7 @@ become a triplet is listed in skipped.parquet with the stage and reason.
 import json
 import tempfile
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import dagster as dg
@@ -207,20 +207,21 @@ def single_triplet(path: Path, perception, params: dict) -> tuple[Triplet | None
     )
 
 
-def write_triplets(
-    triplets: list[Triplet], skipped: list[dict], out_dir: Path, summary: dict
-) -> pd.DataFrame:
-    """Write images, manifest.parquet, skipped.parquet and dataset.json into `out_dir`."""
+def write_triplet(triplet: Triplet, out_dir: Path) -> dict:
+    """Write one triplet's images into `out_dir/<triplet_id>/`; return its manifest row."""
+    folder = out_dir / triplet.triplet_id
+    folder.mkdir(parents=True)
+    for name, image in triplet.images.items():
+        save_image(image, folder / name)
+    record = {k: v for k, v in asdict(triplet).items() if k != "images"}
+    return {**record, **{n.removesuffix(".png"): f"{triplet.triplet_id}/{n}" for n in FILES}}
+
+
+def write_manifest(rows: list[dict], skipped: list[dict], out_dir: Path, summary: dict):
+    """manifest.parquet, skipped.parquet and dataset.json beside the triplets' folders."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for t in triplets:
-        folder = out_dir / t.triplet_id
-        folder.mkdir()
-        for name, image in t.images.items():
-            save_image(image, folder / name)
-        record = {k: v for k, v in asdict(t).items() if k != "images"}
-        rows.append({**record, **{n.removesuffix(".png"): f"{t.triplet_id}/{n}" for n in FILES}})
-    manifest = pd.DataFrame(rows)
+    columns = [f.name for f in fields(Triplet) if f.name != "images"]
+    manifest = pd.DataFrame(rows, columns=columns + [n.removesuffix(".png") for n in FILES])
     manifest.to_parquet(out_dir / "manifest.parquet", index=False)
     pd.DataFrame(
         skipped, columns=["source", "movie", "character_id", "frame_idx", "stage", "reason"]
@@ -281,9 +282,10 @@ def check_triplets(manifest: pd.DataFrame, root: Path, captions: CaptionsParams)
 def build_triplets(
     layout: DataLayout, movies: list[str], perception, params: dict, out_dir: Path
 ) -> tuple[pd.DataFrame, list[dict]]:
-    """Every movie's and every single's triplets, written into `out_dir`."""
+    """Every movie's and every single's triplets, written into `out_dir` as they are made
+    (one movie's images in memory at a time)."""
     seed = TripletsParams(**params.get("triplets", {})).seed
-    triplets, skipped = [], []
+    rows, skipped = [], []
     for movie in movies:
         missing = [
             s
@@ -303,7 +305,7 @@ def build_triplets(
             )
             continue
         found, lost = movie_triplets(layout, movie, seed)
-        triplets += found
+        rows += [write_triplet(t, out_dir) for t in found]
         skipped += lost
     singles = sorted(p for p in layout.singles_dir.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     for path in singles:
@@ -311,7 +313,7 @@ def build_triplets(
         if triplet is None:
             skipped.append(skipped_record("single", path.name, None, None, stage, reason))
         else:
-            triplets.append(triplet)
+            rows.append(write_triplet(triplet, out_dir))
     summary = {
         "seed": seed,
         "movies": movies,
@@ -319,7 +321,7 @@ def build_triplets(
         "prompt_version": params["captions"].get("prompt_version", "caption_v1"),
         "profile": params["profile"],
     }
-    return write_triplets(triplets, skipped, out_dir, summary), skipped
+    return write_manifest(rows, skipped, out_dir, summary), skipped
 
 
 @dg.asset(

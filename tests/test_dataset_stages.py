@@ -13,7 +13,7 @@ from assets.captions import CaptionsParams, caption_frames
 from assets.layout import DataLayout
 from assets.masks import MasksParams, mask_skip_reason, segment_character
 from assets.references import ReferencesParams, segment_reference
-from assets.triplets import dvc_md5, movie_triplets, single_triplet
+from assets.triplets import check_triplets, dvc_md5, movie_triplets, single_triplet, write_manifest
 from orchestration.resources import ParamsResource, PerceptionResource
 from perception.captions import TinyCaptioner
 from perception.pose import MaskedPoseExtractor, RTMPoseEstimator, extract_pose, masked_image
@@ -222,3 +222,9 @@ def test_movie_triplets_record_every_skip_and_follow_the_seed(tmp_path: Path):
     again = movie_triplets(layout, "m", seed=0)[0][0]
     assert (again.reference_frame, again.target_frame) == (t.reference_frame, t.target_frame)
     assert len(choices) > 1  # the seed, not the table order, decides
+
+
+def test_an_empty_dataset_fails_its_check_instead_of_crashing(tmp_path: Path):
+    manifest = write_manifest([], [], tmp_path, {"seed": 0})
+    result = check_triplets(manifest, tmp_path, CaptionsParams())
+    assert not result.passed and "expect_table_row_count_to_be_between" in result.description
