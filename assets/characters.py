@@ -93,6 +93,7 @@ def build_characters(faces: pd.DataFrame, params: CharactersParams) -> pd.DataFr
         "bbox",
         "kps",
         "embedding",
+        "embedding_raw_norm",
     ]
     if faces.empty:
         return pd.DataFrame(columns=columns)

@@ -54,6 +54,7 @@ def _face_record(face: DetectedFace, n_faces: int) -> dict:
         "det_score": float(face.det_score),
         "n_faces": n_faces,
         "embedding": face.embedding.astype(np.float32).tolist(),
+        "embedding_raw_norm": float(face.raw_norm),
     }
 
 
@@ -67,7 +68,8 @@ def detect_faces(
     """One row per frame that has a face: the frame's columns plus the chosen face.
 
     Columns added: bbox (x1, y1, x2, y2), kps (5 points, flattened x, y), det_score,
-    n_faces (faces found in the frame), embedding (512 floats, unit norm).
+    n_faces (faces found in the frame), embedding (512 floats, unit norm), embedding_raw_norm
+    (the recogniser's raw norm).
     """
     rows = []
     for frame in tqdm(frames.itertuples(index=False), total=len(frames), disable=not progress):
@@ -85,7 +87,15 @@ def detect_faces(
             )
         ]
         rows.append({**frame._asdict(), **_face_record(chosen, len(faces))})
-    columns = [*frames.columns, "bbox", "kps", "det_score", "n_faces", "embedding"]
+    columns = [
+        *frames.columns,
+        "bbox",
+        "kps",
+        "det_score",
+        "n_faces",
+        "embedding",
+        "embedding_raw_norm",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -98,6 +108,7 @@ def faces_expectations() -> list:
         e.ExpectColumnValuesToBeUnique(column="frame_idx"),
         e.ExpectColumnValuesToBeInSet(column="embedding_dim", value_set=[EMBEDDING_DIM]),
         e.ExpectColumnValuesToBeBetween(column="embedding_norm", min_value=0.999, max_value=1.001),
+        e.ExpectColumnValuesToBeBetween(column="embedding_raw_norm", min_value=1e-6),
         e.ExpectColumnValuesToBeBetween(column="x1", min_value=-0.5),
         e.ExpectColumnValuesToBeBetween(column="y1", min_value=-0.5),
         e.ExpectColumnValuesToBeInSet(column="x2_inside", value_set=[True]),
@@ -113,7 +124,7 @@ def check_faces(df: pd.DataFrame) -> dg.AssetCheckResult:
     boxes = np.array(df["bbox"].tolist(), dtype=np.float64).reshape(-1, 4)
     embeddings = [np.asarray(e, dtype=np.float64) for e in df["embedding"]]
     # Detectors may place a box up to half a pixel past the border.
-    view = df[["frame_idx", "det_score", "n_faces"]].assign(
+    view = df[["frame_idx", "det_score", "n_faces", "embedding_raw_norm"]].assign(
         embedding_dim=[len(e) for e in embeddings],
         embedding_norm=[float(np.linalg.norm(e)) for e in embeddings],
         x1=boxes[:, 0],

@@ -49,7 +49,8 @@ class Triplet:
     reference_frame: int
     target_frame: int
     prompt: str
-    face_embedding: list[float]
+    face_embedding: list[float]  # unit norm
+    face_embedding_raw_norm: float  # times the unit embedding: the recogniser's raw output
     images: dict[str, np.ndarray]
 
 
@@ -118,6 +119,7 @@ def movie_triplets(layout: DataLayout, movie: str, seed: int) -> tuple[list[Trip
                 target_frame=int(target_frame),
                 prompt=target["caption"],
                 face_embedding=[float(v) for v in ref["embedding"]],
+                face_embedding_raw_norm=float(ref["embedding_raw_norm"]),
                 images={
                     "reference.png": load_rgb(layout.root / ref["path"]),
                     "reference_crop.png": load_rgb(
@@ -192,6 +194,7 @@ def single_triplet(path: Path, perception, params: dict) -> tuple[Triplet | None
             target_frame=0,
             prompt=prompt,
             face_embedding=[float(v) for v in face.embedding],
+            face_embedding_raw_norm=float(face.raw_norm),
             images={
                 "reference.png": reference,
                 "reference_crop.png": crop,

@@ -25,12 +25,15 @@ _FIVE_POINT_TEMPLATE = np.array(
 
 @dataclass(frozen=True)
 class DetectedFace:
-    """One face in one image: pixel box (x1, y1, x2, y2), 5 keypoints, score, unit embedding."""
+    """One face in one image: pixel box (x1, y1, x2, y2), 5 keypoints, score, unit embedding,
+    and the norm the recogniser's raw embedding had (InstantID's resampler reads raw ArcFace
+    embeddings, i.e. `embedding * raw_norm`)."""
 
     bbox: np.ndarray
     kps: np.ndarray
     det_score: float
     embedding: np.ndarray
+    raw_norm: float = 1.0
 
     @property
     def area(self) -> float:
@@ -90,6 +93,7 @@ class InsightFaceAnalyzer:
                 kps=np.asarray(face.kps, dtype=np.float32),
                 det_score=float(face.det_score),
                 embedding=l2_normalize(np.asarray(face.embedding, dtype=np.float32)),
+                raw_norm=float(np.linalg.norm(face.embedding)),
             )
             for face in self._app.get(bgr)
         ]
@@ -121,13 +125,14 @@ class TinyFaceAnalyzer:
         return hog(gray_crop, orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2))
 
     def embed(self, gray: np.ndarray, bbox: np.ndarray) -> np.ndarray:
+        """The raw (not normalised) descriptor of the face in `bbox`."""
         from skimage.transform import resize
 
         x1, y1, x2, y2 = np.round(bbox).astype(int)
         crop = resize(gray[y1:y2, x1:x2], (self.crop_side, self.crop_side), anti_aliasing=True)
         h = self._hog(crop)
         h = (h - h.mean()) / max(float(h.std()), 1e-6)
-        return l2_normalize(self._projection @ h.astype(np.float32))
+        return self._projection @ h.astype(np.float32)
 
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
         from skimage.color import rgb2gray
@@ -151,7 +156,13 @@ class TinyFaceAnalyzer:
             kps = bbox[:2] + _FIVE_POINT_TEMPLATE * np.array([w, h], dtype=np.float32)
             faces.append(
                 # The cascade gives no confidence: every kept box scores 1.
-                DetectedFace(bbox=bbox, kps=kps, det_score=1.0, embedding=self.embed(gray, bbox))
+                DetectedFace(
+                    bbox=bbox,
+                    kps=kps,
+                    det_score=1.0,
+                    embedding=l2_normalize(raw := self.embed(gray, bbox)),
+                    raw_norm=float(np.linalg.norm(raw)),
+                )
             )
         return faces
 

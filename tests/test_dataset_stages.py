@@ -153,9 +153,11 @@ def small_movie_dataset(root: Path) -> DataLayout:
         return pd.DataFrame({"movie": "m", "character_id": ids, "frame_idx": frames, **columns})
 
     unit = np.eye(512, dtype=np.float32)[0].tolist()
-    table(path=[f"frames/m/{f:08d}.png" for f in frames], embedding=[unit] * 5).to_parquet(
-        layout.table("characters", "m")
-    )
+    table(
+        path=[f"frames/m/{f:08d}.png" for f in frames],
+        embedding=[unit] * 5,
+        embedding_raw_norm=21.5,
+    ).to_parquet(layout.table("characters", "m"))
     mask_status = ["ok", "ok", "ok", "ok", "skipped"]
     table(
         mask_file=[f"mask{f}.png" for f in frames],

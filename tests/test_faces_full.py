@@ -110,6 +110,7 @@ def test_detect_finds_the_bright_square(analyzer: InsightFaceAnalyzer) -> None:
         assert face.embedding.shape == (EMBEDDING_DIM,) and face.embedding.dtype == np.float32
         assert np.isfinite(face.embedding).all()
         assert np.linalg.norm(face.embedding) == pytest.approx(1.0, abs=1e-5)
+        assert face.raw_norm > 0 and np.isfinite(face.raw_norm)
     # Boxes come back in image pixels (the detector saw the image at half scale).
     best = max(faces, key=lambda f: f.det_score)
     cx, cy = (best.bbox[:2] + best.bbox[2:]) / 2

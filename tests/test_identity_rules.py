@@ -92,6 +92,7 @@ def test_build_characters_table():
             "bbox": [[0.0, 0.0, 10.0, 10.0]] * 5,
             "kps": [[0.0] * 10] * 5,
             "embedding": list(emb),
+            "embedding_raw_norm": 20.0,
         }
     )
     df = build_characters(faces, CharactersParams(similarity_threshold=0.9, min_frames=3))
