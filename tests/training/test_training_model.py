@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from diffusers import ControlNetModel, EulerDiscreteScheduler, StableDiffusionXLInpaintPipeline
+from diffusers import ControlNetModel, StableDiffusionXLInpaintPipeline
 from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
-from tiny_scene import plain_unet, randomize_controlnet_outputs
+from tiny_scene import plain_unet, randomize_controlnet_outputs, sdxl_inpaint_pipeline
 
 from training.model import (
     ADAPTER_FILES,
@@ -195,15 +195,7 @@ def test_load_ip_adapter_reads_the_saved_files(tiny, tmp_path):
     randomize_controlnet_outputs(controlnet)
     save_adapters(unet, tmp_path)
 
-    pipe = StableDiffusionXLInpaintPipeline(
-        vae=tiny["vae"],
-        text_encoder=tiny["text_encoder"],
-        text_encoder_2=tiny["text_encoder_2"],
-        tokenizer=tiny["tokenizer"],
-        tokenizer_2=tiny["tokenizer_2"],
-        unet=plain_unet(unet),
-        scheduler=EulerDiscreteScheduler(**TINY.scheduler),
-    )
+    pipe = sdxl_inpaint_pipeline(tiny, plain_unet(unet))
     pipe.load_ip_adapter(
         str(tmp_path),
         subfolder="",

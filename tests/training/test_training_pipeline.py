@@ -6,8 +6,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from diffusers import EulerDiscreteScheduler, StableDiffusionXLInpaintPipeline
-from tiny_scene import Scene, plain_unet, randomize_controlnet_outputs
+from tiny_scene import Scene, randomize_controlnet_outputs, sdxl_inpaint_pipeline
 
 from perception.pose import MaskedPoseExtractor, RTMPoseEstimator
 from training.model import TINY
@@ -41,16 +40,7 @@ def _run(pipe, scene: Scene, **kwargs):
 
 def test_zero_scales_reproduce_sdxl_inpainting(tiny, scene):
     ours = _pipeline(tiny)
-    reference = StableDiffusionXLInpaintPipeline(
-        vae=tiny["vae"],
-        text_encoder=tiny["text_encoder"],
-        text_encoder_2=tiny["text_encoder_2"],
-        tokenizer=tiny["tokenizer"],
-        tokenizer_2=tiny["tokenizer_2"],
-        unet=plain_unet(tiny["unet"]),
-        scheduler=EulerDiscreteScheduler(**TINY.scheduler),
-    )
-    reference.set_progress_bar_config(disable=True)
+    reference = sdxl_inpaint_pipeline(tiny)
     tokenizers = (tiny["tokenizer"], tiny["tokenizer_2"])
     encoders = tokenizers, (tiny["text_encoder"], tiny["text_encoder_2"])
     prompt_embeds, pooled = encode_prompt(PROMPT, *encoders)

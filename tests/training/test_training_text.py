@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from diffusers import StableDiffusionXLInpaintPipeline
+from tiny_scene import sdxl_inpaint_pipeline
 
 from training.model import SDXL, TINY
 from training.text import MAX_PROMPT_TOKENS, WINDOW, encode_prompt, tokenize_windows
@@ -46,15 +46,7 @@ def test_154_token_prompts_encode_to_sdxl_shapes(tiny):
 
 
 def test_first_window_equals_diffusers_encoding(tiny):
-    pipe = StableDiffusionXLInpaintPipeline(
-        vae=tiny["vae"],
-        text_encoder=tiny["text_encoder"],
-        text_encoder_2=tiny["text_encoder_2"],
-        tokenizer=tiny["tokenizer"],
-        tokenizer_2=tiny["tokenizer_2"],
-        unet=tiny["unet"],
-        scheduler=tiny["scheduler"],
-    )
+    pipe = sdxl_inpaint_pipeline(tiny, tiny["unet"])
     prompt = "a boy in a green t-shirt holding a pen"
     expected, _, expected_pooled, _ = pipe.encode_prompt(prompt, do_classifier_free_guidance=False)
     embeds, pooled = encode_prompt(prompt, *_encoders(tiny))

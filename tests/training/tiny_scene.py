@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import (
+    EulerDiscreteScheduler,
+    StableDiffusionXLInpaintPipeline,
+    UNet2DConditionModel,
+)
 
 from training.model import TINY
 
@@ -20,6 +24,24 @@ def plain_unet(adapted: UNet2DConditionModel) -> UNet2DConditionModel:
     }
     unet.load_state_dict(base, strict=True)
     return unet
+
+
+def sdxl_inpaint_pipeline(
+    tiny: dict, unet: UNet2DConditionModel | None = None
+) -> StableDiffusionXLInpaintPipeline:
+    """diffusers' own SDXL inpainting pipeline on the tiny components, without image branches
+    unless `unet` brings them."""
+    pipe = StableDiffusionXLInpaintPipeline(
+        vae=tiny["vae"],
+        text_encoder=tiny["text_encoder"],
+        text_encoder_2=tiny["text_encoder_2"],
+        tokenizer=tiny["tokenizer"],
+        tokenizer_2=tiny["tokenizer_2"],
+        unet=unet if unet is not None else plain_unet(tiny["unet"]),
+        scheduler=EulerDiscreteScheduler(**TINY.scheduler),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def randomize_controlnet_outputs(controlnet: torch.nn.Module, seed: int = 0) -> None:
