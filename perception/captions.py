@@ -97,6 +97,37 @@ def _vllm_engine(model_dir: Path) -> Any | None:
     return vllm.LLM(model=str(model_dir))
 
 
+def _processor_without_video(model_dir: Path) -> Any:
+    """The checkpoint's processor assembled from its image processor, tokenizer and stored
+    settings (processor_config.json, chat template), with no video processor."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+    from transformers.models.auto.processing_auto import (
+        PROCESSOR_MAPPING_NAMES,
+        processor_class_from_name,
+    )
+    from transformers.processing_utils import ProcessorMixin
+
+    settings, _ = ProcessorMixin.get_processor_dict(model_dir)
+    name = settings.get("processor_class")
+    name = name or PROCESSOR_MAPPING_NAMES[AutoConfig.from_pretrained(model_dir).model_type]
+
+    class Processor(processor_class_from_name(name)):
+        def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
+            # transformers rejects a None sub-processor, and without torchvision it cannot
+            # even resolve the video processor base class it would check against.
+            if argument is not None:
+                return super().check_argument_for_proper_class(argument_name, argument)
+            return None
+
+    parts = {
+        "image_processor": AutoImageProcessor.from_pretrained(model_dir),
+        "tokenizer": AutoTokenizer.from_pretrained(model_dir),
+    }
+    return Processor.from_args_and_dict(
+        [parts.get(attribute) for attribute in Processor.get_attributes()], settings
+    )
+
+
 class VLMCaptioner:
     """A local image-text-to-text VLM prompted with the caption template, greedy decoding.
 
@@ -128,7 +159,13 @@ class VLMCaptioner:
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self._processor = AutoProcessor.from_pretrained(model_dir)
+        try:
+            self._processor = AutoProcessor.from_pretrained(model_dir)
+        except (ImportError, ValueError) as error:
+            # The checkpoint's video processor (InternVL's) needs torchvision; still images do not.
+            if "torchvision" not in str(error).lower():
+                raise
+            self._processor = _processor_without_video(model_dir)
         # Batched generation appends new tokens on the right, so prompts are padded on the left.
         self._processor.tokenizer.padding_side = "left"
         messages = [

@@ -1,14 +1,16 @@
 """Captions: the versioned prompt template, the template checks, the tiny captioner and the
-`full` loader on a tiny random VLM saved in transformers layout.
+`full` loader on tiny random VLMs saved in transformers layout.
 
-The tiny VLM is a LLaVA (CLIP vision tower + LLaMA decoder): InternVL's processor in
-transformers requires torchvision for its video processor, which this project never installs,
-so an InternVL folder cannot be loaded on this CPU environment. `VLMCaptioner` is generic
-over image-text-to-text models, so the LLaVA exercises the same code path.
+The tiny VLMs are a LLaVA (CLIP vision tower + LLaMA decoder), whose processor loads through
+`AutoProcessor`, and an InternVL in the layout of an `-hf` checkpoint, whose processor declares
+a video processor that needs torchvision (never installed here), so `VLMCaptioner` assembles it
+without one.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,7 @@ VALID = (
     "characters or text visible in the image."
 )
 TINY_VLM = "tiny-vlm"
+TINY_INTERNVL = "tiny-internvl"
 
 
 def test_prompt_template_is_the_articles() -> None:
@@ -314,3 +317,134 @@ def test_full_caption_batch_in_chunks(tiny_vlm_models: Path) -> None:
     assert len(captions) == 3
     assert all(isinstance(c, str) and len(c.split()) <= 4 for c in captions)
     assert captioner.caption_batch([]) == []
+
+
+@pytest.fixture(scope="module")
+def tiny_internvl_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder holding a tiny random InternVL laid out as an InternVL `-hf` checkpoint:
+    model, tokenizer, image and video processor configs, processor_config.json, chat template.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        GotOcr2ImageProcessorPil,
+        InternVLConfig,
+        InternVLForConditionalGeneration,
+        InternVLVisionConfig,
+        PreTrainedTokenizerFast,
+        Qwen2Config,
+    )
+
+    image_tokens = {
+        "start_image_token": "<img>",
+        "end_image_token": "</img>",
+        "context_image_token": "<IMG_CONTEXT>",
+        "video_token": "<video>",
+    }
+    specials = ["<unk>", "<|im_start|>", "<|im_end|>", "<pad>", *image_tokens.values()]
+    words = ["user", "assistant", "a", "man", "woman", "in", "red", "coat", "light", "left"]
+    vocab = {token: i for i, token in enumerate(specials + words)}
+    word_level = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    # InternVL's template: the processor expands <IMG_CONTEXT> to <img>, the tiles' tokens, </img>.
+    chat_template = (
+        "{% for m in messages %}<|im_start|> {{ m['role'] }} {% for c in m['content'] %}"
+        "{% if c['type'] == 'image' %}<IMG_CONTEXT> {% else %}{{ c['text'] }} {% endif %}"
+        "{% endfor %}<|im_end|> {% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|> assistant{% endif %}"
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=word_level,
+        unk_token="<unk>",
+        eos_token="<|im_end|>",
+        pad_token="<pad>",
+        extra_special_tokens=image_tokens,
+    )
+    # 28-pixel tiles of 14-pixel patches: 2×2 patches, pixel-shuffled by 0.5 into one token.
+    image_processor = GotOcr2ImageProcessorPil(
+        size={"height": 28, "width": 28}, crop_to_patches=True, max_patches=2
+    )
+    config = InternVLConfig(
+        vision_config=InternVLVisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+        ),
+        text_config=Qwen2Config(
+            vocab_size=len(vocab),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=512,
+            eos_token_id=vocab["<|im_end|>"],
+            pad_token_id=vocab["<pad>"],
+        ),
+        image_token_id=vocab["<IMG_CONTEXT>"],
+        image_seq_length=1,
+        downsample_ratio=0.5,
+    )
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("models")
+    folder = root / TINY_INTERNVL
+    InternVLForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    image_processor.save_pretrained(folder)
+    # The processor itself cannot be built to save it without torchvision: its files are written.
+    processor_config = {"image_seq_length": 1, "processor_class": "InternVLProcessor"}
+    (folder / "processor_config.json").write_text(json.dumps(processor_config))
+    video_config = {
+        "video_processor_type": "InternVLVideoProcessor",
+        "processor_class": "InternVLProcessor",
+        "size": {"height": 28, "width": 28},
+    }
+    (folder / "video_preprocessor_config.json").write_text(json.dumps(video_config))
+    (folder / "chat_template.jinja").write_text(chat_template)
+    return root
+
+
+def test_full_loader_on_a_tiny_internvl(tiny_internvl_models: Path) -> None:
+    from transformers import InternVLProcessor
+
+    max_new_tokens = 5
+    captioner = load_captioner(
+        "full", tiny_internvl_models, model=TINY_INTERNVL, max_new_tokens=max_new_tokens
+    )
+    assert isinstance(captioner, VLMCaptioner)
+    processor = captioner._processor
+    assert isinstance(processor, InternVLProcessor)
+    assert type(processor.image_processor).__name__ == "GotOcr2ImageProcessorPil"
+    assert processor.video_processor is None
+    assert processor.image_seq_length == 1
+    assert captioner.prompt.startswith("<|im_start|> user <IMG_CONTEXT> Describe the image")
+    assert caption_prompt() in captioner.prompt
+    assert captioner.prompt.endswith("<|im_start|> assistant")
+
+    image = two_tone(RED, GREEN, "left")
+    caption = captioner.caption(image)
+    assert isinstance(caption, str)
+    assert len(caption.split()) <= max_new_tokens
+    assert captioner.caption(image) == caption  # greedy decoding
+    captions = captioner.caption_batch([image, muted_photo(0)])
+    assert len(captions) == 2
+    assert all(isinstance(c, str) and len(c.split()) <= max_new_tokens for c in captions)
+
+
+def test_full_loader_on_an_internvl_without_processor_class(
+    tiny_internvl_models: Path, tmp_path: Path
+) -> None:
+    """Without a video processor config transformers fails differently, and without a processor
+    class the model type names the processor."""
+    from transformers import InternVLProcessor
+
+    folder = tmp_path / TINY_INTERNVL
+    shutil.copytree(tiny_internvl_models / TINY_INTERNVL, folder)
+    (folder / "video_preprocessor_config.json").unlink()
+    (folder / "processor_config.json").write_text(json.dumps({"image_seq_length": 1}))
+    captioner = VLMCaptioner(folder, max_new_tokens=3)
+    assert isinstance(captioner._processor, InternVLProcessor)
+    assert captioner._processor.image_seq_length == 1
+    assert isinstance(captioner.caption(muted_photo(1)), str)
