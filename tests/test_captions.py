@@ -215,6 +215,15 @@ def test_load_captioner_profiles(tmp_path: Path) -> None:
     assert "config.json" in str(error.value)
 
 
+# One small transformer size for every tiny vision and text tower below.
+TINY_LAYERS = {
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+}
+
+
 @pytest.fixture(scope="module")
 def tiny_vlm_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models folder holding a tiny random LLaVA with an offline word-level tokenizer."""
@@ -260,20 +269,14 @@ def tiny_vlm_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
+            **TINY_LAYERS,
             image_size=28,
             patch_size=14,
             projection_dim=16,
         ),
         text_config=LlamaConfig(
             vocab_size=len(vocab),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
+            **TINY_LAYERS,
             num_key_value_heads=1,
             max_position_embeddings=512,
             bos_token_id=vocab["<s>"],
@@ -365,19 +368,13 @@ def tiny_internvl_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     config = InternVLConfig(
         vision_config=InternVLVisionConfig(
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
+            **TINY_LAYERS,
             image_size=28,
             patch_size=14,
         ),
         text_config=Qwen2Config(
             vocab_size=len(vocab),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
+            **TINY_LAYERS,
             num_key_value_heads=1,
             max_position_embeddings=512,
             eos_token_id=vocab["<|im_end|>"],
