@@ -45,8 +45,8 @@ def character_contact_sheet(
         draw.text((8, top + tile // 2 - 12), f"character {cid}", fill="black")
         draw.text((8, top + tile // 2 + 2), f"{len(group)} frames", fill="gray")
         for col, face in enumerate(group.head(per_row).itertuples(index=False)):
-            with Image.open(root / face.path) as frame:
-                tile_image = _face_tile(frame.convert("RGB"), list(face.bbox), tile)
+            frame = Image.fromarray(load_rgb(root / face.path))
+            tile_image = _face_tile(frame, list(face.bbox), tile)
             left = LABEL_WIDTH + col * tile
             sheet.paste(tile_image, (left, top))
             caption = f"f{face.frame_idx} {face.similarity:.2f}"
@@ -108,9 +108,8 @@ def triplet_sheet(manifest: pd.DataFrame, triplets_dir: Path, tile: int = 160) -
     draw = ImageDraw.Draw(sheet)
     for i, row in enumerate(manifest.itertuples(index=False)):
         for j, column in enumerate(columns):
-            with Image.open(triplets_dir / getattr(row, column)) as image:
-                thumb = image.convert("RGB")
-                thumb.thumbnail((tile, tile))
+            thumb = Image.fromarray(load_rgb(triplets_dir / getattr(row, column)))
+            thumb.thumbnail((tile, tile))
             sheet.paste(thumb, (j * tile, i * row_height))
         words = " ".join(row.prompt.split()[:12])
         draw.text((2, i * row_height + tile), f"{row.triplet_id}: {words}...", fill="black")
