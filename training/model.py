@@ -54,6 +54,7 @@ FACE_EMBED_DIM = 512  # ArcFace (antelopev2)
 
 ADAPTER_FILES = {branch: f"ip-adapter-{branch}.safetensors" for branch in BRANCHES}
 CONTROLNET_DIR = "pose_identitynet"
+CHECKPOINT_INFO = "cameo_checkpoint.json"
 
 # Folders under the models directory ($CAMEO_MODELS) that the full loader reads.
 SDXL_INPAINT_DIR = "stable-diffusion-xl-1.0-inpainting-0.1"  # diffusers layout
@@ -596,12 +597,36 @@ def load_adapters(unet: UNet2DConditionModel, directory: str | Path) -> None:
         load_adapter_state_dict(unet, branch, state)
 
 
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """`cameo_checkpoint.json`: what a checkpoint was trained on, enough to rebuild the frozen
+    base it belongs to (`components_from_checkpoint`) and to trace it to its run and data."""
+
+    config: str  # a ModelConfig name
+    base_seed: int = 0  # configs without pretrained weights (tiny): the seed of the random base
+    step: int = 0
+    run_id: str | None = None  # the MLflow run that trained it
+    dataset_md5: str | None = None  # the DVC md5 of data/triplets it was trained on
+
+    @classmethod
+    def read(cls, directory: str | Path) -> CheckpointInfo:
+        path = Path(directory) / CHECKPOINT_INFO
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory} is not a cameo checkpoint (no {CHECKPOINT_INFO})")
+        return cls(**json.loads(path.read_text()))
+
+
 def save_checkpoint(
-    unet: UNet2DConditionModel, controlnet: ControlNetModel, directory: str | Path
+    unet: UNet2DConditionModel,
+    controlnet: ControlNetModel,
+    directory: str | Path,
+    info: CheckpointInfo | None = None,
 ) -> None:
-    """Everything trained: both adapters and Pose-IdentityNet (diffusers layout)."""
+    """Everything trained: both adapters, Pose-IdentityNet (diffusers layout) and `info`."""
     save_adapters(unet, directory)
     controlnet.save_pretrained(Path(directory) / CONTROLNET_DIR)
+    if info is not None:
+        (Path(directory) / CHECKPOINT_INFO).write_text(json.dumps(asdict(info), indent=2))
 
 
 def load_controlnet_weights(controlnet: ControlNetModel, directory: str | Path) -> None:
@@ -688,6 +713,36 @@ def load_components(
         "body_encoder": body_encoder,
         "body_processor": body_processor,
     }
+
+
+def base_components(
+    config: ModelConfig, models_dir: str | Path | None = None, seed: int = 0
+) -> dict[str, Any]:
+    """The model training starts from: random for configs that describe every part (`tiny`),
+    else SDXL inpainting + InstantID + InternViT from `models_dir` (see `load_components`)."""
+    if config.byte_tokenizers:
+        return build_components(config, seed=seed)
+    if models_dir is None:
+        raise ValueError(f"the {config.name} config loads pretrained weights: pass models_dir")
+    return load_components(models_dir, config)
+
+
+def components_from_checkpoint(
+    directory: str | Path, models_dir: str | Path | None = None
+) -> dict[str, Any]:
+    """Pipeline components with the trained parts of a checkpoint written by `save_checkpoint`
+    (with its `CheckpointInfo`), on the frozen base it was trained from."""
+    info = CheckpointInfo.read(directory)
+    if info.config not in CONFIGS:
+        raise ValueError(f"{directory}: unknown model config {info.config!r}")
+    config = CONFIGS[info.config]
+    if config.byte_tokenizers:
+        components = build_components(config, seed=info.base_seed)
+        load_checkpoint(components["unet"], components["controlnet"], directory)
+        return components
+    if models_dir is None:
+        raise ValueError(f"the {config.name} config loads pretrained weights: pass models_dir")
+    return load_components(models_dir, config, checkpoint=directory)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -133,7 +133,9 @@ class CharacterInpaintPipeline(StableDiffusionXLInpaintPipeline):
         )
 
     def encode_face(self, reference_image: PIL.Image.Image) -> np.ndarray:
-        """ArcFace embedding of the largest face in the reference image."""
+        """The raw-scale ArcFace embedding (`embedding * raw_norm`) of the largest face in the
+        reference image: InstantID's resampler and IdentityNet were trained on insightface's
+        raw `face.embedding`, not the unit `normed_embedding`."""
         if self.face_analyzer is None:
             raise ValueError(
                 "no face_analyzer configured: pass face_embedding, or build the pipeline with "
@@ -142,7 +144,8 @@ class CharacterInpaintPipeline(StableDiffusionXLInpaintPipeline):
         faces = self.face_analyzer.detect(np.asarray(reference_image.convert("RGB")))
         if not faces:
             raise ValueError("no face found in the reference image")
-        return max(faces, key=lambda face: face.area).embedding
+        face = max(faces, key=lambda face: face.area)
+        return (face.embedding * face.raw_norm).astype(np.float32)
 
     def encode_body(self, reference_image: PIL.Image.Image) -> torch.Tensor:
         """Body-encoder hidden states (1, S, D) of the (segmented) reference character."""
@@ -190,7 +193,9 @@ class CharacterInpaintPipeline(StableDiffusionXLInpaintPipeline):
 
         `image` is the base image, `mask_image` its mask (white = repaint). The reference gives
         the face embedding (through `face_analyzer`) and the body features (through the body
-        encoder) unless `face_embedding` (512,) and `body_features` (S, D) are given. Without
+        encoder) unless `face_embedding` (512,) and `body_features` (S, D) are given;
+        `face_embedding` is on the recogniser's raw scale (unit embedding × raw norm, the
+        manifest's `face_embedding * face_embedding_raw_norm`), as `encode_face` returns it. Without
         `pose_image` the pose comes from `pose_extractor` on the masked base image.
         `face_scale`, `body_scale` and `controlnet_scale` weigh ICA1, ICA2 and Pose-IdentityNet.
         `seed` seeds a CPU generator (same result on every device); `generator` overrides it.

@@ -1,0 +1,34 @@
+"""MLflow conventions shared by training, serving and the CLI.
+
+The tracking URI comes from `MLFLOW_TRACKING_URI`; without it, a SQLite store `mlruns.db` and
+an artifact folder `mlruns/` in the working directory (the repo, like Dagster's `.dagster/`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+EXPERIMENT = "cameo"
+REGISTERED_MODEL = "cameo-inpaint"
+CHAMPION = "champion"
+
+
+def configure_tracking(root: str | Path | None = None) -> str:
+    """Point MLflow at `$MLFLOW_TRACKING_URI`, else the SQLite store under `root` (default: the
+    working directory); make sure the `cameo` experiment exists; return the tracking URI."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    root = Path(root or Path.cwd()).resolve()
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlruns.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        artifacts = None
+        if uri.startswith("sqlite:"):
+            # Beside the store, not wherever the process happens to run.
+            artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
+        mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
+    mlflow.set_experiment(EXPERIMENT)
+    return uri
