@@ -130,3 +130,15 @@ def read_table(target: Path) -> pd.DataFrame:
     if not target.is_file():
         raise FileNotFoundError(f"{target} does not exist: materialise its stage first")
     return pd.read_parquet(target)
+
+
+def dvc_md5(path: Path) -> str:
+    """The md5 DVC records for a file or folder (folders: '<md5>.dir'), computed as DVC does."""
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import HashFileDB
+    from dvc_objects.fs.local import LocalFileSystem
+
+    fs = LocalFileSystem()
+    with tempfile.TemporaryDirectory() as tmp:
+        _, _, obj = build(HashFileDB(fs, tmp), str(path), fs, "md5", dry_run=True)
+    return obj.hash_info.value

@@ -9,7 +9,6 @@ become a triplet is listed in skipped.parquet with the stage and reason.
 """
 
 import json
-import tempfile
 import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -21,7 +20,7 @@ import pandas as pd
 from assets.captions import CaptionsParams
 from assets.contact_sheet import markdown_preview, triplet_sheet
 from assets.faces import select_distinctive_face
-from assets.layout import DataLayout, atomic_path, load_rgb, read_table, save_image
+from assets.layout import DataLayout, atomic_path, dvc_md5, load_rgb, read_table, save_image
 from assets.masks import MasksParams, segment_character
 from assets.poses import PosesParams
 from assets.quality import blocking_spec, check_result
@@ -233,18 +232,6 @@ def write_manifest(rows: list[dict], skipped: list[dict], out_dir: Path, summary
         json.dumps({**summary, "triplets": len(manifest), "skipped": len(skipped)}, indent=2)
     )
     return manifest
-
-
-def dvc_md5(path: Path) -> str:
-    """The md5 DVC records for a file or folder (folders: '<md5>.dir'), computed as DVC does."""
-    from dvc_data.hashfile.build import build
-    from dvc_data.hashfile.db import HashFileDB
-    from dvc_objects.fs.local import LocalFileSystem
-
-    fs = LocalFileSystem()
-    with tempfile.TemporaryDirectory() as tmp:
-        _, _, obj = build(HashFileDB(fs, tmp), str(path), fs, "md5", dry_run=True)
-    return obj.hash_info.value
 
 
 def triplets_expectations() -> list:

@@ -194,8 +194,7 @@ def summary(data_dir: Path) -> None:
     """Print what each stage produced per movie, the triplet dataset, and where they are."""
     import pandas as pd
 
-    from assets.layout import DataLayout
-    from assets.triplets import dvc_md5
+    from assets.layout import DataLayout, dvc_md5
 
     layout = DataLayout.from_env(data_dir)
     for movie in sorted(layout.movies()):

@@ -1,0 +1,338 @@
+"""The triplet dataset for training: identity split, aspect-ratio buckets, batches, CFG dropout.
+
+Reads the DVC-versioned `data/triplets` (its `manifest.parquet` and images), never the
+per-movie tables. One sample is what one training step sees of a triplet:
+
+- the target image, its character mask and its pose drawing, resized to cover the sample's
+  aspect-ratio bucket and centre-cropped to it (the article follows PixArt-Σ's bucketing);
+- SDXL's micro-conditioning from that resize and crop (original size, crop top-left, target
+  size);
+- the segmented reference crop as the body encoder's pixel values;
+- the reference's face embedding on the recogniser's raw scale (unit × raw norm: what
+  InstantID's resampler was trained on, and what `CharacterInpaintPipeline.encode_face` gives);
+- the prompt (encoded later, 154 tokens, `training.text`).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from diffusers.training_utils import find_nearest_bucket, parse_buckets_string
+from PIL import Image
+
+MANIFEST = "manifest.parquet"
+MANIFEST_COLUMNS = (
+    "triplet_id",
+    "source",
+    "movie",
+    "character_id",
+    "prompt",
+    "face_embedding",
+    "face_embedding_raw_norm",
+    "reference_crop",
+    "target",
+    "target_mask",
+    "target_pose",
+)
+PIXART_1024 = "pixart_1024"  # PixArt-α/Σ's 33 aspect-ratio bins at 1024², as diffusers ships them
+
+
+# ---------------------------------------------------------------------------------------------
+# The manifest and its identity split
+
+
+def load_manifest(triplets_dir: str | Path) -> pd.DataFrame:
+    """The dataset's manifest, with a clear error when it is missing, incomplete or empty."""
+    path = Path(triplets_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no dataset at {triplets_dir} ({MANIFEST} missing): build it with `dvc repro "
+            "dataset` (or `cameo dataset build`), or fetch it with `dvc pull`"
+        )
+    manifest = pd.read_parquet(path)
+    missing = [column for column in MANIFEST_COLUMNS if column not in manifest]
+    if missing:
+        raise ValueError(f"{path} lacks columns {missing}: rebuild the dataset")
+    if manifest.empty:
+        raise ValueError(f"{path} holds no triplets: nothing to train on")
+    return manifest
+
+
+def identity_keys(manifest: pd.DataFrame) -> pd.Series:
+    """One key per character: movie + character id, or the single image's own triplet id."""
+    from_movie = manifest["source"] == "movie"
+    movie_keys = manifest["movie"].astype(str) + "/" + manifest["character_id"].astype(str)
+    return movie_keys.where(from_movie, "single/" + manifest["triplet_id"].astype(str))
+
+
+def split_by_identity(
+    manifest: pd.DataFrame, validation_fraction: float, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A deterministic (train, validation) split in which no character is on both sides.
+
+    Each identity's side depends only on its key and the seed (a stable hash), so adding
+    movies never moves an existing character across the split. At least one identity stays
+    in training; with a positive fraction and two or more identities, at least one is held out.
+    """
+    if not 0 <= validation_fraction < 1:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    keys = identity_keys(manifest)
+    unique = sorted(set(keys))
+    score = {key: zlib.crc32(f"{seed}:{key}".encode()) / 2**32 for key in unique}
+    held_out = {key for key in unique if score[key] < validation_fraction}
+    if validation_fraction > 0 and not held_out and len(unique) > 1:
+        held_out = {min(unique, key=score.__getitem__)}
+    if len(held_out) == len(unique):
+        held_out.discard(max(unique, key=score.__getitem__))
+    validation = keys.isin(held_out)
+    return manifest[~validation].reset_index(drop=True), manifest[validation].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Aspect-ratio buckets
+
+
+def resolve_buckets(spec: str | Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+    """(height, width) buckets: `pixart_1024`, a "h,w;h,w" string, or a list of pairs."""
+    if isinstance(spec, str):
+        if spec == PIXART_1024:
+            from diffusers.pipelines.pixart_alpha.pipeline_pixart_alpha import (
+                ASPECT_RATIO_1024_BIN,
+            )
+
+            return [(int(h), int(w)) for h, w in ASPECT_RATIO_1024_BIN.values()]
+        return parse_buckets_string(spec)
+    return [(int(h), int(w)) for h, w in spec]
+
+
+def check_buckets(buckets: Sequence[tuple[int, int]], multiple: int) -> None:
+    """Every side must be a positive multiple of what the VAE and U-Net downsample by."""
+    bad = [(h, w) for h, w in buckets if h <= 0 or w <= 0 or h % multiple or w % multiple]
+    if bad:
+        raise ValueError(
+            f"buckets {bad[:4]} cannot be used: every side must be a positive multiple of "
+            f"{multiple} (VAE factor × U-Net downsampling) for this model"
+        )
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How one image goes into its bucket, and SDXL's micro-conditioning for it."""
+
+    bucket: tuple[int, int]  # (height, width)
+    resized: tuple[int, int]  # (height, width) after the covering resize
+    crop_top_left: tuple[int, int]  # (top, left) of the centre crop in the resized image
+    original_size: tuple[int, int]  # (height, width)
+
+    @property
+    def time_ids(self) -> list[int]:
+        """SDXL's add_time_ids: original size, crop top-left, target size."""
+        return [*self.original_size, *self.crop_top_left, *self.bucket]
+
+
+def place(height: int, width: int, buckets: Sequence[tuple[int, int]]) -> Placement:
+    """The nearest bucket by aspect ratio; resize to cover it, then centre-crop."""
+    bucket = buckets[find_nearest_bucket(height, width, buckets)]
+    scale = max(bucket[0] / height, bucket[1] / width)
+    resized = (max(bucket[0], round(height * scale)), max(bucket[1], round(width * scale)))
+    top = (resized[0] - bucket[0]) // 2
+    left = (resized[1] - bucket[1]) // 2
+    return Placement(bucket, resized, (top, left), (height, width))
+
+
+def _fit(image: Image.Image, placement: Placement, resample: Image.Resampling) -> Image.Image:
+    top, left = placement.crop_top_left
+    height, width = placement.bucket
+    resized = image.resize(placement.resized[::-1], resample)
+    return resized.crop((left, top, left + width, top + height))
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset
+
+
+class TripletDataset(torch.utils.data.Dataset):
+    """Samples of a manifest (or a split of it), each placed in its aspect-ratio bucket.
+
+    `body_processor` turns the reference crop into the body encoder's `pixel_values`. Items are
+    dicts of tensors plus the prompt and triplet id; `collate` stacks them.
+    """
+
+    def __init__(
+        self,
+        manifest: pd.DataFrame,
+        root: str | Path,
+        buckets: Sequence[tuple[int, int]],
+        body_processor: Any,
+    ) -> None:
+        self.manifest = manifest.reset_index(drop=True)
+        self.root = Path(root)
+        self.buckets = list(buckets)
+        self.body_processor = body_processor
+        # Only the headers are read here: a sample's bucket is fixed before any decoding.
+        self.placements = []
+        for relative in self.manifest["target"]:
+            with Image.open(self.root / relative) as image:
+                width, height = image.size
+            self.placements.append(place(height, width, self.buckets))
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    @property
+    def bucket_ids(self) -> list[int]:
+        return [self.buckets.index(p.bucket) for p in self.placements]
+
+    def _image(self, column: str, index: int, mode: str) -> Image.Image:
+        with Image.open(self.root / self.manifest.at[index, column]) as image:
+            return image.convert(mode)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.manifest.iloc[index]
+        placement = self.placements[index]
+        bicubic, nearest = Image.Resampling.BICUBIC, Image.Resampling.NEAREST
+        target = _fit(self._image("target", index, "RGB"), placement, bicubic)
+        mask = _fit(self._image("target_mask", index, "L"), placement, nearest)
+        pose = _fit(self._image("target_pose", index, "RGB"), placement, bicubic)
+        crop = self._image("reference_crop", index, "RGB")
+        body = self.body_processor(images=crop, return_tensors="pt")["pixel_values"][0]
+        face = np.asarray(row["face_embedding"], dtype=np.float32)
+        return {
+            "triplet_id": row["triplet_id"],
+            "prompt": row["prompt"],
+            "index": index,
+            # [-1, 1] like the VAE's input; mask 1 = repaint; pose in [0, 1] like the pipeline's
+            "target": torch.from_numpy(np.asarray(target, dtype=np.float32) / 127.5 - 1.0)
+            .permute(2, 0, 1)
+            .contiguous(),
+            "mask": torch.from_numpy((np.asarray(mask) >= 128).astype(np.float32))[None],
+            "pose": torch.from_numpy(np.asarray(pose, dtype=np.float32) / 255.0)
+            .permute(2, 0, 1)
+            .contiguous(),
+            "body_pixels": body,
+            "face_embedding": torch.from_numpy(face * np.float32(row["face_embedding_raw_norm"])),
+            "time_ids": torch.tensor(placement.time_ids, dtype=torch.float32),
+        }
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    batch: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [sample[key] for sample in samples]
+        batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    return batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches: one bucket each, disjoint across ranks, resumable
+
+
+class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Batches of indices that share one bucket, the same number on every rank.
+
+    Per epoch (seeded by `seed` and the epoch): each bucket's indices are shuffled and cut into
+    batches of `batch_size` (a bucket's last batch may be smaller); all batches are shuffled
+    together, truncated to a multiple of `num_replicas`, and rank r takes every
+    `num_replicas`-th batch from r. So no index appears twice in an epoch and the ranks'
+    batches are disjoint. `state_dict`/`load_state_dict` resume in the middle of an epoch.
+    """
+
+    def __init__(
+        self,
+        bucket_ids: Sequence[int],
+        batch_size: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        self.bucket_ids = list(bucket_ids)
+        self.batch_size = batch_size
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.seed = seed
+        self.epoch = 0
+        self.position = 0  # batches of this epoch already handed out on this rank
+        if len(self) == 0:
+            raise ValueError(
+                f"{len(self.bucket_ids)} samples make fewer than {num_replicas} batches of "
+                f"{batch_size}: nothing for every rank to train on"
+            )
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """Every rank's batches of `epoch`, in order (this rank's are every n-th from rank)."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        by_bucket: dict[int, list[int]] = defaultdict(list)
+        for index, bucket in enumerate(self.bucket_ids):
+            by_bucket[bucket].append(index)
+        batches = []
+        for bucket in sorted(by_bucket):
+            indices = by_bucket[bucket]
+            order = torch.randperm(len(indices), generator=generator).tolist()
+            shuffled = [indices[i] for i in order]
+            batches += [
+                shuffled[i : i + self.batch_size] for i in range(0, len(shuffled), self.batch_size)
+            ]
+        order = torch.randperm(len(batches), generator=generator).tolist()
+        batches = [batches[i] for i in order]
+        return batches[: len(batches) - len(batches) % self.num_replicas]
+
+    def __len__(self) -> int:
+        counts: dict[int, int] = defaultdict(int)
+        for bucket in self.bucket_ids:
+            counts[bucket] += 1
+        total = sum(math.ceil(n / self.batch_size) for n in counts.values())
+        return total // self.num_replicas
+
+    def __iter__(self) -> Iterator[list[int]]:
+        mine = self.epoch_batches(self.epoch)[self.rank :: self.num_replicas]
+        while self.position < len(mine):
+            self.position += 1
+            yield mine[self.position - 1]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.position = epoch, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Classifier-free-guidance dropout
+
+CFG_CONDITIONS = ("text", "face", "body")
+
+
+def draw_condition_dropout(
+    batch_size: int, probabilities: Mapping[str, float], generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Per condition, a (batch,) bool tensor: True where that condition is dropped."""
+    unknown = set(probabilities) - set(CFG_CONDITIONS)
+    if unknown:
+        raise ValueError(f"unknown CFG dropout conditions {sorted(unknown)}")
+    return {
+        name: torch.rand(batch_size, generator=generator) < probabilities.get(name, 0.0)
+        for name in CFG_CONDITIONS
+    }
+
+
+def drop_condition(embeds: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
+    """Replace dropped rows by zeros: exactly the pipeline's unconditional input for text
+    (zeros for an empty negative prompt), face and body."""
+    dropped = dropped.to(embeds.device).reshape(-1, *([1] * (embeds.ndim - 1)))
+    return torch.where(dropped, torch.zeros_like(embeds), embeds)
