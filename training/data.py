@@ -243,7 +243,8 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
     batches of `batch_size` (a bucket's last batch may be smaller); all batches are shuffled
     together, truncated to a multiple of `num_replicas`, and rank r takes every
     `num_replicas`-th batch from r. So no index appears twice in an epoch and the ranks'
-    batches are disjoint. `state_dict`/`load_state_dict` resume in the middle of an epoch.
+    batches are disjoint. `set_epoch(epoch, start)` resumes in the middle of an epoch; the
+    sampler itself keeps no position, because a DataLoader draws batches ahead of training.
     """
 
     def __init__(
@@ -264,7 +265,7 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.rank = rank
         self.seed = seed
         self.epoch = 0
-        self.position = 0  # batches of this epoch already handed out on this rank
+        self.start = 0  # this rank's batches of the epoch to skip (already trained on)
         if len(self) == 0:
             raise ValueError(
                 f"{len(self.bucket_ids)} samples make fewer than {num_replicas} batches of "
@@ -297,19 +298,10 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
         return total // self.num_replicas
 
     def __iter__(self) -> Iterator[list[int]]:
-        mine = self.epoch_batches(self.epoch)[self.rank :: self.num_replicas]
-        while self.position < len(mine):
-            self.position += 1
-            yield mine[self.position - 1]
+        yield from self.epoch_batches(self.epoch)[self.rank :: self.num_replicas][self.start :]
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.position = epoch, 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
 
 
 # ---------------------------------------------------------------------------------------------
