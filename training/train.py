@@ -400,6 +400,7 @@ class TrainingResult:
     dataset_md5: str
     metrics: dict[str, float]
     losses: list[float]
+    model: Denoiser  # the trained U-Net and ControlNet of this rank
 
 
 def denoising_loss(
@@ -605,16 +606,21 @@ def train(
                     "dataset_locked": str(lock_file is not None).lower(),
                 }
             )
-            for rows, context in ((train_rows, "training"), (validation_rows, "validation")):
+            # MLflow keys datasets by (name, digest): the split gets a name of its own.
+            splits = (
+                ("triplets", train_rows, "training"),
+                ("triplets-validation", validation_rows, "validation"),
+            )
+            for name, rows, context in splits:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)  # schema hints, source guess
                     dataset_input = mlflow.data.from_pandas(
                         rows.drop(columns=["face_embedding"]),
                         source=str(layout.triplets_dir),
-                        name="triplets",
+                        name=name,
                         digest=md5,
                     )
-                mlflow.log_input(dataset_input, context=context)
+                    mlflow.log_input(dataset_input, context=context)
 
     # -- The loop ---------------------------------------------------------------------------------
     validation_loader = None
@@ -761,7 +767,7 @@ def train(
         mlflow.log_artifacts(str(final_dir), artifact_path="checkpoint")
         mlflow.end_run()
     env.barrier()
-    return TrainingResult(run_id, step, final_dir, md5, metrics, losses)
+    return TrainingResult(run_id, step, final_dir, md5, metrics, losses, model)
 
 
 @torch.no_grad()

@@ -1,0 +1,327 @@
+"""The training loop on the tiny config, CPU: gradients, overfitting, MLflow, resume, DDP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from assets.layout import dvc_md5
+from assets.params import load_params
+from training.data import TripletDataset, collate, load_manifest, resolve_buckets
+from training.model import ADAPTER_FILES, CONTROLNET_DIR, trainable_parameters
+from training.train import (
+    FrozenEncoders,
+    TrainingError,
+    TrainingParams,
+    checkpoints,
+    denoising_loss,
+    train,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _tracking(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    monkeypatch.chdir(tmp_path)  # artifacts and git lookups stay in the temp dir
+
+
+def tiny_params(output_dir: Path, **overrides) -> TrainingParams:
+    values = load_params(REPO / "params.yaml", "tiny")
+    return TrainingParams.from_params(values, output_dir=str(output_dir), **overrides)
+
+
+def _batch(triplets_root, tiny, rows=2):
+    manifest = load_manifest(triplets_root / "triplets")
+    dataset = TripletDataset(
+        manifest, triplets_root / "triplets", resolve_buckets("64,64"), tiny["body_processor"]
+    )
+    return collate([dataset[i] for i in range(rows)])
+
+
+def _loss(tiny, batch, generator):
+    from diffusers import DDPMScheduler
+
+    from training.model import TINY
+    from training.train import Denoiser
+
+    encoded = FrozenEncoders(tiny, torch.float32, cache=False)(batch, torch.device("cpu"))
+    return denoising_loss(
+        Denoiser(tiny["unet"], tiny["controlnet"]),
+        DDPMScheduler(**TINY.scheduler),
+        encoded,
+        batch,
+        generator,
+        torch.device("cpu"),
+        torch.float32,
+        {},
+        0.0,
+    )
+
+
+def test_one_step_gradients_reach_exactly_the_trainable_set(triplets_root, tiny):
+    batch = _batch(triplets_root, tiny)
+    loss = _loss(tiny, batch, torch.Generator().manual_seed(0))
+    loss.backward()
+    trainable = trainable_parameters(tiny["unet"], tiny["controlnet"])
+    assert trainable
+    for name, param in trainable.items():
+        assert param.grad is not None, name
+    # The ControlNet's zero convolutions start at zero, so the ControlNet body gets no
+    # gradient on step one; its output convolutions and every adapter weight must.
+    nonzero = {name for name, p in trainable.items() if p.grad.abs().sum() > 0}
+    assert any("to_k_ip" in n for n in nonzero) and any("encoder_hid_proj" in n for n in nonzero)
+    assert any("controlnet_down_blocks" in n for n in nonzero)
+    frozen = [
+        (name, p)
+        for module in ("unet", "controlnet", "vae", "text_encoder", "text_encoder_2")
+        for name, p in tiny[module].named_parameters()
+        if f"{module}.{name}" not in trainable
+    ]
+    assert frozen
+    assert all(p.grad is None for _, p in frozen)
+    for module in ("vae", "text_encoder", "text_encoder_2", "body_encoder"):
+        assert not any(p.requires_grad for p in tiny[module].parameters())
+
+
+def test_fixed_small_batch_overfits(triplets_root, tiny):
+    """The same two samples, the same noise and timesteps every step: the loss must fall
+    far within tens of steps if gradients flow where they should."""
+    batch = _batch(triplets_root, tiny)
+    trainable = list(trainable_parameters(tiny["unet"], tiny["controlnet"]).values())
+    optimizer = torch.optim.AdamW(trainable, lr=1e-3)
+    losses = []
+    for _ in range(40):
+        loss = _loss(tiny, batch, torch.Generator().manual_seed(0))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def _final_weights(directory: Path) -> dict[str, torch.Tensor]:
+    weights = {}
+    for branch, name in ADAPTER_FILES.items():
+        weights.update({f"{branch}.{k}": v for k, v in load_file(directory / name).items()})
+    controlnet = load_file(directory / CONTROLNET_DIR / "diffusion_pytorch_model.safetensors")
+    weights.update({f"controlnet.{k}": v for k, v in controlnet.items()})
+    return weights
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    left, right = _final_weights(a), _final_weights(b)
+    assert left.keys() == right.keys()
+    different = [k for k in left if not torch.equal(left[k], right[k])]
+    assert not different, different[:5]
+
+
+def test_training_run_is_logged_to_mlflow(triplets_root, tmp_path):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    params = tiny_params(tmp_path / "out", max_steps=4, validate_every=2, checkpoint_every=2)
+    result = train(params, data_root=triplets_root, lock_file=None, show_progress=False)
+    assert result.step == 4 and len(result.losses) == 4
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.data.params["training.config"] == "tiny"
+    assert run.data.params["model.config"] == "tiny"
+    assert run.data.params["training.cfg_dropout.face"] == str(params.cfg_dropout["face"])
+    assert run.data.tags["dataset_md5"] == dvc_md5(triplets_root / "triplets")
+    assert run.data.tags["world_size"] == "1"
+    assert run.data.tags["effective_batch_size"] == "1"
+    assert run.data.tags["dataset_locked"] == "false"
+    for metric in ("loss", "lr", "grad_norm", "samples_per_s", "peak_memory_mb"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2, 3, 4]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [2, 4]
+    inputs = run.inputs.dataset_inputs
+    contexts = {i.tags[0].value: i.dataset for i in inputs}
+    assert set(contexts) == {"training", "validation"}
+    assert contexts["training"].name == "triplets"
+    assert contexts["validation"].name == "triplets-validation"
+    for dataset in contexts.values():
+        assert dataset.digest == dvc_md5(triplets_root / "triplets")
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+    assert "checkpoint/pose_identitynet" in artifacts
+    assert "model_config.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    # Checkpoints kept, final weights and DVC metrics written.
+    assert [p.name for p in checkpoints(tmp_path / "out")] == [
+        "checkpoint-000002",
+        "checkpoint-000004",
+    ]
+    assert (tmp_path / "out" / "final" / "cameo_checkpoint.json").is_file()
+    assert (tmp_path / "out" / "metrics.json").is_file()
+    assert mlflow.active_run() is None
+
+
+def test_resume_is_bit_identical_and_continues_the_run(triplets_root, tmp_path):
+    straight = train(
+        tiny_params(tmp_path / "straight", max_steps=6),
+        data_root=triplets_root,
+        lock_file=None,
+        show_progress=False,
+    )
+    first = train(
+        tiny_params(tmp_path / "resumed", max_steps=6),
+        data_root=triplets_root,
+        lock_file=None,
+        show_progress=False,
+        stop_after=3,
+    )
+    assert first.step == 3
+    second = train(
+        tiny_params(tmp_path / "resumed", max_steps=6),
+        data_root=triplets_root,
+        lock_file=None,
+        show_progress=False,
+        resume=True,
+    )
+    assert second.step == 6 and second.run_id == first.run_id
+    assert second.losses == straight.losses
+    _assert_same_weights(tmp_path / "straight" / "final", tmp_path / "resumed" / "final")
+
+
+def _env(triplets_root: Path, tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "CAMEO_DATA": str(triplets_root),
+        "CAMEO_PROFILE": "tiny",
+        "OMP_NUM_THREADS": "1",  # the same arithmetic as this process (one torch thread)
+        "PYTHONPATH": str(REPO),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}",
+    }
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights(triplets_root, tmp_path):
+    """kill -9 in the middle of a run, then --resume: the result equals a straight run."""
+    train(
+        tiny_params(tmp_path / "straight", max_steps=6),
+        data_root=triplets_root,
+        lock_file=None,
+        show_progress=False,
+    )
+    out = tmp_path / "killed"
+    command = [
+        sys.executable, "-m", "training.train", "--params", str(REPO / "params.yaml"),
+        "--unlocked", "--no-progress", "--output-dir", str(out), "--steps", "6",
+    ]  # fmt: skip
+    env = _env(triplets_root, tmp_path)
+    process = subprocess.Popen([*command], env=env, cwd=tmp_path, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not checkpoints(out) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert checkpoints(out), "no checkpoint was written before the kill"
+    subprocess.run([*command, "--resume"], env=env, cwd=tmp_path, check=True, timeout=300)
+    _assert_same_weights(tmp_path / "straight" / "final", out / "final")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_stay_in_sync(triplets_root, tmp_path):
+    torchrun = Path(sys.executable).parent / "torchrun"
+    subprocess.run(
+        [
+            str(torchrun),
+            "--nproc-per-node",
+            "2",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(_free_port()),
+            str(REPO / "tests" / "training" / "ddp_train.py"),
+            str(tmp_path),
+        ],
+        env=_env(triplets_root, tmp_path),
+        cwd=tmp_path,
+        check=True,
+        timeout=300,
+    )
+    rank0 = (tmp_path / "rank0.txt").read_text()
+    rank1 = (tmp_path / "rank1.txt").read_text()
+    assert rank0.startswith("2 ") and rank0 == rank1
+    assert (tmp_path / "checkpoints" / "final" / "cameo_checkpoint.json").is_file()
+
+
+def test_dataset_version_must_match_dvc_lock(triplets_root, tmp_path):
+    md5 = dvc_md5(triplets_root / "triplets")
+    lock = tmp_path / "dvc.lock"
+    entry = "schema: '2.0'\nstages:\n  dataset:\n    outs:\n    - path: data/triplets\n"
+    entry += "      md5: {}\n"
+    lock.write_text(entry.format("0" * 32 + ".dir"))
+    params = tiny_params(tmp_path / "out", max_steps=1)
+    with pytest.raises(TrainingError, match="dvc checkout triplets"):
+        train(params, data_root=triplets_root, lock_file=lock, show_progress=False)
+    lock.write_text(entry.replace("data/triplets", "elsewhere").format(md5))
+    with pytest.raises(TrainingError, match="does not version"):
+        train(params, data_root=triplets_root, lock_file=lock, show_progress=False)
+    lock.write_text(entry.format(md5))
+    result = train(params, data_root=triplets_root, lock_file=lock, show_progress=False)
+    assert result.dataset_md5 == md5
+
+
+def test_bad_buckets_and_foreign_resume_are_refused(triplets_root, tmp_path):
+    with pytest.raises(ValueError, match="multiple of 4"):
+        train(
+            tiny_params(tmp_path / "out", buckets="50,50"),
+            data_root=triplets_root,
+            lock_file=None,
+            show_progress=False,
+        )
+    train(
+        tiny_params(tmp_path / "out", max_steps=2, checkpoint_every=1),
+        data_root=triplets_root,
+        lock_file=None,
+        show_progress=False,
+    )
+    with pytest.raises(TrainingError, match="same config"):
+        train(
+            tiny_params(tmp_path / "out", max_steps=3, buckets="64,64"),
+            data_root=triplets_root,
+            lock_file=None,
+            show_progress=False,
+            resume=True,
+        )
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(triplets_root, tmp_path):
+    manifest_path = triplets_root / "triplets" / "manifest.parquet"
+    manifest = pd.read_parquet(manifest_path)
+    manifest["face_embedding_raw_norm"] = float("nan")
+    manifest.to_parquet(manifest_path)
+    with pytest.raises(TrainingError, match=r"non-finite loss at step 1.*none"):
+        train(
+            tiny_params(tmp_path / "out", max_steps=2),
+            data_root=triplets_root,
+            lock_file=None,
+            show_progress=False,
+        )
+    assert not checkpoints(tmp_path / "out")
+
+
+def test_params_are_checked_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="batch_size"):
+        tiny_params(tmp_path, batch_size=0)
+    with pytest.raises(ValueError, match="unknown training parameters"):
+        tiny_params(tmp_path, learning_rte=1.0)
+    with pytest.raises(ValueError, match=r"cfg_dropout\.face"):
+        tiny_params(tmp_path, cfg_dropout={"face": 2.0})
