@@ -20,6 +20,7 @@ from assets.references import references
 from assets.triplets import triplets
 from orchestration.resources import DataResource, ParamsResource, PerceptionResource
 from orchestration.sensors import movie_sensor
+from orchestration.training_assets import model
 
 # Per-movie stages in order, then the dataset built from all movies.
 MOVIE_STAGES = (frames, faces, characters, masks, poses, captions, references)
@@ -55,7 +56,7 @@ def executor_for(environment: str) -> dg.ExecutorDefinition:
 
 
 defs = dg.Definitions(
-    assets=list(STAGES),
+    assets=[*STAGES, model],
     sensors=[movie_sensor],
     resources=build_resources(),
     executor=executor_for(os.environ.get("CAMEO_ENV", "local")),

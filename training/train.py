@@ -741,7 +741,7 @@ def train(
 
     # -- The end: the trained weights (EMA where kept), metrics for DVC and MLflow ---------------
     final_dir = output_dir / FINAL_DIR
-    tail = max(1, len(losses) // 10)
+    tail = max(1, len(losses) // 4)  # first and last quarter: the trend, not one step's noise
     metrics = {
         "step": step,
         "loss": losses[-1] if losses else math.nan,
@@ -760,9 +760,9 @@ def train(
         tmp.rename(final_dir)
         if ema is not None:
             ema.restore(trainable)
-        (output_dir / METRICS_FILE).write_text(
-            json.dumps({**metrics, "run_id": run_id, "dataset_md5": md5}, indent=2)
-        )
+        experiment_id = mlflow.active_run().info.experiment_id
+        summary = {**metrics, "run_id": run_id, "experiment_id": experiment_id, "dataset_md5": md5}
+        (output_dir / METRICS_FILE).write_text(json.dumps(summary, indent=2))
         mlflow.log_metrics({"loss_first": metrics["loss_first"], "loss_last": metrics["loss_last"]})
         mlflow.log_artifacts(str(final_dir), artifact_path="checkpoint")
         mlflow.end_run()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from assets.layout import dvc_md5
@@ -214,8 +215,12 @@ def test_killed_run_resumes_to_the_same_weights(triplets_root, tmp_path):
         show_progress=False,
     )
     out = tmp_path / "killed"
+    values = yaml.safe_load((REPO / "params.yaml").read_text())
+    values["profiles"]["tiny"]["training"]["checkpoint_every"] = 1  # a checkpoint to kill after
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(values))
     command = [
-        sys.executable, "-m", "training.train", "--params", str(REPO / "params.yaml"),
+        sys.executable, "-m", "training.train", "--params", str(params_file),
         "--unlocked", "--no-progress", "--output-dir", str(out), "--steps", "6",
     ]  # fmt: skip
     env = _env(triplets_root, tmp_path)

@@ -1,0 +1,105 @@
+"""The `model` asset: training on the triplets, as a subprocess locally (CAMEO_ENV=local).
+
+The training loop is `python -m training.train` (the same line torchrun and the Kubernetes Job
+run); the asset starts it, streams its output into the run's logs and records what it made:
+the MLflow run, the dataset version, the final losses.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+
+import dagster as dg
+
+from training.train import FINAL_DIR, METRICS_FILE, TrainingParams
+
+LOSS_CHECK = "loss_decreases"
+
+
+def run_training(command: list[str], env: dict[str, str], log: dg.DagsterLogManager) -> None:
+    """Run the training command, its output line by line into the Dagster log; a failure
+    raises with the command's last lines (the error names its cause)."""
+    tail: deque[str] = deque(maxlen=20)
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            tail.append(line.rstrip())
+            log.info(line.rstrip())
+    if process.returncode != 0:
+        cause = tail[-1] if tail else "no output"
+        raise dg.Failure(
+            description=f"training exited with status {process.returncode}: {cause}",
+            metadata={"output": dg.MetadataValue.md("```\n" + "\n".join(tail) + "\n```")},
+        )
+
+
+def loss_check(metrics: dict[str, float]) -> dg.AssetCheckResult:
+    first, last = metrics.get("loss_first", math.nan), metrics.get("loss_last", math.nan)
+    finite = math.isfinite(first) and math.isfinite(last)
+    passed = finite and last < first
+    return dg.AssetCheckResult(
+        check_name=LOSS_CHECK,
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=(
+            f"mean loss of the first quarter {first:.4f}, of the last quarter {last:.4f}"
+            + ("" if finite else ": non-finite")
+            + ("" if passed else ": the loss did not decrease")
+        ),
+        metadata={"loss_first": first, "loss_last": last},
+    )
+
+
+@dg.asset(
+    deps=["triplets"],
+    required_resource_keys={"data", "params"},
+    group_name="training",
+    kinds={"pytorch", "mlflow"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            LOSS_CHECK,
+            asset="model",
+            blocking=True,
+            description="the training loss is finite and its last quarter below its first",
+        )
+    ],
+)
+def model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """Train the identity branches and Pose-IdentityNet on the current triplets
+    (`python -m training.train`), logged to MLflow; the trained checkpoint is the asset."""
+    params = context.resources.params
+    training = TrainingParams.from_params(params.values)
+    command = [
+        sys.executable, "-m", "training.train",
+        "--params", params.path,
+        "--profile", params.values["profile"],
+        "--data", str(context.resources.data.layout.root),
+        # Dagster's `triplets` is the version here: its data version is the DVC md5 the run
+        # logs, whether or not dvc.lock has caught up.
+        "--unlocked",
+        "--no-progress",
+    ]  # fmt: skip
+    run_training(command, dict(os.environ), context.log)
+    output_dir = Path(training.output_dir).resolve()
+    result = json.loads((output_dir / METRICS_FILE).read_text())
+    ui = os.environ.get("CAMEO_MLFLOW_UI", "http://127.0.0.1:5000")
+    run_url = f"{ui}/#/experiments/{result['experiment_id']}/runs/{result['run_id']}"
+    return dg.MaterializeResult(
+        metadata={
+            "mlflow_run_id": result["run_id"],
+            "mlflow_run": dg.MetadataValue.url(run_url),
+            "dataset_md5": result["dataset_md5"],
+            "steps": result["step"],
+            "loss_first": result["loss_first"],
+            "loss_last": result["loss_last"],
+            "checkpoint": dg.MetadataValue.path(str(output_dir / FINAL_DIR)),
+        },
+        data_version=dg.DataVersion(result["run_id"]),
+        check_results=[loss_check(result)],
+    )
