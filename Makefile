@@ -7,6 +7,7 @@ STAMP   := $(VENV)/.installed-stamp
 export CAMEO_DATA            ?= $(CURDIR)/data
 export DAGSTER_HOME          := $(CURDIR)/.dagster
 export DVC_SITE_CACHE_DIR    := $(CURDIR)/.dvc/tmp/site-cache
+export MLFLOW_TRACKING_URI   ?= sqlite:///$(CURDIR)/mlruns.db
 export MPLCONFIGDIR          := $(CURDIR)/.cache/matplotlib
 export DAGSTER_DISABLE_TELEMETRY := 1
 export MLFLOW_DISABLE_TELEMETRY  := true
@@ -15,7 +16,7 @@ export GX_ANALYTICS_ENABLED  := false
 export DO_NOT_TRACK          := 1
 export PATH                  := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv demo test lint ui bench clean
+.PHONY: venv demo test lint ui mlflow-ui bench clean
 
 venv: $(STAMP)
 
@@ -41,6 +42,9 @@ lint: $(STAMP)
 
 ui: $(STAMP)
 	dagster dev -m orchestration.definitions --host 127.0.0.1 --port 3000
+
+mlflow-ui: $(STAMP)
+	mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
 
 bench: $(STAMP)
 	$(PY) bench/run.py

@@ -188,6 +188,26 @@ def build(
         sys.exit(1)
 
 
+@main.command(
+    "train",
+    context_settings={"ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def train_command(args: tuple[str, ...]) -> None:
+    """Train the model on the DVC-versioned triplets, logged to MLflow (`cameo train --help`).
+
+    Several GPUs: torchrun --nproc-per-node N -m training.train [same options].
+    """
+    from training.train import main as train_main
+
+    result = train_main(list(args))
+    click.echo(
+        f"trained {result.step} steps on dataset {result.dataset_md5}: "
+        f"MLflow run {result.run_id}, checkpoint {result.final_dir}"
+    )
+
+
 @dataset.command("summary")
 @data_option
 def summary(data_dir: Path) -> None:

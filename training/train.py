@@ -814,7 +814,11 @@ def build_parser() -> argparse.ArgumentParser:
         "triplets, logged to MLflow (rank 0). Several processes: torchrun --nproc-per-node N "
         "-m training.train [options].",
     )
-    parser.add_argument("--params", default=os.environ.get("CAMEO_PARAMS", "params.yaml"))
+    parser.add_argument(
+        "--params",
+        default=os.environ.get("CAMEO_PARAMS", "params.yaml"),
+        help="parameters file, its `training` section (default: $CAMEO_PARAMS or params.yaml)",
+    )
     parser.add_argument("--profile", choices=["tiny", "full"], help="default: $CAMEO_PROFILE")
     parser.add_argument("--config", choices=sorted(CONFIGS), help="model config (training.config)")
     parser.add_argument("--steps", type=int, help="total optimiser steps (training.max_steps)")
