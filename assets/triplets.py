@@ -98,6 +98,10 @@ def movie_triplets(layout: DataLayout, movie: str, seed: int) -> tuple[list[Trip
         for stage, table in (("masks", masks), ("poses", poses), ("captions", captions))
         for r in table[table["status"] != "ok"].itertuples(index=False)
     ]
+    if characters.empty:  # said, so that a movie without characters is not a silent drop
+        skipped.append(
+            skipped_record("movie", movie, None, None, "characters", "no character found")
+        )
     usable_targets = captions[captions["status"] == "ok"].merge(
         poses[["character_id", "frame_idx", "control_file", "mask_file"]],
         on=["character_id", "frame_idx"],
