@@ -15,7 +15,6 @@ The triplets are built only from movies whose every stage record is `ok` for the
 present now (`incomplete_stage`).
 """
 
-
 import json
 from collections.abc import Callable
 from dataclasses import dataclass

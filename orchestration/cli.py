@@ -126,7 +126,10 @@ def materialize_stages(
     step_errors = [
         step_failure_message(e)
         for e in result.all_events
-        if e.is_step_failure and e.step_failure_data.error is not None
+        if e.is_step_failure
+        and e.step_failure_data.error is not None
+        # A failed blocking check is reported below, with its description.
+        and e.step_failure_data.error.cls_name != "DagsterAssetCheckFailedError"
     ]
     warnings = [
         str(m.materialization.metadata["warning"].value)
@@ -210,12 +213,14 @@ def build(
     runs. One build at a time per data dir: a second one refuses (or, with --wait, waits).
     """
     import dagster as dg
+    import pandas as pd
     from tqdm import tqdm
 
     from assets.layout import BuildLockedError, DataLayout
     from assets.params import ParamsError, load_params
     from assets.partitions import movie_partitions
     from orchestration.definitions import build_resources
+    from orchestration.resources import MissingModelsError
 
     layout = DataLayout.from_env(data_dir)
     resources = build_resources(str(layout.root), params_path, profile)
@@ -223,12 +228,10 @@ def build(
         load_params(params_path, profile)  # the whole file, before anything runs
     except (ParamsError, OSError) as e:
         raise click.ClickException(str(e)) from e
-    missing = resources["perception"].missing_models(stages_until(until))
-    if missing:
-        raise click.ClickException(
-            f"profile full: {len(missing)} model(s) missing under $CAMEO_MODELS:\n"
-            + "\n".join(f"  - {m}" for m in missing)
-        )
+    try:
+        resources["perception"].check_models(stages_until(until))
+    except MissingModelsError as e:
+        raise click.ClickException(str(e)) from e
     with ExitStack() as stack:
         try:
             stack.enter_context(layout.build_lock(wait))
@@ -257,7 +260,8 @@ def build(
         )
         for gone in sorted(registered - set(found)):
             instance.delete_dynamic_partition(movie_partitions.name, gone)
-        log_level = "INFO" if verbose else "WARNING"
+        # Failures are summarised below, one line each; -v shows Dagster's logs and traces.
+        log_level = "INFO" if verbose else "CRITICAL"
         tags = {"cameo/data": str(layout.root)}
         outcomes = []
         with tqdm(keys, unit="movie", desc=f"until {until}") as bar:
@@ -274,6 +278,11 @@ def build(
         click.echo(f"{status} {outcome.movie}: {outcome.message}")
         for warning in outcome.warnings:
             click.echo(f"       warning: {warning}")
+    skipped_table = layout.triplets_dir / "skipped.parquet"
+    if until == DATASET_STAGE and skipped_table.is_file():
+        for s in pd.read_parquet(skipped_table).itertuples(index=False):
+            if pd.isna(s.character_id) and pd.isna(s.frame_idx):  # whole files, not frames
+                click.echo(f"left out of the dataset: {s.file or s.movie} ({s.stage}): {s.reason}")
     if not all(o.success for o in outcomes):
         sys.exit(1)
 

@@ -24,6 +24,10 @@ from perception.segmentation import (
 )
 
 
+class MissingModelsError(FileNotFoundError):
+    """Models the `full` profile needs are not under $CAMEO_MODELS; the message lists all."""
+
+
 class DataResource(dg.ConfigurableResource):
     """The data root ($CAMEO_DATA); assets read and write the files it lays out."""
 
@@ -101,13 +105,25 @@ class PerceptionResource(dg.ConfigurableResource):
             for setting in settings
         }
 
-    def missing_models(self, stages: Iterable[str]) -> list[str]:
-        """`<params setting>: <path>` for each model these stages need that is not on disk."""
-        return [
+    def check_models(self, stages: Iterable[str]) -> None:
+        """Raise MissingModelsError listing every model these stages need that is not on
+        disk (`<params setting>: <path>`), before any of them is loaded."""
+        missing = [
             f"{setting}: {path}"
             for setting, path in self.model_paths(stages).items()
             if not path.exists()
         ]
+        if missing:
+            raise MissingModelsError(
+                f"profile full: {len(missing)} model(s) missing under $CAMEO_MODELS:\n"
+                + "\n".join(f"  - {m}" for m in missing)
+            )
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # Every model the run's stages need, checked at once before any stage runs.
+        run = context.dagster_run
+        selected = run.asset_selection if run is not None else None
+        self.check_models([k.to_user_string() for k in selected] if selected else ["triplets"])
 
     def faces(self) -> FaceAnalyzer:
         p = self.params.section("faces")
