@@ -76,12 +76,14 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def step_failure_message(event) -> str:
-    """The real cause of a failed step, on one line: a stage's own failure description
-    (which names the movie file), else the innermost exception Dagster wrapped."""
-    data = event.step_failure_data
-    if data.user_failure_data is not None and data.user_failure_data.description:
-        return _one_line(data.user_failure_data.description)
+def failure_message(event) -> str:
+    """The real cause of a failed step or run, on one line: a stage's own failure
+    description (which names the movie file), else the innermost exception Dagster wrapped
+    (e.g. the params or models problem that stopped a resource)."""
+    data = event.event_specific_data
+    user = getattr(data, "user_failure_data", None)
+    if user is not None and user.description:
+        return _one_line(user.description)
     error = data.error
     while error.cause is not None:
         error = error.cause
@@ -124,12 +126,12 @@ def materialize_stages(
         if not e.passed
     ]
     step_errors = [
-        step_failure_message(e)
+        failure_message(e)
         for e in result.all_events
-        if e.is_step_failure
-        and e.step_failure_data.error is not None
+        if (e.is_step_failure or e.is_run_failure)
+        and getattr(e.event_specific_data, "error", None) is not None
         # A failed blocking check is reported below, with its description.
-        and e.step_failure_data.error.cls_name != "DagsterAssetCheckFailedError"
+        and e.event_specific_data.error.cls_name != "DagsterAssetCheckFailedError"
     ]
     warnings = [
         str(m.materialization.metadata["warning"].value)

@@ -122,8 +122,8 @@ class PerceptionResource(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         # Every model the run's stages need, checked at once before any stage runs.
         run = context.dagster_run
-        selected = run.asset_selection if run is not None else None
-        self.check_models([k.to_user_string() for k in selected] if selected else ["triplets"])
+        steps = (run.step_keys_to_execute if run is not None else None) or ["triplets"]
+        self.check_models(steps)  # a stage's step key is its name; no selection: every stage
 
     def faces(self) -> FaceAnalyzer:
         p = self.params.section("faces")

@@ -52,7 +52,8 @@ from assets.poses import check_poses, estimate_poses
 from assets.references import crop_references
 from assets.stage import MOVIE_STAGE_DEPS, downstream, incomplete_stage
 from assets.triplets import build_triplets
-from orchestration.cli import fail_interrupted_runs, main
+from orchestration.cli import fail_interrupted_runs, failure_message, main
+from orchestration.definitions import STAGES, build_resources
 from orchestration.resources import DataResource, ParamsResource, PerceptionResource
 from orchestration.sensors import movie_sensor
 from perception.captions import TinyCaptioner
@@ -171,11 +172,21 @@ def test_sensor_keys_every_file_and_removes_partitions_of_gone_files(tmp_path: P
     keys = sorted(r.partition_key for r in result.run_requests)
     assert len(keys) == 3 and all(k.isascii() for k in keys)
     instance.add_dynamic_partitions("movies", keys)
+    assert movie_sensor(context).skip_reason
     (layout.movies_dir / "映画.mp4").unlink()
     again = movie_sensor(context)
     assert not again.run_requests
     (delete,) = again.dynamic_partitions_requests
     assert list(delete.partition_keys) == [k for k in keys if k.startswith("movie-")]
+    # A file replaced after its frames were built is run again.
+    instance.delete_dynamic_partition("movies", delete.partition_keys[0])
+    key, video = next(iter(layout.movies().items()))
+    mark_complete(layout, key, video)
+    assert movie_sensor(context).skip_reason
+    video.write_bytes(b"a new cut of the movie")
+    replaced = movie_sensor(context)
+    assert [r.partition_key for r in replaced.run_requests] == [key]
+    assert not replaced.dynamic_partitions_requests
 
 
 # --- video ----------------------------------------------------------------------------------
@@ -487,6 +498,21 @@ def test_full_profile_lists_every_missing_model_at_once(tmp_path: Path, monkeypa
         ],
     )
     assert until_frames.exit_code == 0, until_frames.output  # frames needs no model
+    # A run started elsewhere (the UI, the sensor) checks the models of its own stages.
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("movies", ["m"])
+    run = dg.materialize(
+        list(STAGES),
+        selection=["faces", "masks", "poses"],
+        partition_key="m",
+        instance=instance,
+        resources=build_resources(str(root), str(PARAMS), "full"),
+        raise_on_error=False,
+    )
+    failure = next(e for e in run.all_events if e.is_run_failure)
+    message = failure_message(failure)
+    assert "2 model(s) missing" in message and "faces.model" in message
+    assert "poses.model" in message and "captions.model" not in message
 
 
 # --- interrupted and concurrent runs --------------------------------------------------------
