@@ -97,6 +97,11 @@ def incomplete_stage(layout: DataLayout, movie: str, video: Path) -> tuple[str, 
     return None
 
 
+def describe_error(e: BaseException) -> str:
+    """An exception as one line: its type and message."""
+    return " ".join(f"{type(e).__name__}: {e}".split())
+
+
 def _with_subject(result: dg.MaterializeResult, subject: str) -> dg.MaterializeResult:
     checks = [c._replace(description=f"{subject}: {c.description}") for c in result.check_results]
     return dg.MaterializeResult(
@@ -135,15 +140,15 @@ def movie_asset(
             movie = context.partition_key
             video = layout.movie(movie)
             layout.clean_stale_temps(name)
-            for stage in downstream(name):
-                layout.stage_status(stage, movie).unlink(missing_ok=True)
+            for later in downstream(name):
+                layout.stage_status(later, movie).unlink(missing_ok=True)
             stage = MovieStage(name, movie, video, layout, context.resources.params.values)
             record = {"stage": name, "movie": movie, "source": source_fingerprint(video)}
             try:
                 result = body(context, stage)
             except Exception as e:
                 # One line that names the file and says what is wrong.
-                error = " ".join(f"{type(e).__name__}: {e}".split())
+                error = describe_error(e)
                 if video.name not in error:
                     error = f"{video.name}: {error}"
                 status = {**record, "status": "failed", "error": error}

@@ -43,7 +43,7 @@ from assets.params import (
 )
 from assets.quality import blocking_spec, check_result
 from assets.references import segment_reference
-from assets.stage import incomplete_stage
+from assets.stage import describe_error, incomplete_stage
 from perception.captions import caption_problems
 from perception.pose import draw_openpose, extract_pose
 
@@ -307,10 +307,6 @@ def _input_skip(source: str, skipped: SkippedInput) -> dict:
     return skipped_record(source, name, None, None, "inputs", skipped.reason, name)
 
 
-def _error(e: Exception) -> str:
-    return " ".join(f"{type(e).__name__}: {e}".split())
-
-
 def build_triplets(
     layout: DataLayout, perception, params: dict, out_dir: Path, log=None
 ) -> tuple[pd.DataFrame, list[dict]]:
@@ -333,7 +329,9 @@ def build_triplets(
             found, lost = movie_triplets(layout, movie, seed)
         except Exception as e:  # one movie's bad files (e.g. removed by hand) stop only it
             skipped.append(
-                skipped_record("movie", movie, None, None, "triplets", _error(e), video.name)
+                skipped_record(
+                    "movie", movie, None, None, "triplets", describe_error(e), video.name
+                )
             )
             continue
         rows += [write_triplet(t, out_dir) for t in found]
@@ -343,7 +341,7 @@ def build_triplets(
         try:
             triplet, stage, reason = single_triplet(path, perception, params)
         except Exception as e:  # an image a model cannot take stops only that image
-            triplet, stage, reason = None, "singles", _error(e)
+            triplet, stage, reason = None, "singles", describe_error(e)
         if triplet is None:
             skipped.append(
                 skipped_record("single", path.name, None, None, stage, reason, path.name)
