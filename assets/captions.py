@@ -5,25 +5,14 @@ caption that breaks the template's rules (word range, banned openings, no gender
 kept but marked skipped, with the rules it broke.
 """
 
-from dataclasses import dataclass
-
 import dagster as dg
 import pandas as pd
 
 from assets.layout import load_rgb, read_table, write_table
-from assets.partitions import movie_partitions
-from assets.quality import blocking_spec, check_result
-from assets.steps import GPU_STEP_TAGS
+from assets.params import CaptionsParams
+from assets.quality import check_result
+from assets.stage import MovieStage, movie_asset
 from perception.captions import BANNED_OPENINGS, GENDER_WORDS, caption_problems
-
-
-@dataclass(frozen=True)
-class CaptionsParams:
-    model: str = "InternVL2-26B"
-    prompt_version: str = "caption_v1"
-    min_words: int = 100
-    max_words: int = 150
-    batch_size: int = 8
 
 
 def caption_frames(poses: pd.DataFrame, root, captioner, params: CaptionsParams) -> pd.DataFrame:
@@ -81,31 +70,23 @@ def check_captions(df: pd.DataFrame, params: CaptionsParams) -> dg.AssetCheckRes
     view = df[["character_id", "frame_idx", "status"]].assign(
         reason_matches_status=(df["skip_reason"] == "") == ok,
         ok_words=df["words"].where(ok),
-        ok_caption_lower=df["caption"].str.lower().where(ok),
+        # astype: an empty table's caption column has no string dtype for `.str`.
+        ok_caption_lower=df["caption"].astype(str).str.lower().where(ok),
     )
     return check_result("captions_expectations", view, captions_expectations(params), "captions")
 
 
-@dg.asset(
-    partitions_def=movie_partitions,
-    deps=["poses"],
-    required_resource_keys={"data", "params", "perception"},
-    check_specs=[
-        blocking_spec(
-            "captions",
-            "captions_expectations",
-            "usable captions have 100-150 words, no banned opening, a gender word",
-        )
-    ],
-    group_name="dataset",
+@movie_asset(
+    check="usable captions have 100-150 words, no banned opening, a gender word",
+    group="dataset",
     kinds={"transformers"},
-    op_tags=GPU_STEP_TAGS,
+    perception=True,
+    gpu=True,
 )
-def captions(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def captions(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.MaterializeResult:
     """Captions of every candidate target frame, in captions/<movie>.parquet."""
-    layout = context.resources.data.layout
-    params = CaptionsParams(**context.resources.params.section("captions"))
-    movie = context.partition_key
+    layout, movie = stage.layout, stage.movie
+    params = stage.params(CaptionsParams)
     poses_df = read_table(layout.table("poses", movie))
     df = caption_frames(poses_df, layout.root, context.resources.perception.captioner(), params)
     write_table(df, layout.table("captions", movie))

@@ -14,15 +14,9 @@ import pandas as pd
 
 from assets.contact_sheet import character_contact_sheet, markdown_preview
 from assets.layout import atomic_path, read_table, write_table
-from assets.partitions import movie_partitions
-from assets.quality import blocking_spec, check_result
-
-
-@dataclass(frozen=True)
-class CharactersParams:
-    similarity_threshold: float = 0.5
-    min_frames: int = 5
-    max_frames: int = 200
+from assets.params import CharactersParams
+from assets.quality import check_result
+from assets.stage import MovieStage, movie_asset
 
 
 @dataclass(frozen=True)
@@ -142,25 +136,15 @@ def check_characters(df: pd.DataFrame, params: CharactersParams) -> dg.AssetChec
     )
 
 
-@dg.asset(
-    partitions_def=movie_partitions,
-    deps=["faces"],
-    required_resource_keys={"data", "params"},
-    check_specs=[
-        blocking_spec(
-            "characters",
-            "characters_expectations",
-            "group sizes within [min, max], no frame in two groups, similarities above threshold",
-        )
-    ],
-    group_name="identity_mining",
+@movie_asset(
+    check="group sizes within [min, max], no frame in two groups, similarities above threshold",
+    group="identity_mining",
     kinds={"numpy"},
 )
-def characters(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def characters(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.MaterializeResult:
     """Frames grouped into distinct characters, in characters/<movie>.parquet."""
-    layout = context.resources.data.layout
-    params = CharactersParams(**context.resources.params.section("characters"))
-    movie = context.partition_key
+    layout, movie = stage.layout, stage.movie
+    params = stage.params(CharactersParams)
     faces_df = read_table(layout.table("faces", movie))
     df = build_characters(faces_df, params)
     table = layout.table("characters", movie)

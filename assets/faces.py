@@ -4,7 +4,6 @@ Frames without faces are dropped. Where a frame has several faces, the one whose
 cosine similarity to the other faces of the frame is lowest (the most distinctive) is kept.
 """
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -13,18 +12,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from assets.layout import load_rgb, read_table, write_table
-from assets.partitions import movie_partitions
-from assets.quality import blocking_spec, check_result
-from assets.steps import GPU_STEP_TAGS
+from assets.params import FacesParams
+from assets.quality import check_result
+from assets.stage import MovieStage, movie_asset
 from perception.faces import EMBEDDING_DIM, DetectedFace, FaceAnalyzer
-
-
-@dataclass(frozen=True)
-class FacesParams:
-    model: str = "antelopev2"
-    det_size: int = 640
-    det_thresh: float = 0.5
-    min_face_px: int = 24
 
 
 def select_distinctive_face(embeddings: np.ndarray, areas: np.ndarray | None = None) -> int:
@@ -137,24 +128,17 @@ def check_faces(df: pd.DataFrame) -> dg.AssetCheckResult:
     return check_result("faces_expectations", view, faces_expectations(), "faces")
 
 
-@dg.asset(
-    partitions_def=movie_partitions,
-    deps=["frames"],
-    required_resource_keys={"data", "params", "perception"},
-    check_specs=[
-        blocking_spec(
-            "faces", "faces_expectations", "embeddings 512-d unit-norm, boxes inside the frame"
-        )
-    ],
-    group_name="identity_mining",
+@movie_asset(
+    check="embeddings 512-d unit-norm, boxes inside the frame",
+    group="identity_mining",
     kinds={"insightface"},
-    op_tags=GPU_STEP_TAGS,
+    perception=True,
+    gpu=True,
 )
-def faces(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def faces(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.MaterializeResult:
     """The most distinctive face of every frame that has one, in faces/<movie>.parquet."""
-    layout = context.resources.data.layout
-    params = FacesParams(**context.resources.params.section("faces"))
-    movie = context.partition_key
+    layout, movie = stage.layout, stage.movie
+    params = stage.params(FacesParams)
     frames_df = read_table(layout.table("frames", movie))
     df = detect_faces(
         frames_df, layout.root, context.resources.perception.faces(), params.min_face_px

@@ -5,7 +5,7 @@ converted to RGB, and each is written to disk as soon as it is decoded, so memor
 flat however long the movie is.
 """
 
-from dataclasses import dataclass
+import warnings
 from pathlib import Path
 
 import av
@@ -14,19 +14,30 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from assets.layout import atomic_path, write_table
-from assets.partitions import movie_partitions
-from assets.quality import blocking_spec, check_result
-
-
-@dataclass(frozen=True)
-class FramesParams:
-    stride: int = 50
-    jpeg_quality: int = 95
+from assets.layout import DEFAULT_MAX_PIXELS, atomic_path, write_table
+from assets.params import FramesParams, ImagesParams
+from assets.quality import check_result
+from assets.stage import MovieStage, movie_asset
 
 
 class VideoReadError(RuntimeError):
     """A movie file that cannot be opened or decoded; the message names the file."""
+
+
+class TruncatedVideoWarning(UserWarning):
+    """A movie that ends before its header says it does (e.g. a download cut short)."""
+
+
+def truncation_warning(video: Path, stream, decoded: int, last_s: float | None) -> str:
+    """Why `video` looks cut short ('' when it does not): fewer frames decoded than its
+    header declares, or (without a frame count) an end well before its duration."""
+    declared = stream.frames or 0
+    if declared and decoded < declared - max(2, declared // 100):
+        return f"{video.name}: decoded {decoded} of the {declared} frames its header declares"
+    duration_s = float(stream.duration * stream.time_base) if stream.duration else 0.0
+    if not declared and duration_s and last_s is not None and last_s < duration_s * 0.98 - 1.0:
+        return f"{video.name}: decoding stopped at {last_s:.1f} s of {duration_s:.1f} s"
+    return ""
 
 
 def extract_frames(
@@ -37,11 +48,14 @@ def extract_frames(
     jpeg_quality: int = 95,
     relative_to: Path | None = None,
     progress: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> pd.DataFrame:
     """Decode `video` front to back and save every `stride`-th frame as JPEG in `out_dir`.
 
     Returns one row per kept frame: movie, frame_idx, pts_s, path (relative to
-    `relative_to` when given), width, height.
+    `relative_to` when given), width, height. Frames over `max_pixels` raise
+    VideoReadError; a movie that ends early warns (TruncatedVideoWarning) and keeps what
+    was decoded.
     """
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
@@ -59,12 +73,19 @@ def extract_frames(
         stream.thread_type = "AUTO"
         fps = float(stream.average_rate or stream.guessed_rate or 0) or None
         total = stream.frames or None
+        last_s = None
         try:
             for frame_idx, frame in enumerate(
                 tqdm(container.decode(stream), total=total, unit="frame", disable=not progress)
             ):
+                last_s = frame.time
                 if frame_idx % stride:
                     continue
+                if frame.width * frame.height > max_pixels:
+                    raise VideoReadError(
+                        f"{video}: {frame.width}x{frame.height} frames, over the limit of "
+                        f"{max_pixels} pixels (images.max_pixels)"
+                    )
                 rgb = frame.to_ndarray(format="rgb24", threads=1)
                 path = out_dir / f"{frame_idx:08d}.jpg"
                 Image.fromarray(rgb).save(path, quality=jpeg_quality)
@@ -81,6 +102,8 @@ def extract_frames(
                 )
         except av.error.FFmpegError as e:
             raise VideoReadError(f"{video}: decoding failed after frame {frame_idx} ({e})") from e
+        if message := truncation_warning(video, stream, frame_idx + 1, last_s):
+            warnings.warn(TruncatedVideoWarning(message), stacklevel=2)
     if not rows:
         raise VideoReadError(f"{video}: no frame could be decoded")
     return pd.DataFrame(rows)
@@ -109,32 +132,31 @@ def check_frames(df: pd.DataFrame, root: Path, stride: int) -> dg.AssetCheckResu
     return check_result("frames_expectations", view, frames_expectations(stride), "frames")
 
 
-@dg.asset(
-    partitions_def=movie_partitions,
-    required_resource_keys={"data", "params"},
-    check_specs=[
-        blocking_spec(
-            "frames",
-            "frames_expectations",
-            "stride respected, timestamps increasing, files on disk",
-        )
-    ],
-    group_name="identity_mining",
+@movie_asset(
+    check="stride respected, timestamps increasing, files on disk",
+    group="identity_mining",
     kinds={"pyav"},
 )
-def frames(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def frames(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.MaterializeResult:
     """Every Nth frame as JPEG under frames/<movie>/, indexed in frames/<movie>.parquet."""
-    layout = context.resources.data.layout
-    params = FramesParams(**context.resources.params.section("frames"))
-    movie = context.partition_key
-    video = layout.movie(movie)
-    with atomic_path(layout.stage_dir("frames", movie)) as tmp_dir:
-        df = extract_frames(video, tmp_dir, movie, params.stride, params.jpeg_quality)
+    layout, movie, video = stage.layout, stage.movie, stage.video
+    params = stage.params(FramesParams)
+    out_dir = layout.stage_dir("frames", movie)
+    with atomic_path(out_dir) as tmp_dir, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TruncatedVideoWarning)
+        df = extract_frames(
+            video,
+            tmp_dir,
+            movie,
+            params.stride,
+            params.jpeg_quality,
+            max_pixels=stage.params(ImagesParams).max_pixels,
+        )
         # Paths are recorded where the folder will be once it is renamed into place.
-        df["path"] = [
-            str((layout.stage_dir("frames", movie) / Path(p).name).relative_to(layout.root))
-            for p in df["path"]
-        ]
+        df["path"] = [str((out_dir / Path(p).name).relative_to(layout.root)) for p in df["path"]]
+    truncated = [str(w.message) for w in caught if issubclass(w.category, TruncatedVideoWarning)]
+    for message in truncated:
+        context.log.warning(message)
     table = layout.table("frames", movie)
     write_table(df, table)
     context.log.info(f"{video.name}: kept {len(df)} frames at stride {params.stride}")
@@ -144,6 +166,7 @@ def frames(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             "frames": len(df),
             "stride": params.stride,
             "duration_s": float(df["pts_s"].max()),
+            "warning": "; ".join(truncated),
             "table": dg.MetadataValue.path(str(table)),
         },
         check_results=[check_frames(df, layout.root, params.stride)],

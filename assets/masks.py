@@ -7,26 +7,15 @@ detector that overlaps the face box most is given to SAM as a box prompt too. Ma
 skipped, with the reason.
 """
 
-from dataclasses import dataclass
-
 import dagster as dg
 import numpy as np
 import pandas as pd
 
 from assets.layout import atomic_path, load_rgb, read_table, save_image, write_table
-from assets.partitions import movie_partitions
-from assets.quality import blocking_spec, check_result
-from assets.steps import GPU_STEP_TAGS
+from assets.params import MasksParams
+from assets.quality import check_result
+from assets.stage import MovieStage, movie_asset
 from perception.segmentation import best_person_box
-
-
-@dataclass(frozen=True)
-class MasksParams:
-    model: str = "sam"
-    person_box_prompt: bool = False  # article Note 1
-    person_detector: str = "grounding-dino"
-    min_area_fraction: float = 0.01
-    max_area_fraction: float = 0.95
 
 
 def mask_skip_reason(area_fraction: float, face_center_inside: bool, params: MasksParams) -> str:
@@ -142,26 +131,17 @@ def check_masks(df: pd.DataFrame, mask_dir, params: MasksParams) -> dg.AssetChec
     return check_result("masks_expectations", view, masks_expectations(params), "masks")
 
 
-@dg.asset(
-    partitions_def=movie_partitions,
-    deps=["characters"],
-    required_resource_keys={"data", "params", "perception"},
-    check_specs=[
-        blocking_spec(
-            "masks",
-            "masks_expectations",
-            "usable masks within the area range and covering the face centre; skips say why",
-        )
-    ],
-    group_name="dataset",
+@movie_asset(
+    check="usable masks within the area range and covering the face centre; skips say why",
+    group="dataset",
     kinds={"sam"},
-    op_tags=GPU_STEP_TAGS,
+    perception=True,
+    gpu=True,
 )
-def masks(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def masks(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.MaterializeResult:
     """SAM masks of every character frame: masks/<movie>/*.png and masks/<movie>.parquet."""
-    layout = context.resources.data.layout
-    params = MasksParams(**context.resources.params.section("masks"))
-    movie = context.partition_key
+    layout, movie = stage.layout, stage.movie
+    params = stage.params(MasksParams)
     perception = context.resources.perception
     characters_df = read_table(layout.table("characters", movie))
     detector = perception.person_detector() if params.person_box_prompt else None

@@ -6,24 +6,15 @@ conditioned on is rendered at frame size. Frames where too few keypoints are fou
 skipped, with the reason.
 """
 
-from dataclasses import dataclass
-
 import dagster as dg
 import pandas as pd
 
 from assets.contact_sheet import markdown_preview, pose_contact_sheet
 from assets.layout import atomic_path, load_rgb, read_table, save_image, write_table
-from assets.partitions import movie_partitions
-from assets.quality import blocking_spec, check_result
-from assets.steps import GPU_STEP_TAGS
-from perception.pose import DEFAULT_MODEL, NUM_KEYPOINTS, draw_openpose, extract_pose
-
-
-@dataclass(frozen=True)
-class PosesParams:
-    model: str = DEFAULT_MODEL
-    score_threshold: float = 0.3
-    min_keypoints: int = 5  # keypoints above the threshold for a pose to count as found
+from assets.params import PosesParams
+from assets.quality import check_result
+from assets.stage import MovieStage, movie_asset
+from perception.pose import NUM_KEYPOINTS, draw_openpose, extract_pose
 
 
 def estimate_poses(masks: pd.DataFrame, root, mask_dir, out_dir, estimator, params) -> pd.DataFrame:
@@ -107,29 +98,20 @@ def check_poses(df: pd.DataFrame, pose_dir, params: PosesParams) -> dg.AssetChec
     return check_result("poses_expectations", view, poses_expectations(params), "poses")
 
 
-@dg.asset(
-    partitions_def=movie_partitions,
-    deps=["masks"],
-    required_resource_keys={"data", "params", "perception"},
-    check_specs=[
-        blocking_spec(
-            "poses",
-            "poses_expectations",
-            "133 keypoints and a control image for every pose found; skips say why",
-        )
-    ],
-    group_name="dataset",
+@movie_asset(
+    check="133 keypoints and a control image for every pose found; skips say why",
+    group="dataset",
     kinds={"onnx"},
-    op_tags=GPU_STEP_TAGS,
+    perception=True,
+    gpu=True,
 )
-def poses(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def poses(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.MaterializeResult:
     """Whole-body poses and OpenPose control images: poses/<movie>/*.png, poses/<movie>.parquet.
 
     Each character also gets a contact sheet (frames with mask and pose overlays).
     """
-    layout = context.resources.data.layout
-    params = PosesParams(**context.resources.params.section("poses"))
-    movie = context.partition_key
+    layout, movie = stage.layout, stage.movie
+    params = stage.params(PosesParams)
     masks_df = read_table(layout.table("masks", movie))
     mask_dir = layout.stage_dir("masks", movie)
     pose_dir = layout.stage_dir("poses", movie)

@@ -1,22 +1,15 @@
 """Reference crops: the segmented character (mask applied, background removed, cropped), the
 image the body encoder sees."""
 
-from dataclasses import dataclass
-
 import dagster as dg
 import numpy as np
 import pandas as pd
 
 from assets.layout import atomic_path, load_rgb, read_table, save_image, write_table
-from assets.partitions import movie_partitions
-from assets.quality import blocking_spec, check_result
+from assets.params import ReferencesParams
+from assets.quality import check_result
+from assets.stage import MovieStage, movie_asset
 from perception.pose import mask_box
-
-
-@dataclass(frozen=True)
-class ReferencesParams:
-    padding: float = 0.05  # fraction of the mask box added on each side
-    background: int = 255  # grey level that replaces everything outside the mask
 
 
 def segment_reference(
@@ -69,25 +62,15 @@ def references_expectations() -> list:
     ]
 
 
-@dg.asset(
-    partitions_def=movie_partitions,
-    deps=["masks"],
-    required_resource_keys={"data", "params"},
-    check_specs=[
-        blocking_spec(
-            "references",
-            "references_expectations",
-            "every usable mask has a non-empty crop on disk",
-        )
-    ],
-    group_name="dataset",
+@movie_asset(
+    check="every usable mask has a non-empty crop on disk",
+    group="dataset",
     kinds={"numpy"},
 )
-def references(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def references(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.MaterializeResult:
     """Segmented reference crops: references/<movie>/*.png and references/<movie>.parquet."""
-    layout = context.resources.data.layout
-    params = ReferencesParams(**context.resources.params.section("references"))
-    movie = context.partition_key
+    layout, movie = stage.layout, stage.movie
+    params = stage.params(ReferencesParams)
     masks_df = read_table(layout.table("masks", movie))
     crop_dir = layout.stage_dir("references", movie)
     with atomic_path(crop_dir) as tmp_dir:

@@ -5,7 +5,10 @@ deterministically from the seed; the target's caption is the prompt. Each single
 under singles/ becomes a triplet whose target is the horizontally flipped reference. A
 triplet carries the reference image, its face embedding, the segmented reference crop, the
 target image, target mask, target pose control image and prompt. Everything that could not
-become a triplet is listed in skipped.parquet with the stage and reason.
+become a triplet is listed in skipped.parquet with the file, stage and reason: unusable
+files under movies/ and singles/ (stage `inputs`), movies whose stages did not all complete
+for the file present now (the first such stage, with its error), and every frame, character
+or single image left out on the way. A bad movie or image never stops the others.
 """
 
 import json
@@ -17,24 +20,35 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from assets.captions import CaptionsParams
 from assets.contact_sheet import markdown_preview, triplet_sheet
 from assets.faces import select_distinctive_face
-from assets.layout import DataLayout, atomic_path, dvc_md5, load_rgb, read_table, save_image
-from assets.masks import MasksParams, segment_character
-from assets.poses import PosesParams
+from assets.layout import (
+    DataLayout,
+    ImageReadError,
+    SkippedInput,
+    atomic_path,
+    dvc_md5,
+    load_rgb,
+    read_table,
+    save_image,
+)
+from assets.masks import segment_character
+from assets.params import (
+    CaptionsParams,
+    ImagesParams,
+    MasksParams,
+    PosesParams,
+    ReferencesParams,
+    TripletsParams,
+)
 from assets.quality import blocking_spec, check_result
-from assets.references import ReferencesParams, segment_reference
+from assets.references import segment_reference
+from assets.stage import describe_error, incomplete_stage
 from perception.captions import caption_problems
 from perception.pose import draw_openpose, extract_pose
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 FILES = ("reference.png", "reference_crop.png", "target.png", "target_mask.png", "target_pose.png")
-
-
-@dataclass(frozen=True)
-class TripletsParams:
-    seed: int = 0
+SKIPPED_COLUMNS = ["source", "movie", "file", "character_id", "frame_idx", "stage", "reason"]
 
 
 @dataclass
@@ -58,10 +72,13 @@ def _rng(seed: int, *key: object) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(repr(key).encode())])
 
 
-def skipped_record(source: str, movie: str, character_id, frame_idx, stage: str, reason: str):
+def skipped_record(
+    source: str, movie: str, character_id, frame_idx, stage: str, reason: str, file: str = ""
+) -> dict:
     return {
         "source": source,
         "movie": movie,
+        "file": file,
         "character_id": character_id,
         "frame_idx": frame_idx,
         "stage": stage,
@@ -81,6 +98,10 @@ def movie_triplets(layout: DataLayout, movie: str, seed: int) -> tuple[list[Trip
         for stage, table in (("masks", masks), ("poses", poses), ("captions", captions))
         for r in table[table["status"] != "ok"].itertuples(index=False)
     ]
+    if characters.empty:  # said, so that a movie without characters is not a silent drop
+        skipped.append(
+            skipped_record("movie", movie, None, None, "characters", "no character found")
+        )
     usable_targets = captions[captions["status"] == "ok"].merge(
         poses[["character_id", "frame_idx", "control_file", "mask_file"]],
         on=["character_id", "frame_idx"],
@@ -143,9 +164,9 @@ def single_triplet(path: Path, perception, params: dict) -> tuple[Triplet | None
     Returns the triplet, or None with the stage that stopped it and why.
     """
     try:
-        reference = load_rgb(path)
-    except (OSError, ValueError) as e:
-        return None, "read", f"unreadable image {path.name}: {e}"
+        reference = load_rgb(path, ImagesParams(**params["images"]).max_pixels)
+    except ImageReadError as e:
+        return None, "read", str(e)
     faces = perception.faces().detect(reference)
     if not faces:
         return None, "faces", "no face found"
@@ -225,9 +246,9 @@ def write_manifest(rows: list[dict], skipped: list[dict], out_dir: Path, summary
     columns = [f.name for f in fields(Triplet) if f.name != "images"]
     manifest = pd.DataFrame(rows, columns=columns + [n.removesuffix(".png") for n in FILES])
     manifest.to_parquet(out_dir / "manifest.parquet", index=False)
-    pd.DataFrame(
-        skipped, columns=["source", "movie", "character_id", "frame_idx", "stage", "reason"]
-    ).to_parquet(out_dir / "skipped.parquet", index=False)
+    pd.DataFrame(skipped, columns=SKIPPED_COLUMNS).to_parquet(
+        out_dir / "skipped.parquet", index=False
+    )
     (out_dir / "dataset.json").write_text(
         json.dumps({**summary, "triplets": len(manifest), "skipped": len(skipped)}, indent=2)
     )
@@ -269,46 +290,61 @@ def check_triplets(manifest: pd.DataFrame, root: Path, captions: CaptionsParams)
     return check_result("triplets_expectations", view, triplets_expectations(), "triplets")
 
 
+def _input_skip(source: str, skipped: SkippedInput) -> dict:
+    name = skipped.path.name
+    return skipped_record(source, name, None, None, "inputs", skipped.reason, name)
+
+
 def build_triplets(
-    layout: DataLayout, movies: list[str], perception, params: dict, out_dir: Path
+    layout: DataLayout, perception, params: dict, out_dir: Path, log=None
 ) -> tuple[pd.DataFrame, list[dict]]:
-    """Every movie's and every single's triplets, written into `out_dir` as they are made
-    (one movie's images in memory at a time)."""
-    seed = TripletsParams(**params.get("triplets", {})).seed
-    rows, skipped = [], []
-    for movie in movies:
-        missing = [
-            s
-            for s in ("characters", "masks", "poses", "captions", "references")
-            if not layout.table(s, movie).is_file()
-        ]
-        if missing:
+    """Every complete movie's and every single's triplets from the files under movies/ and
+    singles/ now, written into `out_dir` as they are made (one movie's images in memory at
+    a time). Whatever is left out is in the returned skip records, each also logged."""
+    seed = TripletsParams(**params["triplets"]).seed
+    movies, skipped_movies = layout.scan_movies()
+    singles, skipped_singles = layout.scan_singles()
+    rows: list[dict] = []
+    skipped = [_input_skip("movie", s) for s in skipped_movies]
+    skipped += [_input_skip("single", s) for s in skipped_singles]
+    used = []
+    for movie, video in movies.items():
+        if incomplete := incomplete_stage(layout, movie, video):
+            stage, reason = incomplete
+            skipped.append(skipped_record("movie", movie, None, None, stage, reason, video.name))
+            continue
+        try:
+            found, lost = movie_triplets(layout, movie, seed)
+        except Exception as e:  # one movie's bad files (e.g. removed by hand) stop only it
             skipped.append(
                 skipped_record(
-                    "movie",
-                    movie,
-                    None,
-                    None,
-                    missing[0],
-                    f"not materialised: {', '.join(missing)}",
+                    "movie", movie, None, None, "triplets", describe_error(e), video.name
                 )
             )
             continue
-        found, lost = movie_triplets(layout, movie, seed)
         rows += [write_triplet(t, out_dir) for t in found]
-        skipped += lost
-    singles = sorted(p for p in layout.singles_dir.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        skipped += [{**s, "file": video.name} for s in lost]
+        used.append(movie)
     for path in singles:
-        triplet, stage, reason = single_triplet(path, perception, params)
+        try:
+            triplet, stage, reason = single_triplet(path, perception, params)
+        except Exception as e:  # an image a model cannot take stops only that image
+            triplet, stage, reason = None, "singles", describe_error(e)
         if triplet is None:
-            skipped.append(skipped_record("single", path.name, None, None, stage, reason))
+            skipped.append(
+                skipped_record("single", path.name, None, None, stage, reason, path.name)
+            )
         else:
             rows.append(write_triplet(triplet, out_dir))
+    if log is not None:
+        for s in skipped:
+            if s["character_id"] is None and s["frame_idx"] is None:
+                log.warning(f"skipped {s['file'] or s['movie']} at {s['stage']}: {s['reason']}")
     summary = {
         "seed": seed,
-        "movies": movies,
+        "movies": used,
         "singles": [p.name for p in singles],
-        "prompt_version": params["captions"].get("prompt_version", "caption_v1"),
+        "prompt_version": params["captions"]["prompt_version"],
         "profile": params["profile"],
     }
     return write_manifest(rows, skipped, out_dir, summary), skipped
@@ -333,10 +369,10 @@ def triplets(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     dataset version a training run names."""
     layout = context.resources.data.layout
     params = context.resources.params.values
-    movies = sorted(context.instance.get_dynamic_partitions("movies"))
+    layout.clean_stale_temps()
     with atomic_path(layout.triplets_dir) as tmp_dir:
         manifest, skipped = build_triplets(
-            layout, movies, context.resources.perception, params, tmp_dir
+            layout, context.resources.perception, params, tmp_dir, context.log
         )
     version = dvc_md5(layout.triplets_dir)
     sheet = triplet_sheet(manifest, layout.triplets_dir)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -68,10 +69,34 @@ class PartitionOutcome:
     movie: str
     success: bool
     message: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def failure_message(event) -> str:
+    """The real cause of a failed step or run, on one line: a stage's own failure
+    description (which names the movie file), else the innermost exception Dagster wrapped
+    (e.g. the params or models problem that stopped a resource)."""
+    data = event.event_specific_data
+    user = getattr(data, "user_failure_data", None)
+    if user is not None and user.description:
+        return _one_line(user.description)
+    error = data.error
+    while error.cause is not None:
+        error = error.cause
+    return _one_line(error.message)
 
 
 def materialize_stages(
-    movie: str | None, until: str, instance, resources: dict, log_level: str = "WARNING"
+    movie: str | None,
+    until: str,
+    instance,
+    resources: dict,
+    log_level: str = "WARNING",
+    tags: dict[str, str] | None = None,
 ) -> PartitionOutcome:
     """Materialise, on `instance`, the per-movie stages up to `until` for partition `movie`,
     or (movie None) the dataset asset alone."""
@@ -92,7 +117,7 @@ def materialize_stages(
         instance=instance,
         resources=resources,
         raise_on_error=False,
-        tags={"cameo/source": "cli"},
+        tags={"cameo/source": "cli", **(tags or {})},
         run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
     )
     failed_checks = [
@@ -101,15 +126,47 @@ def materialize_stages(
         if not e.passed
     ]
     step_errors = [
-        e.step_failure_data.error.message.strip()
+        failure_message(e)
         for e in result.all_events
-        if e.is_step_failure and e.step_failure_data.error is not None
+        if (e.is_step_failure or e.is_run_failure)
+        and getattr(e.event_specific_data, "error", None) is not None
+        # A failed blocking check is reported below, with its description.
+        and e.event_specific_data.error.cls_name != "DagsterAssetCheckFailedError"
+    ]
+    warnings = [
+        str(m.materialization.metadata["warning"].value)
+        for m in result.get_asset_materialization_events()
+        if m.materialization.metadata.get("warning") and m.materialization.metadata["warning"].value
     ]
     problems = step_errors + failed_checks
     name = movie or DATASET_STAGE
     if result.success and not problems:
-        return PartitionOutcome(name, True, f"run {result.run_id}")
-    return PartitionOutcome(name, False, "; ".join(problems) or f"run {result.run_id} failed")
+        return PartitionOutcome(name, True, f"run {result.run_id}", warnings)
+    return PartitionOutcome(
+        name, False, "; ".join(problems) or f"run {result.run_id} failed", warnings
+    )
+
+
+def fail_interrupted_runs(instance, data_root: str) -> list[str]:
+    """Mark failed the runs of earlier builds on this data dir still recorded as running:
+    the caller holds the build lock, so their process is gone (killed)."""
+    import dagster as dg
+
+    active = [
+        dg.DagsterRunStatus.STARTED,
+        dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.NOT_STARTED,
+    ]
+    runs = instance.get_runs(
+        dg.RunsFilter(statuses=active, tags={"cameo/source": "cli", "cameo/data": data_root})
+    )
+    for run in runs:
+        instance.report_run_failed(run, message="interrupted: its build process is gone")
+    return [run.run_id for run in runs]
+
+
+def stages_until(until: str) -> list[str]:
+    return list(STAGE_CHOICES[: STAGE_CHOICES.index(until) + 1])
 
 
 @dataset.command("build")
@@ -137,6 +194,7 @@ def materialize_stages(
     default=None,
     help="Model profile; default: $CAMEO_PROFILE, else params.yaml.",
 )
+@click.option("--wait", is_flag=True, help="Wait for another build of DATA instead of refusing.")
 @click.option("-v", "--verbose", is_flag=True, help="Print Dagster's step logs.")
 def build(
     data_dir: Path,
@@ -144,6 +202,7 @@ def build(
     movies: tuple[str, ...],
     params_path: str,
     profile: str | None,
+    wait: bool,
     verbose: bool,
 ) -> None:
     """Register every movie under DATA/movies as a partition and materialise it.
@@ -152,38 +211,80 @@ def build(
     every image under DATA/singles. Runs go to the persistent Dagster instance in
     $DAGSTER_HOME, so they show in the UI (`make ui`). A movie that fails (unreadable file,
     failed check) is reported and the others go on; the exit status is 1 if any failed.
+    params.yaml (and, for `full`, every model the stages need) is checked before anything
+    runs. One build at a time per data dir: a second one refuses (or, with --wait, waits).
     """
     import dagster as dg
+    import pandas as pd
     from tqdm import tqdm
 
-    from assets.layout import DataLayout
+    from assets.layout import BuildLockedError, DataLayout
+    from assets.params import ParamsError, load_params
     from assets.partitions import movie_partitions
     from orchestration.definitions import build_resources
+    from orchestration.resources import MissingModelsError
 
     layout = DataLayout.from_env(data_dir)
-    found = layout.movies()
-    unknown = sorted(set(movies) - set(found))
-    if unknown:
-        raise click.UsageError(f"no movie file for {', '.join(unknown)} under {layout.movies_dir}")
-    keys = list(movies) or sorted(found)
-    if not keys:
-        raise click.UsageError(f"no movie files under {layout.movies_dir}")
-    instance = dg.DagsterInstance.get()
-    registered = set(instance.get_dynamic_partitions(movie_partitions.name))
-    instance.add_dynamic_partitions(movie_partitions.name, [k for k in keys if k not in registered])
     resources = build_resources(str(layout.root), params_path, profile)
-    log_level = "INFO" if verbose else "WARNING"
-    outcomes = []
-    with tqdm(keys, unit="movie", desc=f"until {until}") as bar:
-        for key in bar:
-            bar.set_postfix_str(key)
-            outcomes.append(materialize_stages(key, until, instance, resources, log_level))
-    if until == DATASET_STAGE:
-        click.echo("building the triplet dataset from every movie and single image")
-        outcomes.append(materialize_stages(None, until, instance, resources, log_level))
+    try:
+        load_params(params_path, profile)  # the whole file, before anything runs
+    except (ParamsError, OSError) as e:
+        raise click.ClickException(str(e)) from e
+    try:
+        resources["perception"].check_models(stages_until(until))
+    except MissingModelsError as e:
+        raise click.ClickException(str(e)) from e
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(layout.build_lock(wait))
+        except BuildLockedError as e:
+            raise click.ClickException(str(e)) from e
+        for path in layout.clean_stale_temps():
+            click.echo(f"removed {path}, left by an interrupted run")
+        instance = dg.DagsterInstance.get()
+        for run_id in fail_interrupted_runs(instance, str(layout.root)):
+            click.echo(f"marked run {run_id} failed: interrupted")
+        found, skipped = layout.scan_movies()
+        for s in skipped:
+            click.echo(f"skipped movies/{s.path.name}: {s.reason}")
+        unknown = sorted(set(movies) - set(found))
+        if unknown:
+            raise click.UsageError(
+                f"no movie file for {', '.join(unknown)} under {layout.movies_dir}"
+            )
+        keys = list(movies) or sorted(found)
+        if not keys:
+            raise click.UsageError(f"no movie files under {layout.movies_dir}")
+        # The partitions are the files present: new ones added, those of removed files gone.
+        registered = set(instance.get_dynamic_partitions(movie_partitions.name))
+        instance.add_dynamic_partitions(
+            movie_partitions.name, [k for k in sorted(found) if k not in registered]
+        )
+        for gone in sorted(registered - set(found)):
+            instance.delete_dynamic_partition(movie_partitions.name, gone)
+        # Failures are summarised below, one line each; -v shows Dagster's logs and traces.
+        log_level = "INFO" if verbose else "CRITICAL"
+        tags = {"cameo/data": str(layout.root)}
+        outcomes = []
+        with tqdm(keys, unit="movie", desc=f"until {until}") as bar:
+            for key in bar:
+                bar.set_postfix_str(key)
+                outcome = materialize_stages(key, until, instance, resources, log_level, tags)
+                outcome.movie = f"{key} ({found[key].name})"
+                outcomes.append(outcome)
+        if until == DATASET_STAGE:
+            click.echo("building the triplet dataset from every movie and single image")
+            outcomes.append(materialize_stages(None, until, instance, resources, log_level, tags))
     for outcome in outcomes:
         status = "ok    " if outcome.success else "FAILED"
         click.echo(f"{status} {outcome.movie}: {outcome.message}")
+        for warning in outcome.warnings:
+            click.echo(f"       warning: {warning}")
+    skipped_table = layout.triplets_dir / "skipped.parquet"
+    if until == DATASET_STAGE and skipped_table.is_file():
+        for s in pd.read_parquet(skipped_table).itertuples(index=False):
+            if pd.isna(s.character_id) and pd.isna(s.frame_idx):  # whole files, not frames
+                click.echo(f"left out of the dataset: {s.file or s.movie} ({s.stage}): {s.reason}")
     if not all(o.success for o in outcomes):
         sys.exit(1)
 
@@ -215,14 +316,18 @@ def summary(data_dir: Path) -> None:
     import pandas as pd
 
     from assets.layout import DataLayout, dvc_md5
+    from assets.stage import read_status
 
     layout = DataLayout.from_env(data_dir)
-    for movie in sorted(layout.movies()):
-        click.echo(f"movie {movie} ({layout.movie(movie)})")
+    movies, skipped_inputs = layout.scan_movies()
+    for movie, path in movies.items():
+        click.echo(f"movie {movie} ({path})")
         for stage in STAGE_CHOICES[:-1]:
             table = layout.table(stage, movie)
-            if not table.is_file():
-                click.echo(f"  {stage:<11} not materialised")
+            status = read_status(layout, stage, movie)
+            if status is None or status["status"] != "ok":
+                state = "not materialised" if not table.is_file() else "did not complete"
+                click.echo(f"  {stage:<11} {status['error'] if status else state}")
                 continue
             df = pd.read_parquet(table)
             extra = ""
@@ -232,6 +337,8 @@ def summary(data_dir: Path) -> None:
                 sizes = df.groupby("character_id").size()
                 extra = f", {len(sizes)} characters (frames each: {', '.join(map(str, sizes))})"
             click.echo(f"  {stage:<11} {len(df):>5} rows{extra}  {table}")
+    for s in skipped_inputs:
+        click.echo(f"skipped movies/{s.path.name}: {s.reason}")
     manifest = layout.triplets_dir / "manifest.parquet"
     if manifest.is_file():
         triplets = pd.read_parquet(manifest)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -13,6 +14,7 @@ from assets.layout import DataLayout
 from assets.params import load_params
 from perception.captions import Captioner, load_captioner
 from perception.faces import FaceAnalyzer, load_face_analyzer
+from perception.models import models_dir as resolve_models_dir
 from perception.pose import RTMPoseEstimator, load_pose_estimator
 from perception.segmentation import (
     GroundingDinoPersonDetector,
@@ -20,6 +22,10 @@ from perception.segmentation import (
     load_person_detector,
     load_segmenter,
 )
+
+
+class MissingModelsError(FileNotFoundError):
+    """Models the `full` profile needs are not under $CAMEO_MODELS; the message lists all."""
 
 
 class DataResource(dg.ConfigurableResource):
@@ -39,6 +45,10 @@ class ParamsResource(dg.ConfigurableResource):
     profile: str = ""
 
     _values: dict[str, Any] | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # Validate params.yaml as a whole before any step runs (ParamsError lists it all).
+        self._values = load_params(self.path, self.profile or None)
 
     @property
     def values(self) -> dict[str, Any]:
@@ -70,6 +80,50 @@ class PerceptionResource(dg.ConfigurableResource):
     @property
     def _models(self) -> str | None:
         return self.models_dir or os.environ.get("CAMEO_MODELS") or None
+
+    def model_paths(self, stages: Iterable[str]) -> dict[str, Path]:
+        """The model files and folders the `full` profile loads for these dataset stages,
+        keyed by the params setting naming each (none in `tiny`). The triplets need every
+        model, for the single images."""
+        if self._profile != "full":
+            return {}
+        p = self.params.values
+        needed = {
+            "faces": ["faces.model"],
+            "masks": ["masks.model"] + ["masks.person_detector"] * p["masks"]["person_box_prompt"],
+            "poses": ["poses.model"],
+            "captions": ["captions.model"],
+        }
+        wanted = set(stages)
+        if "triplets" in wanted:
+            wanted |= set(needed)
+        root = resolve_models_dir(self._models)
+        return {
+            setting: root / p[setting.split(".")[0]][setting.split(".")[1]]
+            for stage, settings in needed.items()
+            if stage in wanted
+            for setting in settings
+        }
+
+    def check_models(self, stages: Iterable[str]) -> None:
+        """Raise MissingModelsError listing every model these stages need that is not on
+        disk (`<params setting>: <path>`), before any of them is loaded."""
+        missing = [
+            f"{setting}: {path}"
+            for setting, path in self.model_paths(stages).items()
+            if not path.exists()
+        ]
+        if missing:
+            raise MissingModelsError(
+                f"profile full: {len(missing)} model(s) missing under $CAMEO_MODELS:\n"
+                + "\n".join(f"  - {m}" for m in missing)
+            )
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # Every model the run's stages need, checked at once before any stage runs.
+        run = context.dagster_run
+        steps = (run.step_keys_to_execute if run is not None else None) or ["triplets"]
+        self.check_models(steps)  # a stage's step key is its name; no selection: every stage
 
     def faces(self) -> FaceAnalyzer:
         p = self.params.section("faces")

@@ -1,10 +1,12 @@
-"""A sensor that turns each new file under movies/ into a partition and materialises it."""
+"""A sensor that keeps the movie partitions equal to the files under movies/."""
 
 from __future__ import annotations
 
 import dagster as dg
 
+from assets.layout import source_fingerprint
 from assets.partitions import movie_partitions
+from assets.stage import read_status
 from orchestration.resources import DataResource
 
 
@@ -16,16 +18,36 @@ from orchestration.resources import DataResource
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def movie_sensor(context: dg.SensorEvaluationContext, data: DataResource) -> dg.SensorResult:
-    """New movie files become partitions; each gets one run of the per-movie stages."""
+    """New movie files become partitions, each with one run of the per-movie stages; a
+    replaced file gets a new run; partitions whose file is gone are removed. Files that are
+    not movies are logged."""
+    layout = data.layout
     known = set(context.instance.get_dynamic_partitions(movie_partitions.name))
-    try:
-        movies = data.layout.movies()
-    except ValueError as e:  # two files with one partition key: say so, register neither
-        return dg.SensorResult(skip_reason=str(e))
+    movies, skipped = layout.scan_movies()
+    for s in skipped:
+        context.log.warning(f"movies/{s.path.name} skipped: {s.reason}")
     new = sorted(set(movies) - known)
-    if not new:
-        return dg.SensorResult(skip_reason="no new movies")
+    gone = sorted(known - set(movies))
+    replaced = sorted(
+        key
+        for key in known & set(movies)
+        if (status := read_status(layout, "frames", key))
+        and status["source"] != source_fingerprint(movies[key])
+    )
+    requests = []
+    if new:
+        requests.append(movie_partitions.build_add_request(new))
+    if gone:
+        requests.append(movie_partitions.build_delete_request(gone))
+    if not requests and not replaced:
+        return dg.SensorResult(skip_reason="no new, replaced or removed movies")
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(partition_key=key, run_key=f"movie:{key}") for key in new],
-        dynamic_partitions_requests=[movie_partitions.build_add_request(new)],
+        # The run key names the file's version: one run per version of a file.
+        run_requests=[
+            dg.RunRequest(
+                partition_key=key, run_key=f"movie:{key}:{movies[key].stat().st_mtime_ns}"
+            )
+            for key in sorted(new + replaced)
+        ],
+        dynamic_partitions_requests=requests,
     )

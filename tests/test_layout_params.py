@@ -3,15 +3,24 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from assets.layout import DataLayout, atomic_path, read_table, slugify, write_table
+from assets.layout import (
+    DataLayout,
+    atomic_path,
+    partition_keys,
+    read_table,
+    slugify,
+    write_table,
+)
 from assets.params import load_params
 from tests.conftest import PARAMS
 
 
-def test_slugify_makes_partition_keys():
+def test_slugify_gives_every_name_a_key():
     assert slugify("The Way of Water (2022)") == "the-way-of-water-2022"
-    with pytest.raises(ValueError, match="partition key"):
-        slugify("___")
+    assert slugify("Amélie") == "amelie"
+    # No ASCII letter at all: a key from the name's hash, the same every time.
+    assert slugify("映画") == slugify("映画") != slugify("___")
+    assert slugify("映画").startswith("movie-") and slugify("___").startswith("movie-")
 
 
 def test_movies_lists_video_files_only(tmp_path: Path):
@@ -24,13 +33,20 @@ def test_movies_lists_video_files_only(tmp_path: Path):
         layout.movie("other")
 
 
-def test_two_files_with_one_key_is_an_error_naming_both(tmp_path: Path):
+def test_files_whose_names_give_one_key_get_distinct_keys(tmp_path: Path):
     layout = DataLayout(tmp_path)
     layout.movies_dir.mkdir()
-    (layout.movies_dir / "a b.mp4").write_bytes(b"x")
-    (layout.movies_dir / "a-b.mkv").write_bytes(b"x")
-    with pytest.raises(ValueError, match=r"a b\.mp4.*a-b\.mkv"):
-        layout.movies()
+    for name in ("a b.mp4", "a-b.mkv", "c.mp4"):
+        (layout.movies_dir / name).write_bytes(b"x")
+    movies = layout.movies()
+    assert len(movies) == 3 and movies["c"].name == "c.mp4"
+    by_file = {path.name: key for key, path in movies.items()}
+    assert by_file["a b.mp4"].startswith("a-b-") and by_file["a-b.mkv"].startswith("a-b-")
+    assert by_file["a b.mp4"] != by_file["a-b.mkv"]
+    assert partition_keys(["a-b.mkv", "a b.mp4"]) == partition_keys(["a b.mp4", "a-b.mkv"])
+    # A key disambiguated with a hash that happens to equal another file's key is extended.
+    clash = by_file["a b.mp4"] + ".mp4"
+    assert len(set(partition_keys(["a b.mp4", "a-b.mkv", clash]).values())) == 3
 
 
 def test_atomic_file_write_replaces_or_keeps(tmp_path: Path):

@@ -26,7 +26,7 @@ import sys
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,9 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, cast_training_params, compute_snr
 
 from assets.layout import DataLayout, dvc_md5
+from assets.params import ParamsError, param, params_section, validate_section
 from training.data import (
+    CFG_CONDITIONS,
     BucketBatchSampler,
     TripletDataset,
     check_buckets,
@@ -68,72 +70,64 @@ FINAL_DIR = "final"
 METRICS_FILE = "metrics.json"
 
 
+@params_section("training")
 @dataclass(frozen=True)
 class TrainingParams:
-    """The `training` section of params.yaml."""
+    """The `training` section of params.yaml (validated with the rest of the file)."""
 
     config: str = "sdxl"  # training.model.CONFIGS
     seed: int = 0
-    validation_fraction: float = 0.1  # of the identities, held out (no character on both sides)
+    validation_fraction: float = param(0.1, ge=0, lt=1)  # of the identities, held out
     buckets: str | list = "pixart_1024"  # or "h,w;h,w;…"
-    batch_size: int = 1  # per process (the article: one sample per GPU, 8 H100s)
-    gradient_accumulation_steps: int = 1
-    max_steps: int = 100_000  # optimiser steps
-    learning_rate: float = 1.0e-5
+    batch_size: int = param(1, ge=1)  # per process (the article: one sample per GPU, 8 H100s)
+    gradient_accumulation_steps: int = param(1, ge=1)
+    max_steps: int = param(100_000, ge=1)  # optimiser steps
+    learning_rate: float = param(1.0e-5, gt=0)
     lr_scheduler: str = "constant_with_warmup"  # diffusers.optimization.get_scheduler names
-    lr_warmup_steps: int = 500
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1.0e-8
-    weight_decay: float = 1.0e-2
+    lr_warmup_steps: int = param(500, ge=0)
+    adam_beta1: float = param(0.9, ge=0, lt=1)
+    adam_beta2: float = param(0.999, ge=0, lt=1)
+    adam_epsilon: float = param(1.0e-8, gt=0)
+    weight_decay: float = param(1.0e-2, ge=0)
     use_8bit_adam: bool = True  # where bitsandbytes and CUDA are present
-    max_grad_norm: float = 1.0  # 0: no clipping (the norm is still logged)
+    max_grad_norm: float = param(1.0, ge=0)  # 0: no clipping (the norm is still logged)
     mixed_precision: str = "bf16"  # "bf16" or "no"; CPU always trains in float32
     gradient_checkpointing: bool = True
-    ema_decay: float = 0.0  # 0: no EMA of the trainable weights
-    snr_gamma: float = 0.0  # 0: plain MSE; else min-SNR-γ weighting
+    ema_decay: float = param(0.0, ge=0, lt=1)  # 0: no EMA of the trainable weights
+    snr_gamma: float = param(0.0, ge=0)  # 0: plain MSE; else min-SNR-γ weighting
     cfg_dropout: dict = field(default_factory=lambda: {"text": 0.05, "face": 0.05, "body": 0.05})
     cache_latents: bool = False  # keep each sample's frozen-encoder outputs after first use
-    num_workers: int = 4
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
-    validate_every: int = 1000
-    validation_samples: int = 4  # triplets drawn as 5-panel grids at each validation
-    validation_inference_steps: int = 30
-    log_every: int = 10
+    num_workers: int = param(4, ge=0)
+    checkpoint_every: int = param(1000, ge=1)
+    keep_checkpoints: int = param(3, ge=1)
+    validate_every: int = param(1000, ge=1)
+    validation_samples: int = param(4, ge=0)  # triplets drawn as 5-panel grids
+    validation_inference_steps: int = param(30, ge=1)
+    log_every: int = param(10, ge=1)
     output_dir: str = "checkpoints"
 
-    def __post_init__(self) -> None:
-        positive = (
-            "batch_size",
-            "gradient_accumulation_steps",
-            "max_steps",
-            "checkpoint_every",
-            "keep_checkpoints",
-            "validate_every",
-            "validation_inference_steps",
-            "log_every",
-        )
-        for name in positive:
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"training.{name} must be a positive integer")
+    def problems(self) -> list[str]:
+        found = []
         if self.config not in CONFIGS:
-            raise ValueError(f"training.config must be one of {sorted(CONFIGS)}")
+            found.append(f"config must be one of {sorted(CONFIGS)}, got {self.config!r}")
         if self.mixed_precision not in ("bf16", "no"):
-            raise ValueError("training.mixed_precision must be 'bf16' or 'no'")
-        if not self.learning_rate > 0:
-            raise ValueError("training.learning_rate must be positive")
+            found.append(f"mixed_precision must be 'bf16' or 'no', got {self.mixed_precision!r}")
         for name, p in self.cfg_dropout.items():
-            if not 0 <= p <= 1:
-                raise ValueError(f"training.cfg_dropout.{name} must be in [0, 1]")
+            if name not in CFG_CONDITIONS:
+                found.append(f"cfg_dropout.{name}: unknown; known: {', '.join(CFG_CONDITIONS)}")
+            elif not isinstance(p, int | float) or not 0 <= p <= 1:
+                found.append(f"cfg_dropout.{name} must be in [0, 1], got {p!r}")
+        return found
 
     @classmethod
     def from_params(cls, params: dict[str, Any], **overrides: Any) -> TrainingParams:
-        section = {**params.get("training", {}), **overrides}
-        unknown = set(section) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown training parameters {sorted(unknown)}")
-        return cls(**section)
+        """The section of loaded params, with overrides (e.g. from the command line)."""
+        instance, problems = validate_section(
+            "training", {**params.get("training", {}), **overrides}, cls
+        )
+        if instance is None:
+            raise ParamsError("training parameters: " + "; ".join(problems))
+        return instance
 
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed run must share with the checkpoint it continues (model and data

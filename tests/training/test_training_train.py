@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 from assets.layout import dvc_md5
-from assets.params import load_params
+from assets.params import ParamsError, load_params
 from training.data import TripletDataset, collate, load_manifest, resolve_buckets
 from training.model import ADAPTER_FILES, CONTROLNET_DIR, trainable_parameters
 from training.train import (
@@ -324,9 +324,17 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(triplets_root,
 
 
 def test_params_are_checked_before_any_work(tmp_path):
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(ParamsError, match=r"batch_size: must be >= 1"):
         tiny_params(tmp_path, batch_size=0)
-    with pytest.raises(ValueError, match="unknown training parameters"):
+    with pytest.raises(ParamsError, match="did you mean 'learning_rate'"):
         tiny_params(tmp_path, learning_rte=1.0)
-    with pytest.raises(ValueError, match=r"cfg_dropout\.face"):
+    with pytest.raises(ParamsError, match=r"cfg_dropout\.face must be in \[0, 1\]"):
         tiny_params(tmp_path, cfg_dropout={"face": 2.0})
+    with pytest.raises(ParamsError, match="expected an integer"):
+        tiny_params(tmp_path, max_steps="many")
+    values = yaml.safe_load((REPO / "params.yaml").read_text())
+    values["training"]["batch_size"] = 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(values))
+    with pytest.raises(ParamsError, match=r"training\.batch_size"):
+        load_params(bad, "tiny")
