@@ -100,7 +100,10 @@ def test_ui_shows_assets_partitions_and_blocking_checks(instance_env):
         server.kill()  # the webserver ignores SIGTERM
         server.wait(timeout=30)
     by_name = {n["assetKey"]["path"][0]: n for n in nodes}
-    assert set(by_name) == set(STAGE_NAMES)
+    assert set(by_name) == {*STAGE_NAMES, "model"}
+    model = by_name.pop("model")
+    assert model["partitionKeys"] == []
+    assert model["assetChecksOrError"]["checks"] == [{"name": "loss_decreases", "blocking": True}]
     for name, node in by_name.items():
         # Every stage is per movie but the dataset, which gathers all of them.
         assert node["partitionKeys"] == ([] if name == "triplets" else ["sample"])

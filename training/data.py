@@ -149,7 +149,10 @@ def place(height: int, width: int, buckets: Sequence[tuple[int, int]]) -> Placem
     return Placement(bucket, resized, (top, left), (height, width))
 
 
-def _fit(image: Image.Image, placement: Placement, resample: Image.Resampling) -> Image.Image:
+def fit_to_bucket(
+    image: Image.Image, placement: Placement, resample: Image.Resampling
+) -> Image.Image:
+    """Resize to cover the bucket, then centre-crop to it (`place` decides both)."""
     top, left = placement.crop_top_left
     height, width = placement.bucket
     resized = image.resize(placement.resized[::-1], resample)
@@ -200,9 +203,9 @@ class TripletDataset(torch.utils.data.Dataset):
         row = self.manifest.iloc[index]
         placement = self.placements[index]
         bicubic, nearest = Image.Resampling.BICUBIC, Image.Resampling.NEAREST
-        target = _fit(self._image("target", index, "RGB"), placement, bicubic)
-        mask = _fit(self._image("target_mask", index, "L"), placement, nearest)
-        pose = _fit(self._image("target_pose", index, "RGB"), placement, bicubic)
+        target = fit_to_bucket(self._image("target", index, "RGB"), placement, bicubic)
+        mask = fit_to_bucket(self._image("target_mask", index, "L"), placement, nearest)
+        pose = fit_to_bucket(self._image("target_pose", index, "RGB"), placement, bicubic)
         crop = self._image("reference_crop", index, "RGB")
         body = self.body_processor(images=crop, return_tensors="pt")["pixel_values"][0]
         face = np.asarray(row["face_embedding"], dtype=np.float32)
