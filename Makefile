@@ -13,9 +13,11 @@ export MLFLOW_DISABLE_TELEMETRY  := true
 export DVC_NO_ANALYTICS      := 1
 export GX_ANALYTICS_ENABLED  := false
 export DO_NOT_TRACK          := 1
+# MLflow: the repo's SQLite store (artifacts in mlruns/), unless the caller points elsewhere.
+export MLFLOW_TRACKING_URI   ?= sqlite:///$(CURDIR)/mlruns.db
 export PATH                  := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv demo test lint ui bench clean
+.PHONY: venv demo test lint ui bench serve serve-check clean
 
 venv: $(STAMP)
 
@@ -41,6 +43,16 @@ lint: $(STAMP)
 
 ui: $(STAMP)
 	dagster dev -m orchestration.definitions --host 127.0.0.1 --port 3000
+
+# The champion of `cameo-inpaint` behind `mlflow models serve` (timeout and workers from
+# params.yaml's `serving` section); PORT=5000 by default.
+PORT ?= 5000
+serve: $(STAMP)
+	cameo serve --port $(PORT)
+
+# Serve the champion on a free port, one real HTTP request, the 5-panel grid, server stopped.
+serve-check: $(STAMP)
+	cameo serve-check
 
 bench: $(STAMP)
 	$(PY) bench/run.py
