@@ -270,7 +270,8 @@ class CameoInpaintModel(mlflow.pyfunc.PythonModel):
                             "reference",
                             f"{e}; send a reference whose face is visible, or its face_embedding",
                         ) from None
-                pose = row.pose
+                # With the ControlNet off no pose conditions the output: none is returned.
+                pose = row.pose if inference.controlnet_scale != 0 else None
                 if pose is None and inference.controlnet_scale != 0:
                     try:
                         pose = PIL.Image.fromarray(pipe.extract_pose(row.base, row.inside))

@@ -186,11 +186,15 @@ def model_versions(name: str = REGISTERED_MODEL) -> list[ModelVersion]:
     """Every registered version, newest first, with its aliases and lineage tags."""
     client = mlflow.MlflowClient()
     versions = client.search_model_versions(f"name = '{name}'")
+    if not versions:
+        return []
+    # Searches leave versions' aliases empty; the registered model has them all.
+    aliases = client.get_registered_model(name).aliases
     return sorted(
         (
             ModelVersion(
                 version=v.version,
-                aliases=tuple(v.aliases),
+                aliases=tuple(a for a, version in aliases.items() if version == v.version),
                 training_run_id=v.tags.get("training_run_id"),
                 dataset_md5=v.tags.get("dataset_md5"),
                 profile=v.tags.get("profile"),
