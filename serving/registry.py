@@ -193,8 +193,10 @@ def model_versions(name: str = REGISTERED_MODEL) -> list[ModelVersion]:
     return sorted(
         (
             ModelVersion(
-                version=v.version,
-                aliases=tuple(a for a, version in aliases.items() if version == v.version),
+                version=str(v.version),
+                aliases=tuple(
+                    a for a, version in aliases.items() if str(version) == str(v.version)
+                ),
                 training_run_id=v.tags.get("training_run_id"),
                 dataset_md5=v.tags.get("dataset_md5"),
                 profile=v.tags.get("profile"),
@@ -212,7 +214,7 @@ def promote(version: str | int, alias: str = CHAMPION, name: str = REGISTERED_MO
     client = mlflow.MlflowClient()
     client.get_model_version(name, str(version))  # fails with MLflow's message if unknown
     try:
-        previous = client.get_model_version_by_alias(name, alias).version
+        previous = str(client.get_model_version_by_alias(name, alias).version)
     except mlflow.MlflowException:
         previous = None
     client.set_registered_model_alias(name, alias, str(version))

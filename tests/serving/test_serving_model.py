@@ -53,7 +53,7 @@ def test_round_trip_log_load_predict(logged, pyfunc_model, scene, good_row):
     meta = pyfunc_model.metadata.metadata
     assert meta["training_run_id"] == logged.run_id
     assert meta["dataset_md5"] == DATASET_MD5
-    [version] = [v for v in model_versions() if v.version == logged.registered_model_version]
+    [version] = [v for v in model_versions() if v.version == str(logged.registered_model_version)]
     assert version.dataset_md5 == DATASET_MD5 and CHAMPION in version.aliases
     # Only what inference reads was logged, not the optimizer state.
     files = mlflow.artifacts.list_artifacts(f"{logged.artifact_path}/artifacts/checkpoint")
