@@ -7,16 +7,17 @@ STAMP   := $(VENV)/.installed-stamp
 export CAMEO_DATA            ?= $(CURDIR)/data
 export DAGSTER_HOME          := $(CURDIR)/.dagster
 export DVC_SITE_CACHE_DIR    := $(CURDIR)/.dvc/tmp/site-cache
-export MLFLOW_TRACKING_URI   ?= sqlite:///$(CURDIR)/mlruns.db
 export MPLCONFIGDIR          := $(CURDIR)/.cache/matplotlib
 export DAGSTER_DISABLE_TELEMETRY := 1
 export MLFLOW_DISABLE_TELEMETRY  := true
 export DVC_NO_ANALYTICS      := 1
 export GX_ANALYTICS_ENABLED  := false
 export DO_NOT_TRACK          := 1
+# MLflow: the repo's SQLite store (artifacts in mlruns/), unless the caller points elsewhere.
+export MLFLOW_TRACKING_URI   ?= sqlite:///$(CURDIR)/mlruns.db
 export PATH                  := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv demo test lint ui mlflow-ui bench clean
+.PHONY: venv demo test lint ui mlflow-ui bench serve serve-check clean
 
 venv: $(STAMP)
 
@@ -45,6 +46,16 @@ ui: $(STAMP)
 
 mlflow-ui: $(STAMP)
 	mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
+
+# The champion of `cameo-inpaint` behind `mlflow models serve` (timeout and workers from
+# params.yaml's `serving` section); PORT=5000 by default.
+PORT ?= 5000
+serve: $(STAMP)
+	cameo serve --port $(PORT)
+
+# Serve the champion on a free port, one real HTTP request, the 5-panel grid, server stopped.
+serve-check: $(STAMP)
+	cameo serve-check
 
 bench: $(STAMP)
 	$(PY) bench/run.py

@@ -5,8 +5,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import dataset
+from bench import dataset, serving
 
 if __name__ == "__main__":
     dataset.main()
+    serving.main()
     print("wrote", Path(__file__).resolve().parents[1] / "BENCHMARKS.md")

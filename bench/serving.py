@@ -1,0 +1,139 @@
+"""Serving benchmarks (tiny model, CPU).
+
+- HTTP round trip through `mlflow models serve` vs in-process `predict` of the same loaded
+  model version and the same request, alternately in one run, as a ratio (goal <= 1.10: the
+  endpoint should cost little beyond the model);
+- the request payload per 1024 x 1024 image (base64 PNG / JPEG in MLflow's JSON).
+
+`python bench/serving.py` (also part of `make bench`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import PIL.Image
+
+from bench.report import write_section
+from serving.client import InpaintClient, demo_inputs, make_row, predict_in_process, request_body
+
+THREADS = "1"  # server and in-process alike: the same compute on both sides of the ratio
+
+
+def tiny_model_uri(root: Path) -> str:
+    """A tiny checkpoint logged and registered in a temp tracking store under `root`."""
+    import mlflow
+
+    from serving.registry import log_model
+    from training.model import TINY, CheckpointInfo, build_components, save_checkpoint
+    from training.tracking import REGISTERED_MODEL, configure_tracking
+
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlruns.db'}"
+    configure_tracking(root)
+    components = build_components(TINY, seed=0)
+    info = CheckpointInfo(config="tiny", base_seed=0)
+    save_checkpoint(components["unet"], components["controlnet"], root / "checkpoint", info)
+    with mlflow.start_run(run_name="bench-serving"):
+        model = log_model(root / "checkpoint", profile="tiny")
+    return f"models:/{REGISTERED_MODEL}/{model.registered_model_version}"
+
+
+def bench_round_trip(repeats: int = 7) -> str:
+    import mlflow
+    import torch
+
+    from serving.server import ModelServer
+
+    torch.set_num_threads(int(THREADS))
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = tiny_model_uri(Path(tmp))
+        model = mlflow.pyfunc.load_model(uri)
+        rows = [make_row(*demo_inputs())]
+        env = {"OMP_NUM_THREADS": THREADS, "MKL_NUM_THREADS": THREADS}
+        with ModelServer(uri, timeout_s=300, env=env) as server:
+            client = InpaintClient(server.url)
+            client.predict(rows)  # warm both sides
+            predict_in_process(model, rows)
+            http_s, local_s = [], []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                client.predict(rows)
+                http_s.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                predict_in_process(model, rows)
+                local_s.append(time.perf_counter() - t)
+    steps = model.metadata.get_params_schema().to_dict()
+    default_steps = next(p["default"] for p in steps if p["name"] == "num_inference_steps")
+    ratios = [h / p for h, p in zip(http_s, local_s, strict=True)]
+    http, local = statistics.median(http_s), statistics.median(local_s)
+    return (
+        f"Tiny model, one 64x64 request (demo inputs, default params: {default_steps} steps), "
+        f"torch on {THREADS} thread on both sides, {repeats} alternating repeats, medians.\n\n"
+        "| measurement | seconds |\n|---|---|\n"
+        f"| in-process `PyFuncModel.predict` (DataFrame in, decode, pipeline, encode) | "
+        f"{local:.3f} |\n"
+        f"| HTTP round trip to `mlflow models serve` (client JSON + POST + response) | "
+        f"{http:.3f} |\n\n"
+        f"**Ratio HTTP / in-process (median of per-repeat ratios): "
+        f"{statistics.median(ratios):.3f}** (each: {', '.join(f'{r:.3f}' for r in ratios)}; "
+        "goal <= 1.10)\n"
+    )
+
+
+def _encoded(image: PIL.Image.Image, image_format: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, image_format, **({"quality": 95} if image_format == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def bench_payload() -> str:
+    """JSON request size for one 1024 x 1024 base (a photo), its mask and a reference."""
+    from skimage import data
+
+    photo = PIL.Image.fromarray(data.astronaut()).resize((1024, 1024), PIL.Image.Resampling.LANCZOS)
+    mask = np.zeros((1024, 1024), np.uint8)
+    mask[256:1000, 300:760] = 255
+    prompt = "x" * 900  # a 150-word caption
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for image_format, suffix in (("PNG", "png"), ("JPEG", "jpg")):
+            # Files go as they are (JPEG stays JPEG), as `cameo inpaint` sends them.
+            path = Path(tmp) / f"photo.{suffix}"
+            path.write_bytes(_encoded(photo, image_format))
+            body = json.dumps(request_body([make_row(path, mask, path, prompt)])).encode()
+            label = "JPEG (quality 95)" if image_format == "JPEG" else "PNG"
+            mask_kb = len(_encoded(PIL.Image.fromarray(mask), "PNG")) / 1e3
+            rows.append(
+                f"| {label} | {path.stat().st_size / 1e6:.2f} | {mask_kb:.1f} kB | "
+                f"{len(body) / 1e6:.2f} |"
+            )
+    return (
+        "One request row at 1024 x 1024 (scikit-image's astronaut as base and reference, a "
+        "rectangular PNG mask, a 900-character prompt), `dataframe_split` JSON.\n\n"
+        "| base and reference as | one image, MB | mask | request, MB |\n|---|---|---|---|\n"
+        + "\n".join(rows)
+        + "\n\nBase64 adds a third to every image; the response carries the output image "
+        "and, unless `return_pose` is false, the pose drawing the same way. MLflow's scoring "
+        "server sets no body-size limit: put one in front of it (ingress); the model refuses "
+        "images over `serving.max_pixels` from their header, before decoding.\n"
+    )
+
+
+def main() -> None:
+    write_section("Serving: HTTP round trip vs in-process predict", bench_round_trip())
+    write_section("Serving: request payload per 1024x1024 image", bench_payload())
+
+
+if __name__ == "__main__":
+    main()
+    print("wrote", Path(__file__).resolve().parents[1] / "BENCHMARKS.md")

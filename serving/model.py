@@ -1,0 +1,315 @@
+"""`CameoInpaintModel`: `CharacterInpaintPipeline` as an MLflow pyfunc model.
+
+`load_context` rebuilds the pipeline from the logged checkpoint with the face analyzer, pose
+extractor and body encoder of the profile the model was logged for. `predict` takes one row per
+image (see `serving.schema`), checks every row before computing any, and returns the inpainted
+image, the pose drawing that conditioned it, the identity score and the seconds it took.
+
+Errors a client can fix become MLflow's INVALID_PARAMETER_VALUE (HTTP 400) with a message
+naming the field; anything else becomes INTERNAL_ERROR (500): MLflow's scoring server would
+otherwise answer every exception with a generic 400.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import PIL.Image
+import torch
+from mlflow.protos.databricks_pb2 import DEADLINE_EXCEEDED
+
+from perception.faces import FaceAnalyzer, load_face_analyzer
+from perception.pose import MaskedPoseExtractor, load_pose_estimator
+from serving.manifest import check_base_models
+from serving.schema import (
+    IMAGE_COLUMNS,
+    OUTPUT_COLUMNS,
+    InferenceParams,
+    RequestError,
+    ServingConfig,
+    decode_embedding,
+    decode_image,
+    encode_image,
+)
+from training.model import components_from_checkpoint
+from training.pipeline import CharacterInpaintPipeline
+
+CHECKPOINT_ARTIFACT = "checkpoint"
+# Set by `mlflow models serve` in the scoring server's environment.
+TIMEOUT_ENV = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"
+
+
+def build_pipeline(
+    checkpoint: str | Path,
+    profile: str,
+    models_dir: str | Path | None = None,
+    faces: Mapping[str, Any] | None = None,
+    poses: Mapping[str, Any] | None = None,
+) -> CharacterInpaintPipeline:
+    """The inference pipeline of a checkpoint with the perception models of `profile`;
+    `faces` and `poses` are params.yaml's sections. `full` runs in float16 on the GPU where
+    there is one."""
+    faces, poses = dict(faces or {}), dict(poses or {})
+    face_analyzer = load_face_analyzer(
+        profile,
+        models_dir,
+        **{k: faces[k] for k in ("model", "det_size", "det_thresh", "min_face_px") if k in faces},
+    )
+    estimator = load_pose_estimator(
+        profile, models_dir, **({"model": poses["model"]} if "model" in poses else {})
+    )
+    pose_extractor = MaskedPoseExtractor(
+        estimator,
+        score_threshold=poses.get("score_threshold", 0.3),
+        min_keypoints=poses.get("min_keypoints", 5),
+    )
+    pipe = CharacterInpaintPipeline(
+        **components_from_checkpoint(checkpoint, models_dir),
+        face_analyzer=face_analyzer,
+        pose_extractor=pose_extractor,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    if profile == "full" and torch.cuda.is_available():
+        pipe.to("cuda", torch.float16)
+    return pipe
+
+
+def identity_score(
+    analyzer: FaceAnalyzer,
+    reference_embedding: np.ndarray,
+    output: PIL.Image.Image,
+    inside: np.ndarray,
+) -> float | None:
+    """Cosine similarity between the reference's face and the painted one: the largest face in
+    `output` whose box centre lies in the mask (`inside`); None when there is none."""
+    faces = []
+    for face in analyzer.detect(np.asarray(output.convert("RGB"))):
+        x1, y1, x2, y2 = face.bbox
+        row = min(max(int((y1 + y2) / 2), 0), inside.shape[0] - 1)
+        col = min(max(int((x1 + x2) / 2), 0), inside.shape[1] - 1)
+        if inside[row, col]:
+            faces.append(face)
+    if not faces:
+        return None
+    face = max(faces, key=lambda f: f.area)
+    reference = reference_embedding / np.linalg.norm(reference_embedding)
+    return float(np.dot(reference, face.embedding))
+
+
+@dataclass
+class InpaintInputs:
+    """One checked request row."""
+
+    base: PIL.Image.Image
+    mask: PIL.Image.Image
+    inside: np.ndarray  # the mask binarised as the pipeline does (>= 128)
+    reference: PIL.Image.Image
+    prompt: str
+    negative_prompt: str | None
+    pose: PIL.Image.Image | None
+    face_embedding: np.ndarray | None
+
+
+def _given(row: Mapping[str, Any], column: str) -> Any:
+    """The cell's value, or None where the column is absent or the cell empty (NaN/NA)."""
+    value = row.get(column)
+    if value is None or (np.ndim(value) == 0 and pd.isna(value)):
+        return None
+    return value
+
+
+def _text(row: Mapping[str, Any], column: str) -> str | None:
+    value = _given(row, column)
+    if value is not None and not isinstance(value, str):
+        raise RequestError(column, f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def decode_row(row: Mapping[str, Any], config: ServingConfig) -> InpaintInputs:
+    """Decode and check one request row; raise `RequestError` naming the field at fault."""
+    images = {}
+    for column in IMAGE_COLUMNS:
+        value = _given(row, column)
+        if isinstance(value, (list, tuple, np.ndarray)):
+            raise RequestError(
+                column,
+                "expected one base64 string per row, got a list: send `inputs` as a list of "
+                "row objects, or use dataframe_split / dataframe_records",
+            )
+        if value is not None:
+            images[column] = decode_image(column, value, config.max_pixels, config.min_side)
+    for column in ("base", "mask", "reference"):
+        if column not in images:
+            raise RequestError(column, "missing")
+    base, mask = images["base"].convert("RGB"), images["mask"].convert("L")
+    size = f"the base's {base.width}x{base.height}"
+    if mask.size != base.size:
+        raise RequestError("mask", f"{mask.width}x{mask.height} differs from {size}")
+    inside = np.asarray(mask) >= 128
+    if not inside.any():
+        raise RequestError("mask", "empty: no pixel is >= 128 (white marks the region to paint)")
+    pose = images.get("pose")
+    if pose is not None and pose.size != base.size:
+        raise RequestError("pose", f"{pose.width}x{pose.height} differs from {size}")
+    prompt = _text(row, "prompt")
+    if not prompt or not prompt.strip():
+        raise RequestError("prompt", "missing or empty")
+    embedding = _given(row, "face_embedding")
+    if embedding is not None:
+        embedding = decode_embedding("face_embedding", embedding)
+    return InpaintInputs(
+        base=base,
+        mask=mask,
+        inside=inside,
+        reference=images["reference"].convert("RGB"),
+        prompt=prompt,
+        negative_prompt=_text(row, "negative_prompt"),
+        pose=pose.convert("RGB") if pose is not None else None,
+        face_embedding=embedding,
+    )
+
+
+def _invalid(error: RequestError, row: int, rows: int) -> mlflow.MlflowException:
+    prefix = f"row {row}: " if rows > 1 else ""
+    return mlflow.MlflowException.invalid_parameter_value(f"{prefix}{error}")
+
+
+class CameoInpaintModel(mlflow.pyfunc.PythonModel):
+    """The served model. Its `model_config` (written by `serving.registry.log_model`) holds the
+    profile, the `faces`, `poses` and `serving` sections of params.yaml and, for `full`, the
+    manifest of the base weights it expects under `$CAMEO_MODELS`."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        config = context.model_config
+        self.profile = config["profile"]
+        self.serving = ServingConfig.from_params(config["serving"])
+        models_dir = None
+        if self.profile == "full":
+            from perception.models import models_dir as resolve_models_dir
+
+            models_dir = resolve_models_dir()
+            check_base_models(models_dir, config["base_models"], self.serving.verify_checksums)
+        self.pipeline = build_pipeline(
+            context.artifacts[CHECKPOINT_ARTIFACT],
+            self.profile,
+            models_dir,
+            faces=config.get("faces"),
+            poses=config.get("poses"),
+        )
+        # The scoring server runs requests in threads; the pipeline (scheduler state, adapter
+        # scales) serves one at a time.
+        self._lock = threading.Lock()
+
+    def predict(
+        self,
+        context: mlflow.pyfunc.PythonModelContext,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
+        started = time.monotonic()
+        records = model_input.to_dict("records")
+        try:
+            limit = self.serving.max_rows
+            if not 1 <= len(records) <= limit:
+                raise RequestError("rows", f"{len(records)} rows; send 1 to {limit} per request")
+            inference = self.serving.inference_params(params)
+        except RequestError as e:
+            raise _invalid(e, 0, 1) from None
+        rows = []
+        for index, record in enumerate(records):
+            try:
+                rows.append(decode_row(record, self.serving))
+            except RequestError as e:
+                raise _invalid(e, index, len(records)) from None
+        with self._lock:
+            self._check_deadline(started)
+            try:
+                return pd.DataFrame(self._run(rows, inference, started), columns=OUTPUT_COLUMNS)
+            except mlflow.MlflowException:
+                raise
+            except Exception as e:
+                raise mlflow.MlflowException(
+                    f"inference failed: {type(e).__name__}: {e}"
+                ) from e  # INTERNAL_ERROR: 500
+
+    def _check_deadline(self, started: float) -> None:
+        """Under `mlflow models serve`, a request that waited past the server's timeout has
+        already been answered 504; computing it would only delay the requests queued behind."""
+        timeout = os.environ.get(TIMEOUT_ENV)
+        if timeout and time.monotonic() - started > float(timeout):
+            raise mlflow.MlflowException(
+                f"the request waited over the server's {timeout} s timeout",
+                error_code=DEADLINE_EXCEEDED,
+            )
+
+    def _run(
+        self, rows: list[InpaintInputs], inference: InferenceParams, started: float
+    ) -> list[dict[str, Any]]:
+        pipe = self.pipeline
+        # Conditions of every row first: a row without a face or pose fails the request before
+        # any sampling is spent on the others.
+        conditions = []
+        for index, row in enumerate(rows):
+            row_started = time.perf_counter()
+            try:
+                embedding = row.face_embedding
+                if embedding is None:
+                    try:
+                        embedding = pipe.encode_face(row.reference)
+                    except ValueError as e:
+                        raise RequestError(
+                            "reference",
+                            f"{e}; send a reference whose face is visible, or its face_embedding",
+                        ) from None
+                # With the ControlNet off no pose conditions the output: none is returned.
+                pose = row.pose if inference.controlnet_scale != 0 else None
+                if pose is None and inference.controlnet_scale != 0:
+                    try:
+                        pose = PIL.Image.fromarray(pipe.extract_pose(row.base, row.inside))
+                    except ValueError as e:
+                        raise RequestError(
+                            "mask", f"{e}; send a pose image, or set params.controlnet_scale to 0"
+                        ) from None
+            except RequestError as e:
+                raise _invalid(e, index, len(rows)) from None
+            conditions.append((embedding, pose, time.perf_counter() - row_started))
+
+        results = []
+        for row, (embedding, pose, seconds) in zip(rows, conditions, strict=True):
+            self._check_deadline(started)
+            row_started = time.perf_counter()
+            output = pipe(
+                image=row.base,
+                mask_image=row.mask,
+                prompt=row.prompt,
+                reference_image=row.reference,
+                negative_prompt=row.negative_prompt,
+                face_embedding=embedding,
+                pose_image=pose,
+                face_scale=inference.face_scale,
+                body_scale=inference.body_scale,
+                controlnet_scale=inference.controlnet_scale,
+                guidance_scale=inference.guidance_scale,
+                num_inference_steps=inference.num_inference_steps,
+                seed=inference.seed,
+            ).images[0]
+            score = identity_score(pipe.face_analyzer, embedding, output, row.inside)
+            returned_pose = pose if inference.return_pose else None
+            results.append(
+                {
+                    "image": encode_image(output, inference.output_format),
+                    "pose": encode_image(returned_pose) if returned_pose is not None else None,
+                    "identity_score": score,
+                    "seconds": seconds + time.perf_counter() - row_started,
+                }
+            )
+        return results

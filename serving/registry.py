@@ -1,0 +1,221 @@
+"""Logging a checkpoint as the `cameo-inpaint` MLflow model, and moving its `champion` alias.
+
+`log_model` is what training calls at its end (inside its run) and what
+`cameo model log --checkpoint DIR` calls for any checkpoint.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.models.model import ModelInfo
+
+from serving.client import demo_inputs, make_row
+from serving.manifest import record_base_models
+from serving.model import CHECKPOINT_ARTIFACT, CameoInpaintModel
+from serving.schema import ServingConfig
+from training.model import (
+    ADAPTER_FILES,
+    BODY_ENCODER_DIR,
+    CHECKPOINT_INFO,
+    CONTROLNET_DIR,
+    SDXL_INPAINT_DIR,
+    CheckpointInfo,
+)
+from training.tracking import CHAMPION, REGISTERED_MODEL
+
+PROFILE_CONFIGS = {"tiny": "tiny", "full": "sdxl"}  # the model config each profile serves
+MODEL_NAME = "model"  # the logged model's name inside its run
+# What the model imports at load and predict time, pinned to the versions it was logged with.
+_REQUIREMENTS = (
+    "mlflow",
+    "torch",
+    "diffusers",
+    "transformers",
+    "accelerate",
+    "safetensors",
+    "numpy",
+    "pandas",
+    "pillow",
+    "scikit-image",
+    "onnx",
+    "onnxruntime",
+    "opencv-python-headless",
+    "rtmlib",
+    "insightface",
+)
+
+
+def _pip_requirements() -> list[str]:
+    # Given explicitly: MLflow would otherwise load the model in a subprocess to infer them.
+    pinned = []
+    for name in _REQUIREMENTS:
+        try:
+            pinned.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return pinned
+
+
+def _code_version() -> str | None:
+    """The git commit of the code logging the model (the model runs the installed package)."""
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _copy_checkpoint(source: Path, target: Path) -> None:
+    """Only what inference reads: a training checkpoint may also hold optimizer state."""
+    target.mkdir(parents=True)
+    for name in (*ADAPTER_FILES.values(), CHECKPOINT_INFO):
+        shutil.copy2(source / name, target / name)
+    shutil.copytree(source / CONTROLNET_DIR, target / CONTROLNET_DIR)
+
+
+def _input_example() -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A small request, which MLflow also runs through the logged model to validate it."""
+    base, mask, reference, prompt = demo_inputs()
+    return pd.DataFrame([make_row(base, mask, reference, prompt)]), {"num_inference_steps": 2}
+
+
+def log_model(
+    checkpoint_dir: str | Path,
+    *,
+    profile: str,
+    models_dir: str | Path | None = None,
+    registered_model_name: str | None = REGISTERED_MODEL,
+    params: Mapping[str, Any] | None = None,
+) -> ModelInfo:
+    """Log the checkpoint as a pyfunc model into the active MLflow run and register it.
+
+    `params` is params.yaml as `assets.params.load_params` returns it for `profile` (read from
+    the repo's params.yaml when None); its `faces`, `poses` and `serving` sections travel with
+    the model. `tiny` models carry every file they need; `full` models carry the trained parts
+    and a manifest (sizes, sha256) of the base weights under `models_dir` they expect at load.
+    The model's metadata names the training run and the dataset md5 of the checkpoint; the
+    registered version is tagged with both. `registered_model_name=None` logs without
+    registering.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    info = CheckpointInfo.read(checkpoint_dir)
+    if PROFILE_CONFIGS.get(profile) != info.config:
+        raise ValueError(
+            f"{checkpoint_dir} holds a {info.config!r} checkpoint; the {profile!r} profile serves "
+            f"{PROFILE_CONFIGS.get(profile)!r}"
+        )
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("log_model logs into the active MLflow run: call mlflow.start_run()")
+    if params is None:
+        from assets.params import load_params
+
+        params = load_params(Path(__file__).resolve().parents[1] / "params.yaml", profile)
+    serving = ServingConfig.from_params(params["serving"])
+    model_config: dict[str, Any] = {
+        "profile": profile,
+        "faces": dict(params["faces"]),
+        "poses": dict(params["poses"]),
+        "serving": serving.to_dict(),
+    }
+    if profile == "full":
+        from perception.models import models_dir as resolve_models_dir
+
+        names = [SDXL_INPAINT_DIR, BODY_ENCODER_DIR]
+        names += [params["faces"]["model"], params["poses"]["model"]]
+        model_config["base_models"] = record_base_models(resolve_models_dir(models_dir), names)
+    training_run_id = info.run_id or run.info.run_id
+    model_metadata = {
+        "training_run_id": training_run_id,
+        "dataset_md5": info.dataset_md5,
+        "checkpoint_step": info.step,
+        "model_config": info.config,
+        "profile": profile,
+        "code_version": _code_version(),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = Path(tmp) / CHECKPOINT_ARTIFACT
+        _copy_checkpoint(checkpoint_dir, checkpoint)
+        model_info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=CameoInpaintModel(),
+            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
+            model_config=model_config,
+            signature=serving.signature(),
+            input_example=_input_example(),
+            pip_requirements=_pip_requirements(),
+            metadata=model_metadata,
+            registered_model_name=registered_model_name,
+        )
+    if registered_model_name is not None:
+        client = mlflow.MlflowClient()
+        version = model_info.registered_model_version
+        for key in ("training_run_id", "dataset_md5", "checkpoint_step", "profile"):
+            value = model_metadata[key]
+            if value is not None:
+                client.set_model_version_tag(registered_model_name, version, key, str(value))
+    return model_info
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    version: str
+    aliases: tuple[str, ...]
+    training_run_id: str | None
+    dataset_md5: str | None
+    profile: str | None
+    created: pd.Timestamp
+
+
+def model_versions(name: str = REGISTERED_MODEL) -> list[ModelVersion]:
+    """Every registered version, newest first, with its aliases and lineage tags."""
+    client = mlflow.MlflowClient()
+    versions = client.search_model_versions(f"name = '{name}'")
+    if not versions:
+        return []
+    # Searches leave versions' aliases empty; the registered model has them all.
+    aliases = client.get_registered_model(name).aliases
+    return sorted(
+        (
+            ModelVersion(
+                version=str(v.version),
+                aliases=tuple(
+                    a for a, version in aliases.items() if str(version) == str(v.version)
+                ),
+                training_run_id=v.tags.get("training_run_id"),
+                dataset_md5=v.tags.get("dataset_md5"),
+                profile=v.tags.get("profile"),
+                created=pd.Timestamp(v.creation_timestamp, unit="ms"),
+            )
+            for v in versions
+        ),
+        key=lambda v: int(v.version),
+        reverse=True,
+    )
+
+
+def promote(version: str | int, alias: str = CHAMPION, name: str = REGISTERED_MODEL) -> str | None:
+    """Point `alias` at `version`; return the version it pointed at before (to roll back to)."""
+    client = mlflow.MlflowClient()
+    client.get_model_version(name, str(version))  # fails with MLflow's message if unknown
+    try:
+        previous = str(client.get_model_version_by_alias(name, alias).version)
+    except mlflow.MlflowException:
+        previous = None
+    client.set_registered_model_alias(name, alias, str(version))
+    return previous

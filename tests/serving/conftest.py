@@ -1,0 +1,102 @@
+"""Fixtures for the serving tests: a temp MLflow store, a tiny checkpoint logged and promoted
+as `cameo-inpaint@champion`, and one real `mlflow models serve` for the session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from serving.client import demo_inputs, make_row
+from serving.server import ModelServer
+from training.model import TINY, CheckpointInfo, build_components, save_checkpoint
+
+DATASET_MD5 = "0123456789abcdef0123456789abcdef.dir"
+# Few steps keep each request well under a second on the tiny model.
+FAST = {"num_inference_steps": 2}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # shared cores; and CPU results then match the server's
+
+
+@pytest.fixture(scope="session")
+def tracking(tmp_path_factory) -> Iterator[str]:
+    """A SQLite tracking store in a temp dir, never the repo's."""
+    from training.tracking import configure_tracking
+
+    root = tmp_path_factory.mktemp("mlflow")
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlruns.db'}"
+    yield configure_tracking(root)
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny checkpoint whose ControlNet outputs are not zero (as after training), so the pose
+    changes the image."""
+    components = build_components(TINY, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    controlnet = components["controlnet"]
+    with torch.no_grad():
+        for block in (*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block):
+            for param in block.parameters():
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    directory = tmp_path_factory.mktemp("checkpoint")
+    info = CheckpointInfo(config="tiny", base_seed=0, step=7, dataset_md5=DATASET_MD5)
+    save_checkpoint(components["unet"], components["controlnet"], directory, info)
+    (directory / "training_state.pt").write_bytes(b"optimizer state: not for serving")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def logged(tracking: str, checkpoint: Path):
+    """The checkpoint logged in a run, registered, and promoted to champion."""
+    import mlflow
+
+    from serving.registry import log_model, promote
+
+    with mlflow.start_run(run_name="serving-tests"):
+        info = log_model(checkpoint, profile="tiny")
+    promote(info.registered_model_version)
+    return info
+
+
+@pytest.fixture(scope="session")
+def pyfunc_model(logged):
+    import mlflow
+
+    return mlflow.pyfunc.load_model(logged.model_uri)
+
+
+@pytest.fixture(scope="session")
+def server(logged) -> Iterator[ModelServer]:
+    """`mlflow models serve` on the champion, on a free port, one torch thread."""
+    from training.tracking import CHAMPION, REGISTERED_MODEL
+
+    server = ModelServer(
+        f"models:/{REGISTERED_MODEL}@{CHAMPION}",
+        timeout_s=60,
+        env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+    )
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def scene():
+    """The demo request's images: 64x64 base and mask, a reference with a detectable face."""
+    return demo_inputs()
+
+
+@pytest.fixture(scope="session")
+def good_row(scene) -> dict:
+    return make_row(*scene)

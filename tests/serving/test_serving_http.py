@@ -1,0 +1,145 @@
+"""The real scoring server (`mlflow models serve` on a free port): formats, determinism, and
+every class of bad request answered 4xx with a message naming the field, server still up."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import mlflow
+import numpy as np
+import PIL.Image
+import pytest
+import requests
+from conftest import FAST
+from test_serving_model import png_header
+
+from serving.client import InpaintClient, make_row, predict_in_process, request_body
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def png(image: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(image).save(buffer, "PNG")
+    return b64(buffer.getvalue())
+
+
+def test_health_and_version(server):
+    for path in ("/ping", "/health"):
+        assert requests.get(server.url + path, timeout=5).status_code == 200
+    assert requests.get(server.url + "/version", timeout=5).text == mlflow.__version__
+
+
+@pytest.mark.parametrize("request_format", ["dataframe_split", "dataframe_records", "inputs"])
+def test_good_request_in_every_format(server, scene, good_row, request_format):
+    base, mask, _, _ = scene
+    [result] = InpaintClient(server.url).predict([good_row], FAST, request_format)
+    assert result.image.size == base.size
+    outside = np.asarray(mask) < 128
+    assert np.array_equal(np.asarray(result.image)[outside], np.asarray(base)[outside])
+    assert result.pose is not None and result.pose.size == base.size
+
+
+def test_same_seed_same_image_over_http_and_in_process(server, pyfunc_model, good_row):
+    client = InpaintClient(server.url)
+    params = {**FAST, "seed": 1234}
+    [over_http] = client.predict([good_row], params)
+    [in_process] = predict_in_process(pyfunc_model, [good_row], params)
+    assert np.array_equal(np.asarray(over_http.image), np.asarray(in_process.image))
+    assert np.array_equal(np.asarray(over_http.pose), np.asarray(in_process.pose))
+    [again] = client.predict([good_row], params)
+    assert np.array_equal(np.asarray(again.image), np.asarray(over_http.image))
+    [other_seed] = client.predict([good_row], {**FAST, "seed": 1235})
+    assert not np.array_equal(np.asarray(other_seed.image), np.asarray(over_http.image))
+
+
+def test_several_rows_over_http(server, scene):
+    base, mask, reference, prompt = scene
+    rows = [make_row(base, mask, reference, prompt, negative_prompt="blurry")] * 3
+    results = InpaintClient(server.url).predict(rows, FAST)
+    assert len(results) == 3
+    assert all(np.array_equal(np.asarray(r.image), np.asarray(results[0].image)) for r in results)
+
+
+def _bad_requests(scene) -> dict[str, tuple[object, list[str]]]:
+    """name -> (request body, substrings the error message must contain)."""
+    base, mask, reference, prompt = scene
+    row = make_row(base, mask, reference, prompt)
+    gradient = np.asarray(base)
+    without_mask = {k: v for k, v in row.items() if k != "mask"}
+    misspelled = {("prompts" if k == "prompt" else k): v for k, v in row.items()}
+    black = np.zeros(gradient.shape[:2], np.uint8)
+    wide_mask = np.full((64, 80), 255, np.uint8)
+    faceless = np.full((96, 96, 3), 180, np.uint8)
+    return {
+        "missing field": (request_body([without_mask]), ["missing inputs ['mask']"]),
+        "unknown field": (request_body([misspelled]), ["missing inputs ['prompt']", "prompts"]),
+        "bad base64": (request_body([{**row, "base": "iVBOR%%w0K"}]), ["base: not valid base64"]),
+        "not an image": (
+            request_body([{**row, "reference": b64(b"GIF? no, plain text")}]),
+            ["reference: 19 bytes that are not a PNG or JPEG image"],
+        ),
+        "decompression bomb": (
+            request_body([{**row, "base": b64(png_header(5000, 5000))}]),
+            ["base: 5000x5000 is 25000000 pixels, over the limit of 4194304"],
+        ),
+        "size mismatch": (
+            request_body([{**row, "mask": png(wide_mask)}]),
+            ["mask: 80x64 differs from the base's 64x64"],
+        ),
+        "empty mask": (request_body([{**row, "mask": png(black)}]), ["mask: empty"]),
+        "reference without a face": (
+            request_body([{**row, "reference": png(faceless)}]),
+            ["reference: no face found", "face_embedding"],
+        ),
+        "face embedding of the wrong size": (
+            request_body([{**row, "face_embedding": [0.5] * 10}]),
+            ["face_embedding: expected 512 numbers, got 10"],
+        ),
+        "steps out of range": (
+            request_body([row], {"num_inference_steps": 1000}),
+            ["params.num_inference_steps: 1000 is above the maximum 100"],
+        ),
+        "negative scale": (
+            request_body([row], {"face_scale": -1.0}),
+            ["params.face_scale: -1.0 is below the minimum 0.0"],
+        ),
+        "param of the wrong type": (
+            request_body([row], {"guidance_scale": "high"}),
+            ["guidance_scale", "high"],
+        ),
+        "unknown output format": (
+            request_body([row], {"output_format": "gif"}),
+            ["params.output_format: 'gif' is not one of ['png', 'jpeg']"],
+        ),
+        "too many rows": (request_body([row] * 5), ["rows: 5 rows; send 1 to 4"]),
+        "empty prompt": (request_body([{**row, "prompt": "  "}]), ["prompt: missing or empty"]),
+        "malformed JSON": ('{"dataframe_split": {"columns": ["base"', ["valid JSON"]),
+        "no data key": ({"rows": [row]}, ["dataframe_split", "inputs"]),
+    }
+
+
+def pytest_generate_tests(metafunc):
+    if "bad_request" in metafunc.fixturenames:
+        from serving.client import demo_inputs
+
+        cases = _bad_requests(demo_inputs())
+        metafunc.parametrize("bad_request", list(cases.values()), ids=list(cases))
+
+
+def test_bad_request_is_a_4xx_naming_the_field(server, bad_request):
+    body, expected = bad_request
+    response = InpaintClient(server.url).invoke(body)
+    assert 400 <= response.status_code < 500, response.text[:500]
+    message = response.json()["message"]
+    for part in expected:
+        assert part in message, message[-600:]
+
+
+def test_server_keeps_serving_after_bad_requests(server, scene, good_row):
+    assert server.process.poll() is None
+    [result] = InpaintClient(server.url).predict([good_row], FAST)
+    assert result.image.size == scene[0].size
