@@ -32,6 +32,8 @@ demo: $(STAMP)
 	dvc repro
 	dvc push
 	cameo dataset summary
+	cameo model promote latest
+	cameo serve-check
 
 test: $(STAMP)
 	$(PY) -m ruff check .

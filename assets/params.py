@@ -11,6 +11,7 @@ through with a warning.
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 import types
 import warnings
@@ -27,6 +28,9 @@ PROFILES = ("tiny", "full")
 TOP_LEVEL = ("profile", "profiles")  # keys that are not sections
 
 SECTIONS: dict[str, type] = {}
+# Sections whose schema lives with the code that reads them: imported (which registers the
+# schema) when the file has the section, so every load validates them.
+SCHEMA_MODULES = {"training": "training.train", "serving": "serving.schema"}
 T = TypeVar("T")
 
 
@@ -187,6 +191,9 @@ def validate_params(merged: Mapping[str, Any]) -> tuple[dict[str, Any], list[str
     """
     result = dict(merged)
     problems: list[str] = []
+    for name, module in SCHEMA_MODULES.items():
+        if name in merged and name not in SECTIONS:
+            importlib.import_module(module)
     for name, cls in SECTIONS.items():
         instance, found = validate_section(name, merged.get(name), cls)
         problems += found

@@ -465,13 +465,17 @@ def model_list() -> None:
 @click.argument("version")
 @click.option("--alias", default="champion", show_default=True, help="The alias to move.")
 def model_promote(version: str, alias: str) -> None:
-    """Point the alias (what `make serve` serves) at VERSION; promoting the previous version
-    again rolls back."""
+    """Point the alias (what `make serve` serves) at VERSION (a number, or `latest`);
+    promoting the previous version again rolls back."""
     from serving.registry import promote
     from training.tracking import REGISTERED_MODEL, configure_tracking
 
     configure_tracking()
     previous = promote(version, alias)
+    if version == "latest":
+        import mlflow
+
+        version = mlflow.MlflowClient().get_model_version_by_alias(REGISTERED_MODEL, alias).version
     click.echo(f"{REGISTERED_MODEL}@{alias}: version {previous or '-'} -> {version}")
     if previous is not None and previous != version:
         click.echo(f"roll back with: cameo model promote {previous} --alias {alias}")

@@ -210,8 +210,14 @@ def model_versions(name: str = REGISTERED_MODEL) -> list[ModelVersion]:
 
 
 def promote(version: str | int, alias: str = CHAMPION, name: str = REGISTERED_MODEL) -> str | None:
-    """Point `alias` at `version`; return the version it pointed at before (to roll back to)."""
+    """Point `alias` at `version` ("latest": the newest registered); return the version it
+    pointed at before (to roll back to)."""
     client = mlflow.MlflowClient()
+    if version == "latest":
+        found = client.search_model_versions(f"name='{name}'")
+        if not found:
+            raise mlflow.MlflowException(f"no version of {name} is registered: train one first")
+        version = max(int(v.version) for v in found)
     client.get_model_version(name, str(version))  # fails with MLflow's message if unknown
     try:
         previous = str(client.get_model_version_by_alias(name, alias).version)

@@ -14,12 +14,13 @@ import binascii
 import io
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import PIL.Image
 
+from assets.params import param, params_section
 from training.model import FACE_EMBED_DIM
 
 REQUIRED_COLUMNS = ("base", "mask", "reference", "prompt")
@@ -80,6 +81,27 @@ class ParamRange:
         if self.max is not None and value > self.max:
             raise RequestError(field, f"{value} is above the maximum {self.max}")
         return value
+
+
+@params_section("serving")
+@dataclass(frozen=True)
+class ServingSection:
+    """The schema of params.yaml's `serving` section (validated with the rest of the file)."""
+
+    max_pixels: int = param(4_194_304, ge=1)
+    min_side: int = param(64, ge=1)
+    max_rows: int = param(4, ge=1)
+    timeout_s: int = param(300, ge=1)
+    workers: int = param(1, ge=1)
+    verify_checksums: bool = True
+    params: dict = field(default_factory=dict)
+
+    def problems(self) -> list[str]:
+        try:
+            ServingConfig.from_params(asdict(self))
+        except (KeyError, TypeError, ValueError) as error:
+            return [f"params: {error}"]
+        return []
 
 
 @dataclass(frozen=True)

@@ -425,26 +425,26 @@ def test_unknown_profile_is_one_clear_error(tmp_path: Path, monkeypatch):
 
 
 def test_other_modules_sections_warn_and_can_register_a_schema(tmp_path: Path):
-    path = write_params(tmp_path, lambda p: p.update(training={"lr": 1e-5, "steps": 10}))
-    with pytest.warns(UnvalidatedSectionsWarning, match="training"):
-        assert load_params(path, "tiny")["training"] == {"lr": 1e-5, "steps": 10}
+    path = write_params(tmp_path, lambda p: p.update(experiments={"lr": 1e-5, "steps": 10}))
+    with pytest.warns(UnvalidatedSectionsWarning, match="experiments"):
+        assert load_params(path, "tiny")["experiments"] == {"lr": 1e-5, "steps": 10}
 
     try:
 
-        @params_section("training")
+        @params_section("experiments")
         @dataclass(frozen=True)
-        class TrainingParams:  # what training/ would register
+        class ExperimentParams:  # what another module would register
             lr: float = param(1e-4, gt=0)
             steps: int = param(100, ge=1)
 
-        assert load_params(path, "tiny")["training"] == {"lr": 1e-5, "steps": 10}
-        typo = write_params(tmp_path, lambda p: p.update(training={"lr": 0, "step": 1}))
+        assert load_params(path, "tiny")["experiments"] == {"lr": 1e-5, "steps": 10}
+        typo = write_params(tmp_path, lambda p: p.update(experiments={"lr": 0, "step": 1}))
         with pytest.raises(ParamsError) as error:
             load_params(typo, "tiny")
-        assert "training.step: unknown key (did you mean 'steps'?)" in str(error.value)
-        assert "training.lr: must be > 0, got 0" in str(error.value)
+        assert "experiments.step: unknown key (did you mean 'steps'?)" in str(error.value)
+        assert "experiments.lr: must be > 0, got 0" in str(error.value)
     finally:
-        SECTIONS.pop("training")
+        SECTIONS.pop("experiments")
 
 
 def test_the_shipped_params_are_valid_in_both_profiles():
