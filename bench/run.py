@@ -5,9 +5,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import dataset, serving
+from bench import dataset, serving, train
 
 if __name__ == "__main__":
     dataset.main()
+    train.main()
     serving.main()
     print("wrote", Path(__file__).resolve().parents[1] / "BENCHMARKS.md")

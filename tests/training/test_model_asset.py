@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -43,7 +44,10 @@ def test_model_asset_trains_and_records_the_run(triplets_root, params_file, tmp_
     (check,) = result.get_asset_check_evaluations()
     assert check.check_name == LOSS_CHECK and check.passed, check.description
     metadata = result.get_asset_materialization_events()[0].materialization.metadata
-    run = MlflowClient().get_run(metadata["mlflow_run_id"].value)
+    # The training subprocess logged to this test's store (another test may have pointed this
+    # process's MLflow elsewhere).
+    client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    run = client.get_run(metadata["mlflow_run_id"].value)
     assert run.info.status == "FINISHED"
     assert metadata["dataset_md5"].value == dvc_md5(triplets_root / "triplets")
     assert run.data.tags["dataset_md5"] == metadata["dataset_md5"].value
