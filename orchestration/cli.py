@@ -42,6 +42,17 @@ data_option = click.option(
 )
 
 
+params_option = click.option(
+    "--params",
+    "params_path",
+    type=click.Path(dir_okay=False),
+    envvar="CAMEO_PARAMS",
+    default="params.yaml",
+    show_default=True,
+    help="Parameters file; $CAMEO_PARAMS.",
+)
+
+
 @main.command("sample-movie")
 @data_option
 @click.option("--name", default="sample", show_default=True, help="File stem of the movie.")
@@ -179,15 +190,7 @@ def stages_until(until: str) -> list[str]:
     help="Last stage to materialise (with everything upstream).",
 )
 @click.option("--movie", "movies", multiple=True, help="Only these partition keys (repeatable).")
-@click.option(
-    "--params",
-    "params_path",
-    type=click.Path(dir_okay=False),
-    envvar="CAMEO_PARAMS",
-    default="params.yaml",
-    show_default=True,
-    help="Parameters file; $CAMEO_PARAMS.",
-)
+@params_option
 @click.option(
     "--profile",
     type=click.Choice(["tiny", "full"]),
@@ -361,15 +364,6 @@ def summary(data_dir: Path) -> None:
 # Serving: the registered model `cameo-inpaint`, its HTTP endpoint and the client
 
 DEFAULT_URL = "http://127.0.0.1:5000"
-params_option = click.option(
-    "--params",
-    "params_path",
-    type=click.Path(dir_okay=False),
-    envvar="CAMEO_PARAMS",
-    default="params.yaml",
-    show_default=True,
-    help="Parameters file (its `serving` section); $CAMEO_PARAMS.",
-)
 
 
 def champion_uri() -> str:

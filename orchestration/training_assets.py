@@ -15,7 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from training.train import FINAL_DIR, METRICS_FILE, TrainingParams
+from training.train import FINAL_DIR, METRICS_FILE, RUN_FILE, TrainingParams
 
 LOSS_CHECK = "loss_decreases"
 
@@ -87,7 +87,10 @@ def model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     ]  # fmt: skip
     run_training(command, dict(os.environ), context.log)
     output_dir = Path(training.output_dir).resolve()
-    result = json.loads((output_dir / METRICS_FILE).read_text())
+    result = {
+        **json.loads((output_dir / METRICS_FILE).read_text()),
+        **json.loads((output_dir / RUN_FILE).read_text()),
+    }
     ui = os.environ.get("CAMEO_MLFLOW_UI", "http://127.0.0.1:5000")
     run_url = f"{ui}/#/experiments/{result['experiment_id']}/runs/{result['run_id']}"
     return dg.MaterializeResult(

@@ -54,10 +54,12 @@ def build_pipeline(
     models_dir: str | Path | None = None,
     faces: Mapping[str, Any] | None = None,
     poses: Mapping[str, Any] | None = None,
+    trust_remote_code: bool = False,
 ) -> CharacterInpaintPipeline:
     """The inference pipeline of a checkpoint with the perception models of `profile`;
-    `faces` and `poses` are params.yaml's sections. `full` runs in float16 on the GPU where
-    there is one."""
+    `faces` and `poses` are params.yaml's sections, `trust_remote_code` its
+    `training.trust_remote_code` (see `training.model.load_body_encoder`). `full` runs in
+    float16 on the GPU where there is one."""
     faces, poses = dict(faces or {}), dict(poses or {})
     face_analyzer = load_face_analyzer(
         profile,
@@ -73,7 +75,7 @@ def build_pipeline(
         min_keypoints=poses.get("min_keypoints", 5),
     )
     pipe = CharacterInpaintPipeline(
-        **components_from_checkpoint(checkpoint, models_dir),
+        **components_from_checkpoint(checkpoint, models_dir, trust_remote_code),
         face_analyzer=face_analyzer,
         pose_extractor=pose_extractor,
     )
@@ -204,6 +206,7 @@ class CameoInpaintModel(mlflow.pyfunc.PythonModel):
             models_dir,
             faces=config.get("faces"),
             poses=config.get("poses"),
+            trust_remote_code=config.get("trust_remote_code", False),
         )
         # The scoring server runs requests in threads; the pipeline (scheduler state, adapter
         # scales) serves one at a time.

@@ -132,6 +132,7 @@ def log_model(
         "faces": dict(params["faces"]),
         "poses": dict(params["poses"]),
         "serving": serving.to_dict(),
+        "trust_remote_code": bool(params.get("training", {}).get("trust_remote_code", False)),
     }
     if profile == "full":
         from perception.models import models_dir as resolve_models_dir

@@ -664,11 +664,26 @@ def load_instantid(
 # Pretrained weights from the models directory
 
 
-def load_body_encoder(directory: str | Path) -> tuple[torch.nn.Module, Any]:
-    """A transformers vision encoder and its image processor (InternViT needs its own code)."""
-    encoder = AutoModel.from_pretrained(directory, trust_remote_code=True).requires_grad_(False)
-    processor = AutoImageProcessor.from_pretrained(directory, trust_remote_code=True)
-    return encoder, processor
+def load_body_encoder(
+    directory: str | Path, trust_remote_code: bool = False
+) -> tuple[torch.nn.Module, Any]:
+    """A transformers vision encoder and its image processor.
+
+    InternViT ships its own modelling code; running it is an explicit opt-in
+    (`training.trust_remote_code` in params.yaml), never a default."""
+    try:
+        encoder = AutoModel.from_pretrained(directory, trust_remote_code=trust_remote_code)
+        processor = AutoImageProcessor.from_pretrained(
+            directory, trust_remote_code=trust_remote_code
+        )
+    except ValueError as error:
+        if trust_remote_code or "trust_remote_code" not in str(error):
+            raise
+        raise ValueError(
+            f"{directory} needs its own modelling code: set training.trust_remote_code: true "
+            "in params.yaml to run it"
+        ) from error
+    return encoder.requires_grad_(False), processor
 
 
 def load_components(
@@ -676,8 +691,9 @@ def load_components(
     config: ModelConfig = SDXL,
     checkpoint: str | Path | None = None,
     instantid: bool = True,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
-    """Pipeline components from local weights.
+    """Pipeline components from local weights (`trust_remote_code`: see `load_body_encoder`).
 
     SDXL inpainting comes from `<models_dir>/stable-diffusion-xl-1.0-inpainting-0.1`, the body
     encoder from `<models_dir>/InternViT-300M-448px`. The trained parts come from `checkpoint`
@@ -696,7 +712,9 @@ def load_components(
     elif instantid:
         load_instantid(unet, controlnet, models_dir / INSTANTID_DIR)
     set_trainable(unet, controlnet)
-    body_encoder, body_processor = load_body_encoder(models_dir / BODY_ENCODER_DIR)
+    body_encoder, body_processor = load_body_encoder(
+        models_dir / BODY_ENCODER_DIR, trust_remote_code
+    )
     return {
         "unet": unet,
         "controlnet": controlnet,
@@ -716,7 +734,10 @@ def load_components(
 
 
 def base_components(
-    config: ModelConfig, models_dir: str | Path | None = None, seed: int = 0
+    config: ModelConfig,
+    models_dir: str | Path | None = None,
+    seed: int = 0,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """The model training starts from: random for configs that describe every part (`tiny`),
     else SDXL inpainting + InstantID + InternViT from `models_dir` (see `load_components`)."""
@@ -724,11 +745,11 @@ def base_components(
         return build_components(config, seed=seed)
     if models_dir is None:
         raise ValueError(f"the {config.name} config loads pretrained weights: pass models_dir")
-    return load_components(models_dir, config)
+    return load_components(models_dir, config, trust_remote_code=trust_remote_code)
 
 
 def components_from_checkpoint(
-    directory: str | Path, models_dir: str | Path | None = None
+    directory: str | Path, models_dir: str | Path | None = None, trust_remote_code: bool = False
 ) -> dict[str, Any]:
     """Pipeline components with the trained parts of a checkpoint written by `save_checkpoint`
     (with its `CheckpointInfo`), on the frozen base it was trained from."""
@@ -742,7 +763,9 @@ def components_from_checkpoint(
         return components
     if models_dir is None:
         raise ValueError(f"the {config.name} config loads pretrained weights: pass models_dir")
-    return load_components(models_dir, config, checkpoint=directory)
+    return load_components(
+        models_dir, config, checkpoint=directory, trust_remote_code=trust_remote_code
+    )
 
 
 # ---------------------------------------------------------------------------------------------

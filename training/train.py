@@ -72,7 +72,8 @@ from training.text import encode_prompt
 STATE_FILE = "training_state.pt"
 CHECKPOINT_PREFIX = "checkpoint-"
 FINAL_DIR = "final"
-METRICS_FILE = "metrics.json"
+METRICS_FILE = "metrics.json"  # DVC metrics of the train stage
+RUN_FILE = "run.json"  # the MLflow run that made `final/`
 
 
 @params_section("training")
@@ -110,6 +111,7 @@ class TrainingParams:
     validation_inference_steps: int = param(30, ge=1)
     log_every: int = param(10, ge=1)
     output_dir: str = "checkpoints"
+    trust_remote_code: bool = False  # run the body encoder's own code (InternViT needs it)
 
     def problems(self) -> list[str]:
         found = []
@@ -487,7 +489,7 @@ def train(
 
     # -- Model: frozen base, trainable identity branches and Pose-IdentityNet --------------------
     config = CONFIGS[params.config]
-    components = base_components(config, models_dir, seed=params.seed)
+    components = base_components(config, models_dir, params.seed, params.trust_remote_code)
     unet, controlnet, vae = components["unet"], components["controlnet"], components["vae"]
     check_buckets(
         buckets, 2 ** (len(vae.config.block_out_channels) - 1 + len(unet.down_blocks) - 1)
@@ -623,158 +625,171 @@ def train(
                     )
                     mlflow.log_input(dataset_input, context=context)
 
-    # -- The loop ---------------------------------------------------------------------------------
-    validation_loader = None
-    if env.is_main and len(validation_rows):
-        validation_set = TripletDataset(
-            validation_rows, layout.triplets_dir, buckets, components["body_processor"]
-        )
-        validation_loader = torch.utils.data.DataLoader(
-            validation_set,
-            batch_sampler=BucketBatchSampler(validation_set.bucket_ids, params.batch_size),
-            collate_fn=collate,
-        )
-    progress = None
-    if env.is_main and show_progress:
-        from tqdm import tqdm
+    try:
+        # -- The loop -----------------------------------------------------------------------------
+        validation_loader = None
+        if env.is_main and len(validation_rows):
+            validation_set = TripletDataset(
+                validation_rows, layout.triplets_dir, buckets, components["body_processor"]
+            )
+            validation_loader = torch.utils.data.DataLoader(
+                validation_set,
+                batch_sampler=BucketBatchSampler(validation_set.bucket_ids, params.batch_size),
+                collate_fn=collate,
+            )
+        progress = None
+        if env.is_main and show_progress:
+            from tqdm import tqdm
 
-        progress = tqdm(total=params.max_steps, initial=step, unit="step", desc="train")
-    last_step = params.max_steps if stop_after is None else min(params.max_steps, stop_after)
-    accumulation = params.gradient_accumulation_steps
-    micro, step_loss, tick, samples = 0, 0.0, time.perf_counter(), 0
-    denoiser.train()
-    while step < last_step:
-        for batch in loader:
-            encoded = encoders(batch, env.device)
-            sync = (micro + 1) % accumulation == 0
-            # Between optimiser steps DDP need not all-reduce gradients.
-            skip_sync = denoiser.no_sync() if env.world_size > 1 and not sync else nullcontext()
-            with skip_sync, torch.autocast(env.device.type, dtype, enabled=dtype != torch.float32):
-                loss = denoising_loss(
-                    denoiser,
-                    scheduler,
-                    encoded,
-                    batch,
-                    generator,
-                    env.device,
-                    dtype,
-                    params.cfg_dropout,
-                    params.snr_gamma,
-                )
-                (loss / accumulation).backward()
-            micro += 1
-            consumed += 1
-            samples += len(batch["triplet_id"])
-            step_loss += float(loss.detach()) / accumulation
-            if env.any(not math.isfinite(step_loss)):
-                last_good = checkpoints(output_dir)
-                raise TrainingError(
-                    f"non-finite loss at step {step + 1}: stopped; the last good checkpoint "
-                    f"is {last_good[-1] if last_good else 'none (nothing was saved)'}"
-                )
-            if not sync:
-                continue
-            max_norm = params.max_grad_norm if params.max_grad_norm > 0 else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.step(trainable)
-            step += 1
-            losses.append(step_loss)
-            step_loss = 0.0
-            if progress is not None:
-                progress.update()
-                progress.set_postfix(loss=f"{losses[-1]:.4f}")
-            if mlflow is not None and (step % params.log_every == 0 or step == last_step):
-                elapsed = time.perf_counter() - tick
-                mlflow.log_metrics(
-                    {
-                        "loss": losses[-1],
-                        "lr": lr_scheduler.get_last_lr()[0],
-                        "grad_norm": float(grad_norm),
-                        "samples_per_s": samples * env.world_size / max(elapsed, 1e-9),
-                        "peak_memory_mb": peak_memory_mb(env.device),
-                    },
-                    step=step,
-                )
-                tick, samples = time.perf_counter(), 0
-            if validation_loader is not None and (
-                step % params.validate_every == 0 or step == last_step
-            ):
-                val_loss = validation_loss(
-                    model, scheduler, encoders, validation_loader, env, dtype, params.seed
-                )
-                mlflow.log_metric("val_loss", val_loss, step=step)
-                samples_drawn = validation_rows.head(params.validation_samples)
-                for triplet_id, grid in validation_grids(
-                    components, samples_drawn, layout.triplets_dir, buckets, params
+            progress = tqdm(total=params.max_steps, initial=step, unit="step", desc="train")
+        last_step = params.max_steps if stop_after is None else min(params.max_steps, stop_after)
+        accumulation = params.gradient_accumulation_steps
+        micro, step_loss, tick, samples = 0, 0.0, time.perf_counter(), 0
+        denoiser.train()
+        while step < last_step:
+            for batch in loader:
+                encoded = encoders(batch, env.device)
+                sync = (micro + 1) % accumulation == 0
+                # Between optimiser steps DDP need not all-reduce gradients.
+                skip_sync = denoiser.no_sync() if env.world_size > 1 and not sync else nullcontext()
+                with (
+                    skip_sync,
+                    torch.autocast(env.device.type, dtype, enabled=dtype != torch.float32),
                 ):
-                    mlflow.log_image(grid, key=f"validation/{triplet_id}", step=step)
-                model.train()
-            if step % params.checkpoint_every == 0 or step == last_step:
-                rng = env.gather(_rng_state(generator))
-                if env.is_main:
-                    save_training_checkpoint(
-                        output_dir,
-                        step,
-                        unet,
-                        controlnet,
-                        CheckpointInfo(config.name, params.seed, step, run_id, md5),
-                        {
-                            "step": step,
-                            "run_id": run_id,
-                            "losses": losses,
-                            "fingerprint": params.fingerprint(),
-                            "world_size": env.world_size,
-                            "optimizer": optimizer.state_dict(),
-                            "lr_scheduler": lr_scheduler.state_dict(),
-                            "ema": ema.state_dict() if ema is not None else None,
-                            "sampler": {"epoch": sampler.epoch, "start": consumed},
-                            "rng": rng,
-                        },
-                        params.keep_checkpoints,
+                    loss = denoising_loss(
+                        denoiser,
+                        scheduler,
+                        encoded,
+                        batch,
+                        generator,
+                        env.device,
+                        dtype,
+                        params.cfg_dropout,
+                        params.snr_gamma,
                     )
-                env.barrier()
-            if step >= last_step:
-                break
-        else:
-            sampler.set_epoch(sampler.epoch + 1)
-            consumed = 0
-    if progress is not None:
-        progress.close()
+                    (loss / accumulation).backward()
+                micro += 1
+                consumed += 1
+                samples += len(batch["triplet_id"])
+                step_loss += float(loss.detach()) / accumulation
+                if env.any(not math.isfinite(step_loss)):
+                    last_good = checkpoints(output_dir)
+                    raise TrainingError(
+                        f"non-finite loss at step {step + 1}: stopped; the last good checkpoint "
+                        f"is {last_good[-1] if last_good else 'none (nothing was saved)'}"
+                    )
+                if not sync:
+                    continue
+                max_norm = params.max_grad_norm if params.max_grad_norm > 0 else math.inf
+                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                if ema is not None:
+                    ema.step(trainable)
+                step += 1
+                losses.append(step_loss)
+                step_loss = 0.0
+                if progress is not None:
+                    progress.update()
+                    progress.set_postfix(loss=f"{losses[-1]:.4f}")
+                if mlflow is not None and (step % params.log_every == 0 or step == last_step):
+                    elapsed = time.perf_counter() - tick
+                    mlflow.log_metrics(
+                        {
+                            "loss": losses[-1],
+                            "lr": lr_scheduler.get_last_lr()[0],
+                            "grad_norm": float(grad_norm),
+                            "samples_per_s": samples * env.world_size / max(elapsed, 1e-9),
+                            "peak_memory_mb": peak_memory_mb(env.device),
+                        },
+                        step=step,
+                    )
+                    tick, samples = time.perf_counter(), 0
+                if validation_loader is not None and (
+                    step % params.validate_every == 0 or step == last_step
+                ):
+                    val_loss = validation_loss(
+                        model, scheduler, encoders, validation_loader, env, dtype, params.seed
+                    )
+                    mlflow.log_metric("val_loss", val_loss, step=step)
+                    samples_drawn = validation_rows.head(params.validation_samples)
+                    for triplet_id, grid in validation_grids(
+                        components, samples_drawn, layout.triplets_dir, buckets, params
+                    ):
+                        mlflow.log_image(grid, key=f"validation/{triplet_id}", step=step)
+                    model.train()
+                if step % params.checkpoint_every == 0 or step == last_step:
+                    rng = env.gather(_rng_state(generator))
+                    if env.is_main:
+                        save_training_checkpoint(
+                            output_dir,
+                            step,
+                            unet,
+                            controlnet,
+                            CheckpointInfo(config.name, params.seed, step, run_id, md5),
+                            {
+                                "step": step,
+                                "run_id": run_id,
+                                "losses": losses,
+                                "fingerprint": params.fingerprint(),
+                                "world_size": env.world_size,
+                                "optimizer": optimizer.state_dict(),
+                                "lr_scheduler": lr_scheduler.state_dict(),
+                                "ema": ema.state_dict() if ema is not None else None,
+                                "sampler": {"epoch": sampler.epoch, "start": consumed},
+                                "rng": rng,
+                            },
+                            params.keep_checkpoints,
+                        )
+                    env.barrier()
+                if step >= last_step:
+                    break
+            else:
+                sampler.set_epoch(sampler.epoch + 1)
+                consumed = 0
+        if progress is not None:
+            progress.close()
 
-    # -- The end: the trained weights (EMA where kept), metrics for DVC and MLflow ---------------
-    final_dir = output_dir / FINAL_DIR
-    tail = max(1, len(losses) // 4)  # first and last quarter: the trend, not one step's noise
-    metrics = {
-        "step": step,
-        "loss": losses[-1] if losses else math.nan,
-        "loss_first": float(np.mean(losses[:tail])) if losses else math.nan,
-        "loss_last": float(np.mean(losses[-tail:])) if losses else math.nan,
-    }
-    if env.is_main:
-        if ema is not None:
-            ema.store(trainable)
-            ema.copy_to(trainable)
-        info = CheckpointInfo(config.name, params.seed, step, run_id, md5)
-        tmp = output_dir / f".tmp-{FINAL_DIR}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_checkpoint(unet, controlnet, tmp, info)
-        shutil.rmtree(final_dir, ignore_errors=True)
-        tmp.rename(final_dir)
-        if ema is not None:
-            ema.restore(trainable)
-        experiment_id = mlflow.active_run().info.experiment_id
-        summary = {**metrics, "run_id": run_id, "experiment_id": experiment_id, "dataset_md5": md5}
-        (output_dir / METRICS_FILE).write_text(json.dumps(summary, indent=2))
-        mlflow.log_metrics({"loss_first": metrics["loss_first"], "loss_last": metrics["loss_last"]})
-        mlflow.log_artifacts(str(final_dir), artifact_path="checkpoint")
-        if on_finished is not None and step >= params.max_steps:
-            on_finished(final_dir)
-        mlflow.end_run()
-    env.barrier()
+        # -- The end: the trained weights (EMA where kept), metrics for DVC and MLflow -----------
+        final_dir = output_dir / FINAL_DIR
+        tail = max(1, len(losses) // 4)  # first and last quarter: the trend, not one step's noise
+        metrics = {
+            "step": step,
+            "loss": losses[-1] if losses else math.nan,
+            "loss_first": float(np.mean(losses[:tail])) if losses else math.nan,
+            "loss_last": float(np.mean(losses[-tail:])) if losses else math.nan,
+        }
+        if env.is_main:
+            if ema is not None:
+                ema.store(trainable)
+                ema.copy_to(trainable)
+            # `final/` and metrics.json are DVC outputs: nothing run-specific goes in them, so the
+            # same data, code and params give the same dvc.lock. The run is named in run.json.
+            info = CheckpointInfo(config.name, params.seed, step, None, md5)
+            tmp = output_dir / f".tmp-{FINAL_DIR}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_checkpoint(unet, controlnet, tmp, info)
+            shutil.rmtree(final_dir, ignore_errors=True)
+            tmp.rename(final_dir)
+            if ema is not None:
+                ema.restore(trainable)
+            (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+            experiment_id = mlflow.active_run().info.experiment_id
+            run = {"run_id": run_id, "experiment_id": experiment_id, "dataset_md5": md5}
+            (output_dir / RUN_FILE).write_text(json.dumps(run, indent=2))
+            mlflow.log_metrics(
+                {"loss_first": metrics["loss_first"], "loss_last": metrics["loss_last"]}
+            )
+            mlflow.log_artifacts(str(final_dir), artifact_path="checkpoint")
+            if on_finished is not None and step >= params.max_steps:
+                on_finished(final_dir)
+            mlflow.end_run()
+        env.barrier()
+    except BaseException:
+        if mlflow is not None:  # the run shows as failed in the UI, not forever running
+            mlflow.end_run(status="FAILED")
+        raise
     return TrainingResult(run_id, step, final_dir, md5, metrics, losses, model)
 
 

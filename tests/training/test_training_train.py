@@ -321,6 +321,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(triplets_root,
             show_progress=False,
         )
     assert not checkpoints(tmp_path / "out")
+    import mlflow
+
+    assert mlflow.active_run() is None
+    (run,) = mlflow.search_runs(output_format="list")
+    assert run.info.status == "FAILED"
 
 
 def test_params_are_checked_before_any_work(tmp_path):
