@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import PIL.Image
 
 EMBEDDING_DIM = 512
 
@@ -49,6 +50,28 @@ class FaceAnalyzer(Protocol):
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
     norm = np.linalg.norm(x, axis=axis, keepdims=True)
     return (x / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def identity_score(
+    analyzer: FaceAnalyzer,
+    reference_embedding: np.ndarray,
+    output: PIL.Image.Image,
+    inside: np.ndarray,
+) -> float | None:
+    """Cosine similarity between the reference's face and the painted one: the largest face in
+    `output` whose box centre lies in the mask (`inside`); None when there is none."""
+    faces = []
+    for face in analyzer.detect(np.asarray(output.convert("RGB"))):
+        x1, y1, x2, y2 = face.bbox
+        row = min(max(int((y1 + y2) / 2), 0), inside.shape[0] - 1)
+        col = min(max(int((x1 + x2) / 2), 0), inside.shape[1] - 1)
+        if inside[row, col]:
+            faces.append(face)
+    if not faces:
+        return None
+    face = max(faces, key=lambda f: f.area)
+    reference = reference_embedding / np.linalg.norm(reference_embedding)
+    return float(np.dot(reference, face.embedding))
 
 
 class InsightFaceAnalyzer:

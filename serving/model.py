@@ -27,7 +27,7 @@ import PIL.Image
 import torch
 from mlflow.protos.databricks_pb2 import DEADLINE_EXCEEDED
 
-from perception.faces import FaceAnalyzer, load_face_analyzer
+from perception.faces import identity_score, load_face_analyzer
 from perception.pose import MaskedPoseExtractor, load_pose_estimator
 from serving.manifest import check_base_models
 from serving.schema import (
@@ -83,28 +83,6 @@ def build_pipeline(
     if profile == "full" and torch.cuda.is_available():
         pipe.to("cuda", torch.float16)
     return pipe
-
-
-def identity_score(
-    analyzer: FaceAnalyzer,
-    reference_embedding: np.ndarray,
-    output: PIL.Image.Image,
-    inside: np.ndarray,
-) -> float | None:
-    """Cosine similarity between the reference's face and the painted one: the largest face in
-    `output` whose box centre lies in the mask (`inside`); None when there is none."""
-    faces = []
-    for face in analyzer.detect(np.asarray(output.convert("RGB"))):
-        x1, y1, x2, y2 = face.bbox
-        row = min(max(int((y1 + y2) / 2), 0), inside.shape[0] - 1)
-        col = min(max(int((x1 + x2) / 2), 0), inside.shape[1] - 1)
-        if inside[row, col]:
-            faces.append(face)
-    if not faces:
-        return None
-    face = max(faces, key=lambda f: f.area)
-    reference = reference_embedding / np.linalg.norm(reference_embedding)
-    return float(np.dot(reference, face.embedding))
 
 
 @dataclass

@@ -7,7 +7,12 @@ an artifact folder `mlruns/` in the working directory (the repo, like Dagster's 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 EXPERIMENT = "cameo"
 REGISTERED_MODEL = "cameo-inpaint"
@@ -32,3 +37,15 @@ def configure_tracking(root: str | Path | None = None) -> str:
         mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
     mlflow.set_experiment(EXPERIMENT)
     return uri
+
+
+def triplets_dataset(rows: pd.DataFrame, source: Path, name: str, md5: str) -> Any:
+    """The MLflow dataset of manifest rows: named, with the DVC md5 of `data/triplets` as its
+    digest (MLflow keys datasets by name and digest)."""
+    import mlflow
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # schema hints, source-type guess
+        return mlflow.data.from_pandas(
+            rows.drop(columns=["face_embedding"]), source=str(source), name=name, digest=md5
+        )

@@ -24,7 +24,6 @@ import shutil
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -32,14 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, cast_training_params, compute_snr
-from PIL import Image
 
 from assets.layout import DataLayout, dvc_md5
 from assets.params import ParamsError, param, params_section, validate_section
@@ -51,12 +48,11 @@ from training.data import (
     collate,
     draw_condition_dropout,
     drop_condition,
-    fit_to_bucket,
     load_manifest,
-    place,
     resolve_buckets,
     split_by_identity,
 )
+from training.evaluate import FULL, Evaluator, ValidationSample, log_evaluation
 from training.model import (
     CONFIGS,
     CheckpointInfo,
@@ -67,6 +63,7 @@ from training.model import (
     set_adapter_scales,
     trainable_parameters,
 )
+from training.pipeline import CharacterInpaintPipeline
 from training.text import encode_prompt
 
 STATE_FILE = "training_state.pt"
@@ -467,12 +464,16 @@ def train(
     stop_after: int | None = None,
     show_progress: bool = True,
     on_finished: Callable[[Path], None] | None = None,
+    scoring: dict[str, Any] | None = None,
 ) -> TrainingResult:
     """Train to `params.max_steps` optimiser steps (`stop_after`: leave earlier, resumable).
 
     `lock_file` None trains on whatever `data/triplets` holds (tagged unlocked); otherwise its
     md5 must be the one `dvc.lock` records. `on_finished(final_dir)` runs on rank 0 at the end,
-    inside the MLflow run (the command line logs and registers the model there).
+    inside the MLflow run (the command line logs and registers the model there). At every
+    validation step rank 0 scores the model on the first `validation_samples` validation
+    triplets with the profile's scorers, set by `scoring` (params.yaml's `faces`, `poses` and
+    `evaluation` sections; default: their defaults).
     """
     env = init_distributed()
     torch.manual_seed(params.seed)
@@ -588,7 +589,7 @@ def train(
     if env.is_main:
         import mlflow
 
-        from training.tracking import configure_tracking
+        from training.tracking import configure_tracking, triplets_dataset
 
         configure_tracking()
         mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
@@ -615,20 +616,18 @@ def train(
                 ("triplets-validation", validation_rows, "validation"),
             )
             for name, rows, context in splits:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)  # schema hints, source guess
-                    dataset_input = mlflow.data.from_pandas(
-                        rows.drop(columns=["face_embedding"]),
-                        source=str(layout.triplets_dir),
-                        name=name,
-                        digest=md5,
-                    )
-                    mlflow.log_input(dataset_input, context=context)
+                dataset = triplets_dataset(rows, layout.triplets_dir, name, md5)
+                mlflow.log_input(dataset, context=context)
 
     try:
         # -- The loop -----------------------------------------------------------------------------
-        validation_loader = None
+        validation_loader, validation_samples = None, []
         if env.is_main and len(validation_rows):
+            validation_samples = [
+                ValidationSample.from_row(row, layout.triplets_dir, buckets)
+                for row in validation_rows.head(params.validation_samples).itertuples(index=False)
+            ]
+            evaluator = Evaluator.from_params({**(scoring or {}), "profile": profile}, models_dir)
             validation_set = TripletDataset(
                 validation_rows, layout.triplets_dir, buckets, components["body_processor"]
             )
@@ -713,11 +712,18 @@ def train(
                         model, scheduler, encoders, validation_loader, env, dtype, params.seed
                     )
                     mlflow.log_metric("val_loss", val_loss, step=step)
-                    samples_drawn = validation_rows.head(params.validation_samples)
-                    for triplet_id, grid in validation_grids(
-                        components, samples_drawn, layout.triplets_dir, buckets, params
-                    ):
-                        mlflow.log_image(grid, key=f"validation/{triplet_id}", step=step)
+                    if validation_samples:
+                        # The model as it is now, scored as `cameo evaluate` scores it.
+                        pipe = CharacterInpaintPipeline(**components)
+                        pipe.set_progress_bar_config(disable=True)
+                        evaluation = evaluator.evaluate(
+                            pipe,
+                            validation_samples,
+                            ablations=[FULL],
+                            inference_steps=params.validation_inference_steps,
+                            seed=params.seed,
+                        )
+                        log_evaluation(evaluation, step=step)
                     model.train()
                 if step % params.checkpoint_every == 0 or step == last_step:
                     rng = env.gather(_rng_state(generator))
@@ -791,59 +797,6 @@ def train(
             mlflow.end_run(status="FAILED")
         raise
     return TrainingResult(run_id, step, final_dir, md5, metrics, losses, model)
-
-
-@torch.no_grad()
-def validation_grids(
-    components: dict[str, Any],
-    rows: pd.DataFrame,
-    root: Path,
-    buckets: list[tuple[int, int]],
-    params: TrainingParams,
-) -> list[tuple[str, Image.Image]]:
-    """The article's 5-panel figure (base, mask, pose, reference, output) for validation
-    triplets, generated by `CharacterInpaintPipeline` with the weights as they are now. The
-    target frame, placed in its bucket, is the base; its character is what gets repainted."""
-    from training.grid import inpaint_grid
-    from training.pipeline import CharacterInpaintPipeline
-
-    pipe = CharacterInpaintPipeline(**components)
-    pipe.set_progress_bar_config(disable=True)
-    grids = []
-    for row in rows.itertuples(index=False):
-        with Image.open(root / row.target) as target:
-            placement = place(target.height, target.width, buckets)
-        images = {}
-        for column, mode, resample in (
-            ("target", "RGB", Image.Resampling.BICUBIC),
-            ("target_mask", "L", Image.Resampling.NEAREST),
-            ("target_pose", "RGB", Image.Resampling.BICUBIC),
-        ):
-            with Image.open(root / getattr(row, column)) as image:
-                images[column] = fit_to_bucket(image.convert(mode), placement, resample)
-        with Image.open(root / row.reference_crop) as crop:
-            reference = crop.convert("RGB")
-        face = np.asarray(row.face_embedding, np.float32) * np.float32(row.face_embedding_raw_norm)
-        output = pipe(
-            image=images["target"],
-            mask_image=images["target_mask"],
-            prompt=row.prompt,
-            reference_image=reference,
-            face_embedding=face,
-            pose_image=images["target_pose"],
-            num_inference_steps=params.validation_inference_steps,
-            seed=params.seed,
-        ).images[0]
-        grid = inpaint_grid(
-            images["target"],
-            images["target_mask"],
-            images["target_pose"],
-            reference,
-            output,
-            row.prompt,
-        )
-        grids.append((row.triplet_id, grid))
-    return grids
 
 
 @torch.no_grad()
@@ -959,6 +912,7 @@ def main(argv: list[str] | None = None) -> TrainingResult:
             stop_after=args.stop_after,
             show_progress=not args.no_progress,
             on_finished=None if args.no_register else register_model(values, models_dir),
+            scoring=values,
         )
     except (TrainingError, FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")

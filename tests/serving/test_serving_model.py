@@ -15,10 +15,9 @@ import yaml
 from conftest import DATASET_MD5, FAST
 from skimage import data
 
-from perception.faces import load_face_analyzer
+from perception.faces import identity_score, load_face_analyzer
 from serving.client import make_row, predict_in_process
 from serving.manifest import check_base_models, record_base_models
-from serving.model import identity_score
 from serving.registry import log_model, model_versions
 from serving.schema import RequestError, ServingConfig, decode_image
 from training.grid import inpaint_grid

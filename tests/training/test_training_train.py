@@ -147,6 +147,9 @@ def test_training_run_is_logged_to_mlflow(triplets_root, tmp_path):
     for metric in ("loss", "lr", "grad_norm", "samples_per_s", "peak_memory_mb"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2, 3, 4]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [2, 4]
+    for metric in ("face_similarity", "face_found", "pck_body", "pck_face", "saturation_ratio"):
+        history = client.get_metric_history(run.info.run_id, f"eval/{metric}")
+        assert [m.step for m in history] == [2, 4]
     inputs = run.inputs.dataset_inputs
     contexts = {i.tags[0].value: i.dataset for i in inputs}
     assert set(contexts) == {"training", "validation"}

@@ -1,0 +1,246 @@
+"""Evaluation: each metric on constructed cases with known answers, and the tiny model's
+evaluation (training-time and `evaluate_logged_model`) logging every metric to MLflow."""
+
+from __future__ import annotations
+
+import colorsys
+import math
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from skimage import data
+
+from assets.params import ParamsError, load_params
+from perception.faces import load_face_analyzer
+from tests.onnx_faces import save_model_pack
+from training.evaluate import (
+    ABLATIONS,
+    METRICS,
+    ClipScorer,
+    EvaluationParams,
+    Evaluator,
+    ValidationSample,
+    mean_saturation,
+    pck,
+    saturation_ratio,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _tracking(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    monkeypatch.chdir(tmp_path)
+
+
+def save_tiny_clip(folder: Path) -> Path:
+    """A random CLIP model, its processor and a byte-level tokenizer in transformers' layout."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from training.text import byte_level_tokenizer
+
+    tokenizer = byte_level_tokenizer()
+    layers = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2}
+    config = CLIPConfig(
+        text_config={
+            **layers,
+            "num_attention_heads": 2,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 77,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={**layers, "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(folder)
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def test_pck_of_a_shifted_pose_drops_by_the_shifted_share():
+    rng = np.random.default_rng(0)
+    # Visible target keypoints spread over a 100 x 200 box: alpha 0.1 allows 20 pixels.
+    target = np.column_stack([rng.uniform(0, 100, 20), rng.uniform(0, 200, 20)]).astype(np.float32)
+    target[0], target[1] = (0, 0), (100, 200)
+    scores = np.ones(20, np.float32)
+    assert pck(target, scores, target, scores, 0.1, 0.3) == 1.0
+    assert pck(target + 10, scores, target, scores, 0.1, 0.3) == 1.0  # 14.1 px off
+    assert pck(target + 15, scores, target, scores, 0.1, 0.3) == 0.0  # 21.2 px off
+    shifted = target.copy()
+    shifted[:5] += (0, 30)  # a quarter of the keypoints 30 px off
+    assert pck(shifted, scores, target, scores, 0.1, 0.3) == pytest.approx(0.75)
+    # A keypoint the output does not find is a miss; one the target lacks does not count.
+    weak = scores.copy()
+    weak[5] = 0.1
+    assert pck(target, weak, target, scores, 0.1, 0.3) == pytest.approx(19 / 20)
+    assert pck(shifted, scores, target, np.where(np.arange(20) < 5, 0.0, 1.0), 0.1, 0.3) == 1.0
+    assert math.isnan(pck(target, scores, target, np.zeros(20), 0.1, 0.3))
+
+
+def test_saturation_ratio_of_a_saturated_copy():
+    inside = np.zeros((20, 20), bool)
+    inside[5:15, 5:15] = True
+
+    def hsv_image(saturation: float) -> np.ndarray:
+        red = colorsys.hsv_to_rgb(0.0, saturation, 0.8)
+        image = np.full((20, 20, 3), 128, np.uint8)  # grey outside: saturation 0
+        image[inside] = np.round(np.array(red) * 255).astype(np.uint8)
+        return image
+
+    target, saturated = hsv_image(0.3), hsv_image(0.6)
+    assert mean_saturation(target, inside) == pytest.approx(0.3, abs=0.01)
+    assert saturation_ratio(saturated, target, inside) == pytest.approx(2.0, abs=0.03)
+    assert saturation_ratio(target, target, inside) == 1.0
+    assert math.isnan(saturation_ratio(target, np.full((20, 20, 3), 128, np.uint8), inside))
+
+
+def _astronaut_sample() -> tuple[ValidationSample, np.ndarray]:
+    """The astronaut as base and output, its face inside the mask; and that face's embedding."""
+    analyzer = load_face_analyzer("tiny")
+    astronaut = PIL.Image.fromarray(data.astronaut()).resize((160, 160))
+    [face] = analyzer.detect(np.asarray(astronaut))
+    mask = np.zeros((160, 160), np.uint8)
+    x1, y1, x2, _ = face.bbox.astype(int)
+    mask[max(y1 - 10, 0) :, max(x1 - 20, 0) : x2 + 20] = 255
+    sample = ValidationSample(
+        triplet_id="astronaut",
+        base=astronaut,
+        mask=PIL.Image.fromarray(mask),
+        pose=astronaut,
+        reference=astronaut,
+        face_embedding=face.embedding * face.raw_norm,
+        prompt="an astronaut",
+    )
+    return sample, face.embedding * face.raw_norm
+
+
+def test_an_output_identical_to_the_target_scores_perfectly():
+    evaluator = Evaluator.from_params({"profile": "tiny"}, models_dir=Path("no-models"))
+    sample, reference = _astronaut_sample()
+    scores = evaluator.score(sample, sample.base, reference)
+    assert scores["face_similarity"] == pytest.approx(1.0, abs=1e-5)
+    assert scores["face_found"] == 1.0
+    assert scores["saturation_ratio"] == 1.0
+    assert math.isnan(scores["clip_score"])
+    # Where the conditioning keypoints are visible, the same image finds each of them.
+    assert all(math.isnan(scores[k]) or scores[k] == 1.0 for k in ("pck_body", "pck_face"))
+    assert evaluator.notes["clip_score"].startswith("skipped: no CLIP model at")
+    # A grey output has no face: not found, no similarity.
+    grey = PIL.Image.new("RGB", sample.base.size, (128, 128, 128))
+    scores = evaluator.score(sample, grey, reference)
+    assert scores["face_found"] == 0.0 and math.isnan(scores["face_similarity"])
+
+
+def test_a_second_recogniser_scores_the_reference_crop_and_the_output(tmp_path):
+    save_model_pack(tmp_path / "models", name="second")
+    values = {"profile": "tiny", "evaluation": {"face_model": "second"}}
+    evaluator = Evaluator.from_params(values, models_dir=tmp_path / "models")
+    assert evaluator.notes["face_recogniser"] == "second (second recogniser)"
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 32, (240, 320, 3), dtype=np.uint8)
+    image[60:156, 120:216] = rng.integers(200, 256, (96, 96, 3), dtype=np.uint8)  # the "face"
+    mask = np.zeros((240, 320), np.uint8)
+    mask[40:200, 100:240] = 255
+    picture = PIL.Image.fromarray(image)
+    sample = ValidationSample(
+        "square", picture, PIL.Image.fromarray(mask), picture, picture, np.ones(512), "a square"
+    )
+    reference = evaluator.reference_embedding(sample)
+    assert reference is not None
+    scores = evaluator.score(sample, picture, reference)
+    assert scores["face_similarity"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_clip_score_reads_a_saved_model(tmp_path):
+    folder = save_tiny_clip(tmp_path / "models" / "clip-vit-large-patch14")
+    scorer = ClipScorer(folder)
+    image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
+    prompt = "A person wearing a red coat walks through a grey street. " * 20  # over 77 tokens
+    inputs = scorer.processor(
+        text=[prompt], images=[image], return_tensors="pt", padding=True, truncation=True
+    )
+    with torch.no_grad():
+        output = scorer.model(**inputs)
+    cosine = float(torch.nn.functional.cosine_similarity(output.image_embeds, output.text_embeds))
+    assert scorer(image, prompt) == pytest.approx(100 * max(cosine, 0.0), abs=1e-4)
+    evaluator = Evaluator.from_params({"profile": "tiny"}, models_dir=tmp_path / "models")
+    assert evaluator.clip is not None and "clip_score" not in evaluator.notes
+
+
+def test_evaluation_params_are_validated_with_params_yaml(tmp_path):
+    values = load_params(REPO / "params.yaml", "tiny")
+    assert values["evaluation"]["min_face_similarity"] is None
+    assert load_params(REPO / "params.yaml", "full")["evaluation"]["min_face_similarity"] == 0.3
+    text = (REPO / "params.yaml").read_text()
+    bad = tmp_path / "params.yaml"
+    bad.write_text(text.replace("pck_alpha: 0.1", "pck_alpha: 2"))
+    with pytest.raises(ParamsError, match=r"evaluation.pck_alpha: must be <= 1"):
+        load_params(bad, "tiny")
+    bad.write_text(text.replace("[inpainting, face, face_body, full]", "[inpainting, pose]"))
+    with pytest.raises(ParamsError, match=r"evaluation: ablations: unknown \['pose'\]"):
+        load_params(bad, "tiny")
+    assert list(EvaluationParams().ablations) == list(ABLATIONS)
+
+
+@pytest.mark.slow
+def test_the_tiny_model_is_evaluated_in_training_and_as_a_logged_model(triplets_root, tmp_path):
+    """Training logs the full model's metrics at each validation step; `evaluate_logged_model`
+    logs every ablation's, linked to the logged model, with both tables and the grids."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from serving.registry import log_model
+    from training.evaluate import evaluate_logged_model
+    from training.train import TrainingParams, train
+
+    models = tmp_path / "models"
+    save_tiny_clip(models / "clip-vit-large-patch14")
+    values = load_params(REPO / "params.yaml", "tiny")
+    params = TrainingParams.from_params(
+        values, output_dir=str(tmp_path / "out"), max_steps=2, validate_every=2
+    )
+    result = train(
+        params,
+        data_root=triplets_root,
+        models_dir=models,
+        lock_file=None,
+        show_progress=False,
+        scoring=values,
+    )
+    client = MlflowClient()
+    run_id = result.run_id
+    for metric in METRICS:
+        assert [m.step for m in client.get_metric_history(run_id, f"eval/{metric}")] == [2]
+    assert not math.isnan(client.get_metric_history(run_id, "eval/clip_score")[0].value)
+
+    with mlflow.start_run(run_id=run_id):
+        info = log_model(result.final_dir, profile="tiny")
+    evaluation, evaluated_run = evaluate_logged_model(
+        info.model_uri, values, data_root=triplets_root, models_dir=models
+    )
+    assert evaluated_run == run_id
+    assert list(evaluation.summary().ablation) == list(ABLATIONS)
+    logged = client.get_run(run_id).data.metrics
+    for ablation in ABLATIONS:
+        for metric in METRICS:
+            assert f"eval/{ablation}/{metric}" in logged
+    # The metrics are linked to the logged model.
+    model_metrics = {m.key for m in client.get_logged_model(info.model_id).metrics or []}
+    assert {f"eval/{a}/face_found" for a in ABLATIONS} <= model_metrics
+    artifacts = {a.path for a in client.list_artifacts(run_id, "evaluation")}
+    assert {"evaluation/samples.json", "evaluation/ablations.json"} <= artifacts
+    table = mlflow.load_table("evaluation/ablations.json", run_ids=[run_id])
+    assert sorted(set(table.step)) == [2]  # training's validation and the evaluation: step 2
+    assert len(table) == 1 + len(ABLATIONS)
+    tags = client.get_run(run_id).data.tags
+    assert tags["evaluation.model_uri"] == info.model_uri
