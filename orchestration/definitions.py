@@ -18,6 +18,7 @@ from assets.masks import masks
 from assets.poses import poses
 from assets.references import references
 from assets.triplets import triplets
+from orchestration.evaluation_assets import evaluation, face_similarity_above_threshold
 from orchestration.resources import DataResource, ParamsResource, PerceptionResource
 from orchestration.sensors import movie_sensor
 from orchestration.training_assets import model
@@ -56,7 +57,8 @@ def executor_for(environment: str) -> dg.ExecutorDefinition:
 
 
 defs = dg.Definitions(
-    assets=[*STAGES, model],
+    assets=[*STAGES, model, evaluation],
+    asset_checks=[face_similarity_above_threshold],
     sensors=[movie_sensor],
     resources=build_resources(),
     executor=executor_for(os.environ.get("CAMEO_ENV", "local")),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from training.tracking import run_url
 from training.train import FINAL_DIR, METRICS_FILE, RUN_FILE, TrainingParams
 
 LOSS_CHECK = "loss_decreases"
@@ -91,12 +92,10 @@ def model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         **json.loads((output_dir / METRICS_FILE).read_text()),
         **json.loads((output_dir / RUN_FILE).read_text()),
     }
-    ui = os.environ.get("CAMEO_MLFLOW_UI", "http://127.0.0.1:5000")
-    run_url = f"{ui}/#/experiments/{result['experiment_id']}/runs/{result['run_id']}"
     return dg.MaterializeResult(
         metadata={
             "mlflow_run_id": result["run_id"],
-            "mlflow_run": dg.MetadataValue.url(run_url),
+            "mlflow_run": dg.MetadataValue.url(run_url(result["experiment_id"], result["run_id"])),
             "dataset_md5": result["dataset_md5"],
             "steps": result["step"],
             "loss_first": result["loss_first"],

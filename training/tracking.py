@@ -49,3 +49,9 @@ def triplets_dataset(rows: pd.DataFrame, source: Path, name: str, md5: str) -> A
         return mlflow.data.from_pandas(
             rows.drop(columns=["face_embedding"]), source=str(source), name=name, digest=md5
         )
+
+
+def run_url(experiment_id: str, run_id: str) -> str:
+    """The run's page in the MLflow UI at `$CAMEO_MLFLOW_UI` (default: `make mlflow-ui`'s)."""
+    ui = os.environ.get("CAMEO_MLFLOW_UI", "http://127.0.0.1:5000")
+    return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}"

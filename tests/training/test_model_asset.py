@@ -12,6 +12,12 @@ from mlflow.tracking import MlflowClient
 
 from assets.layout import dvc_md5
 from orchestration.definitions import STAGES, build_resources
+from orchestration.evaluation_assets import (
+    FACE_CHECK,
+    evaluation,
+    face_similarity_above_threshold,
+    face_similarity_check,
+)
 from orchestration.training_assets import LOSS_CHECK, model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,23 +33,43 @@ def params_file(tmp_path, monkeypatch) -> Path:
     return path
 
 
-def _materialize(root: Path, params_file: Path) -> dg.ExecuteInProcessResult:
+def _materialize(
+    root: Path, params_file: Path, selection: list | None = None, instance=None
+) -> dg.ExecuteInProcessResult:
     return dg.materialize(
-        [*STAGES, model],
-        selection=[model],
-        instance=dg.DagsterInstance.ephemeral(),
+        [*STAGES, model, evaluation, face_similarity_above_threshold],
+        selection=selection or [model],
+        instance=instance or dg.DagsterInstance.ephemeral(),
         resources=build_resources(str(root), str(params_file), "tiny"),
         raise_on_error=False,
     )
 
 
 @pytest.mark.slow
-def test_model_asset_trains_and_records_the_run(triplets_root, params_file, tmp_path):
-    result = _materialize(triplets_root, params_file)
+def test_model_and_evaluation_assets_train_score_and_record_the_run(
+    triplets_root, params_file, tmp_path
+):
+    instance = dg.DagsterInstance.ephemeral()
+    result = _materialize(
+        triplets_root,
+        params_file,
+        dg.AssetSelection.assets(model, evaluation).without_checks()
+        | dg.AssetSelection.checks_for_assets(model, evaluation),
+        instance,
+    )
     assert result.success
-    (check,) = result.get_asset_check_evaluations()
-    assert check.check_name == LOSS_CHECK and check.passed, check.description
-    metadata = result.get_asset_materialization_events()[0].materialization.metadata
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks[LOSS_CHECK].passed, checks[LOSS_CHECK].description
+    assert checks[FACE_CHECK].passed and checks[FACE_CHECK].description.startswith("off")
+    events = {
+        e.materialization.asset_key.to_user_string(): e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+    }
+    metadata = events["model"]
+    scored = events["evaluation"]
+    assert scored["mlflow_run_id"].value == metadata["mlflow_run_id"].value
+    assert "| full " in scored["ablations"].value
+    assert scored["model_uri"].value.startswith("models:/m-")
     # The training subprocess logged to this test's store (another test may have pointed this
     # process's MLflow elsewhere).
     client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
@@ -61,3 +87,12 @@ def test_model_asset_fails_with_the_cause(tmp_path, params_file):
     (failure,) = [e for e in result.all_events if e.is_step_failure]
     message = failure.step_failure_data.user_failure_data.description
     assert "no dataset at" in message and "dvc repro dataset" in message
+
+
+def test_face_similarity_check_fails_below_the_threshold_and_without_a_face():
+    assert face_similarity_check(0.45, 0.3).passed
+    below = face_similarity_check(0.2, 0.3)
+    assert not below.passed and "0.200, threshold 0.3" in below.description
+    none = face_similarity_check(float("nan"), 0.3)
+    assert not none.passed and "no face found" in none.description
+    assert face_similarity_check(float("nan"), None).passed

@@ -1,0 +1,105 @@
+"""The `evaluation` asset: the trained model scored on the validation triplets, with its
+ablations, logged into the training run (`training.evaluate.evaluate_logged_model`, the same
+code as `cameo evaluate`), and a blocking check on face similarity.
+
+The check reads what the asset recorded, so it can be re-run alone from the UI; its threshold
+is params.yaml's `evaluation.min_face_similarity` (null, as in the `tiny` profile: off).
+"""
+
+import json
+import math
+from pathlib import Path
+
+import dagster as dg
+
+from training.evaluate import FULL, METRICS, EvaluationParams, evaluate_logged_model
+from training.tracking import configure_tracking, run_url
+from training.train import RUN_FILE, TrainingParams
+
+FACE_CHECK = "face_similarity_above_threshold"
+
+
+def logged_model_uri(run_id: str, experiment_id: str) -> str:
+    """The newest model logged by training run `run_id`, as a `models:/<model id>` URI."""
+    import mlflow
+
+    models = mlflow.search_logged_models(
+        experiment_ids=[experiment_id],
+        filter_string=f"source_run_id = '{run_id}'",
+        order_by=[{"field_name": "creation_time", "ascending": False}],
+        output_format="list",
+    )
+    if not models:
+        raise dg.Failure(
+            description=f"training run {run_id} logged no model: train without --no-register"
+        )
+    return f"models:/{models[0].model_id}"
+
+
+def face_similarity_check(similarity: float, threshold: float | None) -> dg.AssetCheckResult:
+    """Passes when the full model's mean face similarity reaches `threshold` (None: off)."""
+    if threshold is None:
+        return dg.AssetCheckResult(
+            check_name=FACE_CHECK,
+            passed=True,
+            description="off: evaluation.min_face_similarity is null in this profile",
+            metadata={"face_similarity": similarity},
+        )
+    passed = math.isfinite(similarity) and similarity >= threshold
+    found = "no face found in any output" if math.isnan(similarity) else f"{similarity:.3f}"
+    return dg.AssetCheckResult(
+        check_name=FACE_CHECK,
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=f"mean face similarity {found}, threshold {threshold}",
+        metadata={"face_similarity": similarity, "threshold": threshold},
+    )
+
+
+@dg.asset(
+    deps=["model"],
+    required_resource_keys={"data", "params"},
+    group_name="training",
+    kinds={"mlflow"},
+)
+def evaluation(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """The trained model's identity, pose, prompt and colour metrics on the validation
+    triplets, for the model and each ablation, logged into its MLflow run."""
+    params = context.resources.params
+    training = TrainingParams.from_params(params.values)
+    run = json.loads((Path(training.output_dir).resolve() / RUN_FILE).read_text())
+    configure_tracking()
+    model_uri = logged_model_uri(run["run_id"], run["experiment_id"])
+    context.log.info(f"evaluating {model_uri} of run {run['run_id']}")
+    result, run_id = evaluate_logged_model(
+        model_uri, params.values, data_root=context.resources.data.layout.root
+    )
+    table = result.summary()
+    full = table[table.ablation == FULL].iloc[0] if FULL in set(table.ablation) else None
+    return dg.MaterializeResult(
+        metadata={
+            "mlflow_run_id": run_id,
+            "mlflow_run": dg.MetadataValue.url(run_url(run["experiment_id"], run_id)),
+            "model_uri": model_uri,
+            "ablations": dg.MetadataValue.md(table.to_markdown(index=False, floatfmt=".3f")),
+            "samples": len(result.samples) // max(len(table), 1),
+            **{name: float(full[name]) for name in METRICS if full is not None},
+            **{f"note_{name}": note for name, note in result.notes.items()},
+        },
+        data_version=dg.DataVersion(f"{run_id}:{model_uri}"),
+    )
+
+
+@dg.asset_check(asset=evaluation, name=FACE_CHECK, blocking=True, required_resource_keys={"params"})
+def face_similarity_above_threshold(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    """The full model's mean face similarity on the validation triplets is at least
+    `evaluation.min_face_similarity` (off where that is null)."""
+    event = context.instance.get_latest_materialization_event(evaluation.key)
+    if event is None or event.asset_materialization is None:
+        return dg.AssetCheckResult(passed=False, description="evaluation was never materialised")
+    recorded = event.asset_materialization.metadata.get("face_similarity")
+    similarity = float(recorded.value) if recorded is not None else math.nan
+    threshold = EvaluationParams(
+        **context.resources.params.values.get("evaluation", {})
+    ).min_face_similarity
+    return face_similarity_check(similarity, threshold)
