@@ -49,7 +49,7 @@ ui: $(STAMP)
 mlflow-ui: $(STAMP)
 	mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
 
-# The champion of `cameo-inpaint` behind `mlflow models serve` (timeout and workers from
+# The champion of `cameo-inpaint` behind the scoring server (`serving.app`; timeout and workers from
 # params.yaml's `serving` section); PORT=5000 by default.
 PORT ?= 5000
 serve: $(STAMP)

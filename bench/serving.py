@@ -1,8 +1,8 @@
 """Serving benchmarks (tiny model, CPU).
 
-- HTTP round trip through `mlflow models serve` vs in-process `predict` of the same loaded
-  model version and the same request, alternately in one run, as a ratio (goal <= 1.10: the
-  endpoint should cost little beyond the model);
+- HTTP round trip through the scoring server (`serving.app`) vs in-process `predict` of the
+  same loaded model version and the same request, alternately in one run, as a ratio
+  (goal <= 1.10: the endpoint should cost little beyond the model);
 - the request payload per 1024 x 1024 image (base64 PNG / JPEG in MLflow's JSON).
 
 `python bench/serving.py` (also part of `make bench`).
@@ -82,7 +82,7 @@ def bench_round_trip(repeats: int = 7) -> str:
         "| measurement | seconds |\n|---|---|\n"
         f"| in-process `PyFuncModel.predict` (DataFrame in, decode, pipeline, encode) | "
         f"{local:.3f} |\n"
-        f"| HTTP round trip to `mlflow models serve` (client JSON + POST + response) | "
+        f"| HTTP round trip to the scoring server (client JSON + POST + response) | "
         f"{http:.3f} |\n\n"
         f"**Ratio HTTP / in-process (median of per-repeat ratios): "
         f"{statistics.median(ratios):.3f}** (each: {', '.join(f'{r:.3f}' for r in ratios)}; "

@@ -491,7 +491,8 @@ def serve(
     timeout: int | None,
     params_path: str,
 ) -> None:
-    """Run `mlflow models serve` on the model (in the foreground, Ctrl-C stops it)."""
+    """Serve the model over HTTP (MLflow's scoring protocol; /version names the model version),
+    in the foreground; Ctrl-C stops it."""
     import os
 
     from serving.server import serve_command, serve_env

@@ -1,1 +1,1 @@
-"""The inpainting pipeline as an MLflow pyfunc model behind `mlflow models serve`."""
+"""The inpainting pipeline as an MLflow pyfunc model behind MLflow's scoring app (HTTP)."""

@@ -89,6 +89,7 @@ class InpaintResult:
     pose: PIL.Image.Image | None
     identity_score: float | None
     seconds: float
+    model_version: str | None  # the served model, e.g. cameo-inpaint/3
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> InpaintResult:
@@ -102,6 +103,7 @@ class InpaintResult:
                 float(row["identity_score"]) if given(row.get("identity_score")) else None
             ),
             seconds=float(row["seconds"]),
+            model_version=row.get("model_version"),
         )
 
 
@@ -125,7 +127,7 @@ def error_message(text: str) -> str:
 
 
 class InpaintClient:
-    """The HTTP endpoint of `mlflow models serve` (e.g. `make serve`)."""
+    """The HTTP endpoint of the scoring server (`cameo serve`, `make serve`)."""
 
     def __init__(self, url: str, timeout_s: float = 600.0) -> None:
         import requests

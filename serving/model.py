@@ -12,6 +12,7 @@ otherwise answer every exception with a generic 400.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -29,6 +30,7 @@ from mlflow.protos.databricks_pb2 import DEADLINE_EXCEEDED
 
 from perception.faces import identity_score, load_face_analyzer
 from perception.pose import MaskedPoseExtractor, load_pose_estimator
+from serving.app import SERVED_MODEL_ENV, TIMEOUT_ENV, ServedModel
 from serving.manifest import check_base_models
 from serving.schema import (
     IMAGE_COLUMNS,
@@ -44,8 +46,6 @@ from training.model import components_from_checkpoint
 from training.pipeline import CharacterInpaintPipeline
 
 CHECKPOINT_ARTIFACT = "checkpoint"
-# Set by `mlflow models serve` in the scoring server's environment.
-TIMEOUT_ENV = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"
 
 
 def build_pipeline(
@@ -186,6 +186,9 @@ class CameoInpaintModel(mlflow.pyfunc.PythonModel):
             poses=config.get("poses"),
             trust_remote_code=config.get("trust_remote_code", False),
         )
+        # Behind `serving.app`, every response names the model version it came from.
+        served = os.environ.get(SERVED_MODEL_ENV)
+        self.model_version = ServedModel(**json.loads(served)).label if served else None
         # The scoring server runs requests in threads; the pipeline (scheduler state, adapter
         # scales) serves one at a time.
         self._lock = threading.Lock()
@@ -223,7 +226,7 @@ class CameoInpaintModel(mlflow.pyfunc.PythonModel):
                 ) from e  # INTERNAL_ERROR: 500
 
     def _check_deadline(self, started: float) -> None:
-        """Under `mlflow models serve`, a request that waited past the server's timeout has
+        """Under the scoring server, a request that waited past the server's timeout has
         already been answered 504; computing it would only delay the requests queued behind."""
         timeout = os.environ.get(TIMEOUT_ENV)
         if timeout and time.monotonic() - started > float(timeout):
@@ -291,6 +294,7 @@ class CameoInpaintModel(mlflow.pyfunc.PythonModel):
                     "pose": encode_image(returned_pose) if returned_pose is not None else None,
                     "identity_score": score,
                     "seconds": seconds + time.perf_counter() - row_started,
+                    "model_version": self.model_version,
                 }
             )
         return results

@@ -26,7 +26,7 @@ from training.model import FACE_EMBED_DIM
 REQUIRED_COLUMNS = ("base", "mask", "reference", "prompt")
 OPTIONAL_COLUMNS = ("negative_prompt", "pose", "face_embedding")
 IMAGE_COLUMNS = ("base", "mask", "reference", "pose")
-OUTPUT_COLUMNS = ("image", "pose", "identity_score", "seconds")
+OUTPUT_COLUMNS = ("image", "pose", "identity_score", "seconds", "model_version")
 IMAGE_FORMATS = ("PNG", "JPEG")
 
 

@@ -1,4 +1,5 @@
-"""`mlflow models serve` as a managed process: start on a port, wait for /ping, stop by PID.
+"""The scoring server (`serving.app`) as a managed process: start on a port, wait for /ping,
+stop by PID.
 
 `cameo serve` execs the same command in the foreground; `ModelServer` runs it in the
 background for `cameo serve-check`, the tests and the benchmark.
@@ -29,16 +30,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 def serve_command(
     model_uri: str, host: str, port: int, timeout_s: int, workers: int = 1
 ) -> list[str]:
-    """The scoring server's command line: the model's own environment (`--env-manager local`),
-    the request timeout from params.yaml, one worker per GPU."""
+    """The scoring server's command line (`serving.app`: MLflow's scoring app naming the model
+    it serves): the request timeout from params.yaml, one worker per GPU."""
     return [
-        str(Path(sys.executable).parent / "mlflow"),
-        "models",
-        "serve",
+        sys.executable,
         "-m",
+        "serving.app",
+        "--model",
         model_uri,
-        "--env-manager",
-        "local",
         "--host",
         host,
         "--port",
@@ -51,8 +50,8 @@ def serve_command(
 
 
 def serve_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment with this interpreter's bin first: the scoring server runs `uvicorn`
-    from PATH."""
+    """The environment with this interpreter's bin first (the server's tools are this venv's),
+    telemetry off, plus `extra`."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -61,7 +60,7 @@ def serve_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 class ModelServer:
-    """A running `mlflow models serve` in its own process group, stopped with the group."""
+    """A running scoring server in its own process group, stopped with the group."""
 
     def __init__(
         self,
@@ -116,8 +115,8 @@ class ModelServer:
         raise TimeoutError(f"no answer to /ping within {wait_s} s:\n{self.log_tail()}")
 
     def stop(self, grace_s: float = 15.0) -> None:
-        """SIGTERM the process group (mlflow's CLI and the uvicorn it started), SIGKILL what is
-        left of it after `grace_s`."""
+        """SIGTERM the process group (uvicorn and its workers), SIGKILL what is left of it
+        after `grace_s`."""
         if self.process is None:
             return
         group = self.process.pid

@@ -1,5 +1,5 @@
 """Fixtures for the serving tests: a temp MLflow store, a tiny checkpoint logged and promoted
-as `cameo-inpaint@champion`, and one real `mlflow models serve` for the session."""
+as `cameo-inpaint@champion`, and one real scoring server for the session."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def pyfunc_model(logged):
 
 @pytest.fixture(scope="session")
 def server(logged) -> Iterator[ModelServer]:
-    """`mlflow models serve` on the champion, on a free port, one torch thread."""
+    """The scoring server (`serving.app`) on the champion, on a free port, one torch thread."""
     from training.tracking import CHAMPION, REGISTERED_MODEL
 
     server = ModelServer(

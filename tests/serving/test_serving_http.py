@@ -1,4 +1,4 @@
-"""The real scoring server (`mlflow models serve` on a free port): formats, determinism, and
+"""The real scoring server (`serving.app` on a free port): formats, determinism, and
 every class of bad request answered 4xx with a message naming the field, server still up."""
 
 from __future__ import annotations
@@ -30,7 +30,16 @@ def png(image: np.ndarray) -> str:
 def test_health_and_version(server):
     for path in ("/ping", "/health"):
         assert requests.get(server.url + path, timeout=5).status_code == 200
-    assert requests.get(server.url + "/version", timeout=5).text == mlflow.__version__
+    version = requests.get(server.url + "/version", timeout=5).json()
+    assert version["mlflow"] == mlflow.__version__
+    assert version["model_uri"] == server.model_uri  # the champion alias ...
+    assert version["model_version"] == f"cameo-inpaint/{version['version']}"  # ... resolved
+    assert version["name"] == "cameo-inpaint" and version["run_id"] and version["model_id"]
+
+
+def test_each_response_names_the_served_version(server, logged, good_row):
+    [result] = InpaintClient(server.url).predict([good_row], FAST)
+    assert result.model_version == f"cameo-inpaint/{logged.registered_model_version}"
 
 
 @pytest.mark.parametrize("request_format", ["dataframe_split", "dataframe_records", "inputs"])
