@@ -580,7 +580,8 @@ def write_result(result, out: Path, grid: Path | None, base, mask, reference, pr
     score = "none (no face in the painted region)"
     if result.identity_score is not None:
         score = f"{result.identity_score:.3f}"
-    click.echo(f"wrote {out} ({result.seconds:.2f} s, identity score {score})")
+    made_by = f", model {result.model_version}" if result.model_version else ""
+    click.echo(f"wrote {out} ({result.seconds:.2f} s, identity score {score}{made_by})")
     if grid is not None:
         panels = [PIL.Image.open(p) if isinstance(p, Path) else p for p in (base, mask, reference)]
         figure = inpaint_grid(panels[0], panels[1], result.pose, panels[2], result.image, prompt)
