@@ -88,11 +88,9 @@ class Lineage:
         locked = {True: ", locked in dvc.lock", False: ", unlocked"}.get(self.dataset_locked, "")
         if self.commits:
             newest = self.commits[0]
-            older = f" (also in {', '.join(c.sha[:12] for c in self.commits[1:])})"
-            git = (
-                f"{newest.sha[:12]} {newest.date} {newest.subject!r}: {newest.path}"
-                f"{older if len(self.commits) > 1 else ''}"
-            )
+            git = f"{newest.sha[:12]} {newest.date} {newest.subject!r}: {newest.path}"
+            if len(self.commits) > 1:
+                git += f" (also in {', '.join(c.sha[:12] for c in self.commits[1:])})"
         else:
             git = missing_commit_reason(self)
         params = " ".join(f"{key}={value}" for key, value in sorted(self.params.items()))
@@ -113,7 +111,8 @@ def missing_commit_reason(lineage: Lineage) -> str:
     if lineage.dataset_locked is False:
         return (
             f"no commit's {LOCK_FILE} records {md5}: the run trained with --unlocked on an "
-            f"unversioned dataset, which git and DVC cannot restore"
+            "unversioned dataset, which git and DVC cannot restore (to restore a dataset later, "
+            f"train on one that `dvc repro` locked and {LOCK_FILE} committed)"
         )
     return (
         f"no commit's {LOCK_FILE} records {md5}: commit the {LOCK_FILE} the run trained with "
@@ -170,28 +169,31 @@ def trace(
 
 
 def _resolve(uri: str, client) -> tuple[ModelRef | None, str]:
-    """The model version `uri` names (if any) and the run that trained it."""
+    """The model version `uri` names (None for a run) and the run that trained it."""
     from mlflow.exceptions import MlflowException
 
     if uri.startswith("runs:/"):
         return None, uri.removeprefix("runs:/").split("/")[0]
-    if not uri.startswith("models:/") and not uri.isdigit():
-        return None, uri
-    reference = uri.removeprefix("models:/")
-    try:
-        if uri.isdigit():
-            version = client.get_model_version(REGISTERED_MODEL, uri)
-        elif "@" in reference:
-            name, alias = reference.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias)
+    if uri.isdigit():
+        name, number, alias = REGISTERED_MODEL, uri, None
+    elif uri.startswith("models:/"):
+        reference = uri.removeprefix("models:/")
+        if "@" in reference:
+            (name, alias), number = reference.split("@", 1), None
         elif "/" in reference:
-            name, number = reference.split("/", 1)
-            version = client.get_model_version(name, number)
+            (name, number), alias = reference.split("/", 1), None
         else:
             raise LineageError(
                 f"{uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION "
                 f"(e.g. models:/{REGISTERED_MODEL}@champion)"
             )
+    else:
+        return None, uri
+    try:
+        if alias is not None:
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            version = client.get_model_version(name, number)
     except MlflowException:
         raise LineageError(
             f"{uri} names no registered model version: `cameo model list` shows the versions "
@@ -268,7 +270,9 @@ def dagster_runs(md5: str, instance: DagsterInstance | None = None) -> list[Dags
     first (assets.triplets records it)."""
     from dagster import AssetKey, DagsterInstance
 
-    instance = instance or DagsterInstance.get()
+    if instance is None:
+        with DagsterInstance.get() as owned:
+            return dagster_runs(md5, owned)
     found, cursor = [], None
     while True:
         page = instance.fetch_materializations(AssetKey(DATASET_ASSET), limit=_PAGE, cursor=cursor)

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow  # each test reads the module's two real training 
 
 # The repo's dataset stage: a Dagster run materialises `triplets` (a copy of one prepared
 # version) and records its DVC md5 in the metadata, as assets.triplets does.
-BUILD_SCRIPT = '''
+BUILD_SCRIPT = """
 import shutil
 import sys
 from pathlib import Path
@@ -45,7 +45,7 @@ def triplets() -> dg.MaterializeResult:
 
 
 print("dagster run", dg.materialize([triplets], instance=dg.DagsterInstance.get()).run_id)
-'''
+"""
 
 
 def run(command: list[str], cwd: Path) -> str:
@@ -73,10 +73,8 @@ def build_and_train(repo: Path, version: str, out: Path) -> dict[str, str]:
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", f"dataset {version}")
     dvc(repo, "push", "-q")
-    result = train(
-        ["--params", str(REPO / "params.yaml"), "--profile", "tiny", "--steps", "2"]
-        + ["--data", "data", "--output-dir", str(out), "--no-progress"]
-    )
+    params = ["--params", str(REPO / "params.yaml"), "--profile", "tiny", "--steps", "2"]
+    result = train([*params, "--data", "data", "--output-dir", str(out), "--no-progress"])
     return {
         "run_id": result.run_id,
         "md5": result.dataset_md5,
