@@ -668,7 +668,7 @@ def serve_check(
     "--into",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="With --checkout: the worktree's folder [default: .lineage/<md5> in the repo].",
+    help="With --checkout: the worktree's folder [default: .lineage/<md5 prefix> in the repo].",
 )
 def lineage(uri: str, as_json: bool, restore: bool, into: Path | None) -> None:
     """Trace URI to its data: model version, MLflow run, dataset md5, the git commit whose

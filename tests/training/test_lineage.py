@@ -55,8 +55,9 @@ def run(command: list[str], cwd: Path) -> str:
 
 
 def git(repo: Path, *args: str) -> str:
-    identity = ["-c", "user.name=cameo", "-c", "user.email=cameo@example.com"]
-    return run(["git", *identity, *args], repo).strip()
+    settings = ["user.name=cameo", "user.email=cameo@example.com", "commit.gpgsign=false"]
+    options = [part for setting in settings for part in ("-c", setting)]
+    return run(["git", *options, *args], repo).strip()
 
 
 def dvc(repo: Path, *args: str) -> str:
