@@ -43,6 +43,7 @@ class ModelRef:
     name: str
     version: str
     aliases: tuple[str, ...]
+    dataset_md5: str | None  # the version's tag: the dataset its checkpoint was trained on
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Lineage:
     run_status: str
     code_commit: str | None  # the run's `git_commit` tag: HEAD when it trained
     dataset_md5: str
+    dataset_source: str  # "run", or "model version" when the run only logged the model
     dataset_locked: bool | None  # False: trained with --unlocked on an unversioned dataset
     commits: tuple[Commit, ...]  # newest first
     params: dict[str, str]
@@ -85,7 +87,12 @@ class Lineage:
             aliases = "".join(f" @{alias}" for alias in self.model.aliases)
             model = f"{self.model.name} version {self.model.version}{aliases}"
         code = f", code at {self.code_commit[:12]}" if self.code_commit else ""
-        locked = {True: ", locked in dvc.lock", False: ", unlocked"}.get(self.dataset_locked, "")
+        dataset = self.dataset_md5
+        if self.dataset_locked is not None:
+            dataset += ", locked in dvc.lock" if self.dataset_locked else ", unlocked"
+        if self.dataset_source != "run":
+            source = self.dataset_source
+            dataset += f" (the {source}'s tag: its run logged the model, not trained it)"
         if self.commits:
             newest = self.commits[0]
             git = f"{newest.sha[:12]} {newest.date} {newest.subject!r}: {newest.path}"
@@ -98,7 +105,7 @@ class Lineage:
         return [
             f"model    {model}",
             f"run      {self.run_id} (experiment {self.experiment}, {self.run_status}{code})",
-            f"dataset  {self.dataset_md5}{locked}",
+            f"dataset  {dataset}",
             f"git      {git}",
             f"params   {params or '-'}",
             f"dagster  {dagster or f'no run of the {DATASET_ASSET} asset recorded this md5'}",
@@ -148,7 +155,11 @@ def trace(
             "store that has it)"
         ) from None
     tags = run.data.tags
-    md5 = tags.get("dataset_md5")
+    md5, source = tags.get("dataset_md5"), "run"
+    if not md5 and model is not None and model.dataset_md5:
+        # `cameo model log` of a checkpoint that names no training run (checkpoints/final/):
+        # the version's run only logged it, but the checkpoint still names its dataset.
+        md5, source = model.dataset_md5, "model version"
     if not md5:
         raise LineageError(
             f"MLflow run {run_id} has no dataset_md5 tag: it is not a run of `cameo train`"
@@ -161,6 +172,7 @@ def trace(
         run_status=run.info.status,
         code_commit=tags.get("git_commit"),
         dataset_md5=md5,
+        dataset_source=source,
         dataset_locked=None if locked is None else locked == "true",
         commits=tuple(commits_with_md5(md5, git_root(repo))),
         params=dict(sorted(run.data.params.items())),
@@ -203,7 +215,12 @@ def _resolve(uri: str, client) -> tuple[ModelRef | None, str]:
 
 
 def _model_ref(version: ModelVersion) -> ModelRef:
-    return ModelRef(version.name, str(version.version), tuple(sorted(version.aliases)))
+    return ModelRef(
+        version.name,
+        str(version.version),
+        tuple(sorted(version.aliases)),
+        version.tags.get("dataset_md5"),
+    )
 
 
 def _training_run(version: ModelVersion) -> str:
