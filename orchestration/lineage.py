@@ -330,7 +330,7 @@ def checkout(
     md5 = lineage.dataset_md5
     worktree = Path(into).resolve() if into else root / LINEAGE_DIR / md5[:12]
     restored = Restored(worktree, worktree / commit.path, commit)
-    if worktree.exists():
+    if worktree.is_dir() and any(worktree.iterdir()):
         if restored.dataset.is_dir() and dvc_md5(restored.dataset) == md5:
             return restored
         raise LineageError(
@@ -376,13 +376,22 @@ def _dvc_restore(root: Path, worktree: Path, dataset: Path, md5: str) -> None:
             return
         except CheckoutError:
             pass  # not (all) in the cache: the remote may have it
+        if not default_remote:
+            raise LineageError(
+                f"dataset {md5} is not in the DVC cache {cache_dir} and no default DVC remote "
+                "is configured: `dvc remote add -d` one that has it"
+            )
         try:
             restored.pull(targets=[str(dataset)])
-        except DvcException as error:
-            where = f"remote {default_remote!r}" if default_remote else "no default DVC remote"
+        except CheckoutError:  # the remote lacks it too
             raise LineageError(
-                f"dataset {md5} is neither in the DVC cache {cache_dir} nor on {where} "
-                f"({_one_line(str(error))}): `dvc push` it from a clone that has it"
+                f"dataset {md5} is neither in the DVC cache {cache_dir} nor on remote "
+                f"{default_remote!r}: `dvc push` it from a clone that has it"
+            ) from None
+        except DvcException as error:
+            raise LineageError(
+                f"dataset {md5} is not in the DVC cache {cache_dir}, and pulling it from remote "
+                f"{default_remote!r} failed: {_one_line(str(error))}"
             ) from None
 
 
