@@ -199,8 +199,8 @@ def test_cli_prints_the_chain_one_line_each_and_json(history):
 
     result = CliRunner().invoke(cameo, ["lineage", expected["run_id"], "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output) == json.loads(trace(expected["run_id"]).to_json())
-    assert json.loads(result.output)["commits"][0]["sha"] == expected["commit"]
+    assert json.loads(result.stdout) == json.loads(trace(expected["run_id"]).to_json())
+    assert json.loads(result.stdout)["commits"][0]["sha"] == expected["commit"]
 
 
 def _assert_same_files(restored: Path, source: Path) -> None:
@@ -214,10 +214,13 @@ def test_checkout_restores_each_dataset_byte_for_byte(history):
     repo = history["repo"]
     for version in ("a", "b"):
         expected = history[version]
-        result = CliRunner().invoke(cameo, ["lineage", expected["run_id"], "--checkout"])
+        as_json = ["--json"] if version == "b" else []  # stdout stays one JSON document
+        result = CliRunner().invoke(cameo, ["lineage", expected["run_id"], "--checkout", *as_json])
         assert result.exit_code == 0, result.output
         restored = repo / ".lineage" / expected["md5"][:12] / "data" / "triplets"
         assert f"restored {expected['md5']} at {restored}" in result.output
+        if as_json:
+            assert json.loads(result.stdout)["dataset_md5"] == expected["md5"]
         _assert_same_files(restored, Path(expected["source"]))
         assert dvc_md5(restored) == expected["md5"]
         assert git(restored.parents[1], "rev-parse", "HEAD") == expected["commit"]
