@@ -30,7 +30,11 @@ TOP_LEVEL = ("profile", "profiles")  # keys that are not sections
 SECTIONS: dict[str, type] = {}
 # Sections whose schema lives with the code that reads them: imported (which registers the
 # schema) when the file has the section, so every load validates them.
-SCHEMA_MODULES = {"training": "training.train", "serving": "serving.schema"}
+SCHEMA_MODULES = {
+    "training": "training.train",
+    "serving": "serving.schema",
+    "kubernetes": "training.submit",
+}
 T = TypeVar("T")
 
 
