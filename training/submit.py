@@ -287,3 +287,22 @@ def submit_and_follow(
     (train,) = job["spec"]["template"]["spec"]["containers"]
     checkpoints = next(e["value"] for e in train["env"] if e["name"] == "CAMEO_CHECKPOINTS")
     return TrainingJob(name, namespace, run_id, f"{checkpoints}/{name}")
+
+
+def submit_training(
+    params_file: str | Path,
+    params: dict[str, Any],
+    training_args: Sequence[str] = (),
+    *,
+    api_client: Any | None = None,
+    log: Callable[[str], None] = print,
+    poll_seconds: float = 5.0,
+) -> TrainingJob:
+    """Render a new training Job from `params` (loaded from `params_file`, which the pods then
+    read) and follow it to its end: what `cameo train --submit k8s` and the `model` asset run."""
+    objects = render_training_job(
+        KubernetesParams.from_params(params), training_args, name=job_name()
+    )
+    return submit_and_follow(
+        objects, params_file, api_client=api_client, log=log, poll_seconds=poll_seconds
+    )
