@@ -10,6 +10,7 @@ the submission run the same pods (a test renders both and compares them).
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -223,9 +224,9 @@ def submit_and_follow(
     if api_client is None:
         try:
             config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-        api_client = client.ApiClient()
+            api_client = client.ApiClient()
+        except config.ConfigException:  # $KUBECONFIG read now: the client reads it at import
+            api_client = config.new_client_from_config(os.environ.get("KUBECONFIG"))
     core, batch = client.CoreV1Api(api_client), client.BatchV1Api(api_client)
     *services, job = objects
     name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
