@@ -282,9 +282,12 @@ def test_model_asset_on_kubernetes_shows_the_failed_pod_in_the_run(cluster, tmp_
     assert "PodFailurePolicy" in description and CONFIG_ERROR in description
     (job,) = cluster.jobs.values()
     (check,) = job["spec"]["template"]["spec"]["initContainers"]
-    assert (
-        check["args"][-5:]
-        == ["--profile", "tiny", "--data", str(tmp_path / "data"), "--unlocked", "--no-progress"][
-            -5:
-        ]
-    )
+    data = str(tmp_path / "data")
+    assert check["args"][-6:] == [
+        "--profile",
+        "tiny",
+        "--data",
+        data,
+        "--unlocked",
+        "--no-progress",
+    ]
