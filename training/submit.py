@@ -181,9 +181,15 @@ def pod_failures(pods: Sequence[Any]) -> list[str]:
 
 def _follow_log(core: Any, pod: str, namespace: str, log: Callable[[str], None], found: list):
     """Stream the `train` container's log line by line until it ends."""
-    response = core.read_namespaced_pod_log(
-        pod, namespace, container="train", follow=True, _preload_content=False
-    )
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        response = core.read_namespaced_pod_log(
+            pod, namespace, container="train", follow=True, _preload_content=False
+        )
+    except ApiException as error:  # e.g. the pod was deleted meanwhile: its status tells why
+        log(f"[{pod}] no log: {error.reason}")
+        return
     buffered = ""
     for chunk in response.stream(4096):
         buffered += chunk.decode("utf-8", errors="replace")
