@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from assets.params import load_params
+from assets.params import ParamsError, load_params
 from orchestration.definitions import executor_for
 from tests.conftest import PARAMS, REPO
 from training.submit import KubernetesParams, image_reference, render_training_job
@@ -257,3 +257,15 @@ def test_gpu_lock_is_the_cpu_lock_with_cuda_builds():
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "requirements-gpu.lock" in dockerfile
     assert "torch==2.13.0+cu128" in dockerfile
+
+
+def test_kubernetes_section_is_validated_with_params_yaml(tmp_path):
+    values = yaml.safe_load(PARAMS.read_text())
+    values["kubernetes"].update(nodes=0, gpu_per_node=8, gpu_tolerations=["nvidia.com/gpu"])
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(values))
+    with pytest.raises(ParamsError) as error:
+        load_params(path, "full")
+    message = str(error.value)
+    assert "kubernetes.nodes: must be >= 1, got 0" in message
+    assert "kubernetes.gpu_per_node: unknown key (did you mean 'gpus_per_node'?)" in message

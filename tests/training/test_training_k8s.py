@@ -16,7 +16,7 @@ from test_training_train import REPO, _env, _free_port
 
 from assets.params import load_params
 from training.submit import KubernetesParams, render_training_job
-from training.train import RUN_FILE, STATE_FILE, checkpoints
+from training.train import RUN_FILE, STATE_FILE, checkpoints, main
 
 NODES = 2
 
@@ -78,3 +78,18 @@ def test_indexed_job_torchrun_line_trains_on_two_nodes(triplets_root, tmp_path):
     assert (output_dir / "final" / "cameo_checkpoint.json").is_file()
     assert (output_dir / RUN_FILE).is_file()
     assert sum("MLflow run " in output for output in outputs) == 1  # rank 0 alone logs
+
+
+def test_check_passes_or_names_the_problem_before_any_work(triplets_root, capsys):
+    """The training Job's `check` init container: exit 0 when training can start, else exit
+    with the reason (the Job's podFailurePolicy then fails it without retrying)."""
+    with pytest.raises(SystemExit) as ok:
+        main(["--check", "--unlocked", "--data", str(triplets_root), "--profile", "tiny"])
+    assert ok.value.code == 0
+    assert "ready to train on dataset" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as missing:
+        main(["--check", "--unlocked", "--data", str(triplets_root), "--profile", "full"])
+    assert "the sdxl config loads pretrained weights" in str(missing.value.code)
+    with pytest.raises(SystemExit) as unversioned:
+        main(["--check", "--data", str(triplets_root), "--profile", "tiny"])
+    assert "does not version" in str(unversioned.value.code)
