@@ -46,9 +46,12 @@ RUN pip install --no-deps --no-build-isolation -e . \
     && useradd --uid 1000 --user-group --no-create-home --home-dir /tmp cameo
 
 # uid 1000 is what the manifests' securityContext runs as; the root filesystem is read-only
-# there, with HOME and the caches on /tmp.
+# there: HOME, the caches and a command's local Dagster instance live on /tmp (the Helm chart
+# sets its own DAGSTER_HOME).
 USER 1000:1000
 ENV HOME=/tmp \
+    DAGSTER_HOME=/tmp/dagster \
+    MPLCONFIGDIR=/tmp/matplotlib \
     CAMEO_DATA=/data \
     CAMEO_MODELS=/models
 CMD ["cameo", "--help"]

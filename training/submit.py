@@ -205,7 +205,9 @@ def _follow_log(core: Any, pod: str, namespace: str, log: Callable[[str], None],
 
 def _train_started(pod: Any) -> bool:
     return any(
-        status.name == "train" and (status.state.running or status.state.terminated)
+        status.name == "train"
+        and status.state is not None
+        and (status.state.running or status.state.terminated)
         for status in pod.status.container_statuses or []
     )
 
