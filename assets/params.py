@@ -34,6 +34,7 @@ SCHEMA_MODULES = {
     "training": "training.train",
     "evaluation": "training.evaluate",
     "serving": "serving.schema",
+    "kubernetes": "training.submit",
 }
 T = TypeVar("T")
 

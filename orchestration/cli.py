@@ -297,18 +297,53 @@ def build(
     context_settings={"ignore_unknown_options": True, "help_option_names": []},
     add_help_option=False,
 )
+@click.option(
+    "--submit",
+    type=click.Choice(["local", "k8s"]),
+    default="local",
+    help="k8s: run as a Kubernetes Job rendered from params.yaml's `kubernetes` section.",
+)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def train_command(args: tuple[str, ...]) -> None:
+def train_command(submit: str, args: tuple[str, ...]) -> None:
     """Train the model on the DVC-versioned triplets, logged to MLflow (`cameo train --help`).
 
-    Several GPUs: torchrun --nproc-per-node N -m training.train [same options].
+    Several GPUs: torchrun --nproc-per-node N -m training.train [same options]. On a cluster:
+    `cameo train --submit k8s [same options]`; the params file becomes the cluster's
+    cameo-params ConfigMap, the other options go to the Job's training command.
     """
+    if submit == "k8s":
+        submit_training_job(list(args))
+        return
     from training.train import main as train_main
 
     result = train_main(list(args))
     click.echo(
         f"trained {result.step} steps on dataset {result.dataset_md5}: "
         f"MLflow run {result.run_id}, checkpoint {result.final_dir}"
+    )
+
+
+def submit_training_job(args: list[str]) -> None:
+    """`cameo train --submit k8s`: create the Job, stream its pods' logs, report the run."""
+    from assets.params import load_params
+    from training.submit import TrainingJobFailed, submit_training
+    from training.train import build_parser
+
+    options = build_parser().parse_args(args)  # refuse bad options here, not in the cluster
+    # The params file travels as the ConfigMap the pods read; every other option goes along.
+    passed, skip_next = [], False
+    for arg in args:
+        if not skip_next and arg != "--params" and not arg.startswith("--params="):
+            passed.append(arg)
+        skip_next = arg == "--params"
+    values = load_params(options.params, options.profile)
+    try:
+        job = submit_training(options.params, values, passed, log=click.echo)
+    except TrainingJobFailed as error:
+        sys.exit(f"error: {error}")
+    click.echo(
+        f"job {job.namespace}/{job.name}: MLflow run {job.run_id} on "
+        f"{values['kubernetes']['mlflow_tracking_uri']}, checkpoints in {job.output_dir}"
     )
 
 
@@ -474,6 +509,56 @@ def model_promote(version: str, alias: str) -> None:
     if previous is not None and previous != version:
         click.echo(f"roll back with: cameo model promote {previous} --alias {alias}")
     click.echo("a running server keeps the version it loaded: restart it (make serve)")
+
+
+@main.group()
+def weights() -> None:
+    """The `full` profile's weights listed in models.lock.yaml: pack a mirror, fetch from one."""
+
+
+models_option = click.option(
+    "--models",
+    "models_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="CAMEO_MODELS",
+    default="models",
+    show_default=True,
+    help="Models directory; $CAMEO_MODELS.",
+)
+
+
+@weights.command("fetch")
+@click.option("--mirror", required=True, envvar="CAMEO_WEIGHTS_MIRROR", help="https:// or file://")
+@models_option
+@params_option
+def weights_fetch(mirror: str, models_dir: Path, params_path: str) -> None:
+    """Download, check and unpack every entry of models.lock.yaml missing from MODELS."""
+    from assets.params import load_params
+    from serving.weights import WeightsError, fetch
+
+    try:
+        fetched = fetch(mirror, models_dir, load_params(params_path, "full"), log=click.echo)
+    except WeightsError as error:
+        sys.exit(f"error: {error}")
+    click.echo(f"{len(fetched)} fetched into {models_dir}")
+
+
+@weights.command("pack")
+@models_option
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@params_option
+def weights_pack(models_dir: Path, out: Path, params_path: str) -> None:
+    """Write a mirror (one <entry>.tar each) from MODELS and record the sha256 of each archive
+    in models.lock.yaml."""
+    from assets.params import load_params
+    from serving.weights import WeightsError, pack
+
+    try:
+        digests = pack(models_dir, out, load_params(params_path, "full"))
+    except WeightsError as error:
+        sys.exit(f"error: {error}")
+    for name, digest in digests.items():
+        click.echo(f"{digest}  {out / name}.tar")
 
 
 @main.command("serve")

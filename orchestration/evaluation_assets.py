@@ -6,15 +6,12 @@ The check reads what the asset recorded, so it can be re-run alone from the UI; 
 is params.yaml's `evaluation.min_face_similarity` (null, as in the `tiny` profile: off).
 """
 
-import json
 import math
-from pathlib import Path
 
 import dagster as dg
 
 from training.evaluate import FULL, METRICS, EvaluationParams, evaluate_logged_model
 from training.tracking import configure_tracking, run_url
-from training.train import RUN_FILE, TrainingParams
 
 FACE_CHECK = "face_similarity_above_threshold"
 
@@ -65,12 +62,18 @@ def face_similarity_check(similarity: float, threshold: float | None) -> dg.Asse
 def evaluation(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """The trained model's identity, pose, prompt and colour metrics on the validation
     triplets, for the model and each ablation, logged into its MLflow run."""
+    import mlflow
+
     params = context.resources.params
-    training = TrainingParams.from_params(params.values)
-    run = json.loads((Path(training.output_dir).resolve() / RUN_FILE).read_text())
+    # The training run the `model` asset recorded (locally or as a Kubernetes Job).
+    trained = context.instance.get_latest_materialization_event(dg.AssetKey("model"))
+    if trained is None or trained.asset_materialization is None:
+        raise dg.Failure(description="model was never materialised: train first")
+    training_run = str(trained.asset_materialization.metadata["mlflow_run_id"].value)
     configure_tracking()
-    model_uri = logged_model_uri(run["run_id"], run["experiment_id"])
-    context.log.info(f"evaluating {model_uri} of run {run['run_id']}")
+    experiment_id = mlflow.get_run(training_run).info.experiment_id
+    model_uri = logged_model_uri(training_run, experiment_id)
+    context.log.info(f"evaluating {model_uri} of run {training_run}")
     result, run_id = evaluate_logged_model(
         model_uri, params.values, data_root=context.resources.data.layout.root
     )
@@ -79,7 +82,7 @@ def evaluation(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     return dg.MaterializeResult(
         metadata={
             "mlflow_run_id": run_id,
-            "mlflow_run": dg.MetadataValue.url(run_url(run["experiment_id"], run_id)),
+            "mlflow_run": dg.MetadataValue.url(run_url(experiment_id, run_id)),
             "model_uri": model_uri,
             "ablations": dg.MetadataValue.md(table.to_markdown(index=False, floatfmt=".3f")),
             "samples": len(result.samples) // max(len(table), 1),

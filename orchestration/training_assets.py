@@ -1,4 +1,5 @@
-"""The `model` asset: training on the triplets, as a subprocess locally (CAMEO_ENV=local).
+"""The `model` asset: training on the triplets, as a subprocess locally (CAMEO_ENV=local), as
+a Kubernetes Job on a cluster (CAMEO_ENV=k8s).
 
 The training loop is `python -m training.train` (the same line torchrun and the Kubernetes Job
 run); the asset starts it, streams its output into the run's logs and records what it made:
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from training.submit import TrainingJob, TrainingJobFailed, submit_training
 from training.tracking import run_url
 from training.train import FINAL_DIR, METRICS_FILE, RUN_FILE, TrainingParams
 
@@ -38,6 +40,17 @@ def run_training(command: list[str], env: dict[str, str], log: dg.DagsterLogMana
             description=f"training exited with status {process.returncode}: {cause}",
             metadata={"output": dg.MetadataValue.md("```\n" + "\n".join(tail) + "\n```")},
         )
+
+
+def run_training_job(
+    params_path: str, values: dict, args: list[str], log: dg.DagsterLogManager
+) -> TrainingJob:
+    """Train as a Kubernetes Job (CAMEO_ENV=k8s), its pods' logs into the Dagster log; a failed
+    Job fails the step with each failed pod's reason."""
+    try:
+        return submit_training(params_path, values, args, log=log.info)
+    except TrainingJobFailed as error:
+        raise dg.Failure(description=str(error)) from error
 
 
 def loss_check(metrics: dict[str, float]) -> dg.AssetCheckResult:
@@ -76,9 +89,7 @@ def model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     (`python -m training.train`), logged to MLflow; the trained checkpoint is the asset."""
     params = context.resources.params
     training = TrainingParams.from_params(params.values)
-    command = [
-        sys.executable, "-m", "training.train",
-        "--params", params.path,
+    training_args = [
         "--profile", params.values["profile"],
         "--data", str(context.resources.data.layout.root),
         # Dagster's `triplets` is the version here: its data version is the DVC md5 the run
@@ -86,8 +97,14 @@ def model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         "--unlocked",
         "--no-progress",
     ]  # fmt: skip
-    run_training(command, dict(os.environ), context.log)
-    output_dir = Path(training.output_dir).resolve()
+    if os.environ.get("CAMEO_ENV", "local") == "k8s":
+        # The same training as a Kubernetes Job; this step pod mounts its checkpoints claim.
+        job = run_training_job(params.path, params.values, training_args, context.log)
+        output_dir = Path(job.output_dir)
+    else:
+        command = [sys.executable, "-m", "training.train", "--params", params.path]
+        run_training([*command, *training_args], dict(os.environ), context.log)
+        output_dir = Path(training.output_dir).resolve()
     result = {
         **json.loads((output_dir / METRICS_FILE).read_text()),
         **json.loads((output_dir / RUN_FILE).read_text()),

@@ -54,8 +54,12 @@ from training.data import (
 )
 from training.evaluate import FULL, Evaluator, ValidationSample, log_evaluation
 from training.model import (
+    BODY_ENCODER_DIR,
     CONFIGS,
+    INSTANTID_DIR,
+    SDXL_INPAINT_DIR,
     CheckpointInfo,
+    ModelConfig,
     base_components,
     load_checkpoint,
     predict_noise,
@@ -227,6 +231,38 @@ def dataset_version(triplets_dir: Path, lock_file: Path | None) -> str:
             f"`dvc checkout {triplets_dir.name}` to restore the locked dataset, or "
             "`dvc repro dataset` (then commit dvc.lock) to version this one"
         )
+    return md5
+
+
+def bucket_multiple(config: ModelConfig) -> int:
+    """What every bucket side must be a multiple of: the VAE factor × the U-Net downsampling."""
+    vae_factor = 2 ** (len(config.vae["block_out_channels"]) - 1)
+    return vae_factor * 2 ** (len(config.unet["down_block_types"]) - 1)
+
+
+def check_inputs(
+    params: TrainingParams,
+    data_root: str | Path | None,
+    models_dir: str | Path | None,
+    lock_file: str | Path | None,
+) -> str:
+    """What `train` needs before any work, checked without loading a model: the triplets and
+    their version, the buckets, the pretrained weights' folders. Returns the dataset md5."""
+    layout = DataLayout.from_env(data_root)
+    load_manifest(layout.triplets_dir)
+    md5 = dataset_version(layout.triplets_dir, Path(lock_file) if lock_file else None)
+    config = CONFIGS[params.config]
+    check_buckets(resolve_buckets(params.buckets), bucket_multiple(config))
+    if not config.byte_tokenizers:
+        if models_dir is None:
+            raise TrainingError(f"the {config.name} config loads pretrained weights: set --models")
+        missing = [
+            name
+            for name in (SDXL_INPAINT_DIR, INSTANTID_DIR, BODY_ENCODER_DIR)
+            if not (Path(models_dir) / name).is_dir()
+        ]
+        if missing:
+            raise TrainingError(f"not in the models directory {models_dir}: {', '.join(missing)}")
     return md5
 
 
@@ -492,9 +528,7 @@ def train(
     config = CONFIGS[params.config]
     components = base_components(config, models_dir, params.seed, params.trust_remote_code)
     unet, controlnet, vae = components["unet"], components["controlnet"], components["vae"]
-    check_buckets(
-        buckets, 2 ** (len(vae.config.block_out_channels) - 1 + len(unet.down_blocks) - 1)
-    )
+    check_buckets(buckets, bucket_multiple(config))
     on_gpu = env.device.type == "cuda"
     dtype = torch.bfloat16 if on_gpu and params.mixed_precision == "bf16" else torch.float32
     for name in ("unet", "controlnet", "vae", "text_encoder", "text_encoder_2", "body_encoder"):
@@ -594,6 +628,7 @@ def train(
         configure_tracking()
         mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
         run_id = mlflow.active_run().info.run_id
+        print(f"MLflow run {run_id}", flush=True)  # read by training.submit from the log
         if step == 0:
             mlflow.log_params(_flatten("training", asdict(params)))
             mlflow.log_params({"model.config": config.name})
@@ -865,6 +900,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check params, the dataset (and its version) and the weights' folders, then exit",
+    )
+    parser.add_argument(
         "--no-register",
         action="store_true",
         help="do not log the trained model as the MLflow model cameo-inpaint at the end",
@@ -901,6 +941,10 @@ def main(argv: list[str] | None = None) -> TrainingResult:
         params = TrainingParams.from_params(
             values, **{k: v for k, v in overrides.items() if v is not None}
         )
+        if args.check:
+            md5 = check_inputs(params, args.data, models_dir, None if args.unlocked else args.lock)
+            print(f"ready to train on dataset {md5}")
+            sys.exit(0)
         return train(
             params,
             data_root=args.data,
