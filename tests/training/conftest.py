@@ -20,6 +20,14 @@ def _one_thread() -> None:
 
 
 @pytest.fixture
+def temp_tracking(tmp_path, monkeypatch) -> None:
+    """MLflow in a SQLite store of the test's temp dir, which is also the working directory
+    (artifacts and git lookups stay there)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
 def tiny() -> dict[str, Any]:
     """Fresh tiny components (tests change scales and weights)."""
     return build_components(TINY, seed=0)

@@ -29,12 +29,7 @@ from training.evaluate import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def _tracking(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("temp_tracking")
 
 
 def save_tiny_clip(folder: Path) -> Path:

@@ -30,12 +30,7 @@ from training.train import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def _tracking(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
-    monkeypatch.chdir(tmp_path)  # artifacts and git lookups stay in the temp dir
+pytestmark = pytest.mark.usefixtures("temp_tracking")
 
 
 def tiny_params(output_dir: Path, **overrides) -> TrainingParams:
