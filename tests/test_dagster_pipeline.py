@@ -66,7 +66,7 @@ def test_definitions_load():
     dg.Definitions.validate_loadable(defs)
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert set(STAGE_NAMES) == set(STAGE_CHOICES)
-    assert keys == {*STAGE_NAMES, "model"}
+    assert keys == {*STAGE_NAMES, "model", "evaluation"}
 
 
 def test_sample_movie_materialises_with_every_check_passing(built, sample_root: Path):
