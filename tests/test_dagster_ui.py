@@ -100,10 +100,13 @@ def test_ui_shows_assets_partitions_and_blocking_checks(instance_env):
         server.kill()  # the webserver ignores SIGTERM
         server.wait(timeout=30)
     by_name = {n["assetKey"]["path"][0]: n for n in nodes}
-    assert set(by_name) == {*STAGE_NAMES, "model"}
-    model = by_name.pop("model")
-    assert model["partitionKeys"] == []
+    assert set(by_name) == {*STAGE_NAMES, "model", "evaluation"}
+    model, evaluation = by_name.pop("model"), by_name.pop("evaluation")
+    assert model["partitionKeys"] == evaluation["partitionKeys"] == []
     assert model["assetChecksOrError"]["checks"] == [{"name": "loss_decreases", "blocking": True}]
+    assert evaluation["assetChecksOrError"]["checks"] == [
+        {"name": "face_similarity_above_threshold", "blocking": True}
+    ]
     for name, node in by_name.items():
         # Every stage is per movie but the dataset, which gathers all of them.
         assert node["partitionKeys"] == ([] if name == "triplets" else ["sample"])
