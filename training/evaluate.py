@@ -419,8 +419,9 @@ def evaluate_logged_model(
     models_dir: str | Path | None = None,
 ) -> tuple[Evaluation, str]:
     """Score a logged `cameo-inpaint` model (any MLflow model URI) on the validation split of
-    the current triplets, every ablation, and log it into the run that trained it, linked to
-    the model and the dataset. Returns the evaluation and that run's id.
+    the current triplets, every ablation, and log it into the run that trained it (the model's
+    `training_run_id`), linked to the model and the dataset. Returns the evaluation and that
+    run's id.
 
     The split is the model's own: the seed, validation fraction and buckets its run logged.
     The dataset's md5 is tagged, so a score on another dataset version than the one trained on
@@ -434,7 +435,8 @@ def evaluate_logged_model(
     configure_tracking()
     info = mlflow.models.get_model_info(model_uri)
     client = mlflow.MlflowClient()
-    run = client.get_run(info.run_id)
+    # The run that trained it: a checkpoint logged later (`cameo model log`) names it.
+    run = client.get_run((info.metadata or {}).get("training_run_id") or info.run_id)
     training = {**values.get("training", {})}
     for key, cast in (("seed", int), ("validation_fraction", float), ("buckets", str)):
         if f"training.{key}" in run.data.params:
