@@ -232,7 +232,8 @@ def output_version(layout: DataLayout, stage: str, movie: str) -> dg.DataVersion
     return dg.DataVersion(_digest(" ".join(dvc_md5(p) for p in paths if p.exists()).encode()))
 
 
-def _kinds_for(kinds: set[str] | Mapping[str, set[str]]) -> set[str]:
+def profile_kinds(kinds: set[str] | Mapping[str, set[str]]) -> set[str]:
+    """The kinds an asset shows: the same in every profile, or those of the loaded profile."""
     return set(kinds[definition_profile()] if isinstance(kinds, Mapping) else kinds)
 
 
@@ -258,7 +259,7 @@ def movie_asset(
             deps=list(MOVIE_STAGE_DEPS[name]),
             required_resource_keys={"data", "params"} | ({"perception"} if perception else set()),
             group_name=group,
-            kinds=_kinds_for(kinds),
+            kinds=profile_kinds(kinds),
             code_version=code_version(name),
             op_tags=GPU_STEP_TAGS if gpu else None,
         )
