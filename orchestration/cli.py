@@ -329,23 +329,26 @@ def train_command(args: tuple[str, ...]) -> None:
 
 @dataset.command("summary")
 @data_option
-def summary(data_dir: Path) -> None:
-    """Print what each stage produced per movie, the triplet dataset, and where they are."""
+@params_option
+def summary(data_dir: Path, params_path: str) -> None:
+    """Print what each stage produced per movie (or why it is not current), the triplet
+    dataset, and where they are."""
     import pandas as pd
 
     from assets.layout import DataLayout, dvc_md5
-    from assets.stage import read_status
+    from assets.params import load_params
+    from assets.stage import movie_md5, stage_problem
 
     layout = DataLayout.from_env(data_dir)
+    values = load_params(params_path)
     movies, skipped_inputs = layout.scan_movies()
     for movie, path in movies.items():
         click.echo(f"movie {movie} ({path})")
+        md5 = movie_md5(layout, movie, path)
         for stage in STAGE_CHOICES[:-1]:
             table = layout.table(stage, movie)
-            status = read_status(layout, stage, movie)
-            if status is None or status["status"] != "ok":
-                state = "not materialised" if not table.is_file() else "did not complete"
-                click.echo(f"  {stage:<11} {status['error'] if status else state}")
+            if problem := stage_problem(layout, stage, movie, path, md5, values):
+                click.echo(f"  {stage:<11} {problem}")
                 continue
             df = pd.read_parquet(table)
             extra = ""
