@@ -376,7 +376,7 @@ SYNC_WITH_MOVIES = (
         dg.AutomationCondition.missing().newly_true() | dg.AutomationCondition.any_deps_updated()
     ).since_last_handled()
     & ~dg.AutomationCondition.any_deps_in_progress()
-    & ~(dg.AutomationCondition.in_progress())
+    & ~dg.AutomationCondition.in_progress()
 )
 
 
