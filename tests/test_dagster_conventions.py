@@ -6,10 +6,13 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
+from click.testing import CliRunner
 
 from assets.frames import frames_check
 from assets.layout import DataLayout
 from assets.stage import code_version, incomplete_stage, profile_kinds, read_status
+from orchestration.cli import main
 from orchestration.definitions import (
     CHECKS,
     MOVIE_STAGES,
@@ -157,3 +160,21 @@ def test_the_dataset_follows_new_movie_runs_by_automation(built):
         defs=code_location, instance=instance, asset_selection=selection, cursor=settled.cursor
     )
     assert after.total_requested == 1
+
+
+def test_summary_says_which_stages_are_current(built, tmp_path: Path):
+    root, _ = built
+
+    def summary(params: Path) -> dict[str, str]:
+        result = CliRunner().invoke(
+            main, ["dataset", "summary", "--data", str(root), "--params", str(params)]
+        )
+        assert result.exit_code == 0, result.output
+        return {line.split()[0]: line for line in result.output.splitlines() if line[:2] == "  "}
+
+    assert "37 rows" in summary(PARAMS)["frames"]
+    values = yaml.safe_load(PARAMS.read_text())
+    values["frames"]["stride"] = 25
+    changed = tmp_path / "params.yaml"
+    changed.write_text(yaml.safe_dump(values))
+    assert "built with other params (frames, images)" in summary(changed)["frames"]
