@@ -25,15 +25,23 @@ $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --no-deps -r requirements.lock
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	# `source .venv/bin/activate` points dagster at the repo's instance (.dagster/).
+	grep -q DAGSTER_HOME $(VENV)/bin/activate || \
+		echo 'export DAGSTER_HOME="$(CURDIR)/.dagster"' >> $(VENV)/bin/activate
 	touch $(STAMP)
 
+# The sample inputs are written bit-identically on every machine, so `dvc add` finds them
+# equal to the committed data/movies.dvc and data/singles.dvc (and caches them for the push).
 demo: $(STAMP)
 	cameo sample-movie
+	dvc add data/movies data/singles
 	dvc repro
 	dvc push
 	cameo dataset summary
 	cameo model promote latest
+	cameo evaluate
 	cameo serve-check
+	cameo lineage models:/cameo-inpaint@champion
 
 test: $(STAMP)
 	$(PY) -m ruff check .
@@ -44,7 +52,7 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 
 ui: $(STAMP)
-	dagster dev -m orchestration.definitions --host 127.0.0.1 --port 3000
+	dagster dev --host 127.0.0.1 --port 3000
 
 mlflow-ui: $(STAMP)
 	mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000

@@ -11,7 +11,7 @@ import pandas as pd
 from assets.layout import load_rgb, read_table, write_table
 from assets.params import CaptionsParams
 from assets.quality import check_result
-from assets.stage import MovieStage, movie_asset
+from assets.stage import MovieStage, movie_asset, movie_check
 from perception.captions import BANNED_OPENINGS, GENDER_WORDS, caption_problems
 
 
@@ -77,14 +77,13 @@ def check_captions(df: pd.DataFrame, params: CaptionsParams) -> dg.AssetCheckRes
 
 
 @movie_asset(
-    check="usable captions have 100-150 words, no banned opening, a gender word",
     group="dataset",
-    kinds={"transformers"},
+    kinds={"full": {"transformers"}, "tiny": {"python"}},
     perception=True,
     gpu=True,
 )
 def captions(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.MaterializeResult:
-    """Captions of every candidate target frame, in captions/<movie>.parquet."""
+    """Captions of every candidate target frame, in `captions/{movie}.parquet`."""
     layout, movie = stage.layout, stage.movie
     params = stage.params(CaptionsParams)
     poses_df = read_table(layout.table("poses", movie))
@@ -99,5 +98,11 @@ def captions(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.Materia
             "example": dg.MetadataValue.text(df["caption"].iloc[0] if len(df) else ""),
             "table": dg.MetadataValue.path(str(layout.table("captions", movie))),
         },
-        check_results=[check_captions(df, params)],
     )
+
+
+@movie_check(captions)
+def captions_check(stage: MovieStage) -> dg.AssetCheckResult:
+    """Usable captions have 100-150 words, no banned opening, a gender word."""
+    df = read_table(stage.layout.table("captions", stage.movie))
+    return check_captions(df, stage.params(CaptionsParams))

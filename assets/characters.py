@@ -16,7 +16,7 @@ from assets.contact_sheet import character_contact_sheet, markdown_preview
 from assets.layout import atomic_path, read_table, write_table
 from assets.params import CharactersParams
 from assets.quality import check_result
-from assets.stage import MovieStage, movie_asset
+from assets.stage import MovieStage, movie_asset, movie_check
 
 
 @dataclass(frozen=True)
@@ -136,13 +136,9 @@ def check_characters(df: pd.DataFrame, params: CharactersParams) -> dg.AssetChec
     )
 
 
-@movie_asset(
-    check="group sizes within [min, max], no frame in two groups, similarities above threshold",
-    group="identity_mining",
-    kinds={"numpy"},
-)
+@movie_asset(group="identity_mining", kinds={"numpy"})
 def characters(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.MaterializeResult:
-    """Frames grouped into distinct characters, in characters/<movie>.parquet."""
+    """Frames grouped into distinct characters, in `characters/{movie}.parquet`."""
     layout, movie = stage.layout, stage.movie
     params = stage.params(CharactersParams)
     faces_df = read_table(layout.table("faces", movie))
@@ -165,5 +161,11 @@ def characters(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.Mater
             "contact_sheet": dg.MetadataValue.path(str(sheet_path)),
             "preview": dg.MetadataValue.md(markdown_preview(sheet)),
         },
-        check_results=[check_characters(df, params)],
     )
+
+
+@movie_check(characters)
+def characters_check(stage: MovieStage) -> dg.AssetCheckResult:
+    """Group sizes within [min, max], no frame in two groups, similarities above threshold."""
+    df = read_table(stage.layout.table("characters", stage.movie))
+    return check_characters(df, stage.params(CharactersParams))

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from assets.layout import load_rgb, read_table, write_table
 from assets.params import FacesParams
 from assets.quality import check_result
-from assets.stage import MovieStage, movie_asset
+from assets.stage import MovieStage, movie_asset, movie_check
 from perception.faces import EMBEDDING_DIM, DetectedFace, FaceAnalyzer
 
 
@@ -129,14 +129,13 @@ def check_faces(df: pd.DataFrame) -> dg.AssetCheckResult:
 
 
 @movie_asset(
-    check="embeddings 512-d unit-norm, boxes inside the frame",
     group="identity_mining",
-    kinds={"insightface"},
+    kinds={"full": {"insightface", "onnx"}, "tiny": {"scikit-image"}},
     perception=True,
     gpu=True,
 )
 def faces(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.MaterializeResult:
-    """The most distinctive face of every frame that has one, in faces/<movie>.parquet."""
+    """The most distinctive face of every frame that has one, in `faces/{movie}.parquet`."""
     layout, movie = stage.layout, stage.movie
     params = stage.params(FacesParams)
     frames_df = read_table(layout.table("frames", movie))
@@ -153,5 +152,10 @@ def faces(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.Materializ
             "multi_face_frames": int((df["n_faces"] > 1).sum()),
             "table": dg.MetadataValue.path(str(table)),
         },
-        check_results=[check_faces(df)],
     )
+
+
+@movie_check(faces)
+def faces_check(stage: MovieStage) -> dg.AssetCheckResult:
+    """Embeddings 512-d unit-norm, boxes inside the frame."""
+    return check_faces(read_table(stage.layout.table("faces", stage.movie)))

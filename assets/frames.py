@@ -14,10 +14,10 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from assets.layout import DEFAULT_MAX_PIXELS, atomic_path, write_table
+from assets.layout import DEFAULT_MAX_PIXELS, atomic_path, read_table, write_table
 from assets.params import FramesParams, ImagesParams
 from assets.quality import check_result
-from assets.stage import MovieStage, movie_asset
+from assets.stage import MovieStage, movie_asset, movie_check
 
 
 class VideoReadError(RuntimeError):
@@ -132,13 +132,9 @@ def check_frames(df: pd.DataFrame, root: Path, stride: int) -> dg.AssetCheckResu
     return check_result("frames_expectations", view, frames_expectations(stride), "frames")
 
 
-@movie_asset(
-    check="stride respected, timestamps increasing, files on disk",
-    group="identity_mining",
-    kinds={"pyav"},
-)
+@movie_asset(group="identity_mining", kinds={"pyav"})
 def frames(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.MaterializeResult:
-    """Every Nth frame as JPEG under frames/<movie>/, indexed in frames/<movie>.parquet."""
+    """Every Nth frame as JPEG under `frames/{movie}/`, indexed in `frames/{movie}.parquet`."""
     layout, movie, video = stage.layout, stage.movie, stage.video
     params = stage.params(FramesParams)
     out_dir = layout.stage_dir("frames", movie)
@@ -169,5 +165,11 @@ def frames(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.Materiali
             "warning": "; ".join(truncated),
             "table": dg.MetadataValue.path(str(table)),
         },
-        check_results=[check_frames(df, layout.root, params.stride)],
     )
+
+
+@movie_check(frames)
+def frames_check(stage: MovieStage) -> dg.AssetCheckResult:
+    """Stride respected, timestamps increasing, files on disk."""
+    df = read_table(stage.layout.table("frames", stage.movie))
+    return check_frames(df, stage.layout.root, stage.params(FramesParams).stride)

@@ -210,6 +210,11 @@ class DataLayout:
         return self.root / "ground_truth" / f"{movie}.json"
 
     @property
+    def metrics_file(self) -> Path:
+        """The dataset's counts, a DVC metrics file."""
+        return self.root / "metrics.json"
+
+    @property
     def lock_file(self) -> Path:
         return self.root / ".cameo-build.lock"
 

@@ -14,7 +14,7 @@ import pandas as pd
 from assets.layout import atomic_path, load_rgb, read_table, save_image, write_table
 from assets.params import MasksParams
 from assets.quality import check_result
-from assets.stage import MovieStage, movie_asset
+from assets.stage import MovieStage, movie_asset, movie_check
 from perception.segmentation import best_person_box
 
 
@@ -131,15 +131,9 @@ def check_masks(df: pd.DataFrame, mask_dir, params: MasksParams) -> dg.AssetChec
     return check_result("masks_expectations", view, masks_expectations(params), "masks")
 
 
-@movie_asset(
-    check="usable masks within the area range and covering the face centre; skips say why",
-    group="dataset",
-    kinds={"sam"},
-    perception=True,
-    gpu=True,
-)
+@movie_asset(group="dataset", kinds={"sam"}, perception=True, gpu=True)
 def masks(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.MaterializeResult:
-    """SAM masks of every character frame: masks/<movie>/*.png and masks/<movie>.parquet."""
+    """SAM masks of every character frame: `masks/{movie}/*.png`, `masks/{movie}.parquet`."""
     layout, movie = stage.layout, stage.movie
     params = stage.params(MasksParams)
     perception = context.resources.perception
@@ -161,5 +155,12 @@ def masks(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.Materializ
             "mean_area_fraction": float(df["area_fraction"].mean()) if len(df) else 0.0,
             "table": dg.MetadataValue.path(str(layout.table("masks", movie))),
         },
-        check_results=[check_masks(df, mask_dir, params)],
     )
+
+
+@movie_check(masks)
+def masks_check(stage: MovieStage) -> dg.AssetCheckResult:
+    """Usable masks within the area range and covering the face centre; skips say why."""
+    layout, movie = stage.layout, stage.movie
+    df = read_table(layout.table("masks", movie))
+    return check_masks(df, layout.stage_dir("masks", movie), stage.params(MasksParams))

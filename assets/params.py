@@ -171,6 +171,17 @@ def resolve_profile(params: Mapping[str, Any], profile: str | None = None) -> st
     return chosen
 
 
+def definition_profile() -> str:
+    """The profile the Dagster code location is loaded with, for what it shows (kinds):
+    CAMEO_PROFILE, else `profile` in $CAMEO_PARAMS (default params.yaml), else tiny."""
+    path = Path(os.environ.get("CAMEO_PARAMS", "params.yaml"))
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        return resolve_profile(raw if isinstance(raw, Mapping) else {})
+    except (yaml.YAMLError, ParamsError):
+        return "tiny"  # the run itself reports the problem when it loads the params
+
+
 def _apply_profile(raw: Mapping[str, Any], profile: str) -> tuple[dict[str, Any], list[str]]:
     profiles = raw.get("profiles") or {}
     if not isinstance(profiles, Mapping):

@@ -13,7 +13,7 @@ from assets.contact_sheet import markdown_preview, pose_contact_sheet
 from assets.layout import atomic_path, load_rgb, read_table, save_image, write_table
 from assets.params import PosesParams
 from assets.quality import check_result
-from assets.stage import MovieStage, movie_asset
+from assets.stage import MovieStage, movie_asset, movie_check
 from perception.pose import NUM_KEYPOINTS, draw_openpose, extract_pose
 
 
@@ -98,15 +98,10 @@ def check_poses(df: pd.DataFrame, pose_dir, params: PosesParams) -> dg.AssetChec
     return check_result("poses_expectations", view, poses_expectations(params), "poses")
 
 
-@movie_asset(
-    check="133 keypoints and a control image for every pose found; skips say why",
-    group="dataset",
-    kinds={"onnx"},
-    perception=True,
-    gpu=True,
-)
+@movie_asset(group="dataset", kinds={"onnx"}, perception=True, gpu=True)
 def poses(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.MaterializeResult:
-    """Whole-body poses and OpenPose control images: poses/<movie>/*.png, poses/<movie>.parquet.
+    """Whole-body poses and OpenPose control images: `poses/{movie}/*.png`,
+    `poses/{movie}.parquet`.
 
     Each character also gets a contact sheet (frames with mask and pose overlays).
     """
@@ -136,6 +131,12 @@ def poses(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.Materializ
             str(pose_dir / f"contact_sheet_{cid:04d}.jpg")
         )
         metadata[f"preview_character_{cid}"] = dg.MetadataValue.md(markdown_preview(sheet, 640))
-    return dg.MaterializeResult(
-        metadata=metadata, check_results=[check_poses(df, pose_dir, params)]
-    )
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@movie_check(poses)
+def poses_check(stage: MovieStage) -> dg.AssetCheckResult:
+    """133 keypoints and a control image for every pose found; skips say why."""
+    layout, movie = stage.layout, stage.movie
+    df = read_table(layout.table("poses", movie))
+    return check_poses(df, layout.stage_dir("poses", movie), stage.params(PosesParams))

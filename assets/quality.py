@@ -74,7 +74,3 @@ def check_result(
             "failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in outcome.failures) or "-"),
         },
     )
-
-
-def blocking_spec(asset: str, name: str, description: str) -> dg.AssetCheckSpec:
-    return dg.AssetCheckSpec(name=name, asset=asset, blocking=True, description=description)

@@ -8,7 +8,7 @@ import pandas as pd
 from assets.layout import atomic_path, load_rgb, read_table, save_image, write_table
 from assets.params import ReferencesParams
 from assets.quality import check_result
-from assets.stage import MovieStage, movie_asset
+from assets.stage import MovieStage, movie_asset, movie_check
 from perception.pose import mask_box
 
 
@@ -62,13 +62,9 @@ def references_expectations() -> list:
     ]
 
 
-@movie_asset(
-    check="every usable mask has a non-empty crop on disk",
-    group="dataset",
-    kinds={"numpy"},
-)
+@movie_asset(group="dataset", kinds={"numpy"})
 def references(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.MaterializeResult:
-    """Segmented reference crops: references/<movie>/*.png and references/<movie>.parquet."""
+    """Segmented reference crops: `references/{movie}/*.png`, `references/{movie}.parquet`."""
     layout, movie = stage.layout, stage.movie
     params = stage.params(ReferencesParams)
     masks_df = read_table(layout.table("masks", movie))
@@ -78,13 +74,18 @@ def references(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.Mater
             masks_df, layout.root, layout.stage_dir("masks", movie), tmp_dir, params
         )
     write_table(df, layout.table("references", movie))
-    view = df.assign(file_exists=[(crop_dir / f).is_file() for f in df["crop_file"]])
     return dg.MaterializeResult(
         metadata={
             "crops": len(df),
             "table": dg.MetadataValue.path(str(layout.table("references", movie))),
         },
-        check_results=[
-            check_result("references_expectations", view, references_expectations(), "references")
-        ],
     )
+
+
+@movie_check(references)
+def references_check(stage: MovieStage) -> dg.AssetCheckResult:
+    """Every usable mask has a non-empty crop on disk."""
+    df = read_table(stage.layout.table("references", stage.movie))
+    crop_dir = stage.layout.stage_dir("references", stage.movie)
+    view = df.assign(file_exists=[(crop_dir / f).is_file() for f in df["crop_file"]])
+    return check_result("references_expectations", view, references_expectations(), "references")

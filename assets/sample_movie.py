@@ -122,24 +122,50 @@ def _render(canvas: np.ndarray, window: tuple[float, float, float, float]) -> np
     return cv2.warpAffine(canvas, affine, FRAME_SIZE, flags=cv2.INTER_AREA)
 
 
+def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
+    """BT.601 limited-range YUV 4:2:0 in integer arithmetic (FFmpeg's layout for
+    `VideoFrame.from_ndarray(..., format="yuv420p")`): the same bytes on every CPU, unlike
+    libswscale, whose conversion routines are chosen by the CPU at run time."""
+    c = rgb.astype(np.int32)
+    h, w = rgb.shape[:2]
+    half = (c[0::2, 0::2] + c[1::2, 0::2] + c[0::2, 1::2] + c[1::2, 1::2] + 2) >> 2
+    r, g, b = c[..., 0], c[..., 1], c[..., 2]
+    y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
+    r, g, b = half[..., 0], half[..., 1], half[..., 2]
+    u = ((-38 * r - 74 * g + 112 * b + 128) >> 8) + 128
+    v = ((112 * r - 94 * g - 18 * b + 128) >> 8) + 128
+    planes = [y.reshape(-1), u.reshape(-1), v.reshape(-1)]
+    return np.concatenate(planes).astype(np.uint8).reshape(h * 3 // 2, w)
+
+
+# libx264 picks its SIMD routines by CPU at run time and they are not bit-exact with each
+# other (AVX-512 and AVX2 machines wrote 2,123,060 and 2,123,074 bytes): `asm=0` runs its C
+# code on every CPU. One thread: x264's output depends on the thread count. `bitexact` keeps
+# library version strings out of the container.
+X264_OPTIONS = {"crf": "23", "preset": "veryfast", "x264-params": "asm=0"}
+
+
 def write_sample_movie(layout: DataLayout, name: str = "sample") -> Path:
-    """Write movies/<name>.mp4 and its ground truth (data/ground_truth/<name>.json)."""
+    """Write movies/<name>.mp4 and its ground truth (data/ground_truth/<name>.json); the
+    movie's bytes are the same on every x86-64 machine with the pinned PyAV."""
     movie_path = layout.movies_dir / f"{name}.mp4"
     truth_frames = []
-    with atomic_path(movie_path) as tmp, av.open(str(tmp), "w", format="mp4") as container:
-        stream = container.add_stream(
-            "libx264", rate=FPS, options={"crf": "23", "preset": "veryfast"}
-        )
+    with (
+        atomic_path(movie_path) as tmp,
+        av.open(str(tmp), "w", format="mp4", options={"fflags": "+bitexact"}) as container,
+    ):
+        stream = container.add_stream("libx264", rate=FPS, options=X264_OPTIONS)
         stream.width, stream.height = FRAME_SIZE
         stream.pix_fmt = "yuv420p"
-        stream.codec_context.thread_count = 1  # one thread: byte-identical output
+        stream.codec_context.thread_count = 1
+        stream.codec_context.flags |= av.codec.context.Flags.bitexact
         frame_idx = 0
         for shot_idx, shot in enumerate(SHOTS):
             canvas, placed = _compose(shot)
             for i in range(shot.frames):
                 window = _camera_window(shot, i / max(shot.frames - 1, 1))
-                frame = av.VideoFrame.from_ndarray(_render(canvas, window), format="rgb24")
-                container.mux(stream.encode(frame))
+                yuv = rgb_to_yuv420p(_render(canvas, window))
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(yuv, format="yuv420p")))
                 truth_frames.append(
                     {
                         "frame_idx": frame_idx,

@@ -1,44 +1,69 @@
-"""The one shape of every per-movie stage asset, and the record of which stages completed.
+"""The one shape of every per-movie stage asset and its check, and the record of which
+stages completed from what.
 
-`movie_asset` turns a stage body into a partitioned Dagster asset with its blocking GX
-check. Around the body it:
+`movie_asset` turns a stage body into a partitioned Dagster asset; `movie_check` turns a
+function that validates the stage's files into its blocking GX check (a check of its own, so
+it can be re-run alone). Around the body the asset:
 
 - resolves the partition's movie file (a clear error if it is gone) and removes temp files
   that killed processes left in the stage's folder;
 - withdraws the completion record of this stage and every stage downstream before the
   body runs, so an interrupted or failed run never leaves earlier results looking current;
-- writes the stage's record afterwards: `ok` with the version of the movie file it was
-  built from, or `failed` with the error or the failed check;
+- writes the stage's record afterwards: `built` with what it was built from (the movie
+  file's md5, the digest of the params the stage reads, its code version), or `failed` with
+  the error; the check turns `built` into `ok`, or into `failed` with the failed check;
+- publishes the table's row count and column schema, and a data version (the md5s of the
+  stage's files), so Dagster marks downstream stale only when the output really changed;
 - names the movie file in failures and in check descriptions.
 
-The triplets are built only from movies whose every stage record is `ok` for the file
-present now (`incomplete_stage`).
+A stage is current for a movie when its record is `ok` for the movie's md5, the params it
+reads and its code version now (`incomplete_stage`). `cameo dataset build` rebuilds from the
+first stage that is not; the triplets are built only from movies whose every stage is.
 """
 
+import hashlib
+import importlib.util
 import json
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import dagster as dg
 
-from assets.layout import STAGE_STATUS_OK, DataLayout, source_fingerprint, write_json
-from assets.params import SECTIONS
+from assets.layout import STAGE_STATUS_OK, DataLayout, dvc_md5, source_fingerprint, write_json
+from assets.params import SECTIONS, definition_profile
 from assets.partitions import movie_partitions
-from assets.quality import blocking_spec
 from assets.steps import GPU_STEP_TAGS
 
-# Each per-movie stage and the stages it reads, in build order.
-MOVIE_STAGE_DEPS: dict[str, tuple[str, ...]] = {
-    "frames": (),
-    "faces": ("frames",),
-    "characters": ("faces",),
-    "masks": ("characters",),
-    "poses": ("masks",),
-    "captions": ("poses",),
-    "references": ("masks",),
+STAGE_STATUS_BUILT = "built"  # written, its check not passed yet
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """What a per-movie stage's output is a function of, besides the movie file."""
+
+    deps: tuple[str, ...]  # the stages it reads
+    params: tuple[str, ...]  # the profile-merged params.yaml values it reads
+    code: tuple[str, ...]  # the modules whose source is its code version
+
+
+# Every per-movie stage, in build order. `profile` picks the models the stage runs.
+STAGE_INPUTS: dict[str, StageInputs] = {
+    "frames": StageInputs((), ("frames", "images"), ("assets.frames",)),
+    "faces": StageInputs(("frames",), ("profile", "faces"), ("assets.faces", "perception.faces")),
+    "characters": StageInputs(("faces",), ("characters",), ("assets.characters",)),
+    "masks": StageInputs(
+        ("characters",), ("profile", "masks"), ("assets.masks", "perception.segmentation")
+    ),
+    "poses": StageInputs(("masks",), ("profile", "poses"), ("assets.poses", "perception.pose")),
+    "captions": StageInputs(
+        ("poses",), ("profile", "captions"), ("assets.captions", "perception.captions")
+    ),
+    "references": StageInputs(("masks",), ("references",), ("assets.references",)),
 }
+MOVIE_STAGE_DEPS: dict[str, tuple[str, ...]] = {n: s.deps for n, s in STAGE_INPUTS.items()}
 
 T = TypeVar("T")
 
@@ -50,6 +75,27 @@ def downstream(stage: str) -> list[str]:
         if found.intersection(deps):
             found.add(name)
     return [name for name in MOVIE_STAGE_DEPS if name in found]
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def source_version(*modules: str) -> str:
+    """A code version: the digest of the modules' source files."""
+    sources = [Path(importlib.util.find_spec(m).origin).read_bytes() for m in modules]
+    return _digest(b"\0".join(sources))
+
+
+def code_version(stage: str) -> str:
+    """A per-movie stage's code version: its own module and the model module it runs."""
+    return source_version(*STAGE_INPUTS[stage].code)
+
+
+def params_digest(stage: str, values: Mapping[str, Any]) -> str:
+    """The digest of the params values the stage reads (profile applied)."""
+    used = {key: values.get(key) for key in STAGE_INPUTS[stage].params}
+    return _digest(json.dumps(used, sort_keys=True).encode())
 
 
 @dataclass(frozen=True)
@@ -77,24 +123,87 @@ def read_status(layout: DataLayout, stage: str, movie: str) -> dict[str, Any] | 
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def incomplete_stage(layout: DataLayout, movie: str, video: Path) -> tuple[str, str] | None:
-    """The first stage of `movie` not completed for the file present now, and why; None
-    when every stage completed."""
+def movie_md5(layout: DataLayout, movie: str, video: Path) -> str:
+    """The md5 of the movie file (the one DVC records), taken from the movie's stage records
+    while the file's name, size and mtime are those recorded, else computed."""
     fingerprint = source_fingerprint(video)
     for stage in MOVIE_STAGE_DEPS:
         status = read_status(layout, stage, movie)
-        if status is None:
-            started = layout.table(stage, movie).exists() or layout.stage_dir(stage, movie).exists()
-            return stage, (
-                "did not complete (interrupted, or failed before finishing)"
-                if started
-                else "not materialised"
-            )
-        if status["status"] != STAGE_STATUS_OK:
-            return stage, status["error"]
-        if status["source"] != fingerprint:
-            return stage, f"built from an earlier version of {video.name}: rebuild this movie"
+        if status is not None and status["source"] == fingerprint:
+            return status["movie_md5"]
+    return dvc_md5(video)
+
+
+def build_key(stage: str, md5: str, values: Mapping[str, Any]) -> dict[str, str]:
+    """What a stage's record says it was built from."""
+    return {
+        "movie_md5": md5,
+        "params": params_digest(stage, values),
+        "code_version": code_version(stage),
+    }
+
+
+def upstream(stage: str) -> list[str]:
+    """`stage` and every per-movie stage it reads, directly or not, in build order."""
+    found = {stage}
+    for name in reversed(MOVIE_STAGE_DEPS):  # reverse build order: readers come first
+        if name in found:
+            found.update(MOVIE_STAGE_DEPS[name])
+    return [name for name in MOVIE_STAGE_DEPS if name in found]
+
+
+def stage_problem(
+    layout: DataLayout, stage: str, movie: str, video: Path, md5: str, values: Mapping[str, Any]
+) -> str | None:
+    """Why `stage` of `movie` is not current for the file (md5) and params now; None if it is."""
+    status = read_status(layout, stage, movie)
+    if status is None:
+        started = layout.table(stage, movie).exists() or layout.stage_dir(stage, movie).exists()
+        return (
+            "did not complete (interrupted, or failed before finishing)"
+            if started
+            else "not materialised"
+        )
+    if status["status"] == STAGE_STATUS_BUILT:
+        return f"its check {stage}_expectations has not passed"
+    if status["status"] != STAGE_STATUS_OK:
+        return status["error"]
+    key = build_key(stage, md5, values)
+    if status["movie_md5"] != key["movie_md5"]:
+        return f"built from an earlier version of {video.name}: rebuild this movie"
+    if status["params"] != key["params"]:
+        return f"built with other params ({', '.join(STAGE_INPUTS[stage].params)})"
+    if status["code_version"] != key["code_version"]:
+        return "built by an earlier version of its code"
     return None
+
+
+def incomplete_stage(
+    layout: DataLayout, movie: str, video: Path, values: Mapping[str, Any]
+) -> tuple[str, str] | None:
+    """The first stage of `movie` not current for the file present now and the params, and
+    why; None when every stage is."""
+    md5 = movie_md5(layout, movie, video)
+    for stage in MOVIE_STAGE_DEPS:
+        if problem := stage_problem(layout, stage, movie, video, md5, values):
+            return stage, problem
+    return None
+
+
+def stages_to_build(
+    layout: DataLayout, movie: str, video: Path, values: Mapping[str, Any], until: str
+) -> list[str]:
+    """The stages up to `until` to materialise for `movie`: each one not current, and every
+    stage downstream of it, in build order (empty: nothing to do)."""
+    wanted = upstream(until) if until in MOVIE_STAGE_DEPS else list(MOVIE_STAGE_DEPS)
+    md5 = movie_md5(layout, movie, video)
+    stale = {
+        later
+        for stage in wanted
+        if stage_problem(layout, stage, movie, video, md5, values)
+        for later in downstream(stage)
+    }
+    return [stage for stage in wanted if stage in stale]
 
 
 def describe_error(e: BaseException) -> str:
@@ -102,22 +211,41 @@ def describe_error(e: BaseException) -> str:
     return " ".join(f"{type(e).__name__}: {e}".split())
 
 
-def _with_subject(result: dg.MaterializeResult, subject: str) -> dg.MaterializeResult:
-    checks = [c._replace(description=f"{subject}: {c.description}") for c in result.check_results]
-    return dg.MaterializeResult(
-        asset_key=result.asset_key,
-        metadata=result.metadata,
-        check_results=checks,
-        data_version=result.data_version,
-        tags=result.tags,
-    )
+def table_metadata(path: Path) -> dict[str, Any]:
+    """Dagster's row count and column schema of a parquet table (read from its footer)."""
+    import pyarrow.parquet as pq
+
+    footer = pq.read_metadata(path)
+    columns = [
+        dg.TableColumn(field.name, str(field.type)) for field in footer.schema.to_arrow_schema()
+    ]
+    return {
+        "dagster/row_count": footer.num_rows,
+        "dagster/column_schema": dg.TableSchema(columns=columns),
+    }
+
+
+def output_version(layout: DataLayout, stage: str, movie: str) -> dg.DataVersion:
+    """The data version of a stage's output for one movie: the md5s of its table and of its
+    folder of images."""
+    paths = [layout.table(stage, movie), layout.stage_dir(stage, movie)]
+    return dg.DataVersion(_digest(" ".join(dvc_md5(p) for p in paths if p.exists()).encode()))
+
+
+def profile_kinds(kinds: set[str] | Mapping[str, set[str]]) -> set[str]:
+    """The kinds an asset shows: the same in every profile, or those of the loaded profile."""
+    return set(kinds[definition_profile()] if isinstance(kinds, Mapping) else kinds)
 
 
 def movie_asset(
-    *, check: str, group: str, kinds: set[str], perception: bool = False, gpu: bool = False
+    *,
+    group: str,
+    kinds: set[str] | Mapping[str, set[str]],
+    perception: bool = False,
+    gpu: bool = False,
 ) -> Callable[[Callable[[dg.AssetExecutionContext, MovieStage], dg.MaterializeResult]], Any]:
     """Decorator: a per-movie stage body → its partitioned asset (named after the body, deps
-    from MOVIE_STAGE_DEPS, check `<name>_expectations` described by `check`)."""
+    from STAGE_INPUTS, code version from its source). `kinds` may be given per profile."""
 
     def decorator(
         body: Callable[[dg.AssetExecutionContext, MovieStage], dg.MaterializeResult],
@@ -130,20 +258,26 @@ def movie_asset(
             partitions_def=movie_partitions,
             deps=list(MOVIE_STAGE_DEPS[name]),
             required_resource_keys={"data", "params"} | ({"perception"} if perception else set()),
-            check_specs=[blocking_spec(name, f"{name}_expectations", check)],
             group_name=group,
-            kinds=kinds,
+            kinds=profile_kinds(kinds),
+            code_version=code_version(name),
             op_tags=GPU_STEP_TAGS if gpu else None,
         )
         def asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             layout = context.resources.data.layout
             movie = context.partition_key
             video = layout.movie(movie)
+            values = context.resources.params.values
+            record = {
+                "stage": name,
+                "movie": movie,
+                "source": source_fingerprint(video),
+                **build_key(name, movie_md5(layout, movie, video), values),
+            }
             layout.clean_stale_temps(name)
             for later in downstream(name):
                 layout.stage_status(later, movie).unlink(missing_ok=True)
-            stage = MovieStage(name, movie, video, layout, context.resources.params.values)
-            record = {"stage": name, "movie": movie, "source": source_fingerprint(video)}
+            stage = MovieStage(name, movie, video, layout, values)
             try:
                 result = body(context, stage)
             except Exception as e:
@@ -154,16 +288,60 @@ def movie_asset(
                 status = {**record, "status": "failed", "error": error}
                 write_json(status, layout.stage_status(name, movie))
                 raise dg.Failure(description=error, metadata={"movie_file": str(video)}) from e
-            result = _with_subject(result, stage.subject)
-            failed = [c.description for c in result.check_results if not c.passed]
-            status = (
-                {"status": "failed", "error": f"check {name}_expectations failed: {failed[0]}"}
-                if failed
-                else {"status": STAGE_STATUS_OK}
+            write_json({**record, "status": STAGE_STATUS_BUILT}, layout.stage_status(name, movie))
+            return dg.MaterializeResult(
+                metadata={**result.metadata, **table_metadata(layout.table(name, movie))},
+                data_version=output_version(layout, name, movie),
             )
-            write_json({**record, **status}, layout.stage_status(name, movie))
-            return result
 
         return asset
+
+    return decorator
+
+
+def movie_check(
+    asset: dg.AssetsDefinition,
+) -> Callable[[Callable[[MovieStage], dg.AssetCheckResult]], dg.AssetChecksDefinition]:
+    """Decorator: a function validating a stage's files for one movie → the stage's blocking
+    check `<stage>_expectations` (described by the function's docstring). It updates the
+    stage's record: `ok` when it passes, `failed` with the failed expectations when not."""
+    name = asset.key.to_user_string()
+
+    def decorator(
+        validate: Callable[[MovieStage], dg.AssetCheckResult],
+    ) -> dg.AssetChecksDefinition:
+        def check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+            layout = context.resources.data.layout
+            movie = context.partition_key
+            stage = MovieStage(
+                name, movie, layout.movie(movie), layout, context.resources.params.values
+            )
+            result = validate(stage)
+            result = result._replace(description=f"{stage.subject}: {result.description}")
+            # Only a record the asset finished (not one of a failed body) follows its check.
+            record = read_status(layout, name, movie)
+            finished = (STAGE_STATUS_BUILT, STAGE_STATUS_OK)
+            if record is not None and (record["status"] in finished or "failed_check" in record):
+                record = {k: v for k, v in record.items() if k not in ("error", "failed_check")}
+                if result.passed:
+                    record["status"] = STAGE_STATUS_OK
+                else:
+                    record["status"] = "failed"
+                    record["failed_check"] = f"{name}_expectations"
+                    record["error"] = f"check {name}_expectations failed: {result.description}"
+                write_json(record, layout.stage_status(name, movie))
+            return result
+
+        # A check per movie partition: Dagster marks partitioned checks as a preview feature.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dg.PreviewWarning)
+            return dg.asset_check(
+                asset=asset,
+                name=f"{name}_expectations",
+                description=validate.__doc__,
+                blocking=True,
+                partitions_def=movie_partitions,
+                required_resource_keys={"data", "params"},
+            )(check)
 
     return decorator

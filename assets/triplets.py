@@ -31,6 +31,7 @@ from assets.layout import (
     load_rgb,
     read_table,
     save_image,
+    write_json,
 )
 from assets.masks import segment_character
 from assets.params import (
@@ -41,9 +42,9 @@ from assets.params import (
     ReferencesParams,
     TripletsParams,
 )
-from assets.quality import blocking_spec, check_result
+from assets.quality import check_result
 from assets.references import segment_reference
-from assets.stage import describe_error, incomplete_stage
+from assets.stage import describe_error, incomplete_stage, source_version, table_metadata
 from perception.captions import caption_problems
 from perception.pose import draw_openpose, extract_pose
 
@@ -309,7 +310,7 @@ def build_triplets(
     skipped += [_input_skip("single", s) for s in skipped_singles]
     used = []
     for movie, video in movies.items():
-        if incomplete := incomplete_stage(layout, movie, video):
+        if incomplete := incomplete_stage(layout, movie, video, params):
             stage, reason = incomplete
             skipped.append(skipped_record("movie", movie, None, None, stage, reason, video.name))
             continue
@@ -350,23 +351,46 @@ def build_triplets(
     return write_manifest(rows, skipped, out_dir, summary), skipped
 
 
+def dataset_metrics(layout: DataLayout, manifest: pd.DataFrame, skipped: list[dict]) -> dict:
+    """The counts `dvc metrics show` / `dvc exp show` compare: triplets by source, characters
+    found in the movies used, and what was skipped, by stage."""
+    used = sorted(set(manifest.loc[manifest["source"] == "movie", "movie"]))
+    characters = sum(
+        read_table(layout.table("characters", movie))["character_id"].nunique() for movie in used
+    )
+    by_stage = pd.Series([s["stage"] for s in skipped], dtype=str).value_counts()
+    return {
+        "triplets": len(manifest),
+        "from_movies": int((manifest["source"] == "movie").sum()),
+        "from_singles": int((manifest["source"] == "single").sum()),
+        "movies": len(used),
+        "characters": int(characters),
+        "skipped": {"total": len(skipped), **{k: int(v) for k, v in sorted(by_stage.items())}},
+    }
+
+
+# Rebuilt (automation) once the movie stages of a sensor run finished: without waiting for
+# every movie, since a broken file's partition may never materialise.
+SYNC_WITH_MOVIES = (
+    (
+        dg.AutomationCondition.missing().newly_true() | dg.AutomationCondition.any_deps_updated()
+    ).since_last_handled()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+)
+
+
 @dg.asset(
     deps=["captions", "references"],
     required_resource_keys={"data", "params", "perception"},
-    check_specs=[
-        blocking_spec(
-            "triplets",
-            "triplets_expectations",
-            "distinct reference/target, prompts follow the template, "
-            "unit face embeddings, every file present",
-        )
-    ],
     group_name="dataset",
     kinds={"dvc"},
+    code_version=source_version("assets.triplets"),
+    automation_condition=SYNC_WITH_MOVIES,
 )
 def triplets(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    """The (reference, target, prompt) dataset in triplets/, DVC-tracked; its DVC md5 is the
-    dataset version a training run names."""
+    """The (reference, target, prompt) dataset in `triplets/`, DVC-tracked; its DVC md5 is the
+    dataset version a training run names. Its counts are DVC metrics (`metrics.json`)."""
     layout = context.resources.data.layout
     params = context.resources.params.values
     layout.clean_stale_temps()
@@ -379,20 +403,34 @@ def triplets(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     sheet_path = layout.root / "triplets.contact_sheet.jpg"
     with atomic_path(sheet_path) as tmp:
         sheet.save(tmp, format="JPEG", quality=90)
-    by_stage = pd.Series([s["stage"] for s in skipped], dtype=str).value_counts().to_dict()
+    metrics = dataset_metrics(layout, manifest, skipped)
+    write_json(metrics, layout.metrics_file)
     return dg.MaterializeResult(
         metadata={
             "dvc_md5": version,
             "triplets": len(manifest),
             "from_movies": int((manifest["source"] == "movie").sum()) if len(manifest) else 0,
             "from_singles": int((manifest["source"] == "single").sum()) if len(manifest) else 0,
-            "skipped_by_stage": dg.MetadataValue.json(by_stage),
+            "skipped_by_stage": dg.MetadataValue.json(metrics["skipped"]),
             "manifest": dg.MetadataValue.path(str(layout.triplets_dir / "manifest.parquet")),
             "contact_sheet": dg.MetadataValue.path(str(sheet_path)),
             "preview": dg.MetadataValue.md(markdown_preview(sheet, 900)),
+            **table_metadata(layout.triplets_dir / "manifest.parquet"),
         },
         data_version=dg.DataVersion(version),
-        check_results=[
-            check_triplets(manifest, layout.triplets_dir, CaptionsParams(**params["captions"]))
-        ],
     )
+
+
+@dg.asset_check(
+    asset=triplets,
+    name="triplets_expectations",
+    blocking=True,
+    required_resource_keys={"data", "params"},
+)
+def triplets_check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    """Distinct reference/target, prompts follow the template, unit face embeddings, every file
+    present."""
+    layout = context.resources.data.layout
+    manifest = read_table(layout.triplets_dir / "manifest.parquet")
+    captions = CaptionsParams(**context.resources.params.values["captions"])
+    return check_triplets(manifest, layout.triplets_dir, captions)

@@ -2,11 +2,15 @@
 
 - frames stage vs PyAV decode-only of the same file, measured alternately in one run, as a
   ratio (target <= 1.1: the stage should cost little beyond decoding);
-- character grouping time for 5k and 100k face embeddings.
+- character grouping time for 5k and 100k face embeddings;
+- incremental builds: `cameo dataset build` adding one movie to 5 built ones vs building that
+  movie alone (goal <= 1.3: the built movies cost next to nothing).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -14,12 +18,16 @@ from pathlib import Path
 
 import av
 import numpy as np
+from click.testing import CliRunner
 
 from assets.characters import group_characters
 from assets.frames import extract_frames
 from assets.layout import DataLayout
 from assets.sample_movie import write_sample_movie
 from bench.report import write_section
+from orchestration.cli import main as cameo
+
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
 def decode_only(video: Path) -> int:
@@ -83,10 +91,49 @@ def bench_grouping() -> str:
     )
 
 
+def timed_build(root: Path) -> float:
+    """Seconds of `cameo dataset build` (tiny profile) on the data root."""
+    t = time.perf_counter()
+    result = CliRunner().invoke(
+        cameo,
+        ["dataset", "build", "--data", str(root), "--params", str(PARAMS), "--profile", "tiny"],
+    )
+    seconds = time.perf_counter() - t
+    if result.exit_code != 0:
+        raise RuntimeError(result.output)
+    return seconds
+
+
+def bench_incremental(video: Path, tmp: Path, built: int = 5) -> str:
+    os.environ["DAGSTER_HOME"] = str(tmp / "dagster")
+    many, alone = tmp / "many" / "movies", tmp / "alone" / "movies"
+    for folder in (many, alone):
+        folder.mkdir(parents=True)
+    for i in range(built):
+        shutil.copy(video, many / f"movie-{i}.mp4")
+    first_s = timed_build(many.parent)
+    shutil.copy(video, alone / "new.mp4")
+    alone_s = timed_build(alone.parent)
+    shutil.copy(video, many / "new.mp4")
+    added_s = timed_build(many.parent)
+    unchanged_s = timed_build(many.parent)
+    return (
+        f"`cameo dataset build` (tiny profile, CPU, every stage and the triplets) on copies of "
+        f"the sample movie, one run each.\n\n"
+        "| build | seconds |\n|---|---|\n"
+        f"| {built} movies from scratch | {first_s:.1f} |\n"
+        f"| one movie alone | {alone_s:.1f} |\n"
+        f"| one movie added to {built} built ones | {added_s:.1f} |\n"
+        f"| again, nothing changed | {unchanged_s:.1f} |\n\n"
+        f"**Ratio add one to {built} / one movie alone: {added_s / alone_s:.2f}** (goal <= 1.3)\n"
+    )
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         video = write_sample_movie(DataLayout(Path(tmp)))
         write_section("Frames stage vs PyAV decode", bench_frames(video))
+        write_section("Incremental dataset build", bench_incremental(video, Path(tmp)))
     write_section("Character grouping", bench_grouping())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -103,30 +104,24 @@ def failure_message(event) -> str:
 
 def materialize_stages(
     movie: str | None,
-    until: str,
+    stages: list[str],
     instance,
     resources: dict,
     log_level: str = "WARNING",
     tags: dict[str, str] | None = None,
 ) -> PartitionOutcome:
-    """Materialise, on `instance`, the per-movie stages up to `until` for partition `movie`,
-    or (movie None) the dataset asset alone."""
+    """Materialise, on `instance`, the per-movie `stages` (with their checks) of partition
+    `movie` in a `movie_job` run, or (movie None) the dataset in a `triplets_job` run."""
     import dagster as dg
 
-    from orchestration.definitions import MOVIE_STAGES, STAGES
+    from orchestration.definitions import build_definitions
 
-    if movie is None:
-        selection = dg.AssetSelection.assets(DATASET_STAGE)
-    else:
-        selection = dg.AssetSelection.assets(until).upstream() & dg.AssetSelection.assets(
-            *MOVIE_STAGES
-        )
-    result = dg.materialize(
-        list(STAGES),
-        selection=selection,
-        partition_key=movie,
+    defs = build_definitions(resources)
+    job = defs.resolve_job_def("triplets_job" if movie is None else "movie_job")
+    result = job.execute_in_process(
         instance=instance,
-        resources=resources,
+        partition_key=movie,
+        asset_selection=[dg.AssetKey(stage) for stage in stages],
         raise_on_error=False,
         tags={"cameo/source": "cli", **(tags or {})},
         run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
@@ -174,6 +169,15 @@ def fail_interrupted_runs(instance, data_root: str) -> list[str]:
     for run in runs:
         instance.report_run_failed(run, message="interrupted: its build process is gone")
     return [run.run_id for run in runs]
+
+
+def unknown_movie(key: str, known: list[str]) -> str:
+    """No movie for `key`: say so, with the partition key it most likely meant."""
+    from assets.layout import slugify
+
+    close = [slugify(key)] if slugify(key) in known else difflib.get_close_matches(key, known, 1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"no movie file for partition key {key!r}{hint}"
 
 
 def stages_until(until: str) -> list[str]:
@@ -224,6 +228,7 @@ def build(
     from assets.layout import BuildLockedError, DataLayout
     from assets.params import ParamsError, load_params
     from assets.partitions import movie_partitions
+    from assets.stage import stages_to_build
     from orchestration.definitions import build_resources
     from orchestration.resources import MissingModelsError
 
@@ -253,7 +258,8 @@ def build(
         unknown = sorted(set(movies) - set(found))
         if unknown:
             raise click.UsageError(
-                f"no movie file for {', '.join(unknown)} under {layout.movies_dir}"
+                "; ".join(unknown_movie(key, sorted(found)) for key in unknown)
+                + f" (movies under {layout.movies_dir})"
             )
         keys = list(movies) or sorted(found)
         if not keys:
@@ -268,16 +274,25 @@ def build(
         # Failures are summarised below, one line each; -v shows Dagster's logs and traces.
         log_level = "INFO" if verbose else "CRITICAL"
         tags = {"cameo/data": str(layout.root)}
+        values = resources["params"].values
         outcomes = []
         with tqdm(keys, unit="movie", desc=f"until {until}") as bar:
             for key in bar:
                 bar.set_postfix_str(key)
-                outcome = materialize_stages(key, until, instance, resources, log_level, tags)
+                # Only what is missing or stale: a stage current for this file, its params and
+                # its code is kept.
+                stages = stages_to_build(layout, key, found[key], values, until)
+                if stages:
+                    outcome = materialize_stages(key, stages, instance, resources, log_level, tags)
+                else:
+                    outcome = PartitionOutcome(key, True, "up to date")
                 outcome.movie = f"{key} ({found[key].name})"
                 outcomes.append(outcome)
         if until == DATASET_STAGE:
             click.echo("building the triplet dataset from every movie and single image")
-            outcomes.append(materialize_stages(None, until, instance, resources, log_level, tags))
+            outcomes.append(
+                materialize_stages(None, [DATASET_STAGE], instance, resources, log_level, tags)
+            )
     for outcome in outcomes:
         status = "ok    " if outcome.success else "FAILED"
         click.echo(f"{status} {outcome.movie}: {outcome.message}")
@@ -349,23 +364,26 @@ def submit_training_job(args: list[str]) -> None:
 
 @dataset.command("summary")
 @data_option
-def summary(data_dir: Path) -> None:
-    """Print what each stage produced per movie, the triplet dataset, and where they are."""
+@params_option
+def summary(data_dir: Path, params_path: str) -> None:
+    """Print what each stage produced per movie (or why it is not current), the triplet
+    dataset, and where they are."""
     import pandas as pd
 
     from assets.layout import DataLayout, dvc_md5
-    from assets.stage import read_status
+    from assets.params import load_params
+    from assets.stage import movie_md5, stage_problem
 
     layout = DataLayout.from_env(data_dir)
+    values = load_params(params_path)
     movies, skipped_inputs = layout.scan_movies()
     for movie, path in movies.items():
         click.echo(f"movie {movie} ({path})")
+        md5 = movie_md5(layout, movie, path)
         for stage in STAGE_CHOICES[:-1]:
             table = layout.table(stage, movie)
-            status = read_status(layout, stage, movie)
-            if status is None or status["status"] != "ok":
-                state = "not materialised" if not table.is_file() else "did not complete"
-                click.echo(f"  {stage:<11} {status['error'] if status else state}")
+            if problem := stage_problem(layout, stage, movie, path, md5, values):
+                click.echo(f"  {stage:<11} {problem}")
                 continue
             df = pd.read_parquet(table)
             extra = ""

@@ -10,14 +10,15 @@ import os
 
 import dagster as dg
 
-from assets.captions import captions
-from assets.characters import characters
-from assets.faces import faces
-from assets.frames import frames
-from assets.masks import masks
-from assets.poses import poses
-from assets.references import references
-from assets.triplets import triplets
+from assets.captions import captions, captions_check
+from assets.characters import characters, characters_check
+from assets.faces import faces, faces_check
+from assets.frames import frames, frames_check
+from assets.masks import masks, masks_check
+from assets.partitions import movie_partitions
+from assets.poses import poses, poses_check
+from assets.references import references, references_check
+from assets.triplets import triplets, triplets_check
 from orchestration.evaluation_assets import evaluation, face_similarity_above_threshold
 from orchestration.resources import DataResource, ParamsResource, PerceptionResource
 from orchestration.sensors import movie_sensor
@@ -27,6 +28,45 @@ from orchestration.training_assets import model
 MOVIE_STAGES = (frames, faces, characters, masks, poses, captions, references)
 STAGES = (*MOVIE_STAGES, triplets)
 STAGE_NAMES = tuple(stage.key.to_user_string() for stage in STAGES)
+# Each stage's blocking GX check, a definition of its own: re-runnable alone from the UI.
+CHECKS = (
+    frames_check,
+    faces_check,
+    characters_check,
+    masks_check,
+    poses_check,
+    captions_check,
+    references_check,
+    triplets_check,
+)
+
+# Named jobs, so runs say what they are (in the UI, `dagster job launch`, the CLI).
+movie_job = dg.define_asset_job(
+    "movie_job",
+    selection=dg.AssetSelection.assets(*MOVIE_STAGES),
+    partitions_def=movie_partitions,
+    description="Every per-movie stage of one movie (a partition), with their checks.",
+)
+triplets_job = dg.define_asset_job(
+    "triplets_job",
+    selection=dg.AssetSelection.assets(triplets),
+    description="The triplet dataset from every complete movie and every single image.",
+)
+training_job = dg.define_asset_job(
+    "training_job",
+    selection=dg.AssetSelection.assets(model, evaluation),
+    description="Train on the current triplets and evaluate the model, logged to MLflow.",
+)
+JOBS = (movie_job, triplets_job, training_job)
+
+# Evaluates the triplets' automation condition: the dataset follows the movies the sensor
+# brings in.
+dataset_automation = dg.AutomationConditionSensorDefinition(
+    "dataset_automation",
+    target=dg.AssetSelection.assets(triplets),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+)
 
 
 def build_resources(
@@ -56,10 +96,16 @@ def executor_for(environment: str) -> dg.ExecutorDefinition:
     raise ValueError(f"CAMEO_ENV must be 'local' or 'k8s', got {environment!r}")
 
 
-defs = dg.Definitions(
-    assets=[*STAGES, model, evaluation],
-    asset_checks=[face_similarity_above_threshold],
-    sensors=[movie_sensor],
-    resources=build_resources(),
-    executor=executor_for(os.environ.get("CAMEO_ENV", "local")),
-)
+def build_definitions(resources: dict[str, dg.ConfigurableResource]) -> dg.Definitions:
+    """The code location with these resources (the CLI passes its own)."""
+    return dg.Definitions(
+        assets=[*STAGES, model, evaluation],
+        asset_checks=[*CHECKS, face_similarity_above_threshold],
+        jobs=list(JOBS),
+        sensors=[movie_sensor, dataset_automation],
+        resources=resources,
+        executor=executor_for(os.environ.get("CAMEO_ENV", "local")),
+    )
+
+
+defs = build_definitions(build_resources())

@@ -58,6 +58,7 @@ def face_similarity_check(similarity: float, threshold: float | None) -> dg.Asse
     required_resource_keys={"data", "params"},
     group_name="training",
     kinds={"mlflow"},
+    code_version="1",
 )
 def evaluation(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """The trained model's identity, pose, prompt and colour metrics on the validation

@@ -11,9 +11,8 @@ from orchestration.resources import DataResource
 
 
 @dg.sensor(
-    # Every per-movie stage; the triplets gather all movies and are built on demand.
-    target=dg.AssetSelection.groups("identity_mining", "dataset")
-    - dg.AssetSelection.assets("triplets"),
+    # Every per-movie stage; the triplets follow by their automation condition.
+    job_name="movie_job",
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )

@@ -75,6 +75,7 @@ def loss_check(metrics: dict[str, float]) -> dg.AssetCheckResult:
     required_resource_keys={"data", "params"},
     group_name="training",
     kinds={"pytorch", "mlflow"},
+    code_version="1",
     check_specs=[
         dg.AssetCheckSpec(
             LOSS_CHECK,

@@ -17,7 +17,14 @@ from assets.partitions import movie_partitions
 from assets.sample_movie import compare_with_truth
 from assets.triplets import dvc_md5, triplets
 from orchestration.cli import STAGE_CHOICES, main
-from orchestration.definitions import MOVIE_STAGES, STAGE_NAMES, STAGES, build_resources, defs
+from orchestration.definitions import (
+    CHECKS,
+    MOVIE_STAGES,
+    STAGE_NAMES,
+    STAGES,
+    build_resources,
+    defs,
+)
 from orchestration.resources import DataResource
 from orchestration.sensors import movie_sensor
 from tests.conftest import PARAMS
@@ -26,11 +33,11 @@ from tests.conftest import PARAMS
 def materialize(
     root: Path, params: Path = PARAMS, movie: str = "sample", instance=None
 ) -> dg.ExecuteInProcessResult:
-    """Every per-movie stage of one partition."""
+    """Every per-movie stage of one partition, with their checks."""
     instance = instance or dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(movie_partitions.name, [movie])
     return dg.materialize(
-        list(MOVIE_STAGES),
+        [*MOVIE_STAGES, *CHECKS[:-1]],
         partition_key=movie,
         instance=instance,
         resources=build_resources(str(root), str(params), "tiny"),
@@ -55,8 +62,8 @@ def built(sample_root: Path, instance) -> dg.ExecuteInProcessResult:
 @pytest.fixture(scope="module")
 def dataset(built, sample_root: Path, instance) -> dg.ExecuteInProcessResult:
     return dg.materialize(
-        list(STAGES),
-        selection=[triplets],
+        [*STAGES, *CHECKS],
+        selection=dg.AssetSelection.assets(triplets),
         instance=instance,
         resources=build_resources(str(sample_root), str(PARAMS), "tiny"),
     )
@@ -142,9 +149,29 @@ def test_cli_build_fails_the_bad_movie_and_finishes_the_others(sample_root: Path
     assert "ok     sample" in result.output
     assert DataLayout(root).table("frames", "sample").is_file()
     assert not DataLayout(root).stage_dir("frames", "broken-reel").exists()
-    # Both movies are registered partitions of the persistent instance, visible in the UI.
+    # Both movies are registered partitions of the persistent instance, visible in the UI,
+    # built by runs of the named job.
     instance = dg.DagsterInstance.get()
     assert {"sample", "broken-reel"} <= set(instance.get_dynamic_partitions("movies"))
+    runs = instance.get_runs(dg.RunsFilter(tags={"cameo/data": str(DataLayout(root).root)}))
+    assert {run.job_name for run in runs} == {"movie_job"}
+    # Again: the current movie is kept, the failed one is tried again.
+    again = CliRunner().invoke(main, ["dataset", "build", "--data", str(root), "--until", "frames"])
+    assert "ok     sample (sample.mp4): up to date" in again.output
+    assert "FAILED broken-reel" in again.output
+
+
+def test_an_unknown_movie_key_suggests_the_key_of_its_file(tmp_path: Path):
+    movies = tmp_path / "data" / "movies"
+    movies.mkdir(parents=True)
+    (movies / "Heldout A.mp4").write_bytes(b"not decoded here")
+    result = CliRunner().invoke(
+        main, ["dataset", "build", "--data", str(tmp_path / "data"), "--movie", "heldout_a"]
+    )
+    assert result.exit_code == 2
+    assert "no movie file for partition key 'heldout_a'; did you mean 'heldout-a'?" in (
+        result.output
+    )
 
 
 def test_sensor_registers_new_movies_once(sample_root: Path):

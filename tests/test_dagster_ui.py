@@ -113,3 +113,32 @@ def test_ui_shows_assets_partitions_and_blocking_checks(instance_env):
         assert node["assetChecksOrError"]["checks"] == [
             {"name": f"{name}_expectations", "blocking": True}
         ]
+
+
+def test_the_project_config_finds_the_code_location(instance_env):
+    # `dagster dev` / `dagster definitions validate` with no -m: [tool.dagster] names it.
+    done = subprocess.run(
+        [BIN / "dagster", "definitions", "validate"],
+        cwd=REPO,
+        env=instance_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Validation successful for code location cameo" in done.stdout + done.stderr
+
+
+def test_the_activated_venv_uses_the_repos_instance():
+    activate = Path(sys.prefix) / "bin" / "activate"
+    if Path(sys.prefix).parent != REPO or "DAGSTER_HOME" not in activate.read_text():
+        pytest.skip("not the venv `make` builds in this repo")
+    environ = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    shell = subprocess.run(
+        ["bash", "-c", f'source "{activate}" && echo "$DAGSTER_HOME"'],
+        env=environ,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shell.stdout.strip() == str(REPO / ".dagster")

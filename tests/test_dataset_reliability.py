@@ -30,6 +30,7 @@ from assets.layout import (
     DataLayout,
     ImageReadError,
     atomic_path,
+    dvc_md5,
     load_rgb,
     source_fingerprint,
     write_json,
@@ -50,7 +51,7 @@ from assets.params import (
 )
 from assets.poses import check_poses, estimate_poses
 from assets.references import crop_references
-from assets.stage import MOVIE_STAGE_DEPS, downstream, incomplete_stage
+from assets.stage import MOVIE_STAGE_DEPS, build_key, downstream, incomplete_stage
 from assets.triplets import build_triplets
 from orchestration.cli import fail_interrupted_runs, failure_message, main
 from orchestration.definitions import STAGES, build_resources
@@ -279,11 +280,22 @@ def test_no_characters_gives_empty_tables_through_every_stage(tmp_path: Path):
 # --- the dataset is a function of the files present ----------------------------------------
 
 
+TINY = load_params(PARAMS, "tiny")
+
+
 def mark_complete(layout: DataLayout, movie: str, video: Path) -> None:
-    """Stage records of a finished build of `movie` from `video`, as the stage assets write."""
+    """Stage records of a finished, checked build of `movie` from `video` with the tiny
+    params, as the stage assets and their checks write them."""
+    md5 = dvc_md5(video)
     for stage in MOVIE_STAGE_DEPS:
         write_json(
-            {"stage": stage, "movie": movie, "source": source_fingerprint(video), "status": "ok"},
+            {
+                "stage": stage,
+                "movie": movie,
+                "source": source_fingerprint(video),
+                **build_key(stage, md5, TINY),
+                "status": "ok",
+            },
             layout.stage_status(stage, movie),
         )
 
@@ -300,10 +312,10 @@ def test_triplets_come_only_from_present_complete_movies(tmp_path: Path, percept
     video.write_bytes(b"version 1")
     params = perception.params.values
 
-    def build() -> tuple[pd.DataFrame, pd.DataFrame]:
+    def build(values: dict = params) -> tuple[pd.DataFrame, pd.DataFrame]:
         out = tmp_path / "out"
         shutil.rmtree(out, ignore_errors=True)
-        manifest, skipped = build_triplets(layout, perception, params, out)
+        manifest, skipped = build_triplets(layout, perception, values, out)
         return manifest, pd.DataFrame(skipped)
 
     # Tables on disk but no stage record: a run that never finished.
@@ -322,6 +334,17 @@ def test_triplets_come_only_from_present_complete_movies(tmp_path: Path, percept
         layout.stage_status(stage, "m").unlink()
     _, skipped = build()
     assert skipped.loc[skipped["movie"] == "m", "stage"].tolist() == ["poses"]
+
+    # Built with other params than those now: not used until rebuilt.
+    mark_complete(layout, "m", video)
+    other = {**params, "characters": {**params["characters"], "min_frames": 4}}
+    manifest, skipped = build(other)
+    assert manifest.empty
+    stale = skipped[skipped["movie"] == "m"].iloc[0]
+    assert (stale["stage"], stale["reason"]) == (
+        "characters",
+        "built with other params (characters)",
+    )
 
     # Replaced by another file: its old results are not used.
     mark_complete(layout, "m", video)
@@ -670,5 +693,5 @@ def test_a_folder_of_bad_footage_builds_what_it_can_and_says_why(sample_root: Pa
     assert by_file["bomb.png"][0] == "read"
     manifest = pd.read_parquet(layout.triplets_dir / "manifest.parquet")
     assert manifest["triplet_id"].tolist() == ["single-eileen_collins"]
-    assert incomplete_stage(layout, keys["映画.mp4"], movies / "映画.mp4") is None
+    assert incomplete_stage(layout, keys["映画.mp4"], movies / "映画.mp4", TINY) is None
     assert not list(root.glob("*/.tmp-*")) and not list(root.glob(".tmp-*"))

@@ -1,0 +1,28 @@
+"""The sample movie is the same file on every machine: DVC pins its md5 in data/movies.dvc."""
+
+import hashlib
+from pathlib import Path
+
+import av
+
+from assets.layout import DataLayout
+
+# What data/movies.dvc records; x86-64 with the pinned PyAV.
+SAMPLE_MD5 = "6596cf8cbaee7d900345e42b1be154a1"
+SAMPLE_SIZE = 2_132_676
+# The decoded YUV planes of all 1850 frames (H.264 decoding is exact by the standard).
+DECODED_MD5 = "ddf3407144f0b5ca3cb24b6b3ae33a70"
+
+
+def test_the_sample_movie_has_fixed_bytes_and_frames(sample_root: Path):
+    video = DataLayout(sample_root).movies_dir / "sample.mp4"
+    data = video.read_bytes()
+    assert (len(data), hashlib.md5(data).hexdigest()) == (SAMPLE_SIZE, SAMPLE_MD5)
+    decoded = hashlib.md5()
+    with av.open(str(video)) as container:
+        frames = 0
+        for frame in container.decode(video=0):
+            decoded.update(frame.to_ndarray().tobytes())  # yuv420p as stored: no conversion
+            frames += 1
+    assert (frames, decoded.hexdigest()) == (1850, DECODED_MD5)
+    assert b"Lavf" not in data  # no library version strings in the container
