@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tempfile
@@ -32,6 +33,7 @@ from training.model import (
     CheckpointInfo,
 )
 from training.tracking import CHAMPION, REGISTERED_MODEL
+from training.train import FINAL_DIR, RUN_FILE
 
 PROFILE_CONFIGS = {"tiny": "tiny", "full": "sdxl"}  # the model config each profile serves
 MODEL_NAME = "model"  # the logged model's name inside its run
@@ -94,6 +96,20 @@ def _input_example() -> tuple[pd.DataFrame, dict[str, Any]]:
     return pd.DataFrame([make_row(base, mask, reference, prompt)]), {"num_inference_steps": 2}
 
 
+def training_run(checkpoint_dir: Path, info: CheckpointInfo) -> str | None:
+    """The MLflow run that trained a checkpoint: its own record (`checkpoint-<step>/`), else
+    the `run.json` training writes beside `final/` (whose files name no run, so that dvc.lock
+    reproduces), when it describes the same dataset; None when neither says."""
+    if info.run_id:
+        return info.run_id
+    record = checkpoint_dir.parent / RUN_FILE
+    if checkpoint_dir.name == FINAL_DIR and record.is_file():
+        run = json.loads(record.read_text())
+        if run.get("dataset_md5") == info.dataset_md5:
+            return run.get("run_id")
+    return None
+
+
 def log_model(
     checkpoint_dir: str | Path,
     *,
@@ -140,7 +156,7 @@ def log_model(
         names = [SDXL_INPAINT_DIR, BODY_ENCODER_DIR]
         names += [params["faces"]["model"], params["poses"]["model"]]
         model_config["base_models"] = record_base_models(resolve_models_dir(models_dir), names)
-    training_run_id = info.run_id or run.info.run_id
+    training_run_id = training_run(checkpoint_dir, info) or run.info.run_id
     model_metadata = {
         "training_run_id": training_run_id,
         "dataset_md5": info.dataset_md5,

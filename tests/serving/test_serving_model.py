@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -193,3 +194,23 @@ def test_grid_has_five_titled_panels_and_the_caption(scene):
     assert (caption_rows < 128).any()  # the caption's text is drawn
     short = inpaint_grid(base, mask, None, reference, base, "short", panel_height=128)
     assert grid.height > short.height  # long captions wrap onto more lines
+
+
+def test_a_final_checkpoint_logged_later_names_the_run_that_trained_it(tmp_path):
+    """`final/` names no run (dvc.lock reproduces); the `run.json` beside it does."""
+    from serving.registry import training_run
+    from training.model import CheckpointInfo
+
+    final = tmp_path / "final"
+    final.mkdir()
+    info = CheckpointInfo(config="tiny", base_seed=0, step=24, dataset_md5=DATASET_MD5)
+    assert training_run(final, info) is None
+    record = {"run_id": "abc123", "experiment_id": "1", "dataset_md5": DATASET_MD5}
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    assert training_run(final, info) == "abc123"
+    # A record of another dataset is not this checkpoint's.
+    (tmp_path / "run.json").write_text(json.dumps({**record, "dataset_md5": "other.dir"}))
+    assert training_run(final, info) is None
+    # A step checkpoint names its run itself.
+    step = CheckpointInfo("tiny", 0, 8, run_id="def456", dataset_md5=DATASET_MD5)
+    assert training_run(tmp_path / "checkpoint-000008", step) == "def456"
