@@ -100,7 +100,11 @@ class Lineage:
                 git += f" (also in {', '.join(c.sha[:12] for c in self.commits[1:])})"
         else:
             git = missing_commit_reason(self)
-        params = " ".join(f"{key}={value}" for key, value in sorted(self.params.items()))
+        # The training run's own params; the logged model's settings (`faces/…`, `poses/…`,
+        # `serving/…`) are in --json.
+        params = " ".join(
+            f"{key}={value}" for key, value in sorted(self.params.items()) if "/" not in key
+        )
         dagster = ", ".join(f"{run.run_id} at {run.timestamp}" for run in self.dagster_runs)
         return [
             f"model    {model}",
