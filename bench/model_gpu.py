@@ -8,8 +8,10 @@ Weights are random (the `sdxl` config at real sizes): cost does not depend on th
 the benchmark needs nothing from the models directory. It measures
 
 - training: one step of the article's setup at 1024×1024, batch 1 — Pose-IdentityNet + the
-  9-channel U-Net with both image branches, forward + backward under bf16 autocast with gradient
-  checkpointing on, then AdamW on the trainable set (kept in fp32; the frozen U-Net in bf16).
+  9-channel U-Net with both image branches, forward + backward under bf16 autocast, then AdamW
+  on the trainable set (kept in fp32; the frozen U-Net in bf16), with gradient checkpointing on
+  (`training.gradient_checkpointing`) and off, side by side, and the optimizer step
+  alone.
   Latents, prompt embeddings, face embedding and body features come in precomputed, as a
   training loop with cached VAE/text/body encodings feeds them;
 - inference: `CharacterInpaintPipeline` at 1024×1024, 30 steps, classifier-free guidance, bf16,
@@ -94,7 +96,9 @@ def _training_inputs(config: ModelConfig, size: int, device: torch.device) -> di
 
 def bench_training(
     components: dict[str, Any], config: ModelConfig, size: int, steps: int, warmup: int
-) -> dict[str, float]:
+) -> dict[str, dict[str, float]]:
+    """The training step with gradient checkpointing on (the default) and off, one after the
+    other on the same weights, and the optimizer step's share of it."""
     unet, controlnet = components["unet"], components["controlnet"]
     device = unet.device
     # Mixed precision as in diffusers' training scripts: frozen weights in bf16, trainable fp32.
@@ -104,8 +108,6 @@ def bench_training(
     for processor in adapter_processors(unet):
         processor.float()
     controlnet.float()
-    unet.enable_gradient_checkpointing()
-    controlnet.enable_gradient_checkpointing()
     unet.train()
     controlnet.train()
     params = list(trainable_parameters(unet, controlnet).values())
@@ -113,29 +115,50 @@ def bench_training(
     inputs = _training_inputs(config, size, device)
     target = torch.randn_like(inputs["latents"], dtype=torch.float32)
 
-    def step() -> None:
+    def forward_backward() -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16):
             noise_pred = predict_noise(unet, controlnet, **inputs)
         loss = torch.nn.functional.mse_loss(noise_pred.float(), target)
         loss.backward()
+
+    def step() -> None:
+        forward_backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):
-        step()
-    flops = _counted_flops(step)
-    torch.cuda.reset_peak_memory_stats()
-    seconds = _timed(step, steps)
-    peak_gb = torch.cuda.max_memory_allocated() / 2**30
-    unet.disable_gradient_checkpointing()
-    controlnet.disable_gradient_checkpointing()
-    return {
-        "seconds": seconds,
-        "peak_gb": peak_gb,
-        "tflops": flops / seconds / 1e12,
-        "tflop_per_step": flops / 1e12,
-        "trainable": sum(p.numel() for p in params),
-    }
+    results = {}
+    for checkpointing in (True, False):
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+            controlnet.enable_gradient_checkpointing()
+        else:
+            unet.disable_gradient_checkpointing()
+            controlnet.disable_gradient_checkpointing()
+        name = "checkpointing" if checkpointing else "no_checkpointing"
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            for _ in range(warmup):
+                step()
+            flops = _counted_flops(step)
+            seconds = _timed(step, steps)
+        except torch.OutOfMemoryError:
+            optimizer.zero_grad(set_to_none=True)
+            results[name] = None  # reported as out of memory
+            continue
+        results[name] = {
+            "seconds": seconds,
+            "peak_gb": torch.cuda.max_memory_allocated() / 2**30,
+            "tflops": flops / seconds / 1e12,
+            "tflop_per_step": flops / 1e12,
+        }
+    unet.enable_gradient_checkpointing()
+    controlnet.enable_gradient_checkpointing()
+    forward_backward()  # gradients in place for the optimizer alone
+    results["optimizer_seconds"] = _timed(optimizer.step, steps)
+    results["trainable"] = sum(p.numel() for p in params)
+    optimizer.zero_grad(set_to_none=True)
+    return results
 
 
 def bench_inference(
@@ -178,28 +201,44 @@ def bench_inference(
     }
 
 
-def render(train: dict[str, float], infer: dict[str, float], args: argparse.Namespace) -> str:
-    fits = "yes" if train["peak_gb"] < TRAINING_BUDGET_GB else "NO"
+def render(train: dict[str, Any], infer: dict[str, float], args: argparse.Namespace) -> str:
+    on, off = train["checkpointing"], train["no_checkpointing"]
+
+    def cells(key: str) -> str:
+        return " | ".join(
+            "out of memory" if run is None else key.format(**run) for run in (on, off)
+        )
+
+    ratio = (
+        f"**Step time, checkpointing off / on: {off['seconds'] / on['seconds']:.2f}.** "
+        if off is not None
+        else "**Without checkpointing the step does not fit.** "
+    )
     return "\n".join(
         [
             f"`python -m bench.model_gpu` on {torch.cuda.get_device_name()}, torch "
             f"{torch.__version__}, diffusers {diffusers.__version__}, {platform.node()}, "
             f"{time.strftime('%Y-%m-%d')}. Full-size `sdxl` config, random weights.",
             "",
-            "| measurement | value |",
+            "| measurement | checkpointing on | checkpointing off |",
+            "| --- | --- | --- |",
+            f"| training step, 1024², batch 1, bf16 autocast, fused AdamW (mean of {args.steps})"
+            f" | {cells('{seconds:.3f} s')} |",
+            f"| training peak memory (allocated) | {cells('{peak_gb:.1f} GiB')} |",
+            "| training achieved throughput (TFLOP per step, recomputation included) | "
+            f"{cells('{tflops:.1f} TFLOP/s ({tflop_per_step:.1f})')} |",
+            "",
+            ratio + f"The optimizer step alone (AdamW over {train['trainable'] / 1e9:.3f} B fp32 "
+            f"trainable parameters): {train['optimizer_seconds'] * 1000:.0f} ms, "
+            f"{train['optimizer_seconds'] / on['seconds']:.0%} of the step with checkpointing. "
+            f"The article's budget is {TRAINING_BUDGET_GB} GB per GPU.",
+            "",
+            "| inference | value |",
             "| --- | --- |",
-            f"| training step, 1024², batch 1, bf16 autocast, checkpointing, AdamW "
-            f"(mean of {args.steps}) | {train['seconds']:.3f} s |",
-            f"| training peak memory (allocated) | {train['peak_gb']:.1f} GiB "
-            f"(fits {TRAINING_BUDGET_GB} GB: {fits}) |",
-            f"| training achieved throughput | {train['tflops']:.1f} TFLOP/s "
-            f"({train['tflop_per_step']:.1f} TFLOP per step incl. recomputation) |",
-            f"| trainable parameters | {train['trainable'] / 1e9:.3f} B |",
-            f"| inference, 1024², {args.inference_steps} steps, CFG, bf16 "
-            f"(mean of {args.inference_runs}) | {infer['seconds']:.2f} s "
-            f"({infer['seconds_per_step'] * 1000:.0f} ms/step) |",
-            f"| inference peak memory (allocated) | {infer['peak_gb']:.1f} GiB |",
-            f"| inference achieved throughput | {infer['tflops']:.1f} TFLOP/s |",
+            f"| 1024², {args.inference_steps} steps, CFG, bf16 (mean of {args.inference_runs}) "
+            f"| {infer['seconds']:.2f} s ({infer['seconds_per_step'] * 1000:.0f} ms/step) |",
+            f"| peak memory (allocated) | {infer['peak_gb']:.1f} GiB |",
+            f"| achieved throughput | {infer['tflops']:.1f} TFLOP/s |",
             "",
             "Training step: ControlNet + U-Net forward and backward on precomputed latents and "
             "embeddings, plus the optimizer step. Inference: the whole pipeline call (prompt "

@@ -99,7 +99,7 @@ class TrainingParams:
     use_8bit_adam: bool = True  # where bitsandbytes and CUDA are present
     max_grad_norm: float = param(1.0, ge=0)  # 0: no clipping (the norm is still logged)
     mixed_precision: str = "bf16"  # "bf16" or "no"; CPU always trains in float32
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool = False  # on: less memory, about 2x the step (BENCHMARKS.md)
     ema_decay: float = param(0.0, ge=0, lt=1)  # 0: no EMA of the trainable weights
     snr_gamma: float = param(0.0, ge=0)  # 0: plain MSE; else min-SNR-γ weighting
     cfg_dropout: dict = field(default_factory=lambda: {"text": 0.05, "face": 0.05, "body": 0.05})
