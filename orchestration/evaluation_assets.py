@@ -10,7 +10,7 @@ import math
 
 import dagster as dg
 
-from training.evaluate import FULL, METRICS, EvaluationParams, evaluate_logged_model
+from training.evaluate import METRICS, EvaluationParams, evaluate_logged_model
 from training.tracking import configure_tracking, run_url
 
 FACE_CHECK = "face_similarity_above_threshold"
@@ -78,8 +78,7 @@ def evaluation(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     result, run_id = evaluate_logged_model(
         model_uri, params.values, data_root=context.resources.data.layout.root
     )
-    table = result.summary()
-    full = table[table.ablation == FULL].iloc[0] if FULL in set(table.ablation) else None
+    table, metrics = result.summary(), result.metrics()
     return dg.MaterializeResult(
         metadata={
             "mlflow_run_id": run_id,
@@ -87,7 +86,8 @@ def evaluation(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             "model_uri": model_uri,
             "ablations": dg.MetadataValue.md(table.to_markdown(index=False, floatfmt=".3f")),
             "samples": len(result.samples) // max(len(table), 1),
-            **{name: float(full[name]) for name in METRICS if full is not None},
+            # The model's own (the `full` ablation's) metrics, for the check and the UI.
+            **{name: metrics[f"eval/{name}"] for name in METRICS if f"eval/{name}" in metrics},
             **{f"note_{name}": note for name, note in result.notes.items()},
         },
         data_version=dg.DataVersion(f"{run_id}:{model_uri}"),
@@ -103,7 +103,5 @@ def face_similarity_above_threshold(context: dg.AssetCheckExecutionContext) -> d
         return dg.AssetCheckResult(passed=False, description="evaluation was never materialised")
     recorded = event.asset_materialization.metadata.get("face_similarity")
     similarity = float(recorded.value) if recorded is not None else math.nan
-    threshold = EvaluationParams(
-        **context.resources.params.values.get("evaluation", {})
-    ).min_face_similarity
+    threshold = EvaluationParams.from_params(context.resources.params.values).min_face_similarity
     return face_similarity_check(similarity, threshold)

@@ -188,33 +188,26 @@ def _resolve(uri: str, client) -> tuple[ModelRef | None, str]:
     """The model version `uri` names (None for a run) and the run that trained it."""
     from mlflow.exceptions import MlflowException
 
+    from training.tracking import registered_version
+
     if uri.startswith("runs:/"):
         return None, uri.removeprefix("runs:/").split("/")[0]
-    if uri.isdigit():
-        name, number, alias = REGISTERED_MODEL, uri, None
-    elif uri.startswith("models:/"):
-        reference = uri.removeprefix("models:/")
-        if "@" in reference:
-            (name, alias), number = reference.split("@", 1), None
-        elif "/" in reference:
-            (name, number), alias = reference.split("/", 1), None
-        else:
-            raise LineageError(
-                f"{uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION "
-                f"(e.g. models:/{REGISTERED_MODEL}@champion)"
-            )
-    else:
+    if not uri.isdigit() and not uri.startswith("models:/"):
         return None, uri
+    # A bare number is a version of cameo-inpaint.
+    models_uri = f"models:/{REGISTERED_MODEL}/{uri}" if uri.isdigit() else uri
     try:
-        if alias is not None:
-            version = client.get_model_version_by_alias(name, alias)
-        else:
-            version = client.get_model_version(name, number)
+        version = registered_version(models_uri, client)
     except MlflowException:
         raise LineageError(
             f"{uri} names no registered model version: `cameo model list` shows the versions "
             f"and aliases of {REGISTERED_MODEL}"
         ) from None
+    if version is None:
+        raise LineageError(
+            f"{uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION "
+            f"(e.g. models:/{REGISTERED_MODEL}@champion)"
+        )
     return _model_ref(version), _training_run(version)
 
 

@@ -50,14 +50,11 @@ def resolve_model(model_uri: str) -> ServedModel:
     does not change what this server serves), with its run and logged model."""
     import mlflow
 
-    name = version = None
-    body = model_uri.removeprefix("models:/") if model_uri.startswith("models:/") else ""
-    if "@" in body:
-        name, alias = body.split("@", 1)
-        version = mlflow.MlflowClient().get_model_version_by_alias(name, alias).version
-    elif body.count("/") == 1 and body.split("/")[1].isdigit():
-        name, version = body.split("/")
+    from training.tracking import registered_version
+
     # models:/<model id>, runs:/ and paths name no registered version: the label is the id.
+    registered = registered_version(model_uri)
+    name, version = (registered.name, str(registered.version)) if registered else (None, None)
     info = mlflow.models.get_model_info(model_uri)
     return ServedModel(model_uri, name, version, info.run_id, info.model_id)
 

@@ -34,9 +34,10 @@ import pandas as pd
 import PIL.Image
 import torch
 
-from assets.params import param, params_section
+from assets.params import ParamsError, param, params_section, validate_section
 from perception.faces import FaceAnalyzer, identity_score, load_face_analyzer
 from perception.pose import (
+    Pose,
     RTMPoseEstimator,
     extract_pose,
     load_pose_estimator,
@@ -99,6 +100,14 @@ class EvaluationParams:
     def problems(self) -> list[str]:
         unknown = [name for name in self.ablations if name not in ABLATIONS]
         return [f"ablations: unknown {unknown}; known: {', '.join(ABLATIONS)}"] if unknown else []
+
+    @classmethod
+    def from_params(cls, values: dict[str, Any]) -> EvaluationParams:
+        """The section of loaded params.yaml values."""
+        params, problems = validate_section("evaluation", values.get("evaluation", {}), cls)
+        if params is None:
+            raise ParamsError("evaluation parameters: " + "; ".join(problems))
+        return params
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,14 +270,9 @@ class Evaluator:
     def from_params(cls, values: dict[str, Any], models_dir: str | Path | None = None) -> Evaluator:
         """The evaluator of loaded params.yaml values (their profile, faces, poses and
         evaluation sections)."""
-        from assets.params import validate_section
         from perception.models import models_dir as resolve_models_dir
 
-        params, problems = validate_section(
-            "evaluation", values.get("evaluation", {}), EvaluationParams
-        )
-        if params is None:
-            raise ValueError("evaluation parameters: " + "; ".join(problems))
+        params = EvaluationParams.from_params(values)
         profile = values["profile"]
         faces, poses = values.get("faces", {}), values.get("poses", {})
         recogniser = params.face_model or faces.get("model", "antelopev2")
@@ -309,10 +313,27 @@ class Evaluator:
         faces = self.face_scorer.detect(np.asarray(sample.reference))
         return max(faces, key=lambda f: f.area).embedding if faces else None
 
+    def conditioning_pose(self, sample: ValidationSample) -> Pose | None:
+        """The keypoints that conditioned the sample: the target's, extracted as the dataset's
+        poses stage did (None when none is visible)."""
+        condition, _ = extract_pose(
+            self.pose_estimator,
+            np.asarray(sample.base),
+            sample.inside,
+            self.score_threshold,
+            min_keypoints=1,
+        )
+        return condition
+
     def score(
-        self, sample: ValidationSample, output: PIL.Image.Image, reference: np.ndarray | None
+        self,
+        sample: ValidationSample,
+        output: PIL.Image.Image,
+        reference: np.ndarray | None,
+        condition: Pose | None,
     ) -> dict[str, float]:
-        """Every metric of one output against its triplet."""
+        """Every metric of one output against its triplet, given the reference's embedding in
+        the scorer's space and the conditioning pose (both the same for every ablation)."""
         inside = sample.inside
         painted, target = np.asarray(output.convert("RGB")), np.asarray(sample.base)
         similarity = (
@@ -328,10 +349,6 @@ class Evaluator:
             "clip_score": self.clip(output, sample.prompt) if self.clip else math.nan,
             "saturation_ratio": saturation_ratio(painted, target, inside),
         }
-        # The conditioning keypoints: the target's, extracted as the dataset's poses stage did.
-        condition, _ = extract_pose(
-            self.pose_estimator, target, inside, self.score_threshold, min_keypoints=1
-        )
         box = mask_box(inside)
         if condition is not None and box is not None:
             found = self.pose_estimator.estimate(masked_image(painted, inside), box)
@@ -361,6 +378,7 @@ class Evaluator:
         rows, grids = [], []
         for sample in samples:
             reference = self.reference_embedding(sample)
+            condition = self.conditioning_pose(sample)
             for name in ablations:
                 scales = ABLATIONS[name]
                 output = pipe(
@@ -379,7 +397,7 @@ class Evaluator:
                 ).images[0]
                 rows.append(
                     {"ablation": name, "triplet_id": sample.triplet_id}
-                    | self.score(sample, output, reference)
+                    | self.score(sample, output, reference, condition)
                 )
                 pose_panel = sample.pose if scales.pose else None
                 grid = inpaint_grid(

@@ -55,3 +55,20 @@ def run_url(experiment_id: str, run_id: str) -> str:
     """The run's page in the MLflow UI at `$CAMEO_MLFLOW_UI` (default: `make mlflow-ui`'s)."""
     ui = os.environ.get("CAMEO_MLFLOW_UI", "http://127.0.0.1:5000")
     return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def registered_version(uri: str, client: Any = None) -> Any:
+    """The registered `ModelVersion` a `models:/NAME/VERSION` or `models:/NAME@ALIAS` URI names
+    (an alias resolved now); None for URIs that name no version (`models:/<model id>`,
+    `runs:/…`, paths). Raises MLflow's error when the name, version or alias is unknown."""
+    import mlflow
+
+    body = uri.removeprefix("models:/") if uri.startswith("models:/") else ""
+    client = client or mlflow.MlflowClient()
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        return client.get_model_version_by_alias(name, alias)
+    if body.count("/") == 1:
+        name, version = body.split("/")
+        return client.get_model_version(name, version)
+    return None

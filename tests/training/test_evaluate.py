@@ -122,7 +122,7 @@ def _astronaut_sample() -> tuple[ValidationSample, np.ndarray]:
 def test_an_output_identical_to_the_target_scores_perfectly():
     evaluator = Evaluator.from_params({"profile": "tiny"}, models_dir=Path("no-models"))
     sample, reference = _astronaut_sample()
-    scores = evaluator.score(sample, sample.base, reference)
+    scores = evaluator.score(sample, sample.base, reference, evaluator.conditioning_pose(sample))
     assert scores["face_similarity"] == pytest.approx(1.0, abs=1e-5)
     assert scores["face_found"] == 1.0
     assert scores["saturation_ratio"] == 1.0
@@ -132,7 +132,7 @@ def test_an_output_identical_to_the_target_scores_perfectly():
     assert evaluator.notes["clip_score"].startswith("skipped: no CLIP model at")
     # A grey output has no face: not found, no similarity.
     grey = PIL.Image.new("RGB", sample.base.size, (128, 128, 128))
-    scores = evaluator.score(sample, grey, reference)
+    scores = evaluator.score(sample, grey, reference, evaluator.conditioning_pose(sample))
     assert scores["face_found"] == 0.0 and math.isnan(scores["face_similarity"])
 
 
@@ -152,7 +152,7 @@ def test_a_second_recogniser_scores_the_reference_crop_and_the_output(tmp_path):
     )
     reference = evaluator.reference_embedding(sample)
     assert reference is not None
-    scores = evaluator.score(sample, picture, reference)
+    scores = evaluator.score(sample, picture, reference, evaluator.conditioning_pose(sample))
     assert scores["face_similarity"] == pytest.approx(1.0, abs=1e-5)
 
 
