@@ -8,11 +8,11 @@ kept but marked skipped, with the rules it broke.
 import dagster as dg
 import pandas as pd
 
-from assets.layout import load_rgb, read_table, write_table
-from assets.params import CaptionsParams
 from assets.quality import check_result
 from assets.stage import MovieStage, movie_asset, movie_check
+from core.io import load_rgb, read_table, write_table
 from perception.captions import BANNED_OPENINGS, GENDER_WORDS, caption_problems
+from perception.params import CaptionsParams
 
 
 def caption_frames(poses: pd.DataFrame, root, captioner, params: CaptionsParams) -> pd.DataFrame:
@@ -85,9 +85,11 @@ def check_captions(df: pd.DataFrame, params: CaptionsParams) -> dg.AssetCheckRes
 def captions(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.MaterializeResult:
     """Captions of every candidate target frame, in `captions/{movie}.parquet`."""
     layout, movie = stage.layout, stage.movie
-    params = stage.params(CaptionsParams)
+    params = stage.params.captions
     poses_df = read_table(layout.table("poses", movie))
-    df = caption_frames(poses_df, layout.root, context.resources.perception.captioner(), params)
+    df = caption_frames(
+        poses_df, layout.root, context.resources.perception.priors.captioner(), params
+    )
     write_table(df, layout.table("captions", movie))
     return dg.MaterializeResult(
         metadata={
@@ -105,4 +107,4 @@ def captions(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.Materia
 def captions_check(stage: MovieStage) -> dg.AssetCheckResult:
     """Usable captions have 100-150 words, no banned opening, a gender word."""
     df = read_table(stage.layout.table("captions", stage.movie))
-    return check_captions(df, stage.params(CaptionsParams))
+    return check_captions(df, stage.params.captions)

@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 
 from assets.contact_sheet import character_contact_sheet, markdown_preview
-from assets.layout import atomic_path, read_table, write_table
 from assets.params import CharactersParams
 from assets.quality import check_result
 from assets.stage import MovieStage, movie_asset, movie_check
+from core.io import atomic_path, read_table, write_table
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ def check_characters(df: pd.DataFrame, params: CharactersParams) -> dg.AssetChec
 def characters(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.MaterializeResult:
     """Frames grouped into distinct characters, in `characters/{movie}.parquet`."""
     layout, movie = stage.layout, stage.movie
-    params = stage.params(CharactersParams)
+    params = stage.params.characters
     faces_df = read_table(layout.table("faces", movie))
     df = build_characters(faces_df, params)
     table = layout.table("characters", movie)
@@ -168,4 +168,4 @@ def characters(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.Mater
 def characters_check(stage: MovieStage) -> dg.AssetCheckResult:
     """Group sizes within [min, max], no frame in two groups, similarities above threshold."""
     df = read_table(stage.layout.table("characters", stage.movie))
-    return check_characters(df, stage.params(CharactersParams))
+    return check_characters(df, stage.params.characters)

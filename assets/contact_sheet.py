@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from assets.layout import load_rgb
+from core.io import load_rgb
 
 LABEL_WIDTH = 120
 CAPTION_HEIGHT = 14

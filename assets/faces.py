@@ -11,10 +11,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from assets.layout import load_rgb, read_table, write_table
-from assets.params import FacesParams
 from assets.quality import check_result
 from assets.stage import MovieStage, movie_asset, movie_check
+from core.io import load_rgb, read_table, write_table
 from perception.faces import EMBEDDING_DIM, DetectedFace, FaceAnalyzer
 
 
@@ -137,10 +136,13 @@ def check_faces(df: pd.DataFrame) -> dg.AssetCheckResult:
 def faces(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.MaterializeResult:
     """The most distinctive face of every frame that has one, in `faces/{movie}.parquet`."""
     layout, movie = stage.layout, stage.movie
-    params = stage.params(FacesParams)
+    params = stage.params.faces
     frames_df = read_table(layout.table("frames", movie))
     df = detect_faces(
-        frames_df, layout.root, context.resources.perception.faces(), params.min_face_px
+        frames_df,
+        layout.root,
+        context.resources.perception.priors.face_analyzer(),
+        params.min_face_px,
     )
     table = layout.table("faces", movie)
     write_table(df, table)

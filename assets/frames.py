@@ -14,10 +14,9 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from assets.layout import DEFAULT_MAX_PIXELS, atomic_path, read_table, write_table
-from assets.params import FramesParams, ImagesParams
 from assets.quality import check_result
 from assets.stage import MovieStage, movie_asset, movie_check
+from core.io import DEFAULT_MAX_PIXELS, atomic_path, read_table, write_table
 
 
 class VideoReadError(RuntimeError):
@@ -136,7 +135,7 @@ def check_frames(df: pd.DataFrame, root: Path, stride: int) -> dg.AssetCheckResu
 def frames(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.MaterializeResult:
     """Every Nth frame as JPEG under `frames/{movie}/`, indexed in `frames/{movie}.parquet`."""
     layout, movie, video = stage.layout, stage.movie, stage.video
-    params = stage.params(FramesParams)
+    params = stage.params.frames
     out_dir = layout.stage_dir("frames", movie)
     with atomic_path(out_dir) as tmp_dir, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", TruncatedVideoWarning)
@@ -146,7 +145,7 @@ def frames(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.Materiali
             movie,
             params.stride,
             params.jpeg_quality,
-            max_pixels=stage.params(ImagesParams).max_pixels,
+            max_pixels=stage.params.images.max_pixels,
         )
         # Paths are recorded where the folder will be once it is renamed into place.
         df["path"] = [str((out_dir / Path(p).name).relative_to(layout.root)) for p in df["path"]]
@@ -172,4 +171,4 @@ def frames(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.Materiali
 def frames_check(stage: MovieStage) -> dg.AssetCheckResult:
     """Stride respected, timestamps increasing, files on disk."""
     df = read_table(stage.layout.table("frames", stage.movie))
-    return check_frames(df, stage.layout.root, stage.params(FramesParams).stride)
+    return check_frames(df, stage.layout.root, stage.params.frames.stride)

@@ -11,10 +11,10 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from assets.layout import atomic_path, load_rgb, read_table, save_image, write_table
-from assets.params import MasksParams
 from assets.quality import check_result
 from assets.stage import MovieStage, movie_asset, movie_check
+from core.io import atomic_path, load_rgb, read_table, save_image, write_table
+from perception.params import MasksParams
 from perception.segmentation import best_person_box
 
 
@@ -135,8 +135,8 @@ def check_masks(df: pd.DataFrame, mask_dir, params: MasksParams) -> dg.AssetChec
 def masks(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.MaterializeResult:
     """SAM masks of every character frame: `masks/{movie}/*.png`, `masks/{movie}.parquet`."""
     layout, movie = stage.layout, stage.movie
-    params = stage.params(MasksParams)
-    perception = context.resources.perception
+    params = stage.params.masks
+    perception = context.resources.perception.priors
     characters_df = read_table(layout.table("characters", movie))
     detector = perception.person_detector() if params.person_box_prompt else None
     mask_dir = layout.stage_dir("masks", movie)
@@ -163,4 +163,4 @@ def masks_check(stage: MovieStage) -> dg.AssetCheckResult:
     """Usable masks within the area range and covering the face centre; skips say why."""
     layout, movie = stage.layout, stage.movie
     df = read_table(layout.table("masks", movie))
-    return check_masks(df, layout.stage_dir("masks", movie), stage.params(MasksParams))
+    return check_masks(df, layout.stage_dir("masks", movie), stage.params.masks)

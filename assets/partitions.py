@@ -1,4 +1,4 @@
-"""One dynamic partition per movie; the key is the slug of the file stem (assets.layout.slugify)."""
+"""One dynamic partition per movie; the key is the slug of the file stem (core.layout.slugify)."""
 
 import dagster as dg
 

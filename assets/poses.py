@@ -10,10 +10,10 @@ import dagster as dg
 import pandas as pd
 
 from assets.contact_sheet import markdown_preview, pose_contact_sheet
-from assets.layout import atomic_path, load_rgb, read_table, save_image, write_table
-from assets.params import PosesParams
 from assets.quality import check_result
 from assets.stage import MovieStage, movie_asset, movie_check
+from core.io import atomic_path, load_rgb, read_table, save_image, write_table
+from perception.params import PosesParams
 from perception.pose import NUM_KEYPOINTS, draw_openpose, extract_pose
 
 
@@ -106,11 +106,11 @@ def poses(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.Materializ
     Each character also gets a contact sheet (frames with mask and pose overlays).
     """
     layout, movie = stage.layout, stage.movie
-    params = stage.params(PosesParams)
+    params = stage.params.poses
     masks_df = read_table(layout.table("masks", movie))
     mask_dir = layout.stage_dir("masks", movie)
     pose_dir = layout.stage_dir("poses", movie)
-    estimator = context.resources.perception.pose_estimator()
+    estimator = context.resources.perception.priors.pose_estimator()
     with atomic_path(pose_dir) as tmp_dir:
         df = estimate_poses(masks_df, layout.root, mask_dir, tmp_dir, estimator, params)
         sheets = {}
@@ -139,4 +139,4 @@ def poses_check(stage: MovieStage) -> dg.AssetCheckResult:
     """133 keypoints and a control image for every pose found; skips say why."""
     layout, movie = stage.layout, stage.movie
     df = read_table(layout.table("poses", movie))
-    return check_poses(df, layout.stage_dir("poses", movie), stage.params(PosesParams))
+    return check_poses(df, layout.stage_dir("poses", movie), stage.params.poses)

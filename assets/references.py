@@ -5,10 +5,10 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from assets.layout import atomic_path, load_rgb, read_table, save_image, write_table
 from assets.params import ReferencesParams
 from assets.quality import check_result
 from assets.stage import MovieStage, movie_asset, movie_check
+from core.io import atomic_path, load_rgb, read_table, save_image, write_table
 from perception.pose import mask_box
 
 
@@ -66,7 +66,7 @@ def references_expectations() -> list:
 def references(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.MaterializeResult:
     """Segmented reference crops: `references/{movie}/*.png`, `references/{movie}.parquet`."""
     layout, movie = stage.layout, stage.movie
-    params = stage.params(ReferencesParams)
+    params = stage.params.references
     masks_df = read_table(layout.table("masks", movie))
     crop_dir = layout.stage_dir("references", movie)
     with atomic_path(crop_dir) as tmp_dir:

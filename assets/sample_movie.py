@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from assets.layout import DataLayout, atomic_path, save_image
+from core.io import atomic_path, save_image
+from core.layout import DataLayout
 
 FRAME_SIZE = (640, 360)  # width, height
 CANVAS_SIZE = (1280, 720)

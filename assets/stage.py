@@ -28,14 +28,17 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import dagster as dg
 
-from assets.layout import STAGE_STATUS_OK, DataLayout, dvc_md5, source_fingerprint, write_json
-from assets.params import SECTIONS, definition_profile
+from assets.params import DatasetParams
 from assets.partitions import movie_partitions
 from assets.steps import GPU_STEP_TAGS
+from core.io import write_json
+from core.layout import STAGE_STATUS_OK, DataLayout, source_fingerprint
+from core.params import definition_profile
+from core.versioning import dvc_md5
 
 STAGE_STATUS_BUILT = "built"  # written, its check not passed yet
 
@@ -65,8 +68,6 @@ STAGE_INPUTS: dict[str, StageInputs] = {
 }
 MOVIE_STAGE_DEPS: dict[str, tuple[str, ...]] = {n: s.deps for n, s in STAGE_INPUTS.items()}
 
-T = TypeVar("T")
-
 
 def downstream(stage: str) -> list[str]:
     """`stage` and every stage that reads its output, directly or not, in build order."""
@@ -92,9 +93,10 @@ def code_version(stage: str) -> str:
     return source_version(*STAGE_INPUTS[stage].code)
 
 
-def params_digest(stage: str, values: Mapping[str, Any]) -> str:
+def params_digest(stage: str, params: DatasetParams) -> str:
     """The digest of the params values the stage reads (profile applied)."""
-    used = {key: values.get(key) for key in STAGE_INPUTS[stage].params}
+    values = params.model_dump()
+    used = {key: values[key] for key in STAGE_INPUTS[stage].params}
     return _digest(json.dumps(used, sort_keys=True).encode())
 
 
@@ -106,12 +108,7 @@ class MovieStage:
     movie: str
     video: Path
     layout: DataLayout
-    values: dict[str, Any]
-
-    def params(self, cls: type[T]) -> T:
-        """The params section whose schema is `cls`, validated, defaults filled in."""
-        section = next(name for name, schema in SECTIONS.items() if schema is cls)
-        return cls(**self.values[section])
+    params: DatasetParams
 
     @property
     def subject(self) -> str:
@@ -134,11 +131,11 @@ def movie_md5(layout: DataLayout, movie: str, video: Path) -> str:
     return dvc_md5(video)
 
 
-def build_key(stage: str, md5: str, values: Mapping[str, Any]) -> dict[str, str]:
+def build_key(stage: str, md5: str, params: DatasetParams) -> dict[str, str]:
     """What a stage's record says it was built from."""
     return {
         "movie_md5": md5,
-        "params": params_digest(stage, values),
+        "params": params_digest(stage, params),
         "code_version": code_version(stage),
     }
 
@@ -153,7 +150,7 @@ def upstream(stage: str) -> list[str]:
 
 
 def stage_problem(
-    layout: DataLayout, stage: str, movie: str, video: Path, md5: str, values: Mapping[str, Any]
+    layout: DataLayout, stage: str, movie: str, video: Path, md5: str, params: DatasetParams
 ) -> str | None:
     """Why `stage` of `movie` is not current for the file (md5) and params now; None if it is."""
     status = read_status(layout, stage, movie)
@@ -168,7 +165,7 @@ def stage_problem(
         return f"its check {stage}_expectations has not passed"
     if status["status"] != STAGE_STATUS_OK:
         return status["error"]
-    key = build_key(stage, md5, values)
+    key = build_key(stage, md5, params)
     if status["movie_md5"] != key["movie_md5"]:
         return f"built from an earlier version of {video.name}: rebuild this movie"
     if status["params"] != key["params"]:
@@ -179,19 +176,19 @@ def stage_problem(
 
 
 def incomplete_stage(
-    layout: DataLayout, movie: str, video: Path, values: Mapping[str, Any]
+    layout: DataLayout, movie: str, video: Path, params: DatasetParams
 ) -> tuple[str, str] | None:
     """The first stage of `movie` not current for the file present now and the params, and
     why; None when every stage is."""
     md5 = movie_md5(layout, movie, video)
     for stage in MOVIE_STAGE_DEPS:
-        if problem := stage_problem(layout, stage, movie, video, md5, values):
+        if problem := stage_problem(layout, stage, movie, video, md5, params):
             return stage, problem
     return None
 
 
 def stages_to_build(
-    layout: DataLayout, movie: str, video: Path, values: Mapping[str, Any], until: str
+    layout: DataLayout, movie: str, video: Path, params: DatasetParams, until: str
 ) -> list[str]:
     """The stages up to `until` to materialise for `movie`: each one not current, and every
     stage downstream of it, in build order (empty: nothing to do)."""
@@ -200,7 +197,7 @@ def stages_to_build(
     stale = {
         later
         for stage in wanted
-        if stage_problem(layout, stage, movie, video, md5, values)
+        if stage_problem(layout, stage, movie, video, md5, params)
         for later in downstream(stage)
     }
     return [stage for stage in wanted if stage in stale]
@@ -267,17 +264,17 @@ def movie_asset(
             layout = context.resources.data.layout
             movie = context.partition_key
             video = layout.movie(movie)
-            values = context.resources.params.values
+            params = context.resources.params.values
             record = {
                 "stage": name,
                 "movie": movie,
                 "source": source_fingerprint(video),
-                **build_key(name, movie_md5(layout, movie, video), values),
+                **build_key(name, movie_md5(layout, movie, video), params),
             }
             layout.clean_stale_temps(name)
             for later in downstream(name):
                 layout.stage_status(later, movie).unlink(missing_ok=True)
-            stage = MovieStage(name, movie, video, layout, values)
+            stage = MovieStage(name, movie, video, layout, params)
             try:
                 result = body(context, stage)
             except Exception as e:

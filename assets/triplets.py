@@ -22,31 +22,18 @@ import pandas as pd
 
 from assets.contact_sheet import markdown_preview, triplet_sheet
 from assets.faces import select_distinctive_face
-from assets.layout import (
-    DataLayout,
-    ImageReadError,
-    SkippedInput,
-    atomic_path,
-    dvc_md5,
-    load_rgb,
-    read_table,
-    save_image,
-    write_json,
-)
 from assets.masks import segment_character
-from assets.params import (
-    CaptionsParams,
-    ImagesParams,
-    MasksParams,
-    PosesParams,
-    ReferencesParams,
-    TripletsParams,
-)
+from assets.params import DatasetParams
 from assets.quality import check_result
 from assets.references import segment_reference
 from assets.stage import describe_error, incomplete_stage, source_version, table_metadata
+from core.io import ImageReadError, atomic_path, load_rgb, read_table, save_image, write_json
+from core.layout import DataLayout, SkippedInput
+from core.versioning import dvc_md5
 from perception.captions import caption_problems
+from perception.params import CaptionsParams
 from perception.pose import draw_openpose, extract_pose
+from perception.priors import Priors
 
 FILES = ("reference.png", "reference_crop.png", "target.png", "target_mask.png", "target_pose.png")
 SKIPPED_COLUMNS = ["source", "movie", "file", "character_id", "frame_idx", "stage", "reason"]
@@ -159,16 +146,18 @@ def movie_triplets(layout: DataLayout, movie: str, seed: int) -> tuple[list[Trip
     return triplets, skipped
 
 
-def single_triplet(path: Path, perception, params: dict) -> tuple[Triplet | None, str, str]:
+def single_triplet(
+    path: Path, priors: Priors, params: DatasetParams
+) -> tuple[Triplet | None, str, str]:
     """A single-image ID: the image is the reference, its horizontal flip the target.
 
     Returns the triplet, or None with the stage that stopped it and why.
     """
     try:
-        reference = load_rgb(path, ImagesParams(**params["images"]).max_pixels)
+        reference = load_rgb(path, params.images.max_pixels)
     except ImageReadError as e:
         return None, "read", str(e)
-    faces = perception.faces().detect(reference)
+    faces = priors.face_analyzer().detect(reference)
     if not faces:
         return None, "faces", "no face found"
     face = faces[
@@ -180,30 +169,27 @@ def single_triplet(path: Path, perception, params: dict) -> tuple[Triplet | None
     width = reference.shape[1]
     x1, y1, x2, y2 = face.bbox
     flipped_box = np.array([width - x2, y1, width - x1, y2], dtype=np.float32)
-    masks_params = MasksParams(**params["masks"])
-    detector = perception.person_detector() if masks_params.person_box_prompt else None
+    detector = priors.person_detector() if priors.masks.person_box_prompt else None
     person_boxes = detector.detect(target) if detector is not None else None
     mask, record = segment_character(
-        target, flipped_box, perception.segmenter(), person_boxes, masks_params
+        target, flipped_box, priors.segmenter(), person_boxes, priors.masks
     )
     if record["status"] != "ok":
         return None, "masks", record["skip_reason"]
-    poses_params = PosesParams(**params["poses"])
     pose, reason = extract_pose(
-        perception.pose_estimator(),
+        priors.pose_estimator(),
         target,
         mask,
-        poses_params.score_threshold,
-        poses_params.min_keypoints,
+        priors.poses.score_threshold,
+        priors.poses.min_keypoints,
     )
     if pose is None:
         return None, "poses", reason
-    captions_params = CaptionsParams(**params["captions"])
-    prompt = perception.captioner().caption_batch([target])[0]
-    problems = caption_problems(prompt, captions_params.min_words, captions_params.max_words)
+    prompt = priors.captioner().caption_batch([target])[0]
+    problems = caption_problems(prompt, priors.captions.min_words, priors.captions.max_words)
     if problems:
         return None, "captions", "; ".join(problems)
-    crop = segment_reference(reference, mask[:, ::-1], ReferencesParams(**params["references"]))
+    crop = segment_reference(reference, mask[:, ::-1], params.references)
     height = reference.shape[0]
     return (
         Triplet(
@@ -222,7 +208,7 @@ def single_triplet(path: Path, perception, params: dict) -> tuple[Triplet | None
                 "target.png": target,
                 "target_mask.png": np.repeat((mask.astype(np.uint8) * 255)[..., None], 3, axis=-1),
                 "target_pose.png": draw_openpose(
-                    pose, (width, height), poses_params.score_threshold
+                    pose, (width, height), priors.poses.score_threshold
                 ),
             },
         ),
@@ -297,12 +283,12 @@ def _input_skip(source: str, skipped: SkippedInput) -> dict:
 
 
 def build_triplets(
-    layout: DataLayout, perception, params: dict, out_dir: Path, log=None
+    layout: DataLayout, priors: Priors, params: DatasetParams, out_dir: Path, log=None
 ) -> tuple[pd.DataFrame, list[dict]]:
     """Every complete movie's and every single's triplets from the files under movies/ and
     singles/ now, written into `out_dir` as they are made (one movie's images in memory at
     a time). Whatever is left out is in the returned skip records, each also logged."""
-    seed = TripletsParams(**params["triplets"]).seed
+    seed = params.triplets.seed
     movies, skipped_movies = layout.scan_movies()
     singles, skipped_singles = layout.scan_singles()
     rows: list[dict] = []
@@ -328,7 +314,7 @@ def build_triplets(
         used.append(movie)
     for path in singles:
         try:
-            triplet, stage, reason = single_triplet(path, perception, params)
+            triplet, stage, reason = single_triplet(path, priors, params)
         except Exception as e:  # an image a model cannot take stops only that image
             triplet, stage, reason = None, "singles", describe_error(e)
         if triplet is None:
@@ -345,8 +331,8 @@ def build_triplets(
         "seed": seed,
         "movies": used,
         "singles": [p.name for p in singles],
-        "prompt_version": params["captions"]["prompt_version"],
-        "profile": params["profile"],
+        "prompt_version": params.captions.prompt_version,
+        "profile": params.profile,
     }
     return write_manifest(rows, skipped, out_dir, summary), skipped
 
@@ -396,7 +382,7 @@ def triplets(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     layout.clean_stale_temps()
     with atomic_path(layout.triplets_dir) as tmp_dir:
         manifest, skipped = build_triplets(
-            layout, context.resources.perception, params, tmp_dir, context.log
+            layout, context.resources.perception.priors, params, tmp_dir, context.log
         )
     version = dvc_md5(layout.triplets_dir)
     sheet = triplet_sheet(manifest, layout.triplets_dir)
@@ -432,5 +418,5 @@ def triplets_check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResul
     present."""
     layout = context.resources.data.layout
     manifest = read_table(layout.triplets_dir / "manifest.parquet")
-    captions = CaptionsParams(**context.resources.params.values["captions"])
+    captions = context.resources.params.values.captions
     return check_triplets(manifest, layout.triplets_dir, captions)

@@ -22,9 +22,9 @@ from click.testing import CliRunner
 
 from assets.characters import group_characters
 from assets.frames import extract_frames
-from assets.layout import DataLayout
 from assets.sample_movie import write_sample_movie
 from bench.report import write_section
+from core.layout import DataLayout
 from orchestration.cli import main as cameo
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"

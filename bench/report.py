@@ -7,7 +7,7 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-from assets.layout import atomic_path
+from core.io import atomic_path
 
 REPORT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 HEADER = "# Benchmarks\n\nWritten by `make bench` (and `bench/*.py`); do not edit by hand.\n"

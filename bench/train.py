@@ -1,6 +1,6 @@
 """Training cost on the CPU with the tiny config, on the sample triplets (`make demo` first).
 
-- step time: one optimiser step of `training.train` (frozen encoders, the denoiser forward
+- step time: one optimiser step of `training.loop` (frozen encoders, the denoiser forward
   and backward, AdamW), median of alternating repeats;
 - the data loader alone against the training step, in samples/s: the loader must never be
   the bottleneck (ratio >= 3);
@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler
 
-from assets.layout import DataLayout
-from assets.params import load_params
 from bench.report import write_section
+from core.layout import DataLayout
+from orchestration.params import load_params
 from training.data import (
     BucketBatchSampler,
     TripletDataset,
@@ -31,8 +31,8 @@ from training.data import (
     load_manifest,
     resolve_buckets,
 )
+from training.denoising import Denoiser, FrozenEncoders, denoising_loss
 from training.model import CONFIGS, base_components, trainable_parameters
-from training.train import Denoiser, FrozenEncoders, TrainingParams, denoising_loss
 
 REPO = Path(__file__).resolve().parents[1]
 REPEATS = 15
@@ -45,7 +45,7 @@ def main() -> None:
         manifest = load_manifest(layout.triplets_dir)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"bench/train.py needs the sample triplets (make demo): {error}")
-    params = TrainingParams.from_params(load_params(REPO / "params.yaml", "tiny"))
+    params = load_params(REPO / "params.yaml", "tiny").training
     components = base_components(CONFIGS[params.config], seed=params.seed)
     buckets = resolve_buckets(params.buckets)
     dataset = TripletDataset(manifest, layout.triplets_dir, buckets, components["body_processor"])
@@ -70,7 +70,7 @@ def main() -> None:
             generator,
             cpu,
             torch.float32,
-            params.cfg_dropout,
+            params.cfg_dropout.model_dump(),
             params.snr_gamma,
         )
         loss.backward()

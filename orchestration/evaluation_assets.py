@@ -10,7 +10,7 @@ import math
 
 import dagster as dg
 
-from training.evaluate import METRICS, EvaluationParams, evaluate_logged_model
+from training.evaluate import METRICS, evaluate_logged_model
 from training.tracking import configure_tracking, run_url
 
 FACE_CHECK = "face_similarity_above_threshold"
@@ -75,8 +75,14 @@ def evaluation(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     experiment_id = mlflow.get_run(training_run).info.experiment_id
     model_uri = logged_model_uri(training_run, experiment_id)
     context.log.info(f"evaluating {model_uri} of run {training_run}")
+    values = params.values
     result, run_id = evaluate_logged_model(
-        model_uri, params.values, data_root=context.resources.data.layout.root
+        model_uri,
+        values.training,
+        values.evaluation,
+        values.faces,
+        values.poses,
+        data_root=context.resources.data.layout.root,
     )
     table, metrics = result.summary(), result.metrics()
     return dg.MaterializeResult(
@@ -103,5 +109,5 @@ def face_similarity_above_threshold(context: dg.AssetCheckExecutionContext) -> d
         return dg.AssetCheckResult(passed=False, description="evaluation was never materialised")
     recorded = event.asset_materialization.metadata.get("face_similarity")
     similarity = float(recorded.value) if recorded is not None else math.nan
-    threshold = EvaluationParams.from_params(context.resources.params.values).min_face_similarity
+    threshold = context.resources.params.values.evaluation.min_face_similarity
     return face_similarity_check(similarity, threshold)

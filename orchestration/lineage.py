@@ -21,14 +21,13 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from assets.layout import dvc_md5
+from core.versioning import LOCK_FILE, dvc_md5, git, git_root, locked_out_path
 from training.tracking import REGISTERED_MODEL
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
     from mlflow.entities.model_registry import ModelVersion
 
-LOCK_FILE = "dvc.lock"
 DATASET_ASSET = "triplets"  # the Dagster asset whose materialisations record `dvc_md5`
 LINEAGE_DIR = ".lineage"  # default home of restored datasets, git-ignored
 _PAGE = 100  # Dagster materialisation records fetched per query
@@ -178,7 +177,7 @@ def trace(
         dataset_md5=md5,
         dataset_source=source,
         dataset_locked=None if locked is None else locked == "true",
-        commits=tuple(commits_with_md5(md5, git_root(repo))),
+        commits=tuple(commits_with_md5(md5, repository_root(repo))),
         params=dict(sorted(run.data.params.items())),
         dagster_runs=tuple(dagster_runs(md5, instance)),
     )
@@ -236,37 +235,24 @@ def _training_run(version: ModelVersion) -> str:
 # Git: the commits whose dvc.lock records the md5
 
 
-def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-
-
-def git_root(path: str | Path | None = None) -> Path:
+def repository_root(path: str | Path | None = None) -> Path:
     """The top of the git working tree holding `path` (default: the working directory)."""
-    start = Path(path or Path.cwd())
-    result = _git(start, "rev-parse", "--show-toplevel") if start.is_dir() else None
-    if result is None or result.returncode != 0:
+    root = git_root(path)
+    if root is None:
+        start = Path(path or Path.cwd())
         raise LineageError(f"{start} is not in a git repository: run this in the project's clone")
-    return Path(result.stdout.strip())
-
-
-def locked_out_path(lock: dict, md5: str) -> str | None:
-    """The path of the out that a parsed dvc.lock records with `md5`, in any stage."""
-    for stage in (lock or {}).get("stages", {}).values():
-        for out in stage.get("outs", []):
-            if out.get("md5") == md5:
-                return out["path"]
-    return None
+    return root
 
 
 def commits_with_md5(md5: str, root: Path) -> list[Commit]:
     """Every commit that changed dvc.lock and whose dvc.lock records `md5`, newest first."""
-    log = _git(root, "log", "--format=%H%x1f%cI%x1f%s", "--", LOCK_FILE)
+    log = git(root, "log", "--format=%H%x1f%cI%x1f%s", "--", LOCK_FILE)
     if log.returncode != 0:  # e.g. a repository without commits
         return []
     found = []
     for line in log.stdout.splitlines():
         sha, date, subject = line.split("\x1f", 2)
-        shown = _git(root, "show", f"{sha}:{LOCK_FILE}")
+        shown = git(root, "show", f"{sha}:{LOCK_FILE}")
         if shown.returncode != 0:  # the commit deleted dvc.lock
             continue
         path = locked_out_path(yaml.safe_load(shown.stdout), md5)
@@ -322,7 +308,7 @@ def checkout(
     """
     if not lineage.commits:
         raise LineageError(missing_commit_reason(lineage))
-    root = git_root(repo)
+    root = repository_root(repo)
     commit = lineage.commits[0]
     md5 = lineage.dataset_md5
     worktree = Path(into).resolve() if into else root / LINEAGE_DIR / md5[:12]
@@ -334,7 +320,7 @@ def checkout(
             f"{worktree} exists and does not hold dataset {md5}: remove it "
             f"(git worktree remove --force {worktree}) or pass another --into"
         )
-    added = _git(root, "worktree", "add", "--detach", str(worktree), commit.sha)
+    added = git(root, "worktree", "add", "--detach", str(worktree), commit.sha)
     if added.returncode != 0:
         raise LineageError(f"git worktree add {worktree} {commit.sha[:12]}: {_last_line(added)}")
     try:
@@ -344,7 +330,7 @@ def checkout(
             raise LineageError(f"{restored.dataset} has md5 {digest}, not the run's {md5}")
     except BaseException:
         # Leave nothing half-made behind: a rerun starts afresh.
-        _git(root, "worktree", "remove", "--force", str(worktree))
+        git(root, "worktree", "remove", "--force", str(worktree))
         shutil.rmtree(worktree, ignore_errors=True)
         raise
     return restored

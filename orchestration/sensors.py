@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets.layout import source_fingerprint
 from assets.partitions import movie_partitions
 from assets.stage import read_status
+from core.layout import source_fingerprint
 from orchestration.resources import DataResource
 
 

@@ -1,9 +1,9 @@
 """The `model` asset: training on the triplets, as a subprocess locally (CAMEO_ENV=local), as
 a Kubernetes Job on a cluster (CAMEO_ENV=k8s).
 
-The training loop is `python -m training.train` (the same line torchrun and the Kubernetes Job
-run); the asset starts it, streams its output into the run's logs and records what it made:
-the MLflow run, the dataset version, the final losses.
+The training loop is `python -m orchestration.cli.train` (`cameo train`: the same line torchrun
+and the Kubernetes Job run); the asset starts it, streams its output into the run's logs and
+records what it made: the MLflow run, the dataset version, the final losses.
 """
 
 import json
@@ -16,9 +16,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from training.submit import TrainingJob, TrainingJobFailed, submit_training
+from orchestration.kubernetes import TrainingJob, TrainingJobFailed, submit_training
+from orchestration.params import Params
+from training.outputs import FINAL_DIR, METRICS_FILE, RUN_FILE
 from training.tracking import run_url
-from training.train import FINAL_DIR, METRICS_FILE, RUN_FILE, TrainingParams
 
 LOSS_CHECK = "loss_decreases"
 
@@ -43,12 +44,12 @@ def run_training(command: list[str], env: dict[str, str], log: dg.DagsterLogMana
 
 
 def run_training_job(
-    params_path: str, values: dict, args: list[str], log: dg.DagsterLogManager
+    params_path: str, values: Params, args: list[str], log: dg.DagsterLogManager
 ) -> TrainingJob:
     """Train as a Kubernetes Job (CAMEO_ENV=k8s), its pods' logs into the Dagster log; a failed
     Job fails the step with each failed pod's reason."""
     try:
-        return submit_training(params_path, values, args, log=log.info)
+        return submit_training(params_path, values.kubernetes, args, log=log.info)
     except TrainingJobFailed as error:
         raise dg.Failure(description=str(error)) from error
 
@@ -87,11 +88,10 @@ def loss_check(metrics: dict[str, float]) -> dg.AssetCheckResult:
 )
 def model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """Train the identity branches and Pose-IdentityNet on the current triplets
-    (`python -m training.train`), logged to MLflow; the trained checkpoint is the asset."""
+    (`cameo train`), logged to MLflow; the trained checkpoint is the asset."""
     params = context.resources.params
-    training = TrainingParams.from_params(params.values)
     training_args = [
-        "--profile", params.values["profile"],
+        "--profile", params.values.profile,
         "--data", str(context.resources.data.layout.root),
         # Dagster's `triplets` is the version here: its data version is the DVC md5 the run
         # logs, whether or not dvc.lock has caught up.
@@ -103,9 +103,9 @@ def model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         job = run_training_job(params.path, params.values, training_args, context.log)
         output_dir = Path(job.output_dir)
     else:
-        command = [sys.executable, "-m", "training.train", "--params", params.path]
+        command = [sys.executable, "-m", "orchestration.cli.train", "--params", params.path]
         run_training([*command, *training_args], dict(os.environ), context.log)
-        output_dir = Path(training.output_dir).resolve()
+        output_dir = Path(params.values.training.output_dir).resolve()
     result = {
         **json.loads((output_dir / METRICS_FILE).read_text()),
         **json.loads((output_dir / RUN_FILE).read_text()),

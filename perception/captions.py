@@ -372,10 +372,13 @@ def load_captioner(
     max_new_tokens: int = 256,
 ) -> VLMCaptioner | TinyCaptioner:
     """The captioner of a profile: the VLM in `<models_dir>/<model>` or the tiny one."""
+    from perception.models import by_profile
     from perception.models import models_dir as resolve_models_dir
 
-    if profile == "full":
-        return VLMCaptioner(resolve_models_dir(models_dir) / model, max_new_tokens=max_new_tokens)
-    if profile == "tiny":
-        return TinyCaptioner()
-    raise ValueError(f"unknown profile {profile!r}")
+    return by_profile(
+        profile,
+        full=lambda: VLMCaptioner(
+            resolve_models_dir(models_dir) / model, max_new_tokens=max_new_tokens
+        ),
+        tiny=TinyCaptioner,
+    )

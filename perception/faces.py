@@ -213,10 +213,13 @@ def load_face_analyzer(
     min_face_px: int = 24,
 ) -> FaceAnalyzer:
     """The face analyzer of a profile: insightface from `<models_dir>/<model>` or the tiny one."""
+    from perception.models import by_profile
     from perception.models import models_dir as resolve_models_dir
 
-    if profile == "full":
-        return InsightFaceAnalyzer(resolve_models_dir(models_dir) / model, det_size, det_thresh)
-    if profile == "tiny":
-        return TinyFaceAnalyzer(min_face_px=min_face_px)
-    raise ValueError(f"unknown profile {profile!r}")
+    return by_profile(
+        profile,
+        full=lambda: InsightFaceAnalyzer(
+            resolve_models_dir(models_dir) / model, det_size, det_thresh
+        ),
+        tiny=lambda: TinyFaceAnalyzer(min_face_px=min_face_px),
+    )

@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from perception.params import DEFAULT_POSE_MODEL as DEFAULT_MODEL
+
 if TYPE_CHECKING:
     import onnx
 
 NUM_KEYPOINTS = 133  # COCO-WholeBody: 17 body, 6 feet, 68 face, 21 + 21 hands
 # rtmlib's SimCC decoder divides bin indices by this ratio (RTMPose/RTMW codec setting).
 SIMCC_SPLIT_RATIO = 2
-DEFAULT_MODEL = "rtmw-dw-x-l_simcc-cocktail14_270e-384x288_20231122.onnx"
 
 # Index ranges of the parts in the 133-keypoint layout.
 _FACE = slice(23, 91)
@@ -346,9 +347,10 @@ def load_pose_estimator(
     model: str = DEFAULT_MODEL,
 ) -> RTMPoseEstimator:
     """The pose estimator of a profile: RTMPose from `<models_dir>/<model>` or the tiny one."""
+    from perception.models import by_profile
     from perception.models import models_dir as resolve_models_dir
 
-    if profile == "full":
+    def full() -> RTMPoseEstimator:
         path = resolve_models_dir(models_dir) / model
         if not path.is_file():
             raise FileNotFoundError(
@@ -358,6 +360,5 @@ def load_pose_estimator(
                 "RTMPose-l wholebody 384x288, and pass its file name as `model`"
             )
         return RTMPoseEstimator(path)
-    if profile == "tiny":
-        return RTMPoseEstimator.tiny()
-    raise ValueError(f"unknown profile {profile!r}")
+
+    return by_profile(profile, full=full, tiny=RTMPoseEstimator.tiny)

@@ -311,23 +311,25 @@ def load_segmenter(
     profile: str, models_dir: str | Path | None = None, model: str = "sam"
 ) -> SamSegmenter:
     """The segmenter of a profile: SAM from `<models_dir>/<model>` or the tiny one."""
+    from perception.models import by_profile
     from perception.models import models_dir as resolve_models_dir
 
-    if profile == "full":
-        return SamSegmenter(resolve_models_dir(models_dir) / model)
-    if profile == "tiny":
-        return SamSegmenter.tiny()
-    raise ValueError(f"unknown profile {profile!r}")
+    return by_profile(
+        profile,
+        full=lambda: SamSegmenter(resolve_models_dir(models_dir) / model),
+        tiny=SamSegmenter.tiny,
+    )
 
 
 def load_person_detector(
     profile: str, models_dir: str | Path | None = None, model: str = "grounding-dino"
 ) -> GroundingDinoPersonDetector:
     """The person detector of a profile: Grounding-DINO from `<models_dir>/<model>` or tiny."""
+    from perception.models import by_profile
     from perception.models import models_dir as resolve_models_dir
 
-    if profile == "full":
-        return GroundingDinoPersonDetector(resolve_models_dir(models_dir) / model)
-    if profile == "tiny":
-        return GroundingDinoPersonDetector.tiny()
-    raise ValueError(f"unknown profile {profile!r}")
+    return by_profile(
+        profile,
+        full=lambda: GroundingDinoPersonDetector(resolve_models_dir(models_dir) / model),
+        tiny=GroundingDinoPersonDetector.tiny,
+    )

@@ -14,35 +14,15 @@ request timeout). Two things differ, so that a picture a user saved can be trace
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-# The downloaded model and what it is: set by `main` for the uvicorn workers it starts.
-MODEL_PATH_ENV = "CAMEO_MODEL_PATH"
-SERVED_MODEL_ENV = "CAMEO_SERVED_MODEL"
-TIMEOUT_ENV = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"  # read by MLflow's scoring app
+import click
 
-
-@dataclass(frozen=True)
-class ServedModel:
-    """What a server serves: the URI asked for and what it resolved to."""
-
-    model_uri: str
-    name: str | None  # the registered model, for models:/<name>/<version> and @alias URIs
-    version: str | None
-    run_id: str | None
-    model_id: str | None
-
-    @property
-    def label(self) -> str:
-        """`cameo-inpaint/3`, else the logged model's id, else the URI."""
-        if self.name and self.version:
-            return f"{self.name}/{self.version}"
-        return self.model_id or self.model_uri
+from serving.served import MODEL_PATH_ENV, SERVED_MODEL_ENV, TIMEOUT_ENV, ServedModel
 
 
 def resolve_model(model_uri: str) -> ServedModel:
@@ -100,24 +80,23 @@ def serve(model_uri: str, host: str, port: int, timeout_s: int, workers: int) ->
     os.execve(uvicorn, command, env)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m serving.app",
-        description="Serve a cameo-inpaint model over HTTP (MLflow's scoring protocol).",
-    )
-    parser.add_argument("--model", required=True, help="model URI, e.g. models:/name@alias")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5000)
-    parser.add_argument("--timeout", type=int, default=60, help="request timeout, seconds")
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers (one per GPU)")
-    args = parser.parse_args(argv)
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", "model_uri", required=True, help="model URI, e.g. models:/name@alias")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--timeout", type=int, default=60, show_default=True, help="request timeout, seconds")
+@click.option(
+    "--workers", type=int, default=1, show_default=True, help="uvicorn workers (one per GPU)"
+)
+def main(model_uri: str, host: str, port: int, timeout: int, workers: int) -> None:
+    """Serve a cameo-inpaint model over HTTP (MLflow's scoring protocol)."""
     import mlflow
 
     try:
-        serve(args.model, args.host, args.port, args.timeout, args.workers)
+        serve(model_uri, host, port, timeout, workers)
     except (mlflow.MlflowException, OSError) as e:  # unknown model or alias: one line
-        sys.exit(f"error: cannot serve {args.model}: {' '.join(str(e).split())}")
+        sys.exit(f"error: cannot serve {model_uri}: {' '.join(str(e).split())}")
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="python -m serving.app")

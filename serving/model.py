@@ -28,9 +28,9 @@ import PIL.Image
 import torch
 from mlflow.protos.databricks_pb2 import DEADLINE_EXCEEDED
 
-from perception.faces import identity_score, load_face_analyzer
-from perception.pose import MaskedPoseExtractor, load_pose_estimator
-from serving.app import SERVED_MODEL_ENV, TIMEOUT_ENV, ServedModel
+from perception.faces import identity_score
+from perception.params import FacesParams, PosesParams
+from perception.priors import Priors
 from serving.manifest import check_base_models
 from serving.schema import (
     IMAGE_COLUMNS,
@@ -42,45 +42,28 @@ from serving.schema import (
     decode_image,
     encode_image,
 )
+from serving.served import SERVED_MODEL_ENV, TIMEOUT_ENV, ServedModel
 from training.model import components_from_checkpoint
-from training.pipeline import CharacterInpaintPipeline
+from training.pipeline import CharacterInpaintPipeline, PaintSettings
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 
 
 def build_pipeline(
     checkpoint: str | Path,
-    profile: str,
-    models_dir: str | Path | None = None,
-    faces: Mapping[str, Any] | None = None,
-    poses: Mapping[str, Any] | None = None,
+    priors: Priors,
     trust_remote_code: bool = False,
 ) -> CharacterInpaintPipeline:
-    """The inference pipeline of a checkpoint with the perception models of `profile`;
-    `faces` and `poses` are params.yaml's sections, `trust_remote_code` its
-    `training.trust_remote_code` (see `training.model.load_body_encoder`). `full` runs in
-    float16 on the GPU where there is one."""
-    faces, poses = dict(faces or {}), dict(poses or {})
-    face_analyzer = load_face_analyzer(
-        profile,
-        models_dir,
-        **{k: faces[k] for k in ("model", "det_size", "det_thresh", "min_face_px") if k in faces},
-    )
-    estimator = load_pose_estimator(
-        profile, models_dir, **({"model": poses["model"]} if "model" in poses else {})
-    )
-    pose_extractor = MaskedPoseExtractor(
-        estimator,
-        score_threshold=poses.get("score_threshold", 0.3),
-        min_keypoints=poses.get("min_keypoints", 5),
-    )
+    """The inference pipeline of a checkpoint with the face analyzer and pose extractor of
+    `priors`; `trust_remote_code` is params.yaml's `training.trust_remote_code` (see
+    `training.model.load_body_encoder`). `full` runs in float16 on the GPU where there is one."""
     pipe = CharacterInpaintPipeline(
-        **components_from_checkpoint(checkpoint, models_dir, trust_remote_code),
-        face_analyzer=face_analyzer,
-        pose_extractor=pose_extractor,
+        **components_from_checkpoint(checkpoint, priors.models_dir, trust_remote_code),
+        face_analyzer=priors.face_analyzer(),
+        pose_extractor=priors.pose_extractor(),
     )
     pipe.set_progress_bar_config(disable=True)
-    if profile == "full" and torch.cuda.is_available():
+    if priors.profile == "full" and torch.cuda.is_available():
         pipe.to("cuda", torch.float16)
     return pipe
 
@@ -178,13 +161,14 @@ class CameoInpaintModel(mlflow.pyfunc.PythonModel):
 
             models_dir = resolve_models_dir()
             check_base_models(models_dir, config["base_models"], self.serving.verify_checksums)
-        self.pipeline = build_pipeline(
-            context.artifacts[CHECKPOINT_ARTIFACT],
+        priors = Priors(
             self.profile,
-            models_dir,
-            faces=config.get("faces"),
-            poses=config.get("poses"),
-            trust_remote_code=config.get("trust_remote_code", False),
+            faces=FacesParams.model_validate(config["faces"]),
+            poses=PosesParams.model_validate(config["poses"]),
+            models_dir=models_dir,
+        )
+        self.pipeline = build_pipeline(
+            context.artifacts[CHECKPOINT_ARTIFACT], priors, config["trust_remote_code"]
         )
         # Behind `serving.app`, every response names the model version it came from.
         served = os.environ.get(SERVED_MODEL_ENV)
@@ -271,21 +255,24 @@ class CameoInpaintModel(mlflow.pyfunc.PythonModel):
         for row, (embedding, pose, seconds) in zip(rows, conditions, strict=True):
             self._check_deadline(started)
             row_started = time.perf_counter()
-            output = pipe(
-                image=row.base,
-                mask_image=row.mask,
-                prompt=row.prompt,
-                reference_image=row.reference,
-                negative_prompt=row.negative_prompt,
-                face_embedding=embedding,
-                pose_image=pose,
+            settings = PaintSettings(
                 face_scale=inference.face_scale,
                 body_scale=inference.body_scale,
                 controlnet_scale=inference.controlnet_scale,
                 guidance_scale=inference.guidance_scale,
                 num_inference_steps=inference.num_inference_steps,
                 seed=inference.seed,
-            ).images[0]
+            )
+            output = pipe.paint(
+                row.base,
+                row.mask,
+                row.prompt,
+                row.reference,
+                embedding,
+                pose,
+                settings,
+                negative_prompt=row.negative_prompt,
+            )
             score = identity_score(pipe.face_analyzer, embedding, output, row.inside)
             returned_pose = pose if inference.return_pose else None
             results.append(

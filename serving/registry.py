@@ -10,7 +10,6 @@ import json
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -23,6 +22,7 @@ from mlflow.models.model import ModelInfo
 from serving.client import demo_inputs, make_row
 from serving.manifest import record_base_models
 from serving.model import CHECKPOINT_ARTIFACT, CameoInpaintModel
+from serving.params import ServedSettings
 from serving.schema import ServingConfig
 from training.model import (
     ADAPTER_FILES,
@@ -32,8 +32,8 @@ from training.model import (
     SDXL_INPAINT_DIR,
     CheckpointInfo,
 )
+from training.outputs import FINAL_DIR, RUN_FILE
 from training.tracking import CHAMPION, REGISTERED_MODEL
-from training.train import FINAL_DIR, RUN_FILE
 
 PROFILE_CONFIGS = {"tiny": "tiny", "full": "sdxl"}  # the model config each profile serves
 MODEL_NAME = "model"  # the logged model's name inside its run
@@ -116,17 +116,16 @@ def log_model(
     profile: str,
     models_dir: str | Path | None = None,
     registered_model_name: str | None = REGISTERED_MODEL,
-    params: Mapping[str, Any] | None = None,
+    settings: ServedSettings | None = None,
 ) -> ModelInfo:
     """Log the checkpoint as a pyfunc model into the active MLflow run and register it.
 
-    `params` is params.yaml as `assets.params.load_params` returns it for `profile` (read from
-    the repo's params.yaml when None); its `faces`, `poses` and `serving` sections travel with
-    the model. `tiny` models carry every file they need; `full` models carry the trained parts
-    and a manifest (sizes, sha256) of the base weights under `models_dir` they expect at load.
-    The model's metadata names the training run and the dataset md5 of the checkpoint; the
-    registered version is tagged with both. `registered_model_name=None` logs without
-    registering.
+    `settings` (default: params.yaml's defaults) travel with the model: the `faces`, `poses`
+    and `serving` sections and `training.trust_remote_code`. `tiny` models carry every file
+    they need; `full` models carry the trained parts and a manifest (sizes, sha256) of the
+    base weights under `models_dir` they expect at load. The model's metadata names the
+    training run and the dataset md5 of the checkpoint; the registered version is tagged with
+    both. `registered_model_name=None` logs without registering.
     """
     checkpoint_dir = Path(checkpoint_dir)
     info = CheckpointInfo.read(checkpoint_dir)
@@ -138,23 +137,20 @@ def log_model(
     run = mlflow.active_run()
     if run is None:
         raise RuntimeError("log_model logs into the active MLflow run: call mlflow.start_run()")
-    if params is None:
-        from assets.params import load_params
-
-        params = load_params(Path(__file__).resolve().parents[1] / "params.yaml", profile)
-    serving = ServingConfig.from_params(params["serving"])
+    settings = settings or ServedSettings()
+    serving = ServingConfig.from_params(settings.serving.model_dump(exclude_none=True))
     model_config: dict[str, Any] = {
         "profile": profile,
-        "faces": dict(params["faces"]),
-        "poses": dict(params["poses"]),
+        "faces": settings.faces.model_dump(),
+        "poses": settings.poses.model_dump(),
         "serving": serving.to_dict(),
-        "trust_remote_code": bool(params.get("training", {}).get("trust_remote_code", False)),
+        "trust_remote_code": settings.trust_remote_code,
     }
     if profile == "full":
         from perception.models import models_dir as resolve_models_dir
 
         names = [SDXL_INPAINT_DIR, BODY_ENCODER_DIR]
-        names += [params["faces"]["model"], params["poses"]["model"]]
+        names += [settings.faces.model, settings.poses.model]
         model_config["base_models"] = record_base_models(resolve_models_dir(models_dir), names)
     training_run_id = training_run(checkpoint_dir, info) or run.info.run_id
     model_metadata = {

@@ -14,13 +14,13 @@ import binascii
 import io
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 import PIL.Image
 
-from assets.params import param, params_section
+from serving.params import InferenceParams
 from training.model import FACE_EMBED_DIM
 
 REQUIRED_COLUMNS = ("base", "mask", "reference", "prompt")
@@ -39,20 +39,6 @@ class RequestError(ValueError):
         super().__init__(f"{field}: {problem}")
         self.field = field
         self.problem = problem
-
-
-@dataclass(frozen=True)
-class InferenceParams:
-    """The per-request knobs of `CharacterInpaintPipeline` and of the response."""
-
-    num_inference_steps: int
-    guidance_scale: float
-    face_scale: float
-    body_scale: float
-    controlnet_scale: float
-    seed: int
-    output_format: str  # of the returned image: "png" or "jpeg"
-    return_pose: bool  # also return the pose drawing that conditioned the output
 
 
 _MLFLOW_TYPES = {bool: "boolean", int: "long", float: "double", str: "string"}
@@ -81,27 +67,6 @@ class ParamRange:
         if self.max is not None and value > self.max:
             raise RequestError(field, f"{value} is above the maximum {self.max}")
         return value
-
-
-@params_section("serving")
-@dataclass(frozen=True)
-class ServingSection:
-    """The schema of params.yaml's `serving` section (validated with the rest of the file)."""
-
-    max_pixels: int = param(4_194_304, ge=1)
-    min_side: int = param(64, ge=1)
-    max_rows: int = param(4, ge=1)
-    timeout_s: int = param(300, ge=1)
-    workers: int = param(1, ge=1)
-    verify_checksums: bool = True
-    params: dict = field(default_factory=dict)
-
-    def problems(self) -> list[str]:
-        try:
-            ServingConfig.from_params(asdict(self))
-        except (KeyError, TypeError, ValueError) as error:
-            return [f"params: {error}"]
-        return []
 
 
 @dataclass(frozen=True)

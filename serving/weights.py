@@ -4,7 +4,7 @@ filling a models folder (the Kubernetes models claim) from a mirror.
 `models.lock.yaml` (next to params.yaml) lists every folder or file the `full` profile loads,
 each with the sha256 of its archive on the mirror (null until recorded). The names are the
 loaders' own: params.yaml's `faces.model`, `masks.model`, `masks.person_detector`,
-`poses.model`, `captions.model` and training/model.py's folders; `required_models` gives them
+`poses.model`, `captions.model` and training/model/'s folders; `required_models` gives them
 and every command here refuses a lock file that misses one.
 
 A mirror is any https://, http:// or file:// URL holding one `<entry>.tar` per entry (the
@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from perception.priors import Priors
 from serving.manifest import sha256
 from training.model import BODY_ENCODER_DIR, INSTANTID_DIR, SDXL_INPAINT_DIR
 
@@ -33,7 +34,7 @@ _HEADER = """\
 # The `full` profile's weights under $CAMEO_MODELS (serving/weights.py): each entry a folder or
 # file the loaders read, with the sha256 of its archive `<entry>.tar` on the weights mirror
 # (null: not recorded yet; `cameo weights pack` records them). A test keeps the entries equal to
-# the names params.yaml and training/model.py give the loaders.
+# the names params.yaml and training/model/ give the loaders.
 """
 
 
@@ -41,14 +42,14 @@ class WeightsError(RuntimeError):
     """The lock file, the mirror or an archive is not what it should be."""
 
 
-def required_models(params: Mapping[str, Any]) -> dict[str, str]:
-    """`{entry under $CAMEO_MODELS: what loads it}` for the `full` profile of `params`."""
+def required_models(priors: Priors) -> dict[str, str]:
+    """`{entry under $CAMEO_MODELS: what loads it}` for the `full` profile of `priors`."""
     return {
-        params["faces"]["model"]: "faces.model: insightface detection and ArcFace",
-        params["masks"]["model"]: "masks.model: SAM",
-        params["masks"]["person_detector"]: "masks.person_detector: Grounding-DINO (Note 1)",
-        params["poses"]["model"]: "poses.model: RTMW wholebody ONNX",
-        params["captions"]["model"]: "captions.model: the captioning VLM",
+        priors.faces.model: "faces.model: insightface detection and ArcFace",
+        priors.masks.model: "masks.model: SAM",
+        priors.masks.person_detector: "masks.person_detector: Grounding-DINO (Note 1)",
+        priors.poses.model: "poses.model: RTMW wholebody ONNX",
+        priors.captions.model: "captions.model: the captioning VLM",
         SDXL_INPAINT_DIR: "training: SDXL 1.0 inpainting (diffusers layout)",
         INSTANTID_DIR: "training: InstantID IdentityNet and ip-adapter.bin",
         BODY_ENCODER_DIR: "training: InternViT body encoder",
@@ -66,10 +67,10 @@ def write_lock(entries: Mapping[str, Mapping[str, Any]], path: str | Path = LOCK
     Path(path).write_text(_HEADER + body)
 
 
-def checked_lock(params: Mapping[str, Any], path: str | Path = LOCK_FILE) -> dict[str, dict]:
+def checked_lock(priors: Priors, path: str | Path = LOCK_FILE) -> dict[str, dict]:
     """The lock file's entries; WeightsError when it misses a model the params name."""
     entries = read_lock(path)
-    missing = sorted(set(required_models(params)) - set(entries))
+    missing = sorted(set(required_models(priors)) - set(entries))
     if missing:
         raise WeightsError(
             f"{path} does not list {', '.join(missing)}, which params.yaml's `full` profile "
@@ -91,13 +92,13 @@ def _download(source, target: Path) -> str:
 def pack(
     models_dir: str | Path,
     mirror_dir: str | Path,
-    params: Mapping[str, Any],
+    priors: Priors,
     lock_path: str | Path = LOCK_FILE,
 ) -> dict[str, str]:
     """Write `<entry>.tar` of every lock-file entry under `models_dir` into `mirror_dir` and
     record each archive's sha256 in the lock file. Returns `{entry: sha256}`."""
     models_dir, mirror_dir = Path(models_dir), Path(mirror_dir)
-    entries = checked_lock(params, lock_path)
+    entries = checked_lock(priors, lock_path)
     absent = [name for name in entries if not (models_dir / name).exists()]
     if absent:
         raise WeightsError(f"not in {models_dir}: {', '.join(absent)}")
@@ -118,7 +119,7 @@ def pack(
 def fetch(
     mirror: str,
     models_dir: str | Path,
-    params: Mapping[str, Any],
+    priors: Priors,
     lock_path: str | Path = LOCK_FILE,
     log: Callable[[str], None] = print,
 ) -> list[str]:
@@ -127,7 +128,7 @@ def fetch(
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     fetched = []
-    for name, entry in checked_lock(params, lock_path).items():
+    for name, entry in checked_lock(priors, lock_path).items():
         target = models_dir / name
         if target.exists():
             log(f"{name}: present, skipped")

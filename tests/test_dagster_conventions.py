@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from assets.frames import frames_check
-from assets.layout import DataLayout
+from core.layout import DataLayout
 from assets.stage import code_version, incomplete_stage, profile_kinds, read_status
 from orchestration.cli import main
 from orchestration.definitions import (

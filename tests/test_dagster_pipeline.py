@@ -11,12 +11,12 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from assets.layout import DataLayout
+from core.layout import DataLayout
 from assets.params import load_params
 from assets.partitions import movie_partitions
 from assets.sample_movie import compare_with_truth
 from assets.triplets import dvc_md5, triplets
-from orchestration.cli import STAGE_CHOICES, main
+from orchestration.cli import main
 from orchestration.definitions import (
     CHECKS,
     MOVIE_STAGES,
@@ -26,6 +26,7 @@ from orchestration.definitions import (
     defs,
 )
 from orchestration.resources import DataResource
+from orchestration.runs import STAGE_CHOICES
 from orchestration.sensors import movie_sensor
 from tests.conftest import PARAMS
 

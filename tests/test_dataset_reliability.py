@@ -25,16 +25,9 @@ from PIL import Image
 from assets.captions import caption_frames, check_captions
 from assets.characters import build_characters, check_characters
 from assets.frames import TruncatedVideoWarning, VideoReadError, check_frames, extract_frames
-from assets.layout import (
-    BuildLockedError,
-    DataLayout,
-    ImageReadError,
-    atomic_path,
-    dvc_md5,
-    load_rgb,
-    source_fingerprint,
-    write_json,
-)
+from core.layout import BuildLockedError, DataLayout, source_fingerprint
+from core.io import ImageReadError, atomic_path, load_rgb, write_json
+from core.versioning import dvc_md5
 from assets.masks import check_masks, generate_masks
 from assets.params import (
     SECTIONS,
@@ -53,9 +46,10 @@ from assets.poses import check_poses, estimate_poses
 from assets.references import crop_references
 from assets.stage import MOVIE_STAGE_DEPS, build_key, downstream, incomplete_stage
 from assets.triplets import build_triplets
-from orchestration.cli import fail_interrupted_runs, failure_message, main
+from orchestration.cli import main
 from orchestration.definitions import STAGES, build_resources
 from orchestration.resources import DataResource, ParamsResource, PerceptionResource
+from orchestration.runs import fail_interrupted_runs, failure_message
 from orchestration.sensors import movie_sensor
 from perception.captions import TinyCaptioner
 from tests.conftest import PARAMS
@@ -571,7 +565,7 @@ def test_concurrent_folder_replacers_never_fail(tmp_path: Path):
 KILLED_WRITER = """
 import sys, time
 from pathlib import Path
-from assets.layout import atomic_path
+from core.io import atomic_path
 with atomic_path(Path(sys.argv[1])) as tmp:
     tmp.mkdir()
     for i in range(85):

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from assets.captions import CaptionsParams, caption_frames
-from assets.layout import DataLayout
+from core.layout import DataLayout
 from assets.masks import MasksParams, mask_skip_reason, segment_character
 from assets.references import ReferencesParams, segment_reference
 from assets.triplets import check_triplets, dvc_md5, movie_triplets, single_triplet, write_manifest

@@ -3,14 +3,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from assets.layout import (
-    DataLayout,
-    atomic_path,
-    partition_keys,
-    read_table,
-    slugify,
-    write_table,
-)
+from core.layout import DataLayout, partition_keys, slugify
+from core.io import atomic_path, read_table, write_table
 from assets.params import load_params
 from tests.conftest import PARAMS
 

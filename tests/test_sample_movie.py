@@ -5,7 +5,7 @@ from pathlib import Path
 
 import av
 
-from assets.layout import DataLayout
+from core.layout import DataLayout
 
 # What data/movies.dvc records; x86-64 with the pinned PyAV.
 SAMPLE_MD5 = "6596cf8cbaee7d900345e42b1be154a1"

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,18 +34,16 @@ import pandas as pd
 import PIL.Image
 import torch
 
-from assets.params import ParamsError, param, params_section, validate_section
-from perception.faces import FaceAnalyzer, identity_score, load_face_analyzer
-from perception.pose import (
-    Pose,
-    RTMPoseEstimator,
-    extract_pose,
-    load_pose_estimator,
-    mask_box,
-    masked_image,
-)
+from core.layout import DataLayout
+from core.versioning import dvc_md5
+from perception.faces import FaceAnalyzer, identity_score
+from perception.params import FacesParams, PosesParams
+from perception.pose import Pose, RTMPoseEstimator, extract_pose, mask_box, masked_image
+from perception.priors import Priors
 from training.data import fit_to_bucket, place
 from training.grid import inpaint_grid
+from training.params import EvaluationParams, TrainingParams
+from training.pipeline import PaintSettings
 
 if TYPE_CHECKING:
     from training.pipeline import CharacterInpaintPipeline
@@ -78,36 +76,6 @@ METRICS = (
     "clip_score",
     "saturation_ratio",
 )
-
-
-@params_section("evaluation")
-@dataclass(frozen=True)
-class EvaluationParams:
-    """The `evaluation` section of params.yaml (validated with the rest of the file)."""
-
-    samples: int = param(16, ge=1)  # validation triplets scored, first in manifest order
-    inference_steps: int = param(30, ge=1)
-    guidance_scale: float = param(5.0, ge=0)
-    # A second recogniser to score with (an insightface folder under the models directory),
-    # so the model is not judged only by the network it trained against; "": the training one.
-    face_model: str = ""
-    clip_model: str = "clip-vit-large-patch14"  # transformers CLIPModel folder; absent: skipped
-    pck_alpha: float = param(0.1, gt=0, le=1)  # of the visible keypoints' extent
-    ablations: list[str] = field(default_factory=lambda: list(ABLATIONS))
-    # The `evaluation` asset's blocking check; null: off (the tiny profile's random weights).
-    min_face_similarity: float | None = None
-
-    def problems(self) -> list[str]:
-        unknown = [name for name in self.ablations if name not in ABLATIONS]
-        return [f"ablations: unknown {unknown}; known: {', '.join(ABLATIONS)}"] if unknown else []
-
-    @classmethod
-    def from_params(cls, values: dict[str, Any]) -> EvaluationParams:
-        """The section of loaded params.yaml values."""
-        params, problems = validate_section("evaluation", values.get("evaluation", {}), cls)
-        if params is None:
-            raise ParamsError("evaluation parameters: " + "; ".join(problems))
-        return params
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,34 +235,23 @@ class Evaluator:
         self.notes = notes
 
     @classmethod
-    def from_params(cls, values: dict[str, Any], models_dir: str | Path | None = None) -> Evaluator:
-        """The evaluator of loaded params.yaml values (their profile, faces, poses and
-        evaluation sections)."""
+    def build(cls, params: EvaluationParams, priors: Priors) -> Evaluator:
+        """The scorers of `priors`' profile: its face analyzer (or `params.face_model`, a
+        second recogniser), its pose estimator, and CLIP where the models directory has it."""
         from perception.models import models_dir as resolve_models_dir
 
-        params = EvaluationParams.from_params(values)
-        profile = values["profile"]
-        faces, poses = values.get("faces", {}), values.get("poses", {})
-        recogniser = params.face_model or faces.get("model", "antelopev2")
-        face_scorer = load_face_analyzer(
-            "full" if params.face_model else profile,
-            models_dir,
-            model=recogniser,
-            det_size=faces.get("det_size", 640),
-            det_thresh=faces.get("det_thresh", 0.5),
-            min_face_px=faces.get("min_face_px", 24),
-        )
-        notes = {
-            "face_recogniser": (
-                f"{recogniser} (second recogniser)"
-                if params.face_model
-                else ("tiny face analyzer" if profile == "tiny" else f"{recogniser} (training)")
+        if params.face_model:
+            face_scorer = priors.face_scorer(params.face_model)
+            recogniser = f"{params.face_model} (second recogniser)"
+        else:
+            face_scorer = priors.face_analyzer()
+            recogniser = (
+                "tiny face analyzer"
+                if priors.profile == "tiny"
+                else f"{priors.faces.model} (training)"
             )
-        }
-        pose_estimator = load_pose_estimator(
-            profile, models_dir, **({"model": poses["model"]} if "model" in poses else {})
-        )
-        clip_folder = resolve_models_dir(models_dir) / params.clip_model
+        notes = {"face_recogniser": recogniser}
+        clip_folder = resolve_models_dir(priors.models_dir) / params.clip_model
         clip = None
         if (clip_folder / "config.json").is_file():
             clip = ClipScorer(clip_folder)
@@ -302,7 +259,12 @@ class Evaluator:
         else:
             notes["clip_score"] = f"skipped: no CLIP model at {clip_folder}"
         return cls(
-            params, face_scorer, pose_estimator, poses.get("score_threshold", 0.3), clip, notes
+            params,
+            face_scorer,
+            priors.pose_estimator(),
+            priors.poses.score_threshold,
+            clip,
+            notes,
         )
 
     def reference_embedding(self, sample: ValidationSample) -> np.ndarray | None:
@@ -381,20 +343,23 @@ class Evaluator:
             condition = self.conditioning_pose(sample)
             for name in ablations:
                 scales = ABLATIONS[name]
-                output = pipe(
-                    image=sample.base,
-                    mask_image=sample.mask,
-                    prompt=sample.prompt,
-                    reference_image=sample.reference,
-                    face_embedding=sample.face_embedding,
-                    pose_image=sample.pose,
+                settings = PaintSettings(
                     face_scale=scales.face,
                     body_scale=scales.body,
                     controlnet_scale=scales.pose,
                     guidance_scale=self.params.guidance_scale,
                     num_inference_steps=inference_steps or self.params.inference_steps,
                     seed=seed,
-                ).images[0]
+                )
+                output = pipe.paint(
+                    sample.base,
+                    sample.mask,
+                    sample.prompt,
+                    sample.reference,
+                    sample.face_embedding,
+                    sample.pose,
+                    settings,
+                )
                 rows.append(
                     {"ablation": name, "triplet_id": sample.triplet_id}
                     | self.score(sample, output, reference, condition)
@@ -432,7 +397,10 @@ def log_evaluation(
 
 def evaluate_logged_model(
     model_uri: str,
-    values: dict[str, Any],
+    training: TrainingParams,
+    evaluation: EvaluationParams,
+    faces: FacesParams,
+    poses: PosesParams,
     data_root: str | Path | None = None,
     models_dir: str | Path | None = None,
 ) -> tuple[Evaluation, str]:
@@ -446,7 +414,6 @@ def evaluate_logged_model(
     shows as such."""
     import mlflow
 
-    from assets.layout import DataLayout, dvc_md5
     from training.data import load_manifest, resolve_buckets, split_by_identity
     from training.tracking import configure_tracking, triplets_dataset
 
@@ -455,28 +422,31 @@ def evaluate_logged_model(
     client = mlflow.MlflowClient()
     # The run that trained it: a checkpoint logged later (`cameo model log`) names it.
     run = client.get_run((info.metadata or {}).get("training_run_id") or info.run_id)
-    training = {**values.get("training", {})}
-    for key, cast in (("seed", int), ("validation_fraction", float), ("buckets", str)):
-        if f"training.{key}" in run.data.params:
-            training[key] = cast(run.data.params[f"training.{key}"])
+    logged = {
+        key: cast(run.data.params[f"training.{key}"])
+        for key, cast in (("seed", int), ("validation_fraction", float), ("buckets", str))
+        if f"training.{key}" in run.data.params
+    }
+    training = training.updated("training", **logged)
     layout = DataLayout.from_env(data_root)
     manifest = load_manifest(layout.triplets_dir)
-    _, validation = split_by_identity(manifest, training["validation_fraction"], training["seed"])
+    _, validation = split_by_identity(manifest, training.validation_fraction, training.seed)
     if validation.empty:
         raise ValueError(f"no validation identities in {layout.triplets_dir}: nothing to score")
-    buckets = resolve_buckets(training["buckets"])
+    buckets = resolve_buckets(training.buckets)
     model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
-    evaluator = Evaluator.from_params({**values, "profile": model.profile}, models_dir)
+    priors = Priors(model.profile, faces=faces, poses=poses, models_dir=models_dir)
+    evaluator = Evaluator.build(evaluation, priors)
     samples = [
         ValidationSample.from_row(row, layout.triplets_dir, buckets)
         for row in validation.head(evaluator.params.samples).itertuples(index=False)
     ]
-    evaluation = evaluator.evaluate(model.pipeline, samples, seed=training["seed"])
+    result = evaluator.evaluate(model.pipeline, samples, seed=training.seed)
     md5 = dvc_md5(layout.triplets_dir)
     history = client.get_metric_history(run.info.run_id, "loss")
     step = max((m.step for m in history), default=0)  # the trained step: after its validations
     with mlflow.start_run(run_id=run.info.run_id):
         mlflow.set_tags({"evaluation.dataset_md5": md5, "evaluation.model_uri": model_uri})
         dataset = triplets_dataset(validation, layout.triplets_dir, "triplets-validation", md5)
-        log_evaluation(evaluation, step=step, model_id=info.model_id, dataset=dataset)
-    return evaluation, run.info.run_id
+        log_evaluation(result, step=step, model_id=info.model_id, dataset=dataset)
+    return result, run.info.run_id

@@ -9,6 +9,7 @@ the pose image, then the 9-channel U-Net with the face (ICA1) and body (ICA2) br
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -44,6 +45,18 @@ def _to_pil(image: PIL.Image.Image | np.ndarray, mode: str) -> PIL.Image.Image:
     if isinstance(image, np.ndarray):
         image = PIL.Image.fromarray(image)
     return image.convert(mode)
+
+
+@dataclass(frozen=True)
+class PaintSettings:
+    """The knobs of one painting: identity and pose scales, guidance, steps and seed."""
+
+    face_scale: float = 1.0
+    body_scale: float = 1.0
+    controlnet_scale: float = 1.0
+    guidance_scale: float = 5.0
+    num_inference_steps: int = 30
+    seed: int = 0
 
 
 class CharacterInpaintPipeline(StableDiffusionXLInpaintPipeline):
@@ -349,3 +362,26 @@ class CharacterInpaintPipeline(StableDiffusionXLInpaintPipeline):
         if needs_upcasting:
             self.vae.to(dtype=vae_dtype)
         return image
+
+    def paint(
+        self,
+        base: PIL.Image.Image,
+        mask: PIL.Image.Image,
+        prompt: str,
+        reference: PIL.Image.Image,
+        face_embedding: np.ndarray | None,
+        pose: PIL.Image.Image | None,
+        settings: PaintSettings,
+        negative_prompt: str | None = None,
+    ) -> PIL.Image.Image:
+        """One output image: the call the served model and the evaluation both make."""
+        return self(
+            image=base,
+            mask_image=mask,
+            prompt=prompt,
+            reference_image=reference,
+            negative_prompt=negative_prompt,
+            face_embedding=face_embedding,
+            pose_image=pose,
+            **asdict(settings),
+        ).images[0]

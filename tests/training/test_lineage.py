@@ -16,7 +16,7 @@ import yaml
 from click.testing import CliRunner
 from conftest import write_triplets
 
-from assets.layout import dvc_md5
+from core.versioning import dvc_md5
 from orchestration.cli import main as cameo
 from orchestration.environment import DAGSTER_YAML
 from orchestration.lineage import LineageError, checkout, trace
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.layout import dvc_md5
+from core.versioning import dvc_md5
 
 
 @dg.asset(name="triplets")

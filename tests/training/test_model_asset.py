@@ -10,7 +10,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from assets.layout import dvc_md5
+from core.versioning import dvc_md5
 from orchestration.definitions import STAGES, build_resources
 from orchestration.evaluation_assets import (
     FACE_CHECK,

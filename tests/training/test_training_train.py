@@ -16,7 +16,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from assets.layout import dvc_md5
+from core.versioning import dvc_md5
 from assets.params import ParamsError, load_params
 from training.data import TripletDataset, collate, load_manifest, resolve_buckets
 from training.model import ADAPTER_FILES, CONTROLNET_DIR, trainable_parameters

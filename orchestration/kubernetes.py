@@ -15,14 +15,15 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import Field
 
-from assets.params import ParamsError, param, params_section, validate_section
+from core.params import Section
 
 K8S = Path(__file__).resolve().parents[1] / "k8s"
 IMAGE_COMPONENT = K8S / "components" / "image" / "kustomization.yaml"
@@ -31,40 +32,23 @@ MULTI_NODE = K8S / "training-multinode"
 PARAMS_CONFIGMAP = "cameo-params"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 PART_OF = {"app.kubernetes.io/part-of": "cameo"}  # what the kustomizations label everything with
-RUN_LINE = re.compile(r"MLflow run ([0-9a-f]{32})")  # printed by training.train on rank 0
+RUN_LINE = re.compile(r"MLflow run ([0-9a-f]{32})")  # printed by training.loop on rank 0
 
 
-@params_section("kubernetes")
-@dataclass(frozen=True)
-class KubernetesParams:
+class KubernetesParams(Section):
     """The `kubernetes` section of params.yaml: the training Job's shape and resources."""
 
     namespace: str = "cameo"
-    gpus_per_node: int = param(8, ge=1)  # nvidia.com/gpu per pod = torchrun --nproc-per-node
-    nodes: int = param(1, ge=1)  # 1: a Job; N > 1: an Indexed Job + headless Service
-    rendezvous_port: int = param(29500, ge=1, le=65535)
-    backoff_limit: int = param(3, ge=0)
+    gpus_per_node: int = Field(8, ge=1)  # nvidia.com/gpu per pod = torchrun --nproc-per-node
+    nodes: int = Field(1, ge=1)  # 1: a Job; N > 1: an Indexed Job + headless Service
+    rendezvous_port: int = Field(29500, ge=1, le=65535)
+    backoff_limit: int = Field(3, ge=0)
     cpu: str = "96"
     memory: str = "1000Gi"
     shm_size: str = "64Gi"
     mlflow_tracking_uri: str = "http://mlflow:5000"
-    gpu_node_selector: dict = field(default_factory=dict)
-    gpu_tolerations: list = field(default_factory=list)
-
-    def problems(self) -> list[str]:
-        found = []
-        if not all(isinstance(v, str) for v in self.gpu_node_selector.values()):
-            found.append(f"gpu_node_selector values must be strings: {self.gpu_node_selector}")
-        if not all(isinstance(t, dict) for t in self.gpu_tolerations):
-            found.append(f"gpu_tolerations must be a list of mappings: {self.gpu_tolerations}")
-        return found
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> KubernetesParams:
-        instance, problems = validate_section("kubernetes", params.get("kubernetes"), cls)
-        if instance is None:
-            raise ParamsError("kubernetes parameters: " + "; ".join(problems))
-        return instance
+    gpu_node_selector: dict[str, str] = Field(default_factory=dict)
+    gpu_tolerations: list[dict[str, Any]] = Field(default_factory=list)
 
 
 def image_reference(component: Path = IMAGE_COMPONENT) -> str:
@@ -94,9 +78,9 @@ def render_training_job(
 ) -> list[dict[str, Any]]:
     """The objects of one training run: `[Job]` for one node, `[Service, Job]` for N > 1.
 
-    `training_args` go to `python -m training.train` (after the Job's own `--resume --unlocked
-    --no-progress --output-dir $(CAMEO_CHECKPOINTS)/$(JOB_NAME)`); `name` defaults to the
-    manifest's.
+    `training_args` go to `python -m orchestration.cli.train` (after the Job's own `--resume
+    --unlocked --no-progress --output-dir $(CAMEO_CHECKPOINTS)/$(JOB_NAME)`); `name` defaults
+    to the manifest's.
     """
     folder = ONE_NODE if k8s.nodes == 1 else MULTI_NODE
     job = _load(folder / "job.yaml")
@@ -300,18 +284,17 @@ def submit_and_follow(
 
 def submit_training(
     params_file: str | Path,
-    params: dict[str, Any],
+    k8s: KubernetesParams,
     training_args: Sequence[str] = (),
     *,
     api_client: Any | None = None,
     log: Callable[[str], None] = print,
     poll_seconds: float = 5.0,
 ) -> TrainingJob:
-    """Render a new training Job from `params` (loaded from `params_file`, which the pods then
-    read) and follow it to its end: what `cameo train --submit k8s` and the `model` asset run."""
-    objects = render_training_job(
-        KubernetesParams.from_params(params), training_args, name=job_name()
-    )
+    """Render a new training Job from the `kubernetes` section of `params_file` (which the pods
+    then read) and follow it to its end: what `cameo train --submit k8s` and the `model` asset
+    run."""
+    objects = render_training_job(k8s, training_args, name=job_name())
     return submit_and_follow(
         objects, params_file, api_client=api_client, log=log, poll_seconds=poll_seconds
     )

@@ -1,0 +1,122 @@
+"""`cameo model log|list|promote|summary`: the registered model `cameo-inpaint` and the
+architecture's size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from orchestration.cli.options import params_option, profile_option
+
+
+@click.group()
+def model() -> None:
+    """The registered model `cameo-inpaint` in MLflow: log checkpoints, list, promote; and the
+    model's parameter counts."""
+
+
+@model.command("log")
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A checkpoint folder written by training (save_checkpoint).",
+)
+@params_option
+@profile_option
+@click.option(
+    "--models-dir",
+    envvar="CAMEO_MODELS",
+    default=None,
+    help="full: the base weights to record ($CAMEO_MODELS, default ./models).",
+)
+@click.option("--no-register", is_flag=True, help="Log the model without registering it.")
+def model_log(
+    checkpoint: Path,
+    params_path: str,
+    profile: str | None,
+    models_dir: str | None,
+    no_register: bool,
+) -> None:
+    """Log a checkpoint as a pyfunc model (in a new run of experiment `cameo`) and register
+    it as a new version of `cameo-inpaint`."""
+    import mlflow
+
+    from orchestration.params import load_params
+    from serving.registry import log_model
+    from training.tracking import REGISTERED_MODEL, configure_tracking
+
+    configure_tracking()
+    params = load_params(params_path, profile)
+    with mlflow.start_run(run_name=f"log {checkpoint.resolve().name}"):
+        info = log_model(
+            checkpoint,
+            profile=params.profile,
+            models_dir=models_dir,
+            registered_model_name=None if no_register else REGISTERED_MODEL,
+            settings=params.served(),
+        )
+    click.echo(f"logged {info.model_uri} (run {info.run_id})")
+    if info.registered_model_version is not None:
+        version = info.registered_model_version
+        click.echo(f"registered {REGISTERED_MODEL} version {version}")
+        click.echo(f"serve it with: cameo model promote {version} && make serve")
+
+
+@model.command("list")
+def model_list() -> None:
+    """Every version of `cameo-inpaint`, newest first, with aliases and lineage."""
+    from serving.registry import model_versions
+    from training.tracking import configure_tracking
+
+    configure_tracking()
+    versions = model_versions()
+    if not versions:
+        click.echo("no registered versions: cameo model log --checkpoint DIR")
+    for v in versions:
+        aliases = f" @{', @'.join(v.aliases)}" if v.aliases else ""
+        click.echo(
+            f"version {v.version}{aliases}  {v.created:%Y-%m-%d %H:%M}  profile {v.profile}  "
+            f"run {v.training_run_id}  dataset {v.dataset_md5}"
+        )
+
+
+@model.command("promote")
+@click.argument("version")
+@click.option("--alias", default="champion", show_default=True, help="The alias to move.")
+def model_promote(version: str, alias: str) -> None:
+    """Point the alias (what `make serve` serves) at VERSION (a number, or `latest`);
+    promoting the previous version again rolls back."""
+    from serving.registry import promote
+    from training.tracking import REGISTERED_MODEL, configure_tracking
+
+    configure_tracking()
+    previous = promote(version, alias)
+    if version == "latest":
+        import mlflow
+
+        version = mlflow.MlflowClient().get_model_version_by_alias(REGISTERED_MODEL, alias).version
+    click.echo(f"{REGISTERED_MODEL}@{alias}: version {previous or '-'} -> {version}")
+    if previous is not None and previous != version:
+        click.echo(f"roll back with: cameo model promote {previous} --alias {alias}")
+    click.echo("a running server keeps the version it loaded: restart it (make serve)")
+
+
+@model.command("summary")
+@click.option(
+    "--config",
+    "config_name",
+    default="sdxl",
+    show_default=True,
+    help="A config of training.model.CONFIGS (sdxl, tiny).",
+)
+def model_summary(config_name: str) -> None:
+    """Parameter counts of every component as JSON, built on the meta device (no weights)."""
+    from training.model import CONFIGS, summary
+
+    if config_name not in CONFIGS:
+        choices = ", ".join(sorted(CONFIGS))
+        raise click.BadParameter(f"{config_name!r} is not one of {choices}", param_hint="--config")
+    click.echo(json.dumps(summary(CONFIGS[config_name]), indent=2))

@@ -1,0 +1,195 @@
+"""`cameo serve|inpaint|serve-check`: the registered model's HTTP endpoint and its client."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from orchestration.cli.options import champion_uri, data_option, image_path, params_option
+
+if TYPE_CHECKING:
+    from serving.params import ServingParams
+
+DEFAULT_URL = "http://127.0.0.1:5000"
+
+
+def serving_params(params_path: str, profile: str | None = None) -> ServingParams:
+    """The `serving` section of the params file."""
+    from orchestration.params import load_params
+
+    return load_params(params_path, profile).serving
+
+
+@click.command("serve")
+@click.option("--model", "model_uri", default=None, help="Model URI; default the champion.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--workers", default=None, type=int, help="Default: serving.workers.")
+@click.option("--timeout", default=None, type=int, help="Seconds; default: serving.timeout_s.")
+@params_option
+def serve(
+    model_uri: str | None,
+    host: str,
+    port: int,
+    workers: int | None,
+    timeout: int | None,
+    params_path: str,
+) -> None:
+    """Serve the model over HTTP (MLflow's scoring protocol; /version names the model version),
+    in the foreground; Ctrl-C stops it."""
+    from serving.server import serve_command, serve_env
+    from training.tracking import configure_tracking
+
+    configure_tracking()
+    config = serving_params(params_path)
+    command = serve_command(
+        model_uri or champion_uri(),
+        host,
+        port,
+        timeout or config.timeout_s,
+        workers or config.workers,
+    )
+    click.echo(" ".join(command), err=True)
+    os.execve(command[0], command, serve_env())
+
+
+@click.command("inpaint")
+@click.option("--base", required=True, type=image_path, help="Base image (PNG/JPEG).")
+@click.option("--mask", required=True, type=image_path, help="Mask: white = paint here.")
+@click.option("--reference", required=True, type=image_path, help="The character to paint.")
+@click.option("--prompt", required=True)
+@click.option("--negative-prompt", default=None)
+@click.option("--pose", default=None, type=image_path, help="Pose drawing; default: extracted.")
+@click.option("--url", default=None, help=f"The endpoint [default: {DEFAULT_URL}].")
+@click.option("--model", "model_uri", default=None, help="Predict in-process with this model URI.")
+@click.option("--steps", "num_inference_steps", type=int, default=None)
+@click.option("--guidance", "guidance_scale", type=float, default=None)
+@click.option("--face-scale", type=float, default=None)
+@click.option("--body-scale", type=float, default=None)
+@click.option("--controlnet-scale", type=float, default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="inpainted.png")
+@click.option(
+    "--grid",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the 5-panel figure (base, mask, pose, reference, output) here.",
+)
+def inpaint(
+    base: Path,
+    mask: Path,
+    reference: Path,
+    prompt: str,
+    negative_prompt: str | None,
+    pose: Path | None,
+    url: str | None,
+    model_uri: str | None,
+    out: Path,
+    grid: Path | None,
+    **inference: float | int | None,
+) -> None:
+    """Paint the reference character into the masked region of the base image, through the
+    HTTP endpoint (--url) or in-process (--model); unset params take the model's defaults."""
+    from serving.client import InpaintClient, ServingError, make_row, predict_in_process
+
+    if url and model_uri:
+        raise click.UsageError("pass --url or --model, not both")
+    row = make_row(base, mask, reference, prompt, negative_prompt, pose)
+    params = {name: value for name, value in inference.items() if value is not None}
+    try:
+        if model_uri:
+            from training.tracking import configure_tracking
+
+            configure_tracking()
+            [result] = predict_in_process(model_uri, [row], params)
+        else:
+            [result] = InpaintClient(url or DEFAULT_URL).predict([row], params)
+    except ServingError as e:
+        raise click.ClickException(str(e)) from None
+    write_result(result, out, grid, base, mask, reference, prompt)
+
+
+def write_result(result, out: Path, grid: Path | None, base, mask, reference, prompt: str) -> None:
+    import PIL.Image
+
+    from training.grid import inpaint_grid
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result.image.save(out)
+    score = "none (no face in the painted region)"
+    if result.identity_score is not None:
+        score = f"{result.identity_score:.3f}"
+    made_by = f", model {result.model_version}" if result.model_version else ""
+    click.echo(f"wrote {out} ({result.seconds:.2f} s, identity score {score}{made_by})")
+    if grid is not None:
+        panels = [PIL.Image.open(p) if isinstance(p, Path) else p for p in (base, mask, reference)]
+        figure = inpaint_grid(panels[0], panels[1], result.pose, panels[2], result.image, prompt)
+        grid.parent.mkdir(parents=True, exist_ok=True)
+        figure.save(grid)
+        click.echo(f"wrote {grid} (base, mask, pose, reference, output)")
+
+
+@click.command("serve-check")
+@data_option
+@click.option("--model", "model_uri", default=None, help="Model URI; default the champion.")
+@click.option("--max-side", default=128, show_default=True, help="Base image size cap (px).")
+@click.option("--steps", "num_inference_steps", type=int, default=None)
+@params_option
+def serve_check(
+    data_dir: Path,
+    model_uri: str | None,
+    max_side: int,
+    num_inference_steps: int | None,
+    params_path: str,
+) -> None:
+    """Serve the model on a free local port, make one real HTTP request and stop the server.
+
+    The request is the first triplet of DATA/triplets (target as base, its mask, the
+    reference frame, the prompt), its base and mask scaled down to --max-side; without a
+    dataset, built-in demo inputs. Writes DATA/serving/output.png and grid.png.
+    """
+    import pandas as pd
+    import PIL.Image
+
+    from core.layout import DataLayout
+    from serving.client import InpaintClient, ServingError, demo_inputs, make_row
+    from serving.server import ModelServer
+    from training.tracking import configure_tracking
+
+    configure_tracking()
+    layout = DataLayout.from_env(data_dir)
+    manifest = layout.triplets_dir / "manifest.parquet"
+    if manifest.is_file():
+        triplet = pd.read_parquet(manifest).iloc[0]
+        base = PIL.Image.open(layout.triplets_dir / triplet["target"]).convert("RGB")
+        mask = PIL.Image.open(layout.triplets_dir / triplet["target_mask"]).convert("L")
+        reference = PIL.Image.open(layout.triplets_dir / triplet["reference"]).convert("RGB")
+        prompt = str(triplet["prompt"])
+        scale = min(1.0, max_side / max(base.size))
+        size = (round(base.width * scale), round(base.height * scale))
+        base = base.resize(size, PIL.Image.Resampling.LANCZOS)
+        mask = mask.resize(size, PIL.Image.Resampling.NEAREST)
+        click.echo(f"request: triplet {triplet['triplet_id']}, base {size[0]}x{size[1]}")
+    else:
+        base, mask, reference, prompt = demo_inputs()
+        click.echo(f"request: demo inputs (no dataset under {layout.triplets_dir})")
+    params = {"num_inference_steps": num_inference_steps} if num_inference_steps else {}
+    config = serving_params(params_path)
+    server = ModelServer(model_uri or champion_uri(), timeout_s=config.timeout_s)
+    click.echo(f"serving {server.model_uri} at {server.url} (log: {server.log_path})")
+    with server:
+        click.echo(f"server pid {server.process.pid} answers /ping")
+        try:
+            [result] = InpaintClient(server.url).predict(
+                [make_row(base, mask, reference, prompt)], params
+            )
+        except ServingError as e:
+            raise click.ClickException(str(e)) from None
+    click.echo(f"server stopped (pid {server.process.pid})")
+    out_dir = layout.root / "serving"
+    write_result(
+        result, out_dir / "output.png", out_dir / "grid.png", base, mask, reference, prompt
+    )

@@ -1,0 +1,45 @@
+"""The root of params.yaml: every section, composed from the packages that own them.
+
+`load_params(path)` gives a `Params` with the active profile applied, or one ParamsError
+listing every problem in the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from assets.params import DatasetParams
+from core.params import load_params as load_schema
+from orchestration.kubernetes import KubernetesParams
+from perception.priors import Priors
+from serving.params import ServedSettings, ServingParams
+from training.params import EvaluationParams, TrainingParams
+
+
+class Params(DatasetParams):
+    """params.yaml: the dataset's sections, then training, evaluation, serving, Kubernetes."""
+
+    training: TrainingParams = TrainingParams()
+    evaluation: EvaluationParams = EvaluationParams()
+    serving: ServingParams = ServingParams()
+    kubernetes: KubernetesParams = KubernetesParams()
+
+    def priors(self, models_dir: str | Path | None = None) -> Priors:
+        """The perception models these params configure (`full`: under `models_dir`)."""
+        return Priors(
+            self.profile,
+            faces=self.faces,
+            masks=self.masks,
+            poses=self.poses,
+            captions=self.captions,
+            models_dir=models_dir,
+        )
+
+    def served(self) -> ServedSettings:
+        """What travels with a model logged under these params."""
+        return ServedSettings(self.faces, self.poses, self.serving, self.training.trust_remote_code)
+
+
+def load_params(path: str | Path, profile: str | None = None) -> Params:
+    """params.yaml as `Params`, with `profile` (else CAMEO_PROFILE, else the file's) applied."""
+    return load_schema(path, Params, profile)

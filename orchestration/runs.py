@@ -1,0 +1,147 @@
+"""Dagster runs of the dataset stages, as `cameo dataset build` executes them.
+
+One `movie_job` run per movie partition (the stages it lacks, with their checks), then a
+`triplets_job` run for the dataset; each run's failures, failed checks and warnings come back
+as a `PartitionOutcome`. Dagster is imported inside the functions, so that the command line
+starts fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+# The stage names, in order (orchestration.definitions.STAGE_NAMES; a test keeps them equal).
+STAGE_CHOICES = (
+    "frames",
+    "faces",
+    "characters",
+    "masks",
+    "poses",
+    "captions",
+    "references",
+    "triplets",
+)
+DATASET_STAGE = "triplets"
+
+
+@dataclass
+class PartitionOutcome:
+    movie: str
+    success: bool
+    message: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def stages_until(until: str) -> list[str]:
+    return list(STAGE_CHOICES[: STAGE_CHOICES.index(until) + 1])
+
+
+def unknown_movie(key: str, known: list[str]) -> str:
+    """No movie for `key`: say so, with the partition key it most likely meant."""
+    from core.layout import slugify
+
+    close = [slugify(key)] if slugify(key) in known else difflib.get_close_matches(key, known, 1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"no movie file for partition key {key!r}{hint}"
+
+
+def failure_message(event) -> str:
+    """The real cause of a failed step or run, on one line: a stage's own failure
+    description (which names the movie file), else the innermost exception Dagster wrapped
+    (e.g. the params or models problem that stopped a resource)."""
+    data = event.event_specific_data
+    user = getattr(data, "user_failure_data", None)
+    if user is not None and user.description:
+        return one_line(user.description)
+    error = data.error
+    while error.cause is not None:
+        error = error.cause
+    return one_line(error.message)
+
+
+def materialize_stages(
+    movie: str | None,
+    stages: list[str],
+    instance,
+    resources: dict,
+    log_level: str = "WARNING",
+    tags: dict[str, str] | None = None,
+) -> PartitionOutcome:
+    """Materialise, on `instance`, the per-movie `stages` (with their checks) of partition
+    `movie` in a `movie_job` run, or (movie None) the dataset in a `triplets_job` run."""
+    import dagster as dg
+
+    from orchestration.definitions import build_definitions
+
+    defs = build_definitions(resources)
+    job = defs.resolve_job_def("triplets_job" if movie is None else "movie_job")
+    result = job.execute_in_process(
+        instance=instance,
+        partition_key=movie,
+        asset_selection=[dg.AssetKey(stage) for stage in stages],
+        raise_on_error=False,
+        tags={"cameo/source": "cli", **(tags or {})},
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+    )
+    failed_checks = [
+        f"check {e.asset_key.to_user_string()}.{e.check_name} failed: {e.description}"
+        for e in result.get_asset_check_evaluations()
+        if not e.passed
+    ]
+    step_errors = [
+        failure_message(e)
+        for e in result.all_events
+        if (e.is_step_failure or e.is_run_failure)
+        and getattr(e.event_specific_data, "error", None) is not None
+        # A failed blocking check is reported below, with its description.
+        and e.event_specific_data.error.cls_name != "DagsterAssetCheckFailedError"
+    ]
+    warnings = [
+        str(m.materialization.metadata["warning"].value)
+        for m in result.get_asset_materialization_events()
+        if m.materialization.metadata.get("warning") and m.materialization.metadata["warning"].value
+    ]
+    problems = step_errors + failed_checks
+    name = movie or DATASET_STAGE
+    if result.success and not problems:
+        return PartitionOutcome(name, True, f"run {result.run_id}", warnings)
+    return PartitionOutcome(
+        name, False, "; ".join(problems) or f"run {result.run_id} failed", warnings
+    )
+
+
+def fail_interrupted_runs(instance, data_root: str) -> list[str]:
+    """Mark failed the runs of earlier builds on this data dir still recorded as running:
+    the caller holds the build lock, so their process is gone (killed)."""
+    import dagster as dg
+
+    active = [
+        dg.DagsterRunStatus.STARTED,
+        dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.NOT_STARTED,
+    ]
+    runs = instance.get_runs(
+        dg.RunsFilter(statuses=active, tags={"cameo/source": "cli", "cameo/data": data_root})
+    )
+    for run in runs:
+        instance.report_run_failed(run, message="interrupted: its build process is gone")
+    return [run.run_id for run in runs]
+
+
+def sync_movie_partitions(instance, found: Collection[str]) -> None:
+    """Make the movie partitions the files present: new ones added, those of removed files
+    gone."""
+    from assets.partitions import movie_partitions
+
+    registered = set(instance.get_dynamic_partitions(movie_partitions.name))
+    instance.add_dynamic_partitions(
+        movie_partitions.name, [k for k in sorted(found) if k not in registered]
+    )
+    for gone in sorted(registered - set(found)):
+        instance.delete_dynamic_partition(movie_partitions.name, gone)

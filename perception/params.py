@@ -1,0 +1,58 @@
+"""The params.yaml sections of the frozen priors: which model each stage runs and how.
+
+The dataset stages, the served pipeline and the evaluation all build their priors from these
+(`perception.priors.Priors`).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from core.params import Section
+
+DEFAULT_POSE_MODEL = "rtmw-dw-x-l_simcc-cocktail14_270e-384x288_20231122.onnx"
+
+
+class FacesParams(Section):
+    model: str = "antelopev2"  # folder under $CAMEO_MODELS (insightface layout)
+    det_size: int = Field(640, ge=32)
+    det_thresh: float = Field(0.5, ge=0.0, le=1.0)
+    min_face_px: int = Field(24, ge=0)
+
+
+class MasksParams(Section):
+    model: str = "sam"
+    person_box_prompt: bool = False  # article Note 1
+    person_detector: str = "grounding-dino"
+    min_area_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    max_area_fraction: float = Field(0.95, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _areas_ordered(self) -> MasksParams:
+        if self.min_area_fraction >= self.max_area_fraction:
+            raise ValueError(
+                f"min_area_fraction ({self.min_area_fraction}) >= "
+                f"max_area_fraction ({self.max_area_fraction})"
+            )
+        return self
+
+
+class PosesParams(Section):
+    model: str = DEFAULT_POSE_MODEL
+    score_threshold: float = Field(0.3, ge=0.0, le=1.0)
+    # keypoints above the threshold for a pose to count as found (of 133)
+    min_keypoints: int = Field(5, ge=0, le=133)
+
+
+class CaptionsParams(Section):
+    model: str = "InternVL2-26B"
+    prompt_version: str = "caption_v1"
+    min_words: int = Field(100, ge=1)
+    max_words: int = Field(150, ge=1)
+    batch_size: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _words_ordered(self) -> CaptionsParams:
+        if self.min_words > self.max_words:
+            raise ValueError(f"min_words ({self.min_words}) > max_words ({self.max_words})")
+        return self

@@ -1,0 +1,171 @@
+"""The training objective: frozen encoders turn a batch into the denoiser's inputs, the
+denoiser (U-Net with both identity branches and Pose-IdentityNet) predicts the noise, and the
+loss compares (min-SNR weighted where set)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from diffusers.training_utils import compute_snr
+
+from training.data import draw_condition_dropout, drop_condition
+from training.distributed import Distributed
+from training.model import predict_noise
+from training.text import encode_prompt
+
+
+class FrozenEncoders:
+    """VAE, both text encoders and the body encoder turn a batch into the denoiser's inputs.
+
+    With `cache` on, each sample's outputs are kept (on CPU) after their first computation:
+    every encoder is frozen and the dataset's crops are deterministic, so later epochs
+    recompute exactly the same tensors.
+    """
+
+    def __init__(self, components: dict[str, Any], dtype: torch.dtype, cache: bool) -> None:
+        self.vae = components["vae"]
+        self.tokenizers = (components["tokenizer"], components["tokenizer_2"])
+        self.text_encoders = (components["text_encoder"], components["text_encoder_2"])
+        self.body_encoder = components["body_encoder"]
+        self.dtype = dtype
+        self.cache: dict[str, dict[str, torch.Tensor]] | None = {} if cache else None
+
+    @torch.no_grad()
+    def _encode(self, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+        vae = self.vae
+        target = batch["target"].to(device, vae.dtype)
+        mask = batch["mask"].to(device, vae.dtype)
+        # The latent mean, not a sample: deterministic, so caching changes nothing.
+        latents = vae.encode(target).latent_dist.mode() * vae.config.scaling_factor
+        masked = target * (mask < 0.5)
+        masked_latents = vae.encode(masked).latent_dist.mode() * vae.config.scaling_factor
+        prompt_embeds, pooled = encode_prompt(batch["prompt"], self.tokenizers, self.text_encoders)
+        pixels = batch["body_pixels"].to(device, self.body_encoder.dtype)
+        body = self.body_encoder(pixel_values=pixels).last_hidden_state
+        return {
+            "latents": latents,
+            "masked_latents": masked_latents,
+            "mask": F.interpolate(mask, size=latents.shape[-2:]),  # as the inpaint pipeline
+            "prompt_embeds": prompt_embeds,
+            "pooled": pooled,
+            "body": body,
+        }
+
+    def __call__(self, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+        if self.cache is None:
+            encoded = self._encode(batch, device)
+        else:
+            missing = [i for i, t in enumerate(batch["triplet_id"]) if t not in self.cache]
+            if missing:
+                fresh = self._encode(_select(batch, missing), device)
+                for row, i in enumerate(missing):
+                    self.cache[batch["triplet_id"][i]] = {k: v[row].cpu() for k, v in fresh.items()}
+            rows = [self.cache[t] for t in batch["triplet_id"]]
+            encoded = {k: torch.stack([r[k] for r in rows]).to(device) for k in rows[0]}
+        return {k: v.to(self.dtype) for k, v in encoded.items()}
+
+
+def _select(batch: dict[str, Any], rows: list[int]) -> dict[str, Any]:
+    return {
+        k: v[rows] if isinstance(v, torch.Tensor) else [v[i] for i in rows]
+        for k, v in batch.items()
+    }
+
+
+class Denoiser(torch.nn.Module):
+    """U-Net (with both identity branches) and Pose-IdentityNet as one module for DDP."""
+
+    def __init__(self, unet: torch.nn.Module, controlnet: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+        self.controlnet = controlnet
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return predict_noise(self.unet, self.controlnet, *args, **kwargs)
+
+
+def denoising_loss(
+    denoiser: torch.nn.Module,
+    scheduler: DDPMScheduler,
+    encoded: dict[str, torch.Tensor],
+    batch: dict[str, Any],
+    generator: torch.Generator,
+    device: torch.device,
+    dtype: torch.dtype,
+    cfg_dropout: dict[str, float],
+    snr_gamma: float,
+) -> torch.Tensor:
+    """The denoising loss of one batch: noise, CFG dropout, the denoiser, (min-SNR) MSE."""
+    latents = encoded["latents"]
+    batch_size = latents.shape[0]
+    noise = torch.randn(latents.shape, generator=generator).to(device, latents.dtype)
+    timesteps = torch.randint(
+        0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator
+    ).to(device)
+    dropped = draw_condition_dropout(batch_size, cfg_dropout, generator)
+    prompt_embeds = drop_condition(encoded["prompt_embeds"], dropped["text"])
+    pooled = drop_condition(encoded["pooled"], dropped["text"])
+    face = drop_condition(batch["face_embedding"].to(device, dtype), dropped["face"])
+    body = drop_condition(encoded["body"], dropped["body"])
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    prediction = denoiser(
+        noisy,
+        timesteps,
+        encoded["mask"],
+        encoded["masked_latents"],
+        prompt_embeds,
+        pooled,
+        batch["time_ids"].to(device, dtype),
+        face,
+        body,
+        batch["pose"].to(device, dtype),
+    )
+    if scheduler.config.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        target = noise
+    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none")
+    per_sample = per_sample.mean(dim=(1, 2, 3))
+    if snr_gamma > 0:
+        snr = compute_snr(scheduler, timesteps)
+        weights = torch.minimum(snr, torch.full_like(snr, snr_gamma)) / snr
+        if scheduler.config.prediction_type == "v_prediction":
+            weights = weights * snr / (snr + 1)  # min-SNR's form for v-targets
+        per_sample = per_sample * weights
+    return per_sample.mean()
+
+
+@torch.no_grad()
+def validation_loss(
+    model: torch.nn.Module,
+    scheduler: DDPMScheduler,
+    encoders: FrozenEncoders,
+    loader: torch.utils.data.DataLoader,
+    env: Distributed,
+    dtype: torch.dtype,
+    seed: int,
+) -> float:
+    """Mean denoising loss on the validation identities, with the same noise every time (and
+    no CFG dropout), so the numbers of one run are comparable step to step."""
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    total, count = 0.0, 0
+    for batch in loader:
+        with torch.autocast(env.device.type, dtype, enabled=dtype != torch.float32):
+            loss = denoising_loss(
+                model,
+                scheduler,
+                encoders(batch, env.device),
+                batch,
+                generator,
+                env.device,
+                dtype,
+                {},
+                0.0,
+            )
+        total += float(loss) * len(batch["triplet_id"])
+        count += len(batch["triplet_id"])
+    return total / count

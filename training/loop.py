@@ -1,0 +1,500 @@
+"""Training (article section 3.2.5): frozen SDXL inpainting, trainable identity branches and
+Pose-IdentityNet, on the DVC-versioned triplets, logged to MLflow, resumable.
+
+One launcher line for every scale (plain torch.distributed, DDP; gloo on CPU, NCCL on GPU):
+
+    cameo train --steps 6                                          # one process
+    torchrun --nproc-per-node 8 -m orchestration.cli.train         # one node, 8 GPUs
+    torchrun --nnodes N --node-rank R --rdzv-endpoint HOST:29500 --nproc-per-node 8 \\
+        -m orchestration.cli.train                                 # N nodes
+
+Every tunable is the `training` section of params.yaml (`training.params.TrainingParams`).
+Read `train` top to bottom: data, model, optimiser, resume, MLflow, the loop, checkpoints, the
+end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel, cast_training_params
+
+from core.layout import DataLayout
+from core.versioning import dvc_md5, git_commit, locked_md5
+from perception.priors import Priors
+from training.checkpoint import (
+    checkpoints,
+    rng_state,
+    save_final,
+    save_training_checkpoint,
+    set_rng_state,
+)
+from training.data import (
+    BucketBatchSampler,
+    TripletDataset,
+    check_buckets,
+    collate,
+    load_manifest,
+    resolve_buckets,
+    split_by_identity,
+)
+from training.denoising import Denoiser, FrozenEncoders, denoising_loss, validation_loss
+from training.distributed import init_distributed, peak_memory_mb
+from training.evaluate import FULL, Evaluator, ValidationSample, log_evaluation
+from training.model import (
+    BODY_ENCODER_DIR,
+    CONFIGS,
+    INSTANTID_DIR,
+    SDXL_INPAINT_DIR,
+    CheckpointInfo,
+    ModelConfig,
+    base_components,
+    load_checkpoint,
+    set_adapter_scales,
+    trainable_parameters,
+)
+from training.outputs import FINAL_DIR, METRICS_FILE, RUN_FILE, STATE_FILE
+from training.params import EvaluationParams, TrainingParams
+from training.pipeline import CharacterInpaintPipeline
+
+
+class TrainingError(RuntimeError):
+    """A clear reason to stop before or during training."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Before any work: the dataset version, the buckets, the weights' folders
+
+
+def dataset_version(triplets_dir: Path, lock_file: Path | None) -> str:
+    """The DVC md5 of the triplets; with a lock file, it must be the locked version."""
+    md5 = dvc_md5(triplets_dir)
+    if lock_file is None:
+        return md5
+    locked = locked_md5(triplets_dir, lock_file)
+    if locked is None:
+        raise TrainingError(
+            f"{lock_file} does not version {triplets_dir}: run `dvc repro dataset` and commit "
+            "dvc.lock, or train with --unlocked to train on an unversioned dataset"
+        )
+    if locked != md5:
+        raise TrainingError(
+            f"{triplets_dir} (md5 {md5}) is not the version in {lock_file} ({locked}): run "
+            f"`dvc checkout {triplets_dir.name}` to restore the locked dataset, or "
+            "`dvc repro dataset` (then commit dvc.lock) to version this one"
+        )
+    return md5
+
+
+def bucket_multiple(config: ModelConfig) -> int:
+    """What every bucket side must be a multiple of: the VAE factor × the U-Net downsampling."""
+    vae_factor = 2 ** (len(config.vae["block_out_channels"]) - 1)
+    return vae_factor * 2 ** (len(config.unet["down_block_types"]) - 1)
+
+
+def check_inputs(
+    params: TrainingParams,
+    data_root: str | Path | None,
+    models_dir: str | Path | None,
+    lock_file: str | Path | None,
+) -> str:
+    """What `train` needs before any work, checked without loading a model: the triplets and
+    their version, the buckets, the pretrained weights' folders. Returns the dataset md5."""
+    layout = DataLayout.from_env(data_root)
+    load_manifest(layout.triplets_dir)
+    md5 = dataset_version(layout.triplets_dir, Path(lock_file) if lock_file else None)
+    config = CONFIGS[params.config]
+    check_buckets(resolve_buckets(params.buckets), bucket_multiple(config))
+    if not config.byte_tokenizers:
+        if models_dir is None:
+            raise TrainingError(f"the {config.name} config loads pretrained weights: set --models")
+        missing = [
+            name
+            for name in (SDXL_INPAINT_DIR, INSTANTID_DIR, BODY_ENCODER_DIR)
+            if not (Path(models_dir) / name).is_dir()
+        ]
+        if missing:
+            raise TrainingError(f"not in the models directory {models_dir}: {', '.join(missing)}")
+    return md5
+
+
+def flatten_params(prefix: str, value: Any) -> dict[str, str]:
+    """Nested params as MLflow params: `training.cfg_dropout.face` -> "0.05"."""
+    if isinstance(value, dict):
+        out: dict[str, str] = {}
+        for key, item in value.items():
+            out.update(flatten_params(f"{prefix}.{key}", item))
+        return out
+    return {prefix: str(value)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class TrainingResult:
+    run_id: str | None
+    step: int
+    final_dir: Path
+    dataset_md5: str
+    metrics: dict[str, float]
+    losses: list[float]
+    model: Denoiser  # the trained U-Net and ControlNet of this rank
+
+
+def train(
+    params: TrainingParams,
+    *,
+    data_root: str | Path | None = None,
+    models_dir: str | Path | None = None,
+    lock_file: str | Path | None = "dvc.lock",
+    resume: bool = False,
+    run_name: str | None = None,
+    profile: str = "tiny",
+    stop_after: int | None = None,
+    show_progress: bool = True,
+    on_finished: Callable[[Path], None] | None = None,
+    priors: Priors | None = None,
+    evaluation: EvaluationParams | None = None,
+) -> TrainingResult:
+    """Train to `params.max_steps` optimiser steps (`stop_after`: leave earlier, resumable).
+
+    `lock_file` None trains on whatever `data/triplets` holds (tagged unlocked); otherwise its
+    md5 must be the one `dvc.lock` records. `on_finished(final_dir)` runs on rank 0 at the end,
+    inside the MLflow run (the command line logs and registers the model there). At every
+    validation step rank 0 scores the model on the first `validation_samples` validation
+    triplets with the scorers of `priors` (default: `profile`'s with default settings) and
+    `evaluation` (default: its defaults).
+    """
+    env = init_distributed()
+    torch.manual_seed(params.seed)
+    output_dir = Path(params.output_dir).resolve()
+    layout = DataLayout.from_env(data_root)
+
+    # -- Data: the versioned triplets, split by identity -----------------------------------------
+    manifest = load_manifest(layout.triplets_dir)
+    md5 = dataset_version(layout.triplets_dir, Path(lock_file) if lock_file else None)
+    train_rows, validation_rows = split_by_identity(
+        manifest, params.validation_fraction, params.seed
+    )
+    buckets = resolve_buckets(params.buckets)
+
+    # -- Model: frozen base, trainable identity branches and Pose-IdentityNet --------------------
+    config = CONFIGS[params.config]
+    components = base_components(config, models_dir, params.seed, params.trust_remote_code)
+    unet, controlnet, vae = components["unet"], components["controlnet"], components["vae"]
+    check_buckets(buckets, bucket_multiple(config))
+    on_gpu = env.device.type == "cuda"
+    dtype = torch.bfloat16 if on_gpu and params.mixed_precision == "bf16" else torch.float32
+    for name in ("unet", "controlnet", "vae", "text_encoder", "text_encoder_2", "body_encoder"):
+        components[name].to(env.device)
+    if dtype != torch.float32:
+        for name in ("unet", "controlnet", "text_encoder", "text_encoder_2", "body_encoder"):
+            components[name].to(dtype=dtype)
+        vae.to(dtype=torch.float32)  # SDXL's VAE overflows in half precision
+        cast_training_params([unet, controlnet], dtype=torch.float32)  # fp32 master weights
+    if params.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        controlnet.enable_gradient_checkpointing()
+    set_adapter_scales(unet, 1.0, 1.0)
+    trainable = list(trainable_parameters(unet, controlnet).values())
+    model = Denoiser(unet, controlnet)
+    denoiser: torch.nn.Module = model
+    if env.world_size > 1:
+        denoiser = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[env.local_rank] if on_gpu else None
+        )
+    scheduler = DDPMScheduler(**config.scheduler)
+    encoders = FrozenEncoders(components, dtype, params.cache_latents)
+
+    dataset = TripletDataset(train_rows, layout.triplets_dir, buckets, components["body_processor"])
+    sampler = BucketBatchSampler(
+        dataset.bucket_ids, params.batch_size, env.world_size, env.rank, params.seed
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=params.num_workers,
+        pin_memory=on_gpu,
+    )
+
+    # -- Optimiser, schedule, EMA -----------------------------------------------------------------
+    optimizer_class = torch.optim.AdamW
+    if params.use_8bit_adam and on_gpu:
+        try:
+            import bitsandbytes
+
+            optimizer_class = bitsandbytes.optim.AdamW8bit
+        except ImportError:
+            pass
+    optimizer = optimizer_class(
+        trainable,
+        lr=params.learning_rate,
+        betas=(params.adam_beta1, params.adam_beta2),
+        eps=params.adam_epsilon,
+        weight_decay=params.weight_decay,
+    )
+    lr_scheduler = get_scheduler(
+        params.lr_scheduler,
+        optimizer,
+        num_warmup_steps=params.lr_warmup_steps,
+        num_training_steps=params.max_steps,
+    )
+    ema = EMAModel(trainable, decay=params.ema_decay) if params.ema_decay > 0 else None
+    # Noise, timesteps and dropout draws: one stream per rank, saved with every checkpoint.
+    generator = torch.Generator().manual_seed(params.seed * 1000 + env.rank)
+
+    # -- Resume -----------------------------------------------------------------------------------
+    step, run_id, losses, consumed = 0, None, [], 0
+    if resume and checkpoints(output_dir):
+        latest = checkpoints(output_dir)[-1]
+        state = torch.load(latest / STATE_FILE, map_location="cpu", weights_only=False)
+        if state["fingerprint"] != params.fingerprint():
+            raise TrainingError(
+                f"{latest} was trained with {state['fingerprint']}, these params give "
+                f"{params.fingerprint()}: resume with the same config, or another output_dir"
+            )
+        if state["world_size"] != env.world_size:
+            raise TrainingError(
+                f"{latest} was written by {state['world_size']} processes, not "
+                f"{env.world_size}: the batch order would differ; resume with the same count"
+            )
+        load_checkpoint(unet, controlnet, latest)
+        cast_training_params([unet, controlnet], dtype=torch.float32)
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        sampler.set_epoch(state["sampler"]["epoch"], state["sampler"]["start"])
+        set_rng_state(state["rng"][env.rank], generator)
+        step, run_id, losses = state["step"], state["run_id"], state["losses"]
+        consumed = state["sampler"]["start"]
+    elif resume and env.is_main:
+        print(f"no checkpoint in {output_dir}: starting from step 0", file=sys.stderr)
+
+    # -- MLflow: one run, continued on resume; rank 0 alone logs ---------------------------------
+    mlflow = None
+    if env.is_main:
+        import mlflow
+
+        from training.tracking import configure_tracking, triplets_dataset
+
+        configure_tracking()
+        mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
+        run_id = mlflow.active_run().info.run_id
+        print(f"MLflow run {run_id}", flush=True)  # read by the Kubernetes submission
+        if step == 0:
+            mlflow.log_params(flatten_params("training", params.model_dump()))
+            mlflow.log_params({"model.config": config.name})
+            mlflow.log_dict(json.loads(config.to_json()), "model_config.json")
+            mlflow.set_tags(
+                {
+                    "git_commit": git_commit(Path.cwd()),
+                    "profile": profile,
+                    "world_size": env.world_size,
+                    "effective_batch_size": params.batch_size
+                    * params.gradient_accumulation_steps
+                    * env.world_size,
+                    "dataset_md5": md5,
+                    "dataset_locked": str(lock_file is not None).lower(),
+                }
+            )
+            # MLflow keys datasets by (name, digest): the split gets a name of its own.
+            splits = (
+                ("triplets", train_rows, "training"),
+                ("triplets-validation", validation_rows, "validation"),
+            )
+            for name, rows, context in splits:
+                dataset = triplets_dataset(rows, layout.triplets_dir, name, md5)
+                mlflow.log_input(dataset, context=context)
+
+    try:
+        # -- The loop -----------------------------------------------------------------------------
+        validation_loader, validation_samples = None, []
+        if env.is_main and len(validation_rows):
+            validation_samples = [
+                ValidationSample.from_row(row, layout.triplets_dir, buckets)
+                for row in validation_rows.head(params.validation_samples).itertuples(index=False)
+            ]
+            evaluator = Evaluator.build(
+                evaluation or EvaluationParams(), priors or Priors(profile, models_dir=models_dir)
+            )
+            validation_set = TripletDataset(
+                validation_rows, layout.triplets_dir, buckets, components["body_processor"]
+            )
+            validation_loader = torch.utils.data.DataLoader(
+                validation_set,
+                batch_sampler=BucketBatchSampler(validation_set.bucket_ids, params.batch_size),
+                collate_fn=collate,
+            )
+        progress = None
+        if env.is_main and show_progress:
+            from tqdm import tqdm
+
+            progress = tqdm(total=params.max_steps, initial=step, unit="step", desc="train")
+        last_step = params.max_steps if stop_after is None else min(params.max_steps, stop_after)
+        accumulation = params.gradient_accumulation_steps
+        micro, step_loss, tick, samples = 0, 0.0, time.perf_counter(), 0
+        denoiser.train()
+        while step < last_step:
+            for batch in loader:
+                encoded = encoders(batch, env.device)
+                sync = (micro + 1) % accumulation == 0
+                # Between optimiser steps DDP need not all-reduce gradients.
+                skip_sync = denoiser.no_sync() if env.world_size > 1 and not sync else nullcontext()
+                with (
+                    skip_sync,
+                    torch.autocast(env.device.type, dtype, enabled=dtype != torch.float32),
+                ):
+                    loss = denoising_loss(
+                        denoiser,
+                        scheduler,
+                        encoded,
+                        batch,
+                        generator,
+                        env.device,
+                        dtype,
+                        params.cfg_dropout.model_dump(),
+                        params.snr_gamma,
+                    )
+                    (loss / accumulation).backward()
+                micro += 1
+                consumed += 1
+                samples += len(batch["triplet_id"])
+                step_loss += float(loss.detach()) / accumulation
+                if env.any(not math.isfinite(step_loss)):
+                    last_good = checkpoints(output_dir)
+                    raise TrainingError(
+                        f"non-finite loss at step {step + 1}: stopped; the last good checkpoint "
+                        f"is {last_good[-1] if last_good else 'none (nothing was saved)'}"
+                    )
+                if not sync:
+                    continue
+                max_norm = params.max_grad_norm if params.max_grad_norm > 0 else math.inf
+                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                if ema is not None:
+                    ema.step(trainable)
+                step += 1
+                losses.append(step_loss)
+                step_loss = 0.0
+                if progress is not None:
+                    progress.update()
+                    progress.set_postfix(loss=f"{losses[-1]:.4f}")
+                if mlflow is not None and (step % params.log_every == 0 or step == last_step):
+                    elapsed = time.perf_counter() - tick
+                    mlflow.log_metrics(
+                        {
+                            "loss": losses[-1],
+                            "lr": lr_scheduler.get_last_lr()[0],
+                            "grad_norm": float(grad_norm),
+                            "samples_per_s": samples * env.world_size / max(elapsed, 1e-9),
+                            "peak_memory_mb": peak_memory_mb(env.device),
+                        },
+                        step=step,
+                    )
+                    tick, samples = time.perf_counter(), 0
+                if validation_loader is not None and (
+                    step % params.validate_every == 0 or step == last_step
+                ):
+                    val_loss = validation_loss(
+                        model, scheduler, encoders, validation_loader, env, dtype, params.seed
+                    )
+                    mlflow.log_metric("val_loss", val_loss, step=step)
+                    if validation_samples:
+                        # The model as it is now, scored as `cameo evaluate` scores it.
+                        pipe = CharacterInpaintPipeline(**components)
+                        pipe.set_progress_bar_config(disable=True)
+                        evaluation = evaluator.evaluate(
+                            pipe,
+                            validation_samples,
+                            ablations=[FULL],
+                            inference_steps=params.validation_inference_steps,
+                            seed=params.seed,
+                        )
+                        log_evaluation(evaluation, step=step)
+                    model.train()
+                if step % params.checkpoint_every == 0 or step == last_step:
+                    rng = env.gather(rng_state(generator))
+                    if env.is_main:
+                        save_training_checkpoint(
+                            output_dir,
+                            step,
+                            unet,
+                            controlnet,
+                            CheckpointInfo(config.name, params.seed, step, run_id, md5),
+                            {
+                                "step": step,
+                                "run_id": run_id,
+                                "losses": losses,
+                                "fingerprint": params.fingerprint(),
+                                "world_size": env.world_size,
+                                "optimizer": optimizer.state_dict(),
+                                "lr_scheduler": lr_scheduler.state_dict(),
+                                "ema": ema.state_dict() if ema is not None else None,
+                                "sampler": {"epoch": sampler.epoch, "start": consumed},
+                                "rng": rng,
+                            },
+                            params.keep_checkpoints,
+                        )
+                    env.barrier()
+                if step >= last_step:
+                    break
+            else:
+                sampler.set_epoch(sampler.epoch + 1)
+                consumed = 0
+        if progress is not None:
+            progress.close()
+
+        # -- The end: the trained weights (EMA where kept), metrics for DVC and MLflow -----------
+        final_dir = output_dir / FINAL_DIR
+        tail = max(1, len(losses) // 4)  # first and last quarter: the trend, not one step's noise
+        metrics = {
+            "step": step,
+            "loss": losses[-1] if losses else math.nan,
+            "loss_first": float(np.mean(losses[:tail])) if losses else math.nan,
+            "loss_last": float(np.mean(losses[-tail:])) if losses else math.nan,
+        }
+        if env.is_main:
+            if ema is not None:
+                ema.store(trainable)
+                ema.copy_to(trainable)
+            # `final/` and metrics.json are DVC outputs: nothing run-specific goes in them, so the
+            # same data, code and params give the same dvc.lock. The run is named in run.json.
+            info = CheckpointInfo(config.name, params.seed, step, None, md5)
+            save_final(output_dir, unet, controlnet, info)
+            if ema is not None:
+                ema.restore(trainable)
+            (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+            experiment_id = mlflow.active_run().info.experiment_id
+            run = {"run_id": run_id, "experiment_id": experiment_id, "dataset_md5": md5}
+            (output_dir / RUN_FILE).write_text(json.dumps(run, indent=2))
+            mlflow.log_metrics(
+                {"loss_first": metrics["loss_first"], "loss_last": metrics["loss_last"]}
+            )
+            mlflow.log_artifacts(str(final_dir), artifact_path="checkpoint")
+            if on_finished is not None and step >= params.max_steps:
+                on_finished(final_dir)
+            mlflow.end_run()
+        env.barrier()
+    except BaseException:
+        if mlflow is not None:  # the run shows as failed in the UI, not forever running
+            mlflow.end_run(status="FAILED")
+        raise
+    return TrainingResult(run_id, step, final_dir, md5, metrics, losses, model)

@@ -1,0 +1,84 @@
+"""The `training` and `evaluation` sections of params.yaml (article section 3.2.5).
+
+Kept free of torch and diffusers, so that validating params.yaml imports neither. The names
+that training code defines (model configs, ablations) are listed here as literals; a test keeps
+them equal to `training.model.CONFIGS` and `training.evaluate.ABLATIONS`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from core.params import Section
+
+ModelConfigName = Literal["sdxl", "tiny"]  # training.model.CONFIGS
+AblationName = Literal["inpainting", "face", "face_body", "full"]  # training.evaluate.ABLATIONS
+
+
+class ConditionDropout(Section):
+    """Probability that each condition is dropped for a sample (classifier-free guidance)."""
+
+    text: float = Field(0.05, ge=0, le=1)
+    face: float = Field(0.05, ge=0, le=1)
+    body: float = Field(0.05, ge=0, le=1)
+
+
+class TrainingParams(Section):
+    """The `training` section."""
+
+    config: ModelConfigName = "sdxl"
+    seed: int = 0
+    validation_fraction: float = Field(0.1, ge=0, lt=1)  # of the identities, held out
+    buckets: str | list[Any] = "pixart_1024"  # or "h,w;h,w;…"
+    batch_size: int = Field(1, ge=1)  # per process (the article: one sample per GPU, 8 H100s)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_steps: int = Field(100_000, ge=1)  # optimiser steps
+    learning_rate: float = Field(1.0e-5, gt=0)
+    lr_scheduler: str = "constant_with_warmup"  # diffusers.optimization.get_scheduler names
+    lr_warmup_steps: int = Field(500, ge=0)
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_epsilon: float = Field(1.0e-8, gt=0)
+    weight_decay: float = Field(1.0e-2, ge=0)
+    use_8bit_adam: bool = True  # where bitsandbytes and CUDA are present
+    max_grad_norm: float = Field(1.0, ge=0)  # 0: no clipping (the norm is still logged)
+    mixed_precision: Literal["bf16", "no"] = "bf16"  # CPU always trains in float32
+    gradient_checkpointing: bool = False  # on: less memory, about 2x the step (BENCHMARKS.md)
+    ema_decay: float = Field(0.0, ge=0, lt=1)  # 0: no EMA of the trainable weights
+    snr_gamma: float = Field(0.0, ge=0)  # 0: plain MSE; else min-SNR-γ weighting
+    cfg_dropout: ConditionDropout = ConditionDropout()
+    cache_latents: bool = False  # keep each sample's frozen-encoder outputs after first use
+    num_workers: int = Field(4, ge=0)
+    checkpoint_every: int = Field(1000, ge=1)
+    keep_checkpoints: int = Field(3, ge=1)
+    validate_every: int = Field(1000, ge=1)
+    validation_samples: int = Field(4, ge=0)  # triplets drawn as 5-panel grids
+    validation_inference_steps: int = Field(30, ge=1)
+    log_every: int = Field(10, ge=1)
+    output_dir: str = "checkpoints"
+    trust_remote_code: bool = False  # run the body encoder's own code (InternViT needs it)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resumed run must share with the checkpoint it continues (model and data
+        layout; not the step budget or logging cadence)."""
+        return {"config": self.config, "buckets": self.buckets, "seed": self.seed}
+
+
+class EvaluationParams(Section):
+    """The `evaluation` section: the validation triplets scored, with their ablations."""
+
+    samples: int = Field(16, ge=1)  # validation triplets scored, first in manifest order
+    inference_steps: int = Field(30, ge=1)
+    guidance_scale: float = Field(5.0, ge=0)
+    # A second recogniser to score with (an insightface folder under the models directory),
+    # so the model is not judged only by the network it trained against; "": the training one.
+    face_model: str = ""
+    clip_model: str = "clip-vit-large-patch14"  # transformers CLIPModel folder; absent: skipped
+    pck_alpha: float = Field(0.1, gt=0, le=1)  # of the visible keypoints' extent
+    ablations: list[AblationName] = Field(
+        default_factory=lambda: ["inpainting", "face", "face_body", "full"]
+    )
+    # The `evaluation` asset's blocking check; null: off (the tiny profile's random weights).
+    min_face_similarity: float | None = None
