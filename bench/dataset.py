@@ -25,7 +25,7 @@ from assets.frames import extract_frames
 from assets.sample_movie import write_sample_movie
 from bench.report import write_section
 from core.layout import DataLayout
-from orchestration.cli import main as cameo
+from orchestration.cli.main import main as cameo
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 

@@ -35,8 +35,8 @@ def _one_torch_thread():
 def sample_root(tmp_path_factory) -> Path:
     """A data root holding the sample movie, its ground truth and the sample single images
     (written once per session)."""
-    from core.layout import DataLayout
     from assets.sample_movie import write_sample_movie, write_sample_singles
+    from core.layout import DataLayout
 
     root = tmp_path_factory.mktemp("data")
     write_sample_movie(DataLayout(root))

@@ -10,9 +10,9 @@ import yaml
 from click.testing import CliRunner
 
 from assets.frames import frames_check
-from core.layout import DataLayout
 from assets.stage import code_version, incomplete_stage, profile_kinds, read_status
-from orchestration.cli import main
+from core.layout import DataLayout
+from orchestration.cli.main import main
 from orchestration.definitions import (
     CHECKS,
     MOVIE_STAGES,

@@ -11,12 +11,11 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from core.layout import DataLayout
-from assets.params import load_params
 from assets.partitions import movie_partitions
 from assets.sample_movie import compare_with_truth
 from assets.triplets import dvc_md5, triplets
-from orchestration.cli import main
+from core.layout import DataLayout
+from orchestration.cli.main import main
 from orchestration.definitions import (
     CHECKS,
     MOVIE_STAGES,
@@ -25,6 +24,7 @@ from orchestration.definitions import (
     build_resources,
     defs,
 )
+from orchestration.params import load_params
 from orchestration.resources import DataResource
 from orchestration.runs import STAGE_CHOICES
 from orchestration.sensors import movie_sensor
@@ -110,7 +110,7 @@ def test_characters_match_the_ground_truth(built, sample_root: Path):
     truth = json.loads(layout.ground_truth("sample").read_text())
     params = load_params(PARAMS, "tiny")
     report = compare_with_truth(
-        characters, truth, params["frames"]["stride"], params["characters"]["min_frames"]
+        characters, truth, params.frames.stride, params.characters.min_frames
     )
     assert report["pure"], report["groups"]  # each group is one identity
     assert report["expected"] == ["eileen_collins", "grace_hopper", "tom_hanks"]

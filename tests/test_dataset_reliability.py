@@ -9,7 +9,6 @@ import struct
 import subprocess
 import sys
 import zlib
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -21,37 +20,30 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from PIL import Image
+from pydantic import Field
 
 from assets.captions import caption_frames, check_captions
 from assets.characters import build_characters, check_characters
 from assets.frames import TruncatedVideoWarning, VideoReadError, check_frames, extract_frames
-from core.layout import BuildLockedError, DataLayout, source_fingerprint
-from core.io import ImageReadError, atomic_path, load_rgb, write_json
-from core.versioning import dvc_md5
 from assets.masks import check_masks, generate_masks
-from assets.params import (
-    SECTIONS,
-    CaptionsParams,
-    CharactersParams,
-    MasksParams,
-    ParamsError,
-    PosesParams,
-    ReferencesParams,
-    UnvalidatedSectionsWarning,
-    load_params,
-    param,
-    params_section,
-)
+from assets.params import CharactersParams, ImagesParams, ReferencesParams
 from assets.poses import check_poses, estimate_poses
 from assets.references import crop_references
 from assets.stage import MOVIE_STAGE_DEPS, build_key, downstream, incomplete_stage
 from assets.triplets import build_triplets
-from orchestration.cli import main
+from core.io import ImageReadError, atomic_path, load_rgb, write_json
+from core.layout import BuildLockedError, DataLayout, source_fingerprint
+from core.params import ParamsError, ParamsRoot, Section
+from core.params import load_params as load_schema
+from core.versioning import dvc_md5
+from orchestration.cli.main import main
 from orchestration.definitions import STAGES, build_resources
+from orchestration.params import Params, load_params
 from orchestration.resources import DataResource, ParamsResource, PerceptionResource
 from orchestration.runs import fail_interrupted_runs, failure_message
 from orchestration.sensors import movie_sensor
 from perception.captions import TinyCaptioner
+from perception.params import CaptionsParams, MasksParams, PosesParams
 from tests.conftest import PARAMS
 from tests.test_dataset_stages import small_movie_dataset
 from tests.test_frames import write_video
@@ -306,10 +298,10 @@ def test_triplets_come_only_from_present_complete_movies(tmp_path: Path, percept
     video.write_bytes(b"version 1")
     params = perception.params.values
 
-    def build(values: dict = params) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def build(values: Params = params) -> tuple[pd.DataFrame, pd.DataFrame]:
         out = tmp_path / "out"
         shutil.rmtree(out, ignore_errors=True)
-        manifest, skipped = build_triplets(layout, perception, values, out)
+        manifest, skipped = build_triplets(layout, perception.priors, values, out)
         return manifest, pd.DataFrame(skipped)
 
     # Tables on disk but no stage record: a run that never finished.
@@ -331,7 +323,7 @@ def test_triplets_come_only_from_present_complete_movies(tmp_path: Path, percept
 
     # Built with other params than those now: not used until rebuilt.
     mark_complete(layout, "m", video)
-    other = {**params, "characters": {**params["characters"], "min_frames": 4}}
+    other = params.model_copy(update={"characters": CharactersParams(min_frames=4, max_frames=50)})
     manifest, skipped = build(other)
     assert manifest.empty
     stale = skipped[skipped["movie"] == "m"].iloc[0]
@@ -372,7 +364,7 @@ def test_bad_singles_are_recorded_and_the_good_ones_kept(
     (layout.singles_dir / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
 
     manifest, skipped = build_triplets(
-        layout, perception, perception.params.values, tmp_path / "out"
+        layout, perception.priors, perception.params.values, tmp_path / "out"
     )
     assert manifest["triplet_id"].tolist() == ["single-eileen_collins"]
     records = {s["file"]: (s["stage"], s["reason"]) for s in skipped}
@@ -389,8 +381,8 @@ def test_a_decode_limit_from_params_refuses_large_singles(tmp_path: Path, percep
     layout = DataLayout(tmp_path)
     layout.singles_dir.mkdir(parents=True)
     Image.new("RGB", (200, 100)).save(layout.singles_dir / "wide.png")
-    params = {**perception.params.values, "images": {"max_pixels": 10_000}}
-    _, skipped = build_triplets(layout, perception, params, tmp_path / "out")
+    params = perception.params.values.model_copy(update={"images": ImagesParams(max_pixels=10_000)})
+    _, skipped = build_triplets(layout, perception.priors, params, tmp_path / "out")
     assert skipped[0]["stage"] == "read" and "200x100 = 20000 pixels" in skipped[0]["reason"]
 
 
@@ -441,33 +433,31 @@ def test_unknown_profile_is_one_clear_error(tmp_path: Path, monkeypatch):
         load_params(bad_override, "tiny")
 
 
-def test_other_modules_sections_warn_and_can_register_a_schema(tmp_path: Path):
-    path = write_params(tmp_path, lambda p: p.update(experiments={"lr": 1e-5, "steps": 10}))
-    with pytest.warns(UnvalidatedSectionsWarning, match="experiments"):
-        assert load_params(path, "tiny")["experiments"] == {"lr": 1e-5, "steps": 10}
+def test_a_misspelt_section_is_refused_and_sections_compose(tmp_path: Path):
+    path = write_params(tmp_path, lambda p: p.update(trainig={"max_steps": 1}))
+    with pytest.raises(ParamsError, match=r"trainig: unknown key \(did you mean 'training'\?\)"):
+        load_params(path, "tiny")
 
-    try:
+    class ExperimentParams(Section):  # what another package would own
+        lr: float = Field(1e-4, gt=0)
+        steps: int = Field(100, ge=1)
 
-        @params_section("experiments")
-        @dataclass(frozen=True)
-        class ExperimentParams:  # what another module would register
-            lr: float = param(1e-4, gt=0)
-            steps: int = param(100, ge=1)
+    class WithExperiments(ParamsRoot):
+        experiments: ExperimentParams = ExperimentParams()
 
-        assert load_params(path, "tiny")["experiments"] == {"lr": 1e-5, "steps": 10}
-        typo = write_params(tmp_path, lambda p: p.update(experiments={"lr": 0, "step": 1}))
-        with pytest.raises(ParamsError) as error:
-            load_params(typo, "tiny")
-        assert "experiments.step: unknown key (did you mean 'steps'?)" in str(error.value)
-        assert "experiments.lr: must be > 0, got 0" in str(error.value)
-    finally:
-        SECTIONS.pop("experiments")
+    values = write_params(tmp_path, lambda p: p.clear() or p.update(experiments={"lr": 1e-5}))
+    assert load_schema(values, WithExperiments, "tiny").experiments.lr == 1e-5
+    typo = write_params(tmp_path, lambda p: p.clear() or p.update(experiments={"lr": 0, "step": 1}))
+    with pytest.raises(ParamsError) as error:
+        load_schema(typo, WithExperiments, "tiny")
+    assert "experiments.step: unknown key (did you mean 'steps'?)" in str(error.value)
+    assert "experiments.lr: must be > 0.0, got 0" in str(error.value)
 
 
 def test_the_shipped_params_are_valid_in_both_profiles():
     for profile in ("tiny", "full"):
         params = load_params(PARAMS, profile)
-        assert params["images"]["max_pixels"] > 0  # a default filled in
+        assert params.images.max_pixels > 0  # a default filled in
 
 
 def test_cli_checks_params_before_any_stage_runs(tmp_path: Path):

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from assets.captions import CaptionsParams, caption_frames
-from core.layout import DataLayout
 from assets.masks import MasksParams, mask_skip_reason, segment_character
 from assets.references import ReferencesParams, segment_reference
 from assets.triplets import check_triplets, dvc_md5, movie_triplets, single_triplet, write_manifest
+from core.layout import DataLayout
 from orchestration.resources import ParamsResource, PerceptionResource
 from perception.captions import TinyCaptioner
 from perception.pose import MaskedPoseExtractor, RTMPoseEstimator, extract_pose, masked_image
@@ -107,13 +107,13 @@ def test_unreadable_single_image_is_skipped_with_its_name(tmp_path: Path, percep
     bad = tmp_path / "hero.png"
     bad.write_bytes(b"not a png")
     params = perception.params.values
-    triplet, stage, reason = single_triplet(bad, perception, params)
+    triplet, stage, reason = single_triplet(bad, perception.priors, params)
     assert triplet is None and stage == "read" and "hero.png" in reason
 
 
 def test_single_image_becomes_a_flipped_triplet(sample_root: Path, perception):
     single = DataLayout(sample_root).singles_dir / "eileen_collins.png"
-    triplet, stage, reason = single_triplet(single, perception, perception.params.values)
+    triplet, stage, reason = single_triplet(single, perception.priors, perception.params.values)
     assert triplet is not None, (stage, reason)
     np.testing.assert_array_equal(
         triplet.images["target.png"], triplet.images["reference.png"][:, ::-1]

@@ -5,7 +5,6 @@ Dockerfile passes hadolint; the GPU lock is the CPU lock but for torch and onnxr
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import subprocess
 import sys
@@ -17,10 +16,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from assets.params import ParamsError, load_params
+from core.params import ParamsError
 from orchestration.definitions import executor_for
+from orchestration.kubernetes import KubernetesParams, image_reference, render_training_job
+from orchestration.params import load_params
 from tests.conftest import PARAMS, REPO
-from training.submit import KubernetesParams, image_reference, render_training_job
 
 K8S = REPO / "k8s"
 KUBERNETES_VERSION = "1.31.0"
@@ -66,7 +66,7 @@ def containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def kubernetes_params() -> KubernetesParams:
-    return KubernetesParams.from_params(load_params(PARAMS, "full"))
+    return load_params(PARAMS, "full").kubernetes
 
 
 @requires_kubectl
@@ -158,7 +158,7 @@ def test_training_jobs_match_params():
     assert k8s.nodes > 1, "k8s/training-multinode renders kubernetes.nodes: keep it above 1"
     for overlay, nodes in (("training", 1), ("training-multinode", k8s.nodes)):
         objects = list(rendered(overlay))
-        assert objects == render_training_job(dataclasses.replace(k8s, nodes=nodes)), overlay
+        assert objects == render_training_job(k8s.updated("kubernetes", nodes=nodes)), overlay
         job = objects[-1]
         (train,) = pod_spec(job)["containers"]
         args = train["args"]
@@ -167,7 +167,7 @@ def test_training_jobs_match_params():
         assert args[args.index("--nnodes") + 1] == str(nodes)
         for kind in ("requests", "limits"):
             assert train["resources"][kind]["nvidia.com/gpu"] == k8s.gpus_per_node
-        assert args[args.index("-m") + 1 :][:2] == ["training.train", "--resume"]
+        assert args[args.index("-m") + 1 :][:2] == ["orchestration.cli.train", "--resume"]
         assert job["spec"]["backoffLimit"] == k8s.backoff_limit
         assert pod_spec(job)["restartPolicy"] == "Never"
         rules = job["spec"]["podFailurePolicy"]["rules"]

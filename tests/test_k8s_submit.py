@@ -24,11 +24,17 @@ import dagster as dg
 import pytest
 import yaml
 
-from assets.params import load_params
 from orchestration.definitions import STAGES, build_resources
+from orchestration.kubernetes import (
+    JOB_NAME_LABEL,
+    KubernetesParams,
+    TrainingJobFailed,
+    image_reference,
+    submit_training,
+)
+from orchestration.params import load_params
 from orchestration.training_assets import model
 from tests.conftest import PARAMS
-from training.submit import JOB_NAME_LABEL, TrainingJobFailed, image_reference, submit_training
 
 RUN_ID = "0123456789abcdef0123456789abcdef"
 CONFIG_ERROR = "error: training parameters: training.max_steps: must be >= 1, got 0"
@@ -204,12 +210,12 @@ def cluster(tmp_path, monkeypatch) -> Iterator[StandInCluster]:
     server.server_close()
 
 
-def params_with_nodes(tmp_path: Path, nodes: int) -> tuple[Path, dict[str, Any]]:
+def params_with_nodes(tmp_path: Path, nodes: int) -> tuple[Path, KubernetesParams]:
     values = yaml.safe_load(PARAMS.read_text())
     values["kubernetes"]["nodes"] = nodes
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(values))
-    return path, load_params(path, "full")
+    return path, load_params(path, "full").kubernetes
 
 
 def test_one_node_job_is_created_followed_and_reports_its_run(cluster, tmp_path):

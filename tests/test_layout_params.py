@@ -3,9 +3,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core.layout import DataLayout, partition_keys, slugify
 from core.io import atomic_path, read_table, write_table
-from assets.params import load_params
+from core.layout import DataLayout, partition_keys, slugify
+from orchestration.params import load_params
 from tests.conftest import PARAMS
 
 
@@ -71,10 +71,10 @@ def test_read_missing_table_says_which(tmp_path: Path):
 def test_params_profile_overrides(monkeypatch):
     full = load_params(PARAMS, "full")
     tiny = load_params(PARAMS, "tiny")
-    assert full["frames"]["stride"] == tiny["frames"]["stride"] == 50
-    assert full["profile"] == "full" and "profiles" not in full
-    assert tiny["characters"]["min_frames"] != full["characters"]["min_frames"]
+    assert full.frames.stride == tiny.frames.stride == 50
+    assert full.profile == "full" and tiny.profile == "tiny"
+    assert tiny.characters.min_frames != full.characters.min_frames
     monkeypatch.setenv("CAMEO_PROFILE", "full")
-    assert load_params(PARAMS)["profile"] == "full"
+    assert load_params(PARAMS).profile == "full"
     with pytest.raises(ValueError, match="unknown profile"):
         load_params(PARAMS, "huge")

@@ -153,6 +153,7 @@ class TrainingResult:
     metrics: dict[str, float]
     losses: list[float]
     model: Denoiser  # the trained U-Net and ControlNet of this rank
+    rank: int  # of this process in its torchrun launch
 
 
 def train(
@@ -497,4 +498,4 @@ def train(
         if mlflow is not None:  # the run shows as failed in the UI, not forever running
             mlflow.end_run(status="FAILED")
         raise
-    return TrainingResult(run_id, step, final_dir, md5, metrics, losses, model)
+    return TrainingResult(run_id, step, final_dir, md5, metrics, losses, model, env.rank)

@@ -23,6 +23,7 @@ from orchestration.environment import configure_local_environment
 
 if TYPE_CHECKING:
     from orchestration.params import Params
+    from training.loop import TrainingResult
 
 
 @click.command("train")
@@ -81,7 +82,7 @@ def train_command(
     check: bool,
     no_register: bool,
     submit: str,
-) -> None:
+) -> TrainingResult | None:
     """Train the identity branches and Pose-IdentityNet on the DVC-versioned triplets, logged
     to MLflow (rank 0), and register the result as the MLflow model cameo-inpaint.
 
@@ -102,7 +103,7 @@ def train_command(
         sys.exit(f"error: {error}")
     if submit == "k8s":
         submit_training_job(params_path, values, forwarded_options(ctx))
-        return
+        return None
 
     import torch.distributed as dist
 
@@ -113,7 +114,7 @@ def train_command(
         if check:
             md5 = check_inputs(training, data_root, models_dir, lock_file)
             click.echo(f"ready to train on dataset {md5}")
-            return
+            return None
         result = train(
             training,
             data_root=data_root,
@@ -133,10 +134,12 @@ def train_command(
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    click.echo(
-        f"trained {result.step} steps on dataset {result.dataset_md5}: "
-        f"MLflow run {result.run_id}, checkpoint {result.final_dir}"
-    )
+    if result.rank == 0:  # one line per launch, not per rank
+        click.echo(
+            f"trained {result.step} steps on dataset {result.dataset_md5}: "
+            f"MLflow run {result.run_id}, checkpoint {result.final_dir}"
+        )
+    return result
 
 
 def forwarded_options(ctx: click.Context) -> list[str]:

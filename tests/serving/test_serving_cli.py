@@ -11,7 +11,7 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from orchestration.cli import main
+from orchestration.cli.main import main
 from training.tracking import CHAMPION, REGISTERED_MODEL
 
 

@@ -11,15 +11,16 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from assets.params import load_params
-from orchestration.cli import main
+from orchestration.cli.main import main
+from orchestration.params import load_params
+from perception.priors import Priors
 from serving.weights import LOCK_FILE, WeightsError, fetch, pack, read_lock, required_models
 from tests.conftest import PARAMS
 
 
 @pytest.fixture
-def full_params() -> dict:
-    return load_params(PARAMS, "full")
+def full_params() -> Priors:
+    return load_params(PARAMS, "full").priors()
 
 
 @pytest.fixture

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import torch
 
-from assets.params import load_params
+from orchestration.params import load_params
+from training.distributed import init_distributed
+from training.loop import train
 from training.model import trainable_parameters
-from training.train import TrainingParams, init_distributed, train
 
 out = Path(sys.argv[1])
 torch.set_num_threads(1)
-params = TrainingParams.from_params(
-    load_params(Path(__file__).resolve().parents[2] / "params.yaml", "tiny"),
+params = load_params(Path(__file__).resolve().parents[2] / "params.yaml", "tiny").training.updated(
+    "training",
     output_dir=str(out / "checkpoints"),
     max_steps=2,
     validate_every=100,

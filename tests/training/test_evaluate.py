@@ -13,20 +13,22 @@ import pytest
 import torch
 from skimage import data
 
-from assets.params import ParamsError, load_params
+from core.params import ParamsError
+from orchestration.params import load_params
 from perception.faces import load_face_analyzer
+from perception.priors import Priors
 from tests.onnx_faces import save_model_pack
 from training.evaluate import (
     ABLATIONS,
     METRICS,
     ClipScorer,
-    EvaluationParams,
     Evaluator,
     ValidationSample,
     mean_saturation,
     pck,
     saturation_ratio,
 )
+from training.params import EvaluationParams
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("temp_tracking")
@@ -120,7 +122,7 @@ def _astronaut_sample() -> tuple[ValidationSample, np.ndarray]:
 
 
 def test_an_output_identical_to_the_target_scores_perfectly():
-    evaluator = Evaluator.from_params({"profile": "tiny"}, models_dir=Path("no-models"))
+    evaluator = Evaluator.build(EvaluationParams(), Priors("tiny", models_dir=Path("no-models")))
     sample, reference = _astronaut_sample()
     scores = evaluator.score(sample, sample.base, reference, evaluator.conditioning_pose(sample))
     assert scores["face_similarity"] == pytest.approx(1.0, abs=1e-5)
@@ -138,8 +140,9 @@ def test_an_output_identical_to_the_target_scores_perfectly():
 
 def test_a_second_recogniser_scores_the_reference_crop_and_the_output(tmp_path):
     save_model_pack(tmp_path / "models", name="second")
-    values = {"profile": "tiny", "evaluation": {"face_model": "second"}}
-    evaluator = Evaluator.from_params(values, models_dir=tmp_path / "models")
+    evaluator = Evaluator.build(
+        EvaluationParams(face_model="second"), Priors("tiny", models_dir=tmp_path / "models")
+    )
     assert evaluator.notes["face_recogniser"] == "second (second recogniser)"
     rng = np.random.default_rng(0)
     image = rng.integers(0, 32, (240, 320, 3), dtype=np.uint8)
@@ -168,21 +171,23 @@ def test_clip_score_reads_a_saved_model(tmp_path):
         output = scorer.model(**inputs)
     cosine = float(torch.nn.functional.cosine_similarity(output.image_embeds, output.text_embeds))
     assert scorer(image, prompt) == pytest.approx(100 * max(cosine, 0.0), abs=1e-4)
-    evaluator = Evaluator.from_params({"profile": "tiny"}, models_dir=tmp_path / "models")
+    evaluator = Evaluator.build(EvaluationParams(), Priors("tiny", models_dir=tmp_path / "models"))
     assert evaluator.clip is not None and "clip_score" not in evaluator.notes
 
 
 def test_evaluation_params_are_validated_with_params_yaml(tmp_path):
     values = load_params(REPO / "params.yaml", "tiny")
-    assert values["evaluation"]["min_face_similarity"] is None
-    assert load_params(REPO / "params.yaml", "full")["evaluation"]["min_face_similarity"] == 0.3
+    assert values.evaluation.min_face_similarity is None
+    assert load_params(REPO / "params.yaml", "full").evaluation.min_face_similarity == 0.3
     text = (REPO / "params.yaml").read_text()
     bad = tmp_path / "params.yaml"
     bad.write_text(text.replace("pck_alpha: 0.1", "pck_alpha: 2"))
     with pytest.raises(ParamsError, match=r"evaluation.pck_alpha: must be <= 1"):
         load_params(bad, "tiny")
     bad.write_text(text.replace("[inpainting, face, face_body, full]", "[inpainting, pose]"))
-    with pytest.raises(ParamsError, match=r"evaluation: ablations: unknown \['pose'\]"):
+    with pytest.raises(
+        ParamsError, match=r"evaluation.ablations.1: must be 'inpainting'.*got 'pose'"
+    ):
         load_params(bad, "tiny")
     assert list(EvaluationParams().ablations) == list(ABLATIONS)
 
@@ -196,13 +201,13 @@ def test_the_tiny_model_is_evaluated_in_training_and_as_a_logged_model(triplets_
 
     from serving.registry import log_model
     from training.evaluate import evaluate_logged_model
-    from training.train import TrainingParams, train
+    from training.loop import train
 
     models = tmp_path / "models"
     save_tiny_clip(models / "clip-vit-large-patch14")
     values = load_params(REPO / "params.yaml", "tiny")
-    params = TrainingParams.from_params(
-        values, output_dir=str(tmp_path / "out"), max_steps=2, validate_every=2
+    params = values.training.updated(
+        "training", output_dir=str(tmp_path / "out"), max_steps=2, validate_every=2
     )
     result = train(
         params,
@@ -210,7 +215,8 @@ def test_the_tiny_model_is_evaluated_in_training_and_as_a_logged_model(triplets_
         models_dir=models,
         lock_file=None,
         show_progress=False,
-        scoring=values,
+        priors=values.priors(models),
+        evaluation=values.evaluation,
     )
     client = MlflowClient()
     run_id = result.run_id
@@ -221,7 +227,13 @@ def test_the_tiny_model_is_evaluated_in_training_and_as_a_logged_model(triplets_
     with mlflow.start_run(run_id=run_id):
         info = log_model(result.final_dir, profile="tiny")
     evaluation, evaluated_run = evaluate_logged_model(
-        info.model_uri, values, data_root=triplets_root, models_dir=models
+        info.model_uri,
+        values.training,
+        values.evaluation,
+        values.faces,
+        values.poses,
+        data_root=triplets_root,
+        models_dir=models,
     )
     assert evaluated_run == run_id
     assert list(evaluation.summary().ablation) == list(ABLATIONS)

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from conftest import write_triplets
 
 from core.versioning import dvc_md5
-from orchestration.cli import main as cameo
+from orchestration.cli.main import main as cameo
 from orchestration.environment import DAGSTER_YAML
 from orchestration.lineage import LineageError, checkout, trace
 from training.tracking import REGISTERED_MODEL
@@ -67,7 +67,7 @@ def dvc(repo: Path, *args: str) -> str:
 def build_and_train(repo: Path, version: str, out: Path) -> dict[str, str]:
     """Select a dataset version, `dvc repro`, commit, push, train two steps (the model is
     registered at the end, as `cameo train` does)."""
-    from training.train import main as train
+    from orchestration.cli.train import train_command
 
     (repo / "params.yaml").write_text(yaml.safe_dump({"dataset": version}))
     dagster_run = re.search(r"dagster run (\S+)", dvc(repo, "repro")).group(1)
@@ -75,7 +75,8 @@ def build_and_train(repo: Path, version: str, out: Path) -> dict[str, str]:
     git(repo, "commit", "-q", "-m", f"dataset {version}")
     dvc(repo, "push", "-q")
     params = ["--params", str(REPO / "params.yaml"), "--profile", "tiny", "--steps", "2"]
-    result = train([*params, "--data", "data", "--output-dir", str(out), "--no-progress"])
+    options = [*params, "--data", "data", "--output-dir", str(out), "--no-progress"]
+    result = train_command.main(options, standalone_mode=False)
     return {
         "run_id": result.run_id,
         "md5": result.dataset_md5,

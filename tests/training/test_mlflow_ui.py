@@ -48,10 +48,10 @@ def evaluated_run(tmp_path_factory) -> Iterator[tuple[str, str, str]]:
     import mlflow
     import torch
 
-    from assets.params import load_params
+    from orchestration.params import load_params
     from serving.registry import log_model
     from training.evaluate import evaluate_logged_model
-    from training.train import TrainingParams, train
+    from training.loop import train
 
     root = tmp_path_factory.mktemp("ui")
     previous_uri, previous_cwd = os.environ.get("MLFLOW_TRACKING_URI"), Path.cwd()
@@ -62,13 +62,27 @@ def evaluated_run(tmp_path_factory) -> Iterator[tuple[str, str, str]]:
     try:
         data = write_triplets(root / "data")
         values = load_params(REPO / "params.yaml", "tiny")
-        params = TrainingParams.from_params(
-            values, output_dir=str(root / "out"), max_steps=4, validate_every=2
+        params = values.training.updated(
+            "training", output_dir=str(root / "out"), max_steps=4, validate_every=2
         )
-        result = train(params, data_root=data, lock_file=None, show_progress=False, scoring=values)
+        result = train(
+            params,
+            data_root=data,
+            lock_file=None,
+            show_progress=False,
+            priors=values.priors(),
+            evaluation=values.evaluation,
+        )
         with mlflow.start_run(run_id=result.run_id):
             info = log_model(result.final_dir, profile="tiny")
-        evaluate_logged_model(info.model_uri, values, data_root=data)
+        evaluate_logged_model(
+            info.model_uri,
+            values.training,
+            values.evaluation,
+            values.faces,
+            values.poses,
+            data_root=data,
+        )
         experiment_id = mlflow.get_run(result.run_id).info.experiment_id
         yield uri, experiment_id, result.run_id
     finally:

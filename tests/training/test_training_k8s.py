@@ -4,7 +4,6 @@ on this machine over gloo (no cluster can run here; the rendezvous host, pod 0, 
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import subprocess
 import sys
@@ -14,9 +13,11 @@ import pytest
 import torch
 from test_training_train import REPO, _env, _free_port
 
-from assets.params import load_params
-from training.submit import KubernetesParams, render_training_job
-from training.train import RUN_FILE, STATE_FILE, checkpoints, main
+from orchestration.cli.train import train_command
+from orchestration.kubernetes import render_training_job
+from orchestration.params import load_params
+from training.checkpoint import checkpoints
+from training.outputs import RUN_FILE, STATE_FILE
 
 NODES = 2
 
@@ -31,8 +32,8 @@ def node_command(container: dict, env: dict[str, str]) -> list[str]:
 
 @pytest.mark.slow
 def test_indexed_job_torchrun_line_trains_on_two_nodes(triplets_root, tmp_path):
-    k8s = KubernetesParams.from_params(load_params(REPO / "params.yaml", "full"))
-    k8s = dataclasses.replace(k8s, nodes=NODES, gpus_per_node=1)
+    k8s = load_params(REPO / "params.yaml", "full").kubernetes
+    k8s = k8s.updated("kubernetes", nodes=NODES, gpus_per_node=1)
     name = "cameo-train-test"
     service, job = render_training_job(k8s, ["--steps", "2", "--no-register"], name=name)
     (train,) = job["spec"]["template"]["spec"]["containers"]
@@ -84,12 +85,16 @@ def test_check_passes_or_names_the_problem_before_any_work(triplets_root, capsys
     """The training Job's `check` init container: exit 0 when training can start, else exit
     with the reason (the Job's podFailurePolicy then fails it without retrying)."""
     with pytest.raises(SystemExit) as ok:
-        main(["--check", "--unlocked", "--data", str(triplets_root), "--profile", "tiny"])
+        train_command.main(
+            ["--check", "--unlocked", "--data", str(triplets_root), "--profile", "tiny"]
+        )
     assert ok.value.code == 0
     assert "ready to train on dataset" in capsys.readouterr().out
     with pytest.raises(SystemExit) as missing:
-        main(["--check", "--unlocked", "--data", str(triplets_root), "--profile", "full"])
+        train_command.main(
+            ["--check", "--unlocked", "--data", str(triplets_root), "--profile", "full"]
+        )
     assert "the sdxl config loads pretrained weights" in str(missing.value.code)
     with pytest.raises(SystemExit) as unversioned:
-        main(["--check", "--data", str(triplets_root), "--profile", "tiny"])
+        train_command.main(["--check", "--data", str(triplets_root), "--profile", "tiny"])
     assert "does not version" in str(unversioned.value.code)
