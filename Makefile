@@ -17,7 +17,7 @@ export DO_NOT_TRACK          := 1
 export MLFLOW_TRACKING_URI   ?= sqlite:///$(CURDIR)/mlruns.db
 export PATH                  := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv demo test lint ui mlflow-ui bench serve serve-check clean
+.PHONY: venv demo test lint ui mlflow-ui bench serve serve-check k8s-params clean
 
 venv: $(STAMP)
 
@@ -69,6 +69,13 @@ serve-check: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+# The params ConfigMap's source lives inside k8s/base, so `kubectl apply -k` reads it without
+# --load-restrictor; it is a copy of params.yaml (a test fails when the two differ).
+k8s-params: k8s/base/params.yaml
+
+k8s/base/params.yaml: params.yaml
+	cp $< $@
 
 clean:
 	rm -rf $(VENV) .dagster/storage .dagster/history .dagster/schedules .dagster/logs
