@@ -72,10 +72,8 @@ bench: $(STAMP)
 
 # The params ConfigMap's source lives inside k8s/base, so `kubectl apply -k` reads it without
 # --load-restrictor; it is a copy of params.yaml (a test fails when the two differ).
-k8s-params: k8s/base/params.yaml
-
-k8s/base/params.yaml: params.yaml
-	cp $< $@
+k8s-params:
+	cp params.yaml k8s/base/params.yaml
 
 clean:
 	rm -rf $(VENV) .dagster/storage .dagster/history .dagster/schedules .dagster/logs
