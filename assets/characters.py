@@ -109,6 +109,30 @@ def build_characters(faces: pd.DataFrame, params: CharactersParams) -> pd.DataFr
     return pd.concat(parts, ignore_index=True)[columns]
 
 
+def _frames(count: int) -> str:
+    return f"{count} frame{'' if count == 1 else 's'}"
+
+
+def no_character_reason(frames_kept: int, faces: pd.DataFrame, params: CharactersParams) -> str:
+    """Why a movie's faces gave no character, with the numbers: fewer frames with a face than
+    `min_frames`, or no face seen in `min_frames` of them."""
+    counts = f"{_frames(frames_kept)} kept, {len(faces)} with a face"
+    need = f"a character needs {params.min_frames} (characters.min_frames)"
+    if len(faces) < params.min_frames:
+        return f"no character: {counts}; {need}"
+    groups = group_characters(
+        np.array(faces["embedding"].tolist(), dtype=np.float32),
+        params.similarity_threshold,
+        1,
+        params.max_frames,
+    )
+    largest = max(len(g.members) for g in groups)
+    return (
+        f"no character: {counts}, at most {largest} of one face (similarity >= "
+        f"{params.similarity_threshold}, characters.similarity_threshold); {need}"
+    )
+
+
 def characters_expectations(params: CharactersParams) -> list:
     import great_expectations as gx
 
@@ -151,9 +175,17 @@ def characters(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.Mater
         sheet.save(tmp, format="JPEG", quality=90)
     sizes = df.groupby("character_id").size()
     context.log.info(f"{movie}: {len(sizes)} characters from {len(faces_df)} face frames")
+    # Said in the build's output, the stage's record and the dataset's skipped list: a movie
+    # without characters is otherwise a silent `ok` with no triplets.
+    warning = ""
+    if df.empty:
+        frames_kept = len(read_table(layout.table("frames", movie)))
+        warning = no_character_reason(frames_kept, faces_df, params)
+        context.log.warning(f"{movie}: {warning}")
     return dg.MaterializeResult(
         metadata={
             "characters": len(sizes),
+            "warning": warning,
             "frames_grouped": len(df),
             "frames_in": len(faces_df),
             "group_sizes": dg.MetadataValue.json({str(k): int(v) for k, v in sizes.items()}),

@@ -10,8 +10,9 @@ it can be re-run alone). Around the body the asset:
 - withdraws the completion record of this stage and every stage downstream before the
   body runs, so an interrupted or failed run never leaves earlier results looking current;
 - writes the stage's record afterwards: `built` with what it was built from (the movie
-  file's md5, the digest of the params the stage reads, its code version), or `failed` with
-  the error; the check turns `built` into `ok`, or into `failed` with the failed check;
+  file's md5, the digest of the params the stage reads, its code version) and the body's
+  `warning` metadata if any, or `failed` with the error; the check turns `built` into `ok`,
+  or into `failed` with the failed check;
 - publishes the table's row count and column schema, and a data version (the md5s of the
   stage's files), so Dagster marks downstream stale only when the output really changed;
 - names the movie file in failures and in check descriptions.
@@ -25,7 +26,7 @@ import hashlib
 import importlib.util
 import json
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,13 @@ class MovieStage:
 def read_status(layout: DataLayout, stage: str, movie: str) -> dict[str, Any] | None:
     path = layout.stage_status(stage, movie)
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def recorded_warnings(layout: DataLayout, movie: str, stages: Collection[str]) -> list[str]:
+    """The warnings that the records of `stages` (per-movie ones, in build order) keep for
+    `movie`."""
+    records = [read_status(layout, stage, movie) for stage in MOVIE_STAGE_DEPS if stage in stages]
+    return [record["warning"] for record in records if record and record.get("warning")]
 
 
 def movie_md5(layout: DataLayout, movie: str, video: Path) -> str:
@@ -285,6 +293,10 @@ def movie_asset(
                 status = {**record, "status": "failed", "error": error}
                 write_json(status, layout.stage_status(name, movie))
                 raise dg.Failure(description=error, metadata={"movie_file": str(video)}) from e
+            # A stage's warning (a movie cut short, no character found) stays in its record,
+            # so later builds and `cameo dataset summary` still say it.
+            if warning := result.metadata.get("warning"):
+                record["warning"] = warning
             write_json({**record, "status": STAGE_STATUS_BUILT}, layout.stage_status(name, movie))
             return dg.MaterializeResult(
                 metadata={**result.metadata, **table_metadata(layout.table(name, movie))},

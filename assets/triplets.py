@@ -26,7 +26,13 @@ from assets.masks import segment_character
 from assets.params import DatasetParams
 from assets.quality import check_result
 from assets.references import segment_reference
-from assets.stage import describe_error, incomplete_stage, source_version, table_metadata
+from assets.stage import (
+    describe_error,
+    incomplete_stage,
+    read_status,
+    source_version,
+    table_metadata,
+)
 from core.io import ImageReadError, atomic_path, load_rgb, read_table, save_image, write_json
 from core.layout import DataLayout, SkippedInput
 from core.versioning import dvc_md5
@@ -87,9 +93,8 @@ def movie_triplets(layout: DataLayout, movie: str, seed: int) -> tuple[list[Trip
         for r in table[table["status"] != "ok"].itertuples(index=False)
     ]
     if characters.empty:  # said, so that a movie without characters is not a silent drop
-        skipped.append(
-            skipped_record("movie", movie, None, None, "characters", "no character found")
-        )
+        reason = read_status(layout, "characters", movie)["warning"]  # why, with the numbers
+        skipped.append(skipped_record("movie", movie, None, None, "characters", reason))
     usable_targets = captions[captions["status"] == "ok"].merge(
         poses[["character_id", "frame_idx", "control_file", "mask_file"]],
         on=["character_id", "frame_idx"],
@@ -147,9 +152,10 @@ def movie_triplets(layout: DataLayout, movie: str, seed: int) -> tuple[list[Trip
 
 
 def single_triplet(
-    path: Path, priors: Priors, params: DatasetParams
+    single_id: str, path: Path, priors: Priors, params: DatasetParams
 ) -> tuple[Triplet | None, str, str]:
-    """A single-image ID: the image is the reference, its horizontal flip the target.
+    """A single-image ID (`DataLayout.scan_singles`): the image is the reference, its
+    horizontal flip the target.
 
     Returns the triplet, or None with the stage that stopped it and why.
     """
@@ -193,7 +199,7 @@ def single_triplet(
     height = reference.shape[0]
     return (
         Triplet(
-            triplet_id=f"single-{path.stem}",
+            triplet_id=f"single-{single_id}",
             source="single",
             movie="",
             character_id=-1,
@@ -312,9 +318,9 @@ def build_triplets(
         rows += [write_triplet(t, out_dir) for t in found]
         skipped += [{**s, "file": video.name} for s in lost]
         used.append(movie)
-    for path in singles:
+    for single_id, path in singles.items():
         try:
-            triplet, stage, reason = single_triplet(path, priors, params)
+            triplet, stage, reason = single_triplet(single_id, path, priors, params)
         except Exception as e:  # an image a model cannot take stops only that image
             triplet, stage, reason = None, "singles", describe_error(e)
         if triplet is None:
@@ -330,7 +336,7 @@ def build_triplets(
     summary = {
         "seed": seed,
         "movies": used,
-        "singles": [p.name for p in singles],
+        "singles": [p.name for p in singles.values()],
         "prompt_version": params.captions.prompt_version,
         "profile": params.profile,
     }

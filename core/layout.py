@@ -11,7 +11,7 @@ import socket
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,11 +84,11 @@ def slugify(stem: str) -> str:
     return _ascii_slug(stem) or f"movie-{_digest(stem)}"
 
 
-def partition_keys(names: list[str]) -> dict[str, str]:
-    """File name → partition key, unique: files whose stems slug to one key (`a b.mp4`,
-    `a-b.mp4`) each get `-<hash of the file name>` appended, so the key of a file depends
-    only on its own name and on which other names collide with it."""
-    keys = {name: slugify(Path(name).stem) for name in names}
+def unique_keys(names: list[str], key: Callable[[str], str]) -> dict[str, str]:
+    """File name → `key(name)`, unique: files whose keys collide each get `-<hash of the file
+    name>` appended, so the key of a file depends only on its own name and on which other
+    names collide with it."""
+    keys = {name: key(name) for name in names}
     while True:
         counts = Counter(keys.values())
         colliding = [name for name, key in keys.items() if counts[key] > 1]
@@ -96,6 +96,16 @@ def partition_keys(names: list[str]) -> dict[str, str]:
             return keys
         for name in colliding:
             keys[name] = f"{keys[name]}-{_digest(name, 6)}"
+
+
+def partition_keys(names: list[str]) -> dict[str, str]:
+    """File name → partition key: the slug of its stem, unique (`a b.mp4`, `a-b.mp4`)."""
+    return unique_keys(names, lambda name: slugify(Path(name).stem))
+
+
+def single_ids(names: list[str]) -> dict[str, str]:
+    """File name → single-image ID: its stem, unique (`hero.png`, `hero.jpg`)."""
+    return unique_keys(names, lambda name: Path(name).stem)
 
 
 @dataclass(frozen=True)
@@ -173,8 +183,11 @@ class DataLayout:
     def singles_dir(self) -> Path:
         return self.root / "singles"
 
-    def scan_singles(self) -> tuple[list[Path], list[SkippedInput]]:
-        return _scan(self.singles_dir, IMAGE_EXTENSIONS, "image")
+    def scan_singles(self) -> tuple[dict[str, Path], list[SkippedInput]]:
+        """Every image file under singles/ keyed by single-image ID, and the files skipped."""
+        images, skipped = _scan(self.singles_dir, IMAGE_EXTENSIONS, "image")
+        ids = single_ids([p.name for p in images])
+        return {ids[p.name]: p for p in images}, skipped
 
     @property
     def triplets_dir(self) -> Path:

@@ -32,7 +32,7 @@ from assets.references import crop_references
 from assets.stage import MOVIE_STAGE_DEPS, build_key, downstream, incomplete_stage
 from assets.triplets import build_triplets
 from core.io import ImageReadError, atomic_path, load_rgb, write_json
-from core.layout import BuildLockedError, DataLayout, source_fingerprint
+from core.layout import BuildLockedError, DataLayout, single_ids, source_fingerprint
 from core.params import ParamsError, ParamsRoot, Section
 from core.params import load_params as load_schema
 from core.versioning import dvc_md5
@@ -142,7 +142,10 @@ def test_inputs_are_used_or_listed_as_skipped_with_the_reason(tmp_path: Path):
         "song.m4a": "audio-only file (.m4a): no video to mine",
     }
     singles, skipped = layout.scan_singles()
-    assert [p.name for p in singles] == ["hero.gif", "hero.tif"]
+    assert sorted(p.name for p in singles.values()) == ["hero.gif", "hero.tif"]
+    # One stem, two files: an ID each, from its own name (as movies' partition keys).
+    assert all(single_id.startswith("hero-") for single_id in singles)
+    assert single_ids(["hero.tif", "hero.gif", "villain.png"])["villain.png"] == "villain"
     assert {s.path.name for s in skipped} == {"lost.png", "readme.md"}
 
 
@@ -375,6 +378,30 @@ def test_bad_singles_are_recorded_and_the_good_ones_kept(
     assert pd.read_parquet(tmp_path / "out" / "skipped.parquet")["file"].tolist() == [
         s["file"] for s in skipped
     ]
+
+
+def test_singles_of_one_stem_get_an_id_each_and_the_movies_keep_theirs(
+    sample_root: Path, tmp_path: Path, perception
+):
+    layout = small_movie_dataset(tmp_path / "data")
+    layout.movies_dir.mkdir()
+    video = layout.movies_dir / "m.mp4"
+    video.write_bytes(b"a movie whose stages all completed")
+    mark_complete(layout, "m", video)
+    layout.singles_dir.mkdir()
+    portrait = Image.open(sample_root / "singles" / "eileen_collins.png")
+    portrait.save(layout.singles_dir / "hero.png")
+    portrait.save(layout.singles_dir / "hero.jpg", quality=95)
+
+    def triplet_ids(out: Path) -> list[str]:
+        manifest, _ = build_triplets(layout, perception.priors, perception.params.values, out)
+        assert sorted(manifest["triplet_id"]) == sorted(p.name for p in out.glob("*/"))
+        return sorted(manifest["triplet_id"])
+
+    ids = triplet_ids(tmp_path / "first")
+    singles = [i for i in ids if i.startswith("single-hero-")]
+    assert "m-c0000" in ids and len(singles) == len(set(singles)) == 2
+    assert triplet_ids(tmp_path / "again") == ids
 
 
 def test_a_decode_limit_from_params_refuses_large_singles(tmp_path: Path, perception):
@@ -637,6 +664,37 @@ def portrait_movie(path: Path, portrait: Path, n_frames: int = 3) -> Path:
     return path
 
 
+def test_a_movie_without_a_character_says_why_in_the_build_and_the_summary(
+    sample_root: Path, tmp_path: Path
+):
+    root = tmp_path / "data"
+    (root / "movies").mkdir(parents=True)
+    portrait = sample_root / "singles" / "eileen_collins.png"
+    portrait_movie(root / "movies" / "still.mp4", portrait, n_frames=1)
+    portrait_movie(root / "movies" / "short.mp4", portrait, n_frames=60)  # frames 0 and 50
+    options = ["--data", str(root), "--params", str(PARAMS)]
+    min_frames = TINY.characters.min_frames
+    need = f"a character needs {min_frames} (characters.min_frames)"
+    reasons = {
+        "still": f"no character: 1 frame kept, 1 with a face; {need}",
+        "short": f"no character: 2 frames kept, 2 with a face; {need}",
+    }
+    assert min_frames > 2
+    for _ in ("built", "up to date"):
+        build = CliRunner().invoke(main, ["dataset", "build", "--until", "characters", *options])
+        assert build.exit_code == 0, build.output
+        lines = build.stdout.splitlines()  # stderr has the progress bar
+        for movie, reason in reasons.items():
+            at = next(i for i, line in enumerate(lines) if line.startswith(f"ok     {movie} "))
+            assert lines[at + 1] == f"       warning: {reason}", build.output
+    assert "up to date" in build.stdout
+    summary = CliRunner().invoke(main, ["dataset", "summary", *options])
+    for reason in reasons.values():
+        assert f"warning: {reason}" in summary.output, summary.output
+    layout = DataLayout(root)
+    assert layout.stage_status("characters", "still").read_text().count(reasons["still"]) == 1
+
+
 @pytest.mark.slow
 def test_a_folder_of_bad_footage_builds_what_it_can_and_says_why(sample_root: Path, tmp_path: Path):
     root = tmp_path / "data"
@@ -672,7 +730,11 @@ def test_a_folder_of_bad_footage_builds_what_it_can_and_says_why(sample_root: Pa
     assert by_file["Broken Reel.mkv"][0] == "frames"
     assert "Broken Reel.mkv" in by_file["Broken Reel.mkv"][1]
     assert by_file["tiny.mp4"][0] == "faces" and "faces_expectations" in by_file["tiny.mp4"][1]
-    assert by_file["映画.mp4"] == ("characters", "no character found")
+    need = f"a character needs {TINY.characters.min_frames} (characters.min_frames)"
+    assert by_file["映画.mp4"] == (
+        "characters",
+        f"no character: 1 frame kept, 1 with a face; {need}",
+    )
     assert by_file["notes.txt"][0] == "inputs"
     assert by_file["bomb.png"][0] == "read"
     manifest = pd.read_parquet(layout.triplets_dir / "manifest.parquet")

@@ -107,13 +107,15 @@ def test_unreadable_single_image_is_skipped_with_its_name(tmp_path: Path, percep
     bad = tmp_path / "hero.png"
     bad.write_bytes(b"not a png")
     params = perception.params.values
-    triplet, stage, reason = single_triplet(bad, perception.priors, params)
+    triplet, stage, reason = single_triplet("hero", bad, perception.priors, params)
     assert triplet is None and stage == "read" and "hero.png" in reason
 
 
 def test_single_image_becomes_a_flipped_triplet(sample_root: Path, perception):
     single = DataLayout(sample_root).singles_dir / "eileen_collins.png"
-    triplet, stage, reason = single_triplet(single, perception.priors, perception.params.values)
+    triplet, stage, reason = single_triplet(
+        "eileen_collins", single, perception.priors, perception.params.values
+    )
     assert triplet is not None, (stage, reason)
     np.testing.assert_array_equal(
         triplet.images["target.png"], triplet.images["reference.png"][:, ::-1]

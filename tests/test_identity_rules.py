@@ -4,7 +4,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from assets.characters import CharactersParams, build_characters, group_characters
+from assets.characters import (
+    CharactersParams,
+    build_characters,
+    group_characters,
+    no_character_reason,
+)
 from assets.faces import select_distinctive_face
 
 
@@ -100,3 +105,16 @@ def test_build_characters_table():
     assert df["rank"].tolist() == [0, 1, 2]
     assert (df["character_id"] == 0).all()
     assert build_characters(faces.iloc[:0], CharactersParams()).empty
+
+
+def test_no_character_reason_gives_the_numbers():
+    faces = pd.DataFrame({"embedding": list(unit([1, 0], [0, 1], [1, 0.05], [0.05, 1]))})
+    params = CharactersParams(similarity_threshold=0.9, min_frames=3)
+    assert build_characters(faces.assign(frame_idx=range(4)), params).empty
+    assert no_character_reason(1, faces.iloc[:1], params) == (
+        "no character: 1 frame kept, 1 with a face; a character needs 3 (characters.min_frames)"
+    )
+    assert no_character_reason(6, faces, params) == (
+        "no character: 6 frames kept, 4 with a face, at most 2 of one face (similarity >= 0.9, "
+        "characters.similarity_threshold); a character needs 3 (characters.min_frames)"
+    )

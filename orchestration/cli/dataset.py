@@ -80,7 +80,7 @@ def build(
     import pandas as pd
     from tqdm import tqdm
 
-    from assets.stage import stages_to_build
+    from assets.stage import recorded_warnings, stages_to_build
     from core.layout import BuildLockedError, DataLayout
     from core.params import ParamsError
     from orchestration.definitions import build_resources
@@ -134,7 +134,8 @@ def build(
                 if stages:
                     outcome = materialize_stages(key, stages, instance, resources, log_level, tags)
                 else:
-                    outcome = PartitionOutcome(key, True, "up to date")
+                    warnings = recorded_warnings(layout, key, stages_until(until))
+                    outcome = PartitionOutcome(key, True, "up to date", warnings)
                 outcome.movie = f"{key} ({found[key].name})"
                 outcomes.append(outcome)
         if until == DATASET_STAGE:
@@ -164,7 +165,7 @@ def summary(data_dir: Path, params_path: str) -> None:
     dataset, and where they are."""
     import pandas as pd
 
-    from assets.stage import movie_md5, stage_problem
+    from assets.stage import movie_md5, recorded_warnings, stage_problem
     from core.layout import DataLayout
     from core.versioning import dvc_md5
     from orchestration.params import load_params
@@ -188,6 +189,8 @@ def summary(data_dir: Path, params_path: str) -> None:
                 sizes = df.groupby("character_id").size()
                 extra = f", {len(sizes)} characters (frames each: {', '.join(map(str, sizes))})"
             click.echo(f"  {stage:<11} {len(df):>5} rows{extra}  {table}")
+            for warning in recorded_warnings(layout, movie, [stage]):
+                click.echo(f"  {'':<11} warning: {warning}")
     for s in skipped_inputs:
         click.echo(f"skipped movies/{s.path.name}: {s.reason}")
     manifest = layout.triplets_dir / "manifest.parquet"
