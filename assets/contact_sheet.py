@@ -13,6 +13,9 @@ from core.io import load_rgb
 
 LABEL_WIDTH = 120
 CAPTION_HEIGHT = 14
+# Wide enough for the Dagster UI to show tiles and captions legibly; sheets are made about
+# this wide, so that their previews are not shrunk.
+PREVIEW_WIDTH = 800
 
 
 def _face_tile(
@@ -54,9 +57,10 @@ def character_contact_sheet(
     return sheet
 
 
-def markdown_preview(image: Image.Image, max_width: int = 800) -> str:
-    """The image inline as Markdown (a small JPEG data URI), for Dagster metadata."""
-    scale = min(1.0, max_width / image.width)
+def markdown_preview(image: Image.Image) -> str:
+    """The image inline as Markdown (a JPEG data URI at most PREVIEW_WIDTH wide), for Dagster
+    metadata."""
+    scale = min(1.0, PREVIEW_WIDTH / image.width)
     small = image.resize((round(image.width * scale), round(image.height * scale)))
     buffer = io.BytesIO()
     small.save(buffer, format="JPEG", quality=80)
@@ -77,11 +81,18 @@ def overlay(frame: np.ndarray, mask: np.ndarray, control: np.ndarray | None) -> 
 
 
 def pose_contact_sheet(
-    poses: pd.DataFrame, root: Path, mask_dir: Path, pose_dir: Path, tile_width: int = 192
+    poses: pd.DataFrame,
+    root: Path,
+    mask_dir: Path,
+    pose_dir: Path,
+    per_row: int = 4,
+    rows: int = 4,
+    tile_width: int = 192,
 ) -> Image.Image:
-    """One character's frames with mask and pose overlays, captioned with frame and status."""
+    """One character's first `per_row * rows` frames (in rank order) with mask and pose
+    overlays, in a grid, each captioned with frame and status."""
     tiles = []
-    for row in poses.itertuples(index=False):
+    for row in poses.head(per_row * rows).itertuples(index=False):
         frame = load_rgb(root / row.path)
         mask = load_rgb(mask_dir / row.mask_file)[..., 0] > 127
         control = load_rgb(pose_dir / row.control_file) if row.control_file else None
@@ -91,12 +102,14 @@ def pose_contact_sheet(
         tiles.append((tile, caption))
     if not tiles:
         return Image.new("RGB", (tile_width, CAPTION_HEIGHT), "white")
-    height = max(t.height for t, _ in tiles) + CAPTION_HEIGHT
-    sheet = Image.new("RGB", (tile_width * len(tiles), height), "white")
+    cell_height = max(t.height for t, _ in tiles) + CAPTION_HEIGHT
+    n_rows = -(-len(tiles) // per_row)
+    sheet = Image.new("RGB", (tile_width * per_row, cell_height * n_rows), "white")
     draw = ImageDraw.Draw(sheet)
     for i, (tile, caption) in enumerate(tiles):
-        sheet.paste(tile, (i * tile_width, 0))
-        draw.text((i * tile_width + 2, height - CAPTION_HEIGHT), caption, fill="black")
+        left, top = (i % per_row) * tile_width, (i // per_row) * cell_height
+        sheet.paste(tile, (left, top))
+        draw.text((left + 2, top + cell_height - CAPTION_HEIGHT), caption, fill="black")
     return sheet
 
 

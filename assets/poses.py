@@ -130,7 +130,7 @@ def poses(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.Materializ
         metadata[f"contact_sheet_character_{cid}"] = dg.MetadataValue.path(
             str(pose_dir / f"contact_sheet_{cid:04d}.jpg")
         )
-        metadata[f"preview_character_{cid}"] = dg.MetadataValue.md(markdown_preview(sheet, 640))
+        metadata[f"preview_character_{cid}"] = dg.MetadataValue.md(markdown_preview(sheet))
     return dg.MaterializeResult(metadata=metadata)
 
 

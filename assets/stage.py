@@ -24,6 +24,7 @@ first stage that is not; the triplets are built only from movies whose every sta
 
 import hashlib
 import importlib.util
+import inspect
 import json
 import warnings
 from collections.abc import Callable, Collection, Mapping
@@ -259,7 +260,8 @@ def movie_asset(
 
         @dg.asset(
             name=name,
-            description=body.__doc__,
+            # The UI renders it as Markdown: a docstring's indentation would make code blocks.
+            description=inspect.cleandoc(body.__doc__),
             partitions_def=movie_partitions,
             deps=list(MOVIE_STAGE_DEPS[name]),
             required_resource_keys={"data", "params"} | ({"perception"} if perception else set()),
@@ -347,7 +349,7 @@ def movie_check(
             return dg.asset_check(
                 asset=asset,
                 name=f"{name}_expectations",
-                description=validate.__doc__,
+                description=inspect.cleandoc(validate.__doc__),
                 blocking=True,
                 partitions_def=movie_partitions,
                 required_resource_keys={"data", "params"},

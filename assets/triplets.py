@@ -406,7 +406,7 @@ def triplets(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             "skipped_by_stage": dg.MetadataValue.json(metrics["skipped"]),
             "manifest": dg.MetadataValue.path(str(layout.triplets_dir / "manifest.parquet")),
             "contact_sheet": dg.MetadataValue.path(str(sheet_path)),
-            "preview": dg.MetadataValue.md(markdown_preview(sheet, 900)),
+            "preview": dg.MetadataValue.md(markdown_preview(sheet)),
             **table_metadata(layout.triplets_dir / "manifest.parquet"),
         },
         data_version=dg.DataVersion(version),

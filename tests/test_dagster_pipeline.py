@@ -77,6 +77,21 @@ def test_definitions_load():
     assert keys == {*STAGE_NAMES, "model", "evaluation"}
 
 
+def test_descriptions_render_as_text_not_code_blocks():
+    """The UI renders descriptions as Markdown: an indented line would be a code block."""
+    assets = {spec.key.to_user_string(): spec for a in defs.assets for spec in a.specs}
+    checks = [spec for d in (*defs.assets, *defs.asset_checks) for spec in d.check_specs]
+    descriptions = {
+        **{name: spec.description for name, spec in assets.items()},
+        **{spec.key.name: spec.description for spec in checks},
+    }
+    assert "\n\nEach character also gets" in descriptions["poses"]  # two paragraphs
+    assert "poses_expectations" in descriptions
+    for name, description in descriptions.items():
+        lines = description.splitlines()
+        assert lines and not any(line[:1].isspace() for line in lines), name
+
+
 def test_sample_movie_materialises_with_every_check_passing(built, sample_root: Path):
     assert built.success
     assert check_outcomes(built) == {
