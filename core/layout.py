@@ -193,6 +193,11 @@ class DataLayout:
     def triplets_dir(self) -> Path:
         return self.root / "triplets"
 
+    @property
+    def features_dir(self) -> Path:
+        """Precomputed conditioning features of the triplets, one folder per encoder identity."""
+        return self.root / "features"
+
     def stage_dir(self, stage: str, movie: str) -> Path:
         """Per-movie folder of a stage's images, e.g. masks/<movie>/."""
         return self.root / stage / movie

@@ -22,7 +22,7 @@ from assets.triplets import triplets, triplets_check
 from orchestration.evaluation_assets import evaluation, face_similarity_above_threshold
 from orchestration.resources import DataResource, ParamsResource, PerceptionResource
 from orchestration.sensors import movie_sensor
-from orchestration.training_assets import model
+from orchestration.training_assets import features, model
 
 # Per-movie stages in order, then the dataset built from all movies.
 MOVIE_STAGES = (frames, faces, characters, masks, poses, captions, references)
@@ -54,8 +54,9 @@ triplets_job = dg.define_asset_job(
 )
 training_job = dg.define_asset_job(
     "training_job",
-    selection=dg.AssetSelection.assets(model, evaluation),
-    description="Train on the current triplets and evaluate the model, logged to MLflow.",
+    selection=dg.AssetSelection.assets(features, model, evaluation),
+    description="Precompute the features, train on the current triplets and evaluate the model, "
+    "logged to MLflow.",
 )
 JOBS = (movie_job, triplets_job, training_job)
 
@@ -99,7 +100,7 @@ def executor_for(environment: str) -> dg.ExecutorDefinition:
 def build_definitions(resources: dict[str, dg.ConfigurableResource]) -> dg.Definitions:
     """The code location with these resources (the CLI passes its own)."""
     return dg.Definitions(
-        assets=[*STAGES, model, evaluation],
+        assets=[*STAGES, features, model, evaluation],
         asset_checks=[*CHECKS, face_similarity_above_threshold],
         jobs=list(JOBS),
         sensors=[movie_sensor, dataset_automation],

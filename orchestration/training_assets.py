@@ -6,6 +6,7 @@ and the Kubernetes Job run); the asset starts it, streams its output into the ru
 records what it made: the MLflow run, the dataset version, the final losses.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import dagster as dg
 
 from orchestration.kubernetes import TrainingJob, TrainingJobFailed, submit_training
 from orchestration.params import Params
+from training.features import precompute
 from training.outputs import FINAL_DIR, METRICS_FILE, RUN_FILE
 from training.tracking import run_url
 
@@ -73,6 +75,35 @@ def loss_check(metrics: dict[str, float]) -> dg.AssetCheckResult:
 
 @dg.asset(
     deps=["triplets"],
+    required_resource_keys={"data", "params"},
+    group_name="training",
+    kinds={"pytorch", "safetensors"},
+    code_version="1",
+)
+def features(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """What the frozen encoders make of each triplet (VAE latents, text and body tokens, face
+    embedding, pose), computed once and memory-mapped by training (`cameo features build`)."""
+    values = context.resources.params.values
+    store, index = precompute(
+        values.training, context.resources.data.layout.root, os.environ.get("CAMEO_MODELS")
+    )
+    shards = sorted(store.glob("shard-*.safetensors"))
+    index_digest = hashlib.sha256(json.dumps(index, sort_keys=True).encode()).hexdigest()[:16]
+    return dg.MaterializeResult(
+        metadata={
+            "store": dg.MetadataValue.path(str(store)),
+            "triplets": len(index["samples"]),
+            "dtype": index["dtype"],
+            "shards": len(shards),
+            "bytes": sum(p.stat().st_size for p in shards),
+        },
+        # The store and the index's digest: unchanged features leave the model current.
+        data_version=dg.DataVersion(f"{store.name}:{index_digest}"),
+    )
+
+
+@dg.asset(
+    deps=[features],
     required_resource_keys={"data", "params"},
     group_name="training",
     kinds={"pytorch", "mlflow"},

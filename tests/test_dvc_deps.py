@@ -17,6 +17,7 @@ FIRST_PARTY = ("core", "perception", "assets", "training", "serving", "orchestra
 CLI = ["orchestration.cli.main", "orchestration.params"]
 ENTRY_POINTS = {
     "cameo dataset build": [*CLI, "orchestration.cli.dataset", "orchestration.definitions"],
+    "cameo features build": [*CLI, "orchestration.cli.features", "training.features"],
     "cameo train": [*CLI, "orchestration.cli.train", "training.loop", "serving.registry"],
 }
 

@@ -316,14 +316,20 @@ CFG_CONDITIONS = ("text", "face", "body")
 def draw_condition_dropout(
     batch_size: int, probabilities: Mapping[str, float], generator: torch.Generator
 ) -> dict[str, torch.Tensor]:
-    """Per condition, a (batch,) bool tensor: True where that condition is dropped."""
-    unknown = set(probabilities) - set(CFG_CONDITIONS)
+    """Per condition, a (batch,) bool tensor: True where that condition is dropped.
+
+    With probability `all` a sample drops every condition together (the unconditional input
+    of classifier-free guidance); otherwise each condition is dropped with its own probability.
+    """
+    unknown = set(probabilities) - {*CFG_CONDITIONS, "all"}
     if unknown:
         raise ValueError(f"unknown CFG dropout conditions {sorted(unknown)}")
-    return {
+    together = torch.rand(batch_size, generator=generator) < probabilities.get("all", 0.0)
+    alone = {
         name: torch.rand(batch_size, generator=generator) < probabilities.get(name, 0.0)
         for name in CFG_CONDITIONS
     }
+    return {name: together | dropped for name, dropped in alone.items()}
 
 
 def drop_condition(embeds: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:

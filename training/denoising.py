@@ -4,6 +4,7 @@ loss compares (min-SNR weighted where set)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -14,38 +15,39 @@ from diffusers.training_utils import compute_snr
 from training.data import draw_condition_dropout, drop_condition
 from training.distributed import Distributed
 from training.model import predict_noise
+from training.precision import PrecisionPolicy
 from training.text import encode_prompt
+
+# What the frozen encoders make of a batch: the denoiser's inputs besides the face embedding,
+# the pose drawing and the time ids, which the dataset gives as they are.
+ENCODED = ("latents", "masked_latents", "mask", "prompt_embeds", "pooled", "body")
 
 
 class FrozenEncoders:
-    """VAE, both text encoders and the body encoder turn a batch into the denoiser's inputs.
+    """VAE, both text encoders and the body encoder turn a batch into the denoiser's inputs
+    (`ENCODED`), in the compute dtype. `training.features` runs them once per triplet and
+    stores the result; training with `training.features: false` runs them every step."""
 
-    With `cache` on, each sample's outputs are kept (on CPU) after their first computation:
-    every encoder is frozen and the dataset's crops are deterministic, so later epochs
-    recompute exactly the same tensors.
-    """
-
-    def __init__(self, components: dict[str, Any], dtype: torch.dtype, cache: bool) -> None:
+    def __init__(self, components: dict[str, Any], dtype: torch.dtype) -> None:
         self.vae = components["vae"]
         self.tokenizers = (components["tokenizer"], components["tokenizer_2"])
         self.text_encoders = (components["text_encoder"], components["text_encoder_2"])
         self.body_encoder = components["body_encoder"]
         self.dtype = dtype
-        self.cache: dict[str, dict[str, torch.Tensor]] | None = {} if cache else None
 
     @torch.no_grad()
-    def _encode(self, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
         vae = self.vae
         target = batch["target"].to(device, vae.dtype)
         mask = batch["mask"].to(device, vae.dtype)
-        # The latent mean, not a sample: deterministic, so caching changes nothing.
+        # The latent mean, not a sample: deterministic, so stored features equal online ones.
         latents = vae.encode(target).latent_dist.mode() * vae.config.scaling_factor
         masked = target * (mask < 0.5)
         masked_latents = vae.encode(masked).latent_dist.mode() * vae.config.scaling_factor
         prompt_embeds, pooled = encode_prompt(batch["prompt"], self.tokenizers, self.text_encoders)
         pixels = batch["body_pixels"].to(device, self.body_encoder.dtype)
         body = self.body_encoder(pixel_values=pixels).last_hidden_state
-        return {
+        encoded = {
             "latents": latents,
             "masked_latents": masked_latents,
             "mask": F.interpolate(mask, size=latents.shape[-2:]),  # as the inpaint pipeline
@@ -53,26 +55,7 @@ class FrozenEncoders:
             "pooled": pooled,
             "body": body,
         }
-
-    def __call__(self, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
-        if self.cache is None:
-            encoded = self._encode(batch, device)
-        else:
-            missing = [i for i, t in enumerate(batch["triplet_id"]) if t not in self.cache]
-            if missing:
-                fresh = self._encode(_select(batch, missing), device)
-                for row, i in enumerate(missing):
-                    self.cache[batch["triplet_id"][i]] = {k: v[row].cpu() for k, v in fresh.items()}
-            rows = [self.cache[t] for t in batch["triplet_id"]]
-            encoded = {k: torch.stack([r[k] for r in rows]).to(device) for k in rows[0]}
         return {k: v.to(self.dtype) for k, v in encoded.items()}
-
-
-def _select(batch: dict[str, Any], rows: list[int]) -> dict[str, Any]:
-    return {
-        k: v[rows] if isinstance(v, torch.Tensor) else [v[i] for i in rows]
-        for k, v in batch.items()
-    }
 
 
 class Denoiser(torch.nn.Module):
@@ -142,19 +125,21 @@ def denoising_loss(
 def validation_loss(
     model: torch.nn.Module,
     scheduler: DDPMScheduler,
-    encoders: FrozenEncoders,
-    loader: torch.utils.data.DataLoader,
+    encoders: Callable[[dict[str, Any], torch.device], dict[str, torch.Tensor]],
+    loader: Iterable[dict[str, Any]],
     env: Distributed,
-    dtype: torch.dtype,
+    precision: PrecisionPolicy,
     seed: int,
-) -> float:
-    """Mean denoising loss on the validation identities, with the same noise every time (and
-    no CFG dropout), so the numbers of one run are comparable step to step."""
+) -> tuple[float, int]:
+    """Mean denoising loss, and the samples it averages, over every rank's shard of the
+    validation subset, with the same
+    noise every time (seeded per rank) and no CFG dropout, so the numbers of one run are
+    comparable step to step. Each rank computes only its shard; one all-reduce sums them."""
     model.eval()
-    generator = torch.Generator().manual_seed(seed)
-    total, count = 0.0, 0
+    generator = torch.Generator().manual_seed(seed * 1000 + env.rank)
+    total = torch.zeros(2, dtype=torch.float64, device=env.device)  # loss sum, samples
     for batch in loader:
-        with torch.autocast(env.device.type, dtype, enabled=dtype != torch.float32):
+        with precision.autocast(env.device):
             loss = denoising_loss(
                 model,
                 scheduler,
@@ -162,10 +147,13 @@ def validation_loss(
                 batch,
                 generator,
                 env.device,
-                dtype,
+                precision.compute_dtype,
                 {},
                 0.0,
             )
-        total += float(loss) * len(batch["triplet_id"])
-        count += len(batch["triplet_id"])
-    return total / count
+        count = len(batch["triplet_id"])
+        total += torch.stack(
+            [loss.detach().double() * count, torch.tensor(count, device=env.device)]
+        )
+    loss_sum, samples = env.all_sum(total).tolist()
+    return loss_sum / samples, int(samples)

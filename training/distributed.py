@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import resource
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -35,6 +36,13 @@ class Distributed:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
+    def all_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """`values` summed over every rank (a copy; the same result on every rank)."""
+        total = values.clone()
+        if self.world_size > 1:
+            dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
     def gather(self, obj: Any) -> list[Any]:
         if self.world_size == 1:
             return [obj]
@@ -43,7 +51,9 @@ class Distributed:
         return out
 
 
-def init_distributed() -> Distributed:
+def init_distributed(timeout: timedelta | None = None) -> Distributed:
+    """This process's place in its launch; joins the process group (once) where there are
+    several. `timeout` bounds every collective: a rank that waits longer fails the job."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -53,7 +63,8 @@ def init_distributed() -> Distributed:
     else:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timeout)
     return Distributed(rank, world_size, local_rank, device)
 
 

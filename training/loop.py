@@ -19,17 +19,19 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel, cast_training_params
+from diffusers.training_utils import EMAModel
 
 from core.layout import DataLayout
 from core.versioning import dvc_md5, git_commit, locked_md5
@@ -53,6 +55,7 @@ from training.data import (
 from training.denoising import Denoiser, FrozenEncoders, denoising_loss, validation_loss
 from training.distributed import init_distributed, peak_memory_mb
 from training.evaluate import FULL, Evaluator, ValidationSample, log_evaluation
+from training.features import FeatureDataset, StoredFeatures, features_id
 from training.model import (
     BODY_ENCODER_DIR,
     CONFIGS,
@@ -62,12 +65,14 @@ from training.model import (
     ModelConfig,
     base_components,
     load_checkpoint,
+    parameter_groups,
     set_adapter_scales,
     trainable_parameters,
 )
 from training.outputs import FINAL_DIR, METRICS_FILE, RUN_FILE, STATE_FILE
 from training.params import EvaluationParams, TrainingParams
 from training.pipeline import CharacterInpaintPipeline
+from training.precision import PrecisionPolicy
 
 
 class TrainingError(RuntimeError):
@@ -140,6 +145,51 @@ def flatten_params(prefix: str, value: Any) -> dict[str, str]:
     return {prefix: str(value)}
 
 
+def check_resumable(
+    checkpoint: Path, state: dict[str, Any], params: TrainingParams, world_size: int
+) -> None:
+    """Refuse to continue `checkpoint` with settings that change the model, the data order or
+    the split (`TrainingParams.fingerprint`), or with another number of processes; the message
+    names each setting that changed."""
+    now = params.fingerprint()
+    changed = {
+        key: (state["fingerprint"].get(key), value)
+        for key, value in now.items()
+        if state["fingerprint"].get(key) != value
+    }
+    if changed:
+        said = ", ".join(f"training.{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        raise TrainingError(
+            f"{checkpoint} was trained with other settings ({said}): they decide the model, "
+            "the data order or the split; resume with the same ones, or use another output_dir"
+        )
+    if state["world_size"] != world_size:
+        raise TrainingError(
+            f"{checkpoint} was written by {state['world_size']} processes, not {world_size}: "
+            "the batch order would differ; resume with the same count"
+        )
+
+
+def optimizer_class(use_8bit_adam: bool, device: torch.device) -> type[torch.optim.Optimizer]:
+    """AdamW, or bitsandbytes' AdamW8bit where asked for; refused where it cannot run, so the
+    run never silently trains with another optimiser than the one configured."""
+    if not use_8bit_adam:
+        return torch.optim.AdamW
+    if device.type != "cuda":
+        raise TrainingError(
+            f"training.use_8bit_adam: bitsandbytes' AdamW8bit needs CUDA, and this process "
+            f"trains on {device.type}: set use_8bit_adam: false"
+        )
+    try:
+        import bitsandbytes
+    except ImportError as error:
+        raise TrainingError(
+            "training.use_8bit_adam: the bitsandbytes package is not installed (it is in "
+            "requirements-gpu.lock): install it, or set use_8bit_adam: false"
+        ) from error
+    return bitsandbytes.optim.AdamW8bit
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop
 
@@ -154,6 +204,7 @@ class TrainingResult:
     losses: list[float]
     model: Denoiser  # the trained U-Net and ControlNet of this rank
     rank: int  # of this process in its torchrun launch
+    validation_shard: int  # validation samples this rank computes val_loss on
 
 
 def train(
@@ -180,7 +231,7 @@ def train(
     triplets with the scorers of `priors` (default: `profile`'s with default settings) and
     `evaluation` (default: its defaults).
     """
-    env = init_distributed()
+    env = init_distributed(timedelta(seconds=params.collective_timeout_s))
     torch.manual_seed(params.seed)
     output_dir = Path(params.output_dir).resolve()
     layout = DataLayout.from_env(data_root)
@@ -193,25 +244,32 @@ def train(
     )
     buckets = resolve_buckets(params.buckets)
 
+    # A resumed run continues its checkpoint only with the same model, data order and split.
+    state, latest = None, None
+    if resume and checkpoints(output_dir):
+        latest = checkpoints(output_dir)[-1]
+        state = torch.load(latest / STATE_FILE, map_location="cpu", weights_only=False)
+        check_resumable(latest, state, params, env.world_size)
+    elif resume and env.is_main:
+        print(f"no checkpoint in {output_dir}: starting from step 0", file=sys.stderr)
+
     # -- Model: frozen base, trainable identity branches and Pose-IdentityNet --------------------
     config = CONFIGS[params.config]
     components = base_components(config, models_dir, params.seed, params.trust_remote_code)
-    unet, controlnet, vae = components["unet"], components["controlnet"], components["vae"]
+    unet, controlnet = components["unet"], components["controlnet"]
     check_buckets(buckets, bucket_multiple(config))
     on_gpu = env.device.type == "cuda"
-    dtype = torch.bfloat16 if on_gpu and params.mixed_precision == "bf16" else torch.float32
+    precision = PrecisionPolicy.from_setting(params.mixed_precision)
+    dtype = precision.compute_dtype
     for name in ("unet", "controlnet", "vae", "text_encoder", "text_encoder_2", "body_encoder"):
         components[name].to(env.device)
-    if dtype != torch.float32:
-        for name in ("unet", "controlnet", "text_encoder", "text_encoder_2", "body_encoder"):
-            components[name].to(dtype=dtype)
-        vae.to(dtype=torch.float32)  # SDXL's VAE overflows in half precision
-        cast_training_params([unet, controlnet], dtype=torch.float32)  # fp32 master weights
+    precision.apply(components)
     if params.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         controlnet.enable_gradient_checkpointing()
     set_adapter_scales(unet, 1.0, 1.0)
-    trainable = list(trainable_parameters(unet, controlnet).values())
+    named_trainable = trainable_parameters(unet, controlnet)
+    trainable = list(named_trainable.values())
     model = Denoiser(unet, controlnet)
     denoiser: torch.nn.Module = model
     if env.world_size > 1:
@@ -219,9 +277,21 @@ def train(
             model, device_ids=[env.local_rank] if on_gpu else None
         )
     scheduler = DDPMScheduler(**config.scheduler)
-    encoders = FrozenEncoders(components, dtype, params.cache_latents)
 
-    dataset = TripletDataset(train_rows, layout.triplets_dir, buckets, components["body_processor"])
+    # The encoders' outputs: read from the features stage, or computed every step.
+    if params.features:
+        store = layout.features_dir / features_id(params, models_dir)
+        encoders = StoredFeatures(dtype)
+
+        def dataset_of(rows: pd.DataFrame) -> torch.utils.data.Dataset:
+            return FeatureDataset(rows, store, buckets, md5)
+    else:
+        encoders = FrozenEncoders(components, dtype)
+
+        def dataset_of(rows: pd.DataFrame) -> torch.utils.data.Dataset:
+            return TripletDataset(rows, layout.triplets_dir, buckets, components["body_processor"])
+
+    dataset = dataset_of(train_rows)
     sampler = BucketBatchSampler(
         dataset.bucket_ids, params.batch_size, env.world_size, env.rank, params.seed
     )
@@ -232,19 +302,24 @@ def train(
         num_workers=params.num_workers,
         pin_memory=on_gpu,
     )
+    # val_loss: every rank its shard of one fixed, capped subset of the validation identities.
+    validation_shard = validation_rows.head(params.validation_max_samples).iloc[
+        env.rank :: env.world_size
+    ]
+    validation_loader: Iterable[dict[str, Any]] = []  # an empty shard still joins the sum
+    if len(validation_shard):
+        validation_set = dataset_of(validation_shard)
+        validation_loader = torch.utils.data.DataLoader(
+            validation_set,
+            batch_sampler=BucketBatchSampler(validation_set.bucket_ids, params.batch_size),
+            collate_fn=collate,
+        )
 
     # -- Optimiser, schedule, EMA -----------------------------------------------------------------
-    optimizer_class = torch.optim.AdamW
-    if params.use_8bit_adam and on_gpu:
-        try:
-            import bitsandbytes
-
-            optimizer_class = bitsandbytes.optim.AdamW8bit
-        except ImportError:
-            pass
-    optimizer = optimizer_class(
-        trainable,
-        lr=params.learning_rate,
+    groups = parameter_groups(named_trainable)
+    learning_rates = {"identity": params.learning_rate, "body": params.body_learning_rate}
+    optimizer = optimizer_class(params.use_8bit_adam, env.device)(
+        [{"params": groups[name], "lr": lr, "name": name} for name, lr in learning_rates.items()],
         betas=(params.adam_beta1, params.adam_beta2),
         eps=params.adam_epsilon,
         weight_decay=params.weight_decay,
@@ -261,21 +336,9 @@ def train(
 
     # -- Resume -----------------------------------------------------------------------------------
     step, run_id, losses, consumed = 0, None, [], 0
-    if resume and checkpoints(output_dir):
-        latest = checkpoints(output_dir)[-1]
-        state = torch.load(latest / STATE_FILE, map_location="cpu", weights_only=False)
-        if state["fingerprint"] != params.fingerprint():
-            raise TrainingError(
-                f"{latest} was trained with {state['fingerprint']}, these params give "
-                f"{params.fingerprint()}: resume with the same config, or another output_dir"
-            )
-        if state["world_size"] != env.world_size:
-            raise TrainingError(
-                f"{latest} was written by {state['world_size']} processes, not "
-                f"{env.world_size}: the batch order would differ; resume with the same count"
-            )
+    if state is not None:
         load_checkpoint(unet, controlnet, latest)
-        cast_training_params([unet, controlnet], dtype=torch.float32)
+        precision.keep_master_weights(unet, controlnet)
         optimizer.load_state_dict(state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
         if ema is not None and state.get("ema") is not None:
@@ -284,8 +347,6 @@ def train(
         set_rng_state(state["rng"][env.rank], generator)
         step, run_id, losses = state["step"], state["run_id"], state["losses"]
         consumed = state["sampler"]["start"]
-    elif resume and env.is_main:
-        print(f"no checkpoint in {output_dir}: starting from step 0", file=sys.stderr)
 
     # -- MLflow: one run, continued on resume; rank 0 alone logs ---------------------------------
     mlflow = None
@@ -300,7 +361,9 @@ def train(
         print(f"MLflow run {run_id}", flush=True)  # read by the Kubernetes submission
         if step == 0:
             mlflow.log_params(flatten_params("training", params.model_dump()))
-            mlflow.log_params({"model.config": config.name})
+            # What ran, not only what was asked for (`use_8bit_adam`).
+            optimizer_name = f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"
+            mlflow.log_params({"model.config": config.name, "optimizer.class": optimizer_name})
             mlflow.log_dict(json.loads(config.to_json()), "model_config.json")
             mlflow.set_tags(
                 {
@@ -325,22 +388,14 @@ def train(
 
     try:
         # -- The loop -----------------------------------------------------------------------------
-        validation_loader, validation_samples = None, []
-        if env.is_main and len(validation_rows):
+        validation_samples, evaluator = [], None
+        if env.is_main and len(validation_rows) and params.validation_samples:
             validation_samples = [
                 ValidationSample.from_row(row, layout.triplets_dir, buckets)
                 for row in validation_rows.head(params.validation_samples).itertuples(index=False)
             ]
             evaluator = Evaluator.build(
                 evaluation or EvaluationParams(), priors or Priors(profile, models_dir=models_dir)
-            )
-            validation_set = TripletDataset(
-                validation_rows, layout.triplets_dir, buckets, components["body_processor"]
-            )
-            validation_loader = torch.utils.data.DataLoader(
-                validation_set,
-                batch_sampler=BucketBatchSampler(validation_set.bucket_ids, params.batch_size),
-                collate_fn=collate,
             )
         progress = None
         if env.is_main and show_progress:
@@ -349,7 +404,9 @@ def train(
             progress = tqdm(total=params.max_steps, initial=step, unit="step", desc="train")
         last_step = params.max_steps if stop_after is None else min(params.max_steps, stop_after)
         accumulation = params.gradient_accumulation_steps
-        micro, step_loss, tick, samples = 0, 0.0, time.perf_counter(), 0
+        micro, tick, samples = 0, time.perf_counter(), 0
+        # Losses stay on the device until a logging step: no host sync per micro-step.
+        step_loss, pending = torch.zeros((), device=env.device), []
         denoiser.train()
         while step < last_step:
             for batch in loader:
@@ -357,10 +414,7 @@ def train(
                 sync = (micro + 1) % accumulation == 0
                 # Between optimiser steps DDP need not all-reduce gradients.
                 skip_sync = denoiser.no_sync() if env.world_size > 1 and not sync else nullcontext()
-                with (
-                    skip_sync,
-                    torch.autocast(env.device.type, dtype, enabled=dtype != torch.float32),
-                ):
+                with skip_sync, precision.autocast(env.device):
                     loss = denoising_loss(
                         denoiser,
                         scheduler,
@@ -376,13 +430,7 @@ def train(
                 micro += 1
                 consumed += 1
                 samples += len(batch["triplet_id"])
-                step_loss += float(loss.detach()) / accumulation
-                if env.any(not math.isfinite(step_loss)):
-                    last_good = checkpoints(output_dir)
-                    raise TrainingError(
-                        f"non-finite loss at step {step + 1}: stopped; the last good checkpoint "
-                        f"is {last_good[-1] if last_good else 'none (nothing was saved)'}"
-                    )
+                step_loss += loss.detach().float() / accumulation
                 if not sync:
                     continue
                 max_norm = params.max_grad_norm if params.max_grad_norm > 0 else math.inf
@@ -393,17 +441,31 @@ def train(
                 if ema is not None:
                     ema.step(trainable)
                 step += 1
-                losses.append(step_loss)
-                step_loss = 0.0
+                pending.append(step_loss)
+                step_loss = torch.zeros((), device=env.device)
+                checkpoint_due = step % params.checkpoint_every == 0 or step == last_step
+                if step % params.log_every == 0 or checkpoint_due:
+                    # One host sync per logging step; every rank agrees on finiteness before
+                    # anything is logged or saved.
+                    new_losses, pending = torch.stack(pending).tolist(), []
+                    losses += new_losses
+                    if env.any(not all(math.isfinite(v) for v in new_losses)):
+                        last_good = checkpoints(output_dir)
+                        raise TrainingError(
+                            f"non-finite loss by step {step}: stopped; the last good checkpoint "
+                            f"is {last_good[-1] if last_good else 'none (nothing was saved)'}"
+                        )
+                    if progress is not None:
+                        progress.set_postfix(loss=f"{losses[-1]:.4f}")
                 if progress is not None:
                     progress.update()
-                    progress.set_postfix(loss=f"{losses[-1]:.4f}")
                 if mlflow is not None and (step % params.log_every == 0 or step == last_step):
                     elapsed = time.perf_counter() - tick
+                    rates = {f"lr/{group['name']}": group["lr"] for group in optimizer.param_groups}
                     mlflow.log_metrics(
                         {
                             "loss": losses[-1],
-                            "lr": lr_scheduler.get_last_lr()[0],
+                            **rates,
                             "grad_norm": float(grad_norm),
                             "samples_per_s": samples * env.world_size / max(elapsed, 1e-9),
                             "peak_memory_mb": peak_memory_mb(env.device),
@@ -411,25 +473,29 @@ def train(
                         step=step,
                     )
                     tick, samples = time.perf_counter(), 0
-                if validation_loader is not None and (
-                    step % params.validate_every == 0 or step == last_step
-                ):
-                    val_loss = validation_loss(
-                        model, scheduler, encoders, validation_loader, env, dtype, params.seed
+                validation_due = step % params.validate_every == 0 or step == last_step
+                if len(validation_rows) and validation_due:
+                    val_loss, val_samples = validation_loss(
+                        model, scheduler, encoders, validation_loader, env, precision, params.seed
                     )
-                    mlflow.log_metric("val_loss", val_loss, step=step)
-                    if validation_samples:
-                        # The model as it is now, scored as `cameo evaluate` scores it.
+                    if mlflow is not None:
+                        mlflow.log_metrics(
+                            {"val_loss": val_loss, "val_samples": val_samples}, step=step
+                        )
+                    if evaluator is not None:
+                        # The model as it is now, scored as `cameo evaluate` scores it, under the
+                        # step's precision policy.
                         pipe = CharacterInpaintPipeline(**components)
                         pipe.set_progress_bar_config(disable=True)
-                        evaluation = evaluator.evaluate(
-                            pipe,
-                            validation_samples,
-                            ablations=[FULL],
-                            inference_steps=params.validation_inference_steps,
-                            seed=params.seed,
-                        )
-                        log_evaluation(evaluation, step=step)
+                        with precision.autocast(env.device):
+                            evaluation_result = evaluator.evaluate(
+                                pipe,
+                                validation_samples,
+                                ablations=[FULL],
+                                inference_steps=params.validation_inference_steps,
+                                seed=params.seed,
+                            )
+                        log_evaluation(evaluation_result, step=step)
                     model.train()
                 if step % params.checkpoint_every == 0 or step == last_step:
                     rng = env.gather(rng_state(generator))
@@ -498,4 +564,6 @@ def train(
         if mlflow is not None:  # the run shows as failed in the UI, not forever running
             mlflow.end_run(status="FAILED")
         raise
-    return TrainingResult(run_id, step, final_dir, md5, metrics, losses, model, env.rank)
+    return TrainingResult(
+        run_id, step, final_dir, md5, metrics, losses, model, env.rank, len(validation_shard)
+    )

@@ -18,8 +18,11 @@ AblationName = Literal["inpainting", "face", "face_body", "full"]  # training.ev
 
 
 class ConditionDropout(Section):
-    """Probability that each condition is dropped for a sample (classifier-free guidance)."""
+    """Probabilities of dropping conditions for a sample (classifier-free guidance): `all`
+    drops text, face and body together (the unconditional branch guidance uses at every
+    inference step, as IP-Adapter trains it); otherwise each is dropped on its own."""
 
+    all: float = Field(0.05, ge=0, le=1)
     text: float = Field(0.05, ge=0, le=1)
     face: float = Field(0.05, ge=0, le=1)
     body: float = Field(0.05, ge=0, le=1)
@@ -35,35 +38,49 @@ class TrainingParams(Section):
     batch_size: int = Field(1, ge=1)  # per process (the article: one sample per GPU, 8 H100s)
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_steps: int = Field(100_000, ge=1)  # optimiser steps
+    # The face branch and Pose-IdentityNet start from InstantID's weights; the body resampler
+    # and its cross-attention start from random ones (IP-Adapter trains fresh adapters at 1e-4).
     learning_rate: float = Field(1.0e-5, gt=0)
+    body_learning_rate: float = Field(1.0e-4, gt=0)
     lr_scheduler: str = "constant_with_warmup"  # diffusers.optimization.get_scheduler names
     lr_warmup_steps: int = Field(500, ge=0)
     adam_beta1: float = Field(0.9, ge=0, lt=1)
     adam_beta2: float = Field(0.999, ge=0, lt=1)
     adam_epsilon: float = Field(1.0e-8, gt=0)
     weight_decay: float = Field(1.0e-2, ge=0)
-    use_8bit_adam: bool = True  # where bitsandbytes and CUDA are present
+    use_8bit_adam: bool = True  # bitsandbytes' AdamW8bit (CUDA); refused where it cannot run
     max_grad_norm: float = Field(1.0, ge=0)  # 0: no clipping (the norm is still logged)
     mixed_precision: Literal["bf16", "no"] = "bf16"  # CPU always trains in float32
     gradient_checkpointing: bool = False  # on: less memory, about 2x the step (BENCHMARKS.md)
     ema_decay: float = Field(0.0, ge=0, lt=1)  # 0: no EMA of the trainable weights
     snr_gamma: float = Field(0.0, ge=0)  # 0: plain MSE; else min-SNR-γ weighting
     cfg_dropout: ConditionDropout = ConditionDropout()
-    cache_latents: bool = False  # keep each sample's frozen-encoder outputs after first use
+    features: bool = True  # read the precomputed features stage; false: encode every step
     num_workers: int = Field(4, ge=0)
     checkpoint_every: int = Field(1000, ge=1)
     keep_checkpoints: int = Field(3, ge=1)
     validate_every: int = Field(1000, ge=1)
-    validation_samples: int = Field(4, ge=0)  # triplets drawn as 5-panel grids
+    validation_samples: int = Field(4, ge=0)  # triplets drawn as 5-panel grids (rank 0)
+    # val_loss: the first N validation triplets, sharded over the ranks, the same every time
+    validation_max_samples: int = Field(256, ge=1)
+    collective_timeout_s: int = Field(1800, ge=1)  # a rank waiting longer fails the job
     validation_inference_steps: int = Field(30, ge=1)
     log_every: int = Field(10, ge=1)
     output_dir: str = "checkpoints"
     trust_remote_code: bool = False  # run the body encoder's own code (InternViT needs it)
 
     def fingerprint(self) -> dict[str, Any]:
-        """What a resumed run must share with the checkpoint it continues (model and data
-        layout; not the step budget or logging cadence)."""
-        return {"config": self.config, "buckets": self.buckets, "seed": self.seed}
+        """What a resumed run must share with the checkpoint it continues: the model, and
+        everything that decides the data order and the split (not the step budget or the
+        logging cadence)."""
+        return {
+            "config": self.config,
+            "buckets": self.buckets,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "validation_fraction": self.validation_fraction,
+        }
 
 
 class EvaluationParams(Section):

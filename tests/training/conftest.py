@@ -12,6 +12,8 @@ from tiny_scene import Scene
 
 from training.model import TINY, build_components
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
@@ -76,6 +78,19 @@ def write_triplets(root: Path, identities: int = 6, seed: int = 0) -> Path:
     return root
 
 
+def precompute_features(root: Path, **overrides: Any) -> Path:
+    """The features stage of the tiny params (with `overrides`) over `root`'s triplets, as
+    `dvc repro features` runs it; returns `root`."""
+    from orchestration.params import load_params
+    from training.features import precompute
+
+    training = load_params(REPO / "params.yaml", "tiny").training
+    precompute(training.updated("training", **overrides), root)
+    return root
+
+
 @pytest.fixture
 def triplets_root(tmp_path) -> Path:
-    return write_triplets(tmp_path / "data")
+    """Six triplets and their features (the tiny profile's), as `dvc repro features` leaves
+    them."""
+    return precompute_features(write_triplets(tmp_path / "data"))

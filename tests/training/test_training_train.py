@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
 import socket
@@ -14,13 +16,20 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import precompute_features, write_triplets
 from safetensors.torch import load_file
 
 from core.params import ParamsError
 from core.versioning import dvc_md5
 from orchestration.params import load_params
 from training.checkpoint import checkpoints
-from training.data import TripletDataset, collate, load_manifest, resolve_buckets
+from training.data import (
+    TripletDataset,
+    collate,
+    load_manifest,
+    resolve_buckets,
+    split_by_identity,
+)
 from training.denoising import FrozenEncoders, denoising_loss
 from training.loop import TrainingError, train
 from training.model import ADAPTER_FILES, CONTROLNET_DIR, trainable_parameters
@@ -49,7 +58,7 @@ def _loss(tiny, batch, generator):
     from training.denoising import Denoiser
     from training.model import TINY
 
-    encoded = FrozenEncoders(tiny, torch.float32, cache=False)(batch, torch.device("cpu"))
+    encoded = FrozenEncoders(tiny, torch.float32)(batch, torch.device("cpu"))
     return denoising_loss(
         Denoiser(tiny["unet"], tiny["controlnet"]),
         DDPMScheduler(**TINY.scheduler),
@@ -136,7 +145,15 @@ def test_training_run_is_logged_to_mlflow(triplets_root, tmp_path):
     assert run.data.tags["world_size"] == "1"
     assert run.data.tags["effective_batch_size"] == "1"
     assert run.data.tags["dataset_locked"] == "false"
-    for metric in ("loss", "lr", "grad_norm", "samples_per_s", "peak_memory_mb"):
+    assert run.data.params["optimizer.class"] == "torch.optim.adamw.AdamW"
+    for metric in (
+        "loss",
+        "lr/identity",
+        "lr/body",
+        "grad_norm",
+        "samples_per_s",
+        "peak_memory_mb",
+    ):
         assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2, 3, 4]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [2, 4]
     for metric in ("face_similarity", "face_found", "pck_body", "pck_face", "saturation_ratio"):
@@ -237,7 +254,8 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_stay_in_sync(triplets_root, tmp_path):
+def torchrun_two_processes(triplets_root: Path, tmp_path: Path, **overrides) -> list[list[str]]:
+    """`tests/training/ddp_train.py` on 2 CPU processes (gloo); each rank's line, split."""
     torchrun = Path(sys.executable).parent / "torchrun"
     subprocess.run(
         [
@@ -250,16 +268,46 @@ def test_torchrun_two_processes_stay_in_sync(triplets_root, tmp_path):
             str(_free_port()),
             str(REPO / "tests" / "training" / "ddp_train.py"),
             str(tmp_path),
+            json.dumps(overrides),
         ],
         env=_env(triplets_root, tmp_path),
         cwd=tmp_path,
         check=True,
         timeout=300,
     )
-    rank0 = (tmp_path / "rank0.txt").read_text()
-    rank1 = (tmp_path / "rank1.txt").read_text()
-    assert rank0.startswith("2 ") and rank0 == rank1
+    return [(tmp_path / f"rank{rank}.txt").read_text().split() for rank in (0, 1)]
+
+
+def test_torchrun_two_processes_stay_in_sync(triplets_root, tmp_path):
+    rank0, rank1 = torchrun_two_processes(triplets_root, tmp_path)
+    assert rank0[0] == "2" and rank0[:2] == rank1[:2]
     assert (tmp_path / "checkpoints" / "final" / "cameo_checkpoint.json").is_file()
+
+
+def test_validation_is_sharded_and_capped_under_a_short_collective_timeout(tmp_path):
+    """8 validation identities, a cap of 2: each of 2 ranks computes val_loss on its 1 sample
+    (not rank 0 on all of them while the other waits), with every collective bounded by 60 s,
+    and the 5-panel evaluation on rank 0 under the same precision policy."""
+    from mlflow.tracking import MlflowClient
+
+    root = precompute_features(write_triplets(tmp_path / "data", identities=16))
+    overrides = {
+        "validation_fraction": 0.5,
+        "validation_max_samples": 2,
+        "validate_every": 2,
+        "collective_timeout_s": 60,
+    }
+    rank0, rank1 = torchrun_two_processes(root, tmp_path, **overrides)
+    assert rank0[:2] == rank1[:2] and (rank0[2], rank1[2]) == ("1", "1")
+    _, validation = split_by_identity(
+        load_manifest(root / "triplets"), overrides["validation_fraction"], 0
+    )
+    assert len(validation) >= 3 * overrides["validation_max_samples"]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("cameo").experiment_id])
+    (samples,) = client.get_metric_history(run.info.run_id, "val_samples")
+    assert (samples.step, samples.value) == (2, 2)
+    assert client.get_metric_history(run.info.run_id, "eval/saturation_ratio")
 
 
 def test_dataset_version_must_match_dvc_lock(triplets_root, tmp_path):
@@ -293,13 +341,29 @@ def test_bad_buckets_and_foreign_resume_are_refused(triplets_root, tmp_path):
         lock_file=None,
         show_progress=False,
     )
-    with pytest.raises(TrainingError, match="same config"):
+    # What decides the model, the data order or the split cannot change on resume.
+    changes = {
+        "batch_size": 2,
+        "gradient_accumulation_steps": 2,
+        "validation_fraction": 0.5,
+        "seed": 1,
+    }
+    for setting, value in changes.items():
+        with pytest.raises(TrainingError, match=rf"training\.{setting} .* -> {value}"):
+            train(
+                tiny_params(tmp_path / "out", max_steps=3, **{setting: value}),
+                data_root=triplets_root,
+                lock_file=None,
+                show_progress=False,
+                resume=True,
+            )
+    # Features built for other buckets are refused, naming the stage to rerun.
+    with pytest.raises(FileNotFoundError, match=r"other buckets.*dvc repro features"):
         train(
-            tiny_params(tmp_path / "out", max_steps=3, buckets="64,64"),
+            tiny_params(tmp_path / "other", buckets="64,64"),
             data_root=triplets_root,
             lock_file=None,
             show_progress=False,
-            resume=True,
         )
 
 
@@ -308,7 +372,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(triplets_root,
     manifest = pd.read_parquet(manifest_path)
     manifest["face_embedding_raw_norm"] = float("nan")
     manifest.to_parquet(manifest_path)
-    with pytest.raises(TrainingError, match=r"non-finite loss at step 1.*none"):
+    precompute_features(triplets_root)
+    with pytest.raises(TrainingError, match=r"non-finite loss by step 1.*none"):
         train(
             tiny_params(tmp_path / "out", max_steps=2),
             data_root=triplets_root,
@@ -338,3 +403,69 @@ def test_params_are_checked_before_any_work(tmp_path):
     bad.write_text(yaml.safe_dump(values))
     with pytest.raises(ParamsError, match=r"training\.batch_size"):
         load_params(bad, "tiny")
+
+
+def test_bf16_policy_trains_and_validates(triplets_root, tmp_path):
+    """The GPU's precision policy on CPU: bf16 frozen base, fp32 trainables, bf16 autocast;
+    the validation step (loss and the evaluation's 5-panel inference) runs under it too."""
+    from mlflow.tracking import MlflowClient
+
+    precompute_features(triplets_root, mixed_precision="bf16")
+    params = tiny_params(
+        tmp_path / "out", mixed_precision="bf16", max_steps=2, validate_every=2, checkpoint_every=2
+    )
+    result = train(params, data_root=triplets_root, lock_file=None, show_progress=False)
+    unet = result.model.unet
+    trainable = trainable_parameters(unet, result.model.controlnet)
+    assert {p.dtype for p in trainable.values()} == {torch.float32}
+    frozen = [p for p in unet.parameters() if not p.requires_grad]
+    assert frozen and {p.dtype for p in frozen} == {torch.bfloat16}
+    history = MlflowClient().get_metric_history(result.run_id, "val_loss")
+    assert [m.step for m in history] == [2] and math.isfinite(history[0].value)
+    assert MlflowClient().get_metric_history(result.run_id, "eval/saturation_ratio")
+
+
+def test_training_from_features_equals_training_online(triplets_root, tmp_path):
+    """The features stage changes where the encoders' outputs come from, not what they are:
+    the same seed gives the same losses, to float32 rounding (batched vs per-batch encoding),
+    stated as a relative tolerance of 1e-5."""
+    online = train(
+        tiny_params(tmp_path / "online", max_steps=4, features=False),
+        data_root=triplets_root,
+        lock_file=None,
+        show_progress=False,
+    )
+    stored = train(
+        tiny_params(tmp_path / "stored", max_steps=4, features=True),
+        data_root=triplets_root,
+        lock_file=None,
+        show_progress=False,
+    )
+    assert stored.losses == pytest.approx(online.losses, rel=1e-5)
+    assert stored.metrics["loss_last"] == pytest.approx(online.metrics["loss_last"], rel=1e-5)
+
+
+def test_feature_store_is_content_addressed_and_incremental(triplets_root):
+    """Rebuilding encodes nothing new; a changed triplet gets new features and only it."""
+    import json
+
+    from training.features import INDEX
+
+    (store,) = (triplets_root / "features").iterdir()
+    before = json.loads((store / INDEX).read_text())["samples"]
+    shards = sorted(p.name for p in store.glob("shard-*"))
+    precompute_features(triplets_root)
+    assert json.loads((store / INDEX).read_text())["samples"] == before
+    assert sorted(p.name for p in store.glob("shard-*")) == shards
+    # One target image repainted: its key changes, the others keep theirs.
+    manifest = pd.read_parquet(triplets_root / "triplets" / "manifest.parquet")
+    changed = manifest.iloc[0]
+    target = triplets_root / "triplets" / changed["target"]
+    from PIL import Image
+
+    Image.new("RGB", Image.open(target).size, (10, 200, 30)).save(target)
+    precompute_features(triplets_root)
+    after = json.loads((store / INDEX).read_text())["samples"]
+    assert after[changed["triplet_id"]]["key"] != before[changed["triplet_id"]]["key"]
+    unchanged = [t for t in before if t != changed["triplet_id"]]
+    assert all(after[t] == before[t] for t in unchanged)

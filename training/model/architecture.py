@@ -155,6 +155,20 @@ def trainable_parameters(
     }
 
 
+def parameter_groups(
+    trainable: dict[str, torch.nn.Parameter],
+) -> dict[str, list[torch.nn.Parameter]]:
+    """The trainable parameters by initialisation: `body` (its resampler and its K/V in every
+    cross-attention layer, from random weights) and `identity` (the face branch and
+    Pose-IdentityNet, from InstantID's), so each group can have its own learning rate."""
+    body = BRANCHES.index("body")
+    markers = (f"to_k_ip.{body}.", f"to_v_ip.{body}.", f"image_projection_layers.{body}.")
+    groups: dict[str, list[torch.nn.Parameter]] = {"identity": [], "body": []}
+    for name, param in trainable.items():
+        groups["body" if any(m in name for m in markers) else "identity"].append(param)
+    return groups
+
+
 def build_components(config: ModelConfig, seed: int = 0) -> dict[str, Any]:
     """All pipeline components of `config`, randomly initialised.
 
