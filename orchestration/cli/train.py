@@ -24,6 +24,7 @@ from orchestration.environment import configure_local_environment
 if TYPE_CHECKING:
     from orchestration.params import Params
     from training.loop import TrainingResult
+    from training.params import TrainingParams
 
 
 @click.command("train")
@@ -54,6 +55,13 @@ if TYPE_CHECKING:
     help="Check params, the dataset (and its version) and the weights' folders, then exit.",
 )
 @click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Build the configured model at full size without weights (meta device), check the "
+    "trainable set and the dtypes, print the parameters and the predicted memory per GPU, "
+    "then exit; needs no dataset, models directory or MLflow.",
+)
+@click.option(
     "--no-register", is_flag=True, help="Do not register the trained model as cameo-inpaint."
 )
 @click.option(
@@ -80,6 +88,7 @@ def train_command(
     unlocked: bool,
     no_progress: bool,
     check: bool,
+    dry_run: bool,
     no_register: bool,
     submit: str,
 ) -> TrainingResult | None:
@@ -101,6 +110,9 @@ def train_command(
         )
     except ParamsError as error:
         sys.exit(f"error: {error}")
+    if dry_run:
+        print_dry_run(training)
+        return None
     if submit == "k8s":
         submit_training_job(params_path, values, forwarded_options(ctx))
         return None
@@ -140,6 +152,23 @@ def train_command(
             f"MLflow run {result.run_id}, checkpoint {result.final_dir}"
         )
     return result
+
+
+def print_dry_run(training: TrainingParams) -> None:
+    """`--dry-run`: the report of `training.dry_run`; a failed check, or a predicted total over
+    the budget, exits non-zero with one line naming it."""
+    from training.dry_run import GIB, DryRunError, dry_run
+
+    try:
+        report = dry_run(training)
+    except DryRunError as error:
+        sys.exit(f"error: {error}")
+    click.echo(report.table())
+    if not report.fits:
+        sys.exit(
+            f"error: predicted {report.memory.total / GIB:.1f} GiB per GPU, over the article's "
+            "80 GB budget"
+        )
 
 
 def forwarded_options(ctx: click.Context) -> list[str]:
