@@ -16,14 +16,32 @@ from collections import deque
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 
 from orchestration.kubernetes import TrainingJob, TrainingJobFailed, submit_training
 from orchestration.params import Params
+from training.data import load_manifest
 from training.features import precompute
 from training.outputs import FINAL_DIR, METRICS_FILE, RUN_FILE
 from training.tracking import run_url
 
 LOSS_CHECK = "loss_decreases"
+FEATURES_CHECK = "features_cover_the_dataset"
+
+
+def features_check(manifest: pd.DataFrame, store: Path, index: dict) -> dg.AssetCheckResult:
+    """Every triplet of `manifest` has an index entry whose shard exists in `store`."""
+    samples = index["samples"]
+    missing = [t for t in manifest["triplet_id"] if t not in samples]
+    absent = sorted({e["shard"] for e in samples.values()} - {p.name for p in store.iterdir()})
+    problems = [f"{len(missing)} triplet(s) without features"] * bool(missing)
+    problems += [f"shards missing: {', '.join(absent)}"] * bool(absent)
+    return dg.AssetCheckResult(
+        check_name=FEATURES_CHECK,
+        passed=not problems,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="; ".join(problems) or f"{len(manifest)} triplets, every one stored",
+    )
 
 
 def run_training(command: list[str], env: dict[str, str], log: dg.DagsterLogManager) -> None:
@@ -79,6 +97,14 @@ def loss_check(metrics: dict[str, float]) -> dg.AssetCheckResult:
     group_name="training",
     kinds={"pytorch", "safetensors"},
     code_version="1",
+    check_specs=[
+        dg.AssetCheckSpec(
+            FEATURES_CHECK,
+            asset="features",
+            blocking=True,
+            description="every triplet of the dataset has features, in a shard that exists",
+        )
+    ],
 )
 def features(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """What the frozen encoders make of each triplet (VAE latents, text and body tokens, face
@@ -89,6 +115,7 @@ def features(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     )
     shards = sorted(store.glob("shard-*.safetensors"))
     index_digest = hashlib.sha256(json.dumps(index, sort_keys=True).encode()).hexdigest()[:16]
+    manifest = load_manifest(context.resources.data.layout.triplets_dir)
     return dg.MaterializeResult(
         metadata={
             "store": dg.MetadataValue.path(str(store)),
@@ -99,6 +126,7 @@ def features(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         },
         # The store and the index's digest: unchanged features leave the model current.
         data_version=dg.DataVersion(f"{store.name}:{index_digest}"),
+        check_results=[features_check(manifest, store, index)],
     )
 
 

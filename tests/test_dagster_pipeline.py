@@ -74,7 +74,7 @@ def test_definitions_load():
     dg.Definitions.validate_loadable(defs)
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert set(STAGE_NAMES) == set(STAGE_CHOICES)
-    assert keys == {*STAGE_NAMES, "model", "evaluation"}
+    assert keys == {*STAGE_NAMES, "features", "model", "evaluation"}
 
 
 def test_descriptions_render_as_text_not_code_blocks():

@@ -100,9 +100,13 @@ def test_ui_shows_assets_partitions_and_blocking_checks(instance_env):
         server.kill()  # the webserver ignores SIGTERM
         server.wait(timeout=30)
     by_name = {n["assetKey"]["path"][0]: n for n in nodes}
-    assert set(by_name) == {*STAGE_NAMES, "model", "evaluation"}
+    assert set(by_name) == {*STAGE_NAMES, "features", "model", "evaluation"}
+    features = by_name.pop("features")
     model, evaluation = by_name.pop("model"), by_name.pop("evaluation")
-    assert model["partitionKeys"] == evaluation["partitionKeys"] == []
+    assert model["partitionKeys"] == evaluation["partitionKeys"] == features["partitionKeys"] == []
+    assert features["assetChecksOrError"]["checks"] == [
+        {"name": "features_cover_the_dataset", "blocking": True}
+    ]
     assert model["assetChecksOrError"]["checks"] == [{"name": "loss_decreases", "blocking": True}]
     assert evaluation["assetChecksOrError"]["checks"] == [
         {"name": "face_similarity_above_threshold", "blocking": True}

@@ -258,6 +258,7 @@ def test_gpu_lock_is_the_cpu_lock_with_cuda_builds():
     assert gpu.pop("torch") == "2.13.0+cu128"
     assert cpu.pop("onnxruntime")
     assert gpu.pop("onnxruntime-gpu")
+    assert gpu.pop("bitsandbytes")  # AdamW8bit: CUDA only
     assert cpu == gpu
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "requirements-gpu.lock" in dockerfile

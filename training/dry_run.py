@@ -17,8 +17,8 @@ import torch
 from accelerate import init_empty_weights
 from transformers import ViTConfig, ViTModel
 
+from training.checks import bucket_multiple
 from training.data import check_buckets, resolve_buckets
-from training.loop import bucket_multiple
 from training.model import (
     BRANCHES,
     CONFIGS,

@@ -72,3 +72,13 @@ def registered_version(uri: str, client: Any = None) -> Any:
         name, version = body.split("/")
         return client.get_model_version(name, version)
     return None
+
+
+def flatten_params(prefix: str, value: Any) -> dict[str, str]:
+    """Nested params as MLflow params: `training.cfg_dropout.face` -> "0.05"."""
+    if isinstance(value, dict):
+        out: dict[str, str] = {}
+        for key, item in value.items():
+            out.update(flatten_params(f"{prefix}.{key}", item))
+        return out
+    return {prefix: str(value)}

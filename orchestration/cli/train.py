@@ -119,7 +119,8 @@ def train_command(
 
     import torch.distributed as dist
 
-    from training.loop import TrainingError, check_inputs, train
+    from training.checks import TrainingError, check_inputs
+    from training.loop import train
 
     lock_file = None if unlocked else lock
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import write_triplets
+from conftest import precompute_features, write_triplets
 
 from core.versioning import dvc_md5
 from orchestration.cli.main import main as cameo
@@ -74,6 +74,7 @@ def build_and_train(repo: Path, version: str, out: Path) -> dict[str, str]:
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", f"dataset {version}")
     dvc(repo, "push", "-q")
+    precompute_features(repo / "data")  # the features stage (not a stage of this repo)
     params = ["--params", str(REPO / "params.yaml"), "--profile", "tiny", "--steps", "2"]
     options = [*params, "--data", "data", "--output-dir", str(out), "--no-progress"]
     result = train_command.main(options, standalone_mode=False)
@@ -110,7 +111,7 @@ def history(tmp_path_factory) -> dict:
             "outs": ["data/triplets"],
         }
         (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"dataset": stage}}))
-        (repo / ".gitignore").write_text("/.lineage/\n")
+        (repo / ".gitignore").write_text("/.lineage/\n/data/features/\n")
         git(repo, "init", "-q")
         dvc(repo, "init", "-q")
         dvc(repo, "remote", "add", "-d", "storage", str(tmp / "remote"))

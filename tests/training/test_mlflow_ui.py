@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import write_triplets
+from conftest import precompute_features, write_triplets
 
 from serving.server import free_port
 
@@ -60,7 +60,7 @@ def evaluated_run(tmp_path_factory) -> Iterator[tuple[str, str, str]]:
     os.chdir(root)
     torch.set_num_threads(1)
     try:
-        data = write_triplets(root / "data")
+        data = precompute_features(write_triplets(root / "data"))
         values = load_params(REPO / "params.yaml", "tiny")
         params = values.training.updated(
             "training", output_dir=str(root / "out"), max_steps=4, validate_every=2

@@ -18,7 +18,7 @@ from orchestration.evaluation_assets import (
     face_similarity_above_threshold,
     face_similarity_check,
 )
-from orchestration.training_assets import LOSS_CHECK, model
+from orchestration.training_assets import FEATURES_CHECK, LOSS_CHECK, features, model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,7 +37,7 @@ def _materialize(
     root: Path, params_file: Path, selection: list | None = None, instance=None
 ) -> dg.ExecuteInProcessResult:
     return dg.materialize(
-        [*STAGES, model, evaluation, face_similarity_above_threshold],
+        [*STAGES, features, model, evaluation, face_similarity_above_threshold],
         selection=selection or [model],
         instance=instance or dg.DagsterInstance.ephemeral(),
         resources=build_resources(str(root), str(params_file), "tiny"),
@@ -53,18 +53,20 @@ def test_model_and_evaluation_assets_train_score_and_record_the_run(
     result = _materialize(
         triplets_root,
         params_file,
-        dg.AssetSelection.assets(model, evaluation).without_checks()
-        | dg.AssetSelection.checks_for_assets(model, evaluation),
+        dg.AssetSelection.assets(features, model, evaluation).without_checks()
+        | dg.AssetSelection.checks_for_assets(features, model, evaluation),
         instance,
     )
     assert result.success
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks[FEATURES_CHECK].passed, checks[FEATURES_CHECK].description
     assert checks[LOSS_CHECK].passed, checks[LOSS_CHECK].description
     assert checks[FACE_CHECK].passed and checks[FACE_CHECK].description.startswith("off")
     events = {
         e.materialization.asset_key.to_user_string(): e.materialization.metadata
         for e in result.get_asset_materialization_events()
     }
+    assert events["features"]["triplets"].value == 6
     metadata = events["model"]
     scored = events["evaluation"]
     assert scored["mlflow_run_id"].value == metadata["mlflow_run_id"].value

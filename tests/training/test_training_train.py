@@ -23,6 +23,7 @@ from core.params import ParamsError
 from core.versioning import dvc_md5
 from orchestration.params import load_params
 from training.checkpoint import checkpoints
+from training.checks import TrainingError
 from training.data import (
     TripletDataset,
     collate,
@@ -31,7 +32,7 @@ from training.data import (
     split_by_identity,
 )
 from training.denoising import FrozenEncoders, denoising_loss
-from training.loop import TrainingError, train
+from training.loop import train
 from training.model import ADAPTER_FILES, CONTROLNET_DIR, trainable_parameters
 from training.params import TrainingParams
 
@@ -469,3 +470,15 @@ def test_feature_store_is_content_addressed_and_incremental(triplets_root):
     assert after[changed["triplet_id"]]["key"] != before[changed["triplet_id"]]["key"]
     unchanged = [t for t in before if t != changed["triplet_id"]]
     assert all(after[t] == before[t] for t in unchanged)
+
+
+def test_8bit_adam_is_refused_where_it_cannot_run(triplets_root, tmp_path):
+    """`use_8bit_adam` never falls back silently to another optimiser: on a CPU it stops
+    before any work, naming the setting."""
+    with pytest.raises(TrainingError, match=r"training\.use_8bit_adam: .*needs CUDA"):
+        train(
+            tiny_params(tmp_path / "out", use_8bit_adam=True),
+            data_root=triplets_root,
+            lock_file=None,
+            show_progress=False,
+        )
