@@ -43,6 +43,14 @@ class Distributed:
             dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return total
 
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's `obj`, on every rank."""
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def gather(self, obj: Any) -> list[Any]:
         if self.world_size == 1:
             return [obj]

@@ -38,6 +38,7 @@ from core.versioning import git_commit
 from perception.priors import Priors
 from training.checkpoint import (
     checkpoints,
+    newest_verified,
     rng_state,
     save_final,
     save_training_checkpoint,
@@ -78,6 +79,15 @@ from training.pipeline import CharacterInpaintPipeline
 from training.precision import PrecisionPolicy
 from training.tracking import flatten_params
 
+
+def choose_checkpoint(output_dir: Path) -> tuple[Path | None, str | None]:
+    """The checkpoint to resume from, or the reason to refuse (for rank 0 to broadcast)."""
+    try:
+        return newest_verified(output_dir, lambda line: print(line, file=sys.stderr)), None
+    except TrainingError as error:
+        return None, str(error)
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop
 
@@ -90,9 +100,10 @@ class TrainingResult:
     dataset_md5: str
     metrics: dict[str, float]
     losses: list[float]
-    model: Denoiser  # the trained U-Net and ControlNet of this rank
+    model: Denoiser | None  # the trained U-Net and ControlNet of this rank (None: finished)
     rank: int  # of this process in its torchrun launch
     validation_shard: int  # validation samples this rank computes val_loss on
+    finished: bool = False  # resumed a run that had already reached its max_steps
 
 
 def train(
@@ -132,14 +143,25 @@ def train(
     )
     buckets = resolve_buckets(params.buckets)
 
-    # A resumed run continues its checkpoint only with the same model, data order and split.
+    # A resumed run continues its newest checkpoint that verifies (rank 0 reads the checksums
+    # once for all), only with the same model, data order and split.
     state, latest = None, None
-    if resume and checkpoints(output_dir):
-        latest = checkpoints(output_dir)[-1]
-        state = torch.load(latest / STATE_FILE, map_location="cpu", weights_only=False)
-        check_resumable(latest, state, params, env.world_size)
-    elif resume and env.is_main:
-        print(f"no checkpoint in {output_dir}: starting from step 0", file=sys.stderr)
+    if resume:
+        latest, refusal = env.broadcast(choose_checkpoint(output_dir) if env.is_main else None)
+        if refusal is not None:
+            raise TrainingError(refusal)
+        if latest is not None:
+            state = torch.load(latest / STATE_FILE, map_location="cpu", weights_only=False)
+            check_resumable(latest, state, params, env.world_size)
+        elif env.is_main:
+            print(f"no checkpoint in {output_dir}: starting from step 0", file=sys.stderr)
+    if state is not None and state["step"] >= params.max_steps:
+        # Finished: nothing to train, and nothing to register again.
+        metrics = json.loads((output_dir / METRICS_FILE).read_text())
+        return TrainingResult(
+            state["run_id"], state["step"], output_dir / FINAL_DIR, md5, metrics,
+            state["losses"], None, env.rank, 0, finished=True,
+        )  # fmt: skip
 
     # -- Model: frozen base, trainable identity branches and Pose-IdentityNet --------------------
     config = CONFIGS[params.config]

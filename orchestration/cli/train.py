@@ -147,7 +147,12 @@ def train_command(
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    if result.rank == 0:  # one line per launch, not per rank
+    if result.rank == 0 and result.finished:
+        click.echo(
+            f"MLflow run {result.run_id} already finished at step {result.step} "
+            f"({result.final_dir}): nothing trained, nothing registered"
+        )
+    elif result.rank == 0:  # one line per launch, not per rank
         click.echo(
             f"trained {result.step} steps on dataset {result.dataset_md5}: "
             f"MLflow run {result.run_id}, checkpoint {result.final_dir}"
