@@ -77,6 +77,7 @@ from training.outputs import FINAL_DIR, METRICS_FILE, RUN_FILE, STATE_FILE
 from training.params import EvaluationParams, TrainingParams
 from training.pipeline import CharacterInpaintPipeline
 from training.precision import PrecisionPolicy
+from training.run_log import RunLog, bound_tracking_calls, say_on_stderr
 from training.tracking import flatten_params
 
 
@@ -259,15 +260,17 @@ def train(
         consumed = state["sampler"]["start"]
 
     # -- MLflow: one run, continued on resume; rank 0 alone logs ---------------------------------
-    mlflow = None
+    mlflow, run_log = None, None
     if env.is_main:
         import mlflow
 
         from training.tracking import configure_tracking, triplets_dataset
 
-        configure_tracking()
+        bound_tracking_calls(params.tracking_timeout_s)
+        tracking_uri = configure_tracking()
         mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
         run_id = mlflow.active_run().info.run_id
+        run_log = RunLog(run_id, tracking_uri, params.tracking_timeout_s, say_on_stderr)
         print(f"MLflow run {run_id}", flush=True)  # read by the Kubernetes submission
         if step == 0:
             mlflow.log_params(flatten_params("training", params.model_dump()))
@@ -369,10 +372,10 @@ def train(
                         progress.set_postfix(loss=f"{losses[-1]:.4f}")
                 if progress is not None:
                     progress.update()
-                if mlflow is not None and (step % params.log_every == 0 or step == last_step):
+                if run_log is not None and (step % params.log_every == 0 or step == last_step):
                     elapsed = time.perf_counter() - tick
                     rates = {f"lr/{group['name']}": group["lr"] for group in optimizer.param_groups}
-                    mlflow.log_metrics(
+                    run_log.log_metrics(
                         {
                             "loss": losses[-1],
                             **rates,
@@ -388,8 +391,8 @@ def train(
                     val_loss, val_samples = validation_loss(
                         model, scheduler, encoders, validation_loader, env, precision, params.seed
                     )
-                    if mlflow is not None:
-                        mlflow.log_metrics(
+                    if run_log is not None:
+                        run_log.log_metrics(
                             {"val_loss": val_loss, "val_samples": val_samples}, step=step
                         )
                     if evaluator is not None:
@@ -405,7 +408,12 @@ def train(
                                 inference_steps=params.validation_inference_steps,
                                 seed=params.seed,
                             )
-                        log_evaluation(evaluation_result, step=step)
+                        run_log.call(
+                            f"evaluation at step {step}",
+                            log_evaluation,
+                            evaluation_result,
+                            step=step,
+                        )
                     model.train()
                 if step % params.checkpoint_every == 0 or step == last_step:
                     rng = env.gather(rng_state(generator))
@@ -462,17 +470,23 @@ def train(
             experiment_id = mlflow.active_run().info.experiment_id
             run = {"run_id": run_id, "experiment_id": experiment_id, "dataset_md5": md5}
             (output_dir / RUN_FILE).write_text(json.dumps(run, indent=2))
-            mlflow.log_metrics(
-                {"loss_first": metrics["loss_first"], "loss_last": metrics["loss_last"]}
+            run_log.log_metrics(
+                {"loss_first": metrics["loss_first"], "loss_last": metrics["loss_last"]}, step
             )
-            mlflow.log_artifacts(str(final_dir), artifact_path="checkpoint")
+            run_log.call(
+                "checkpoint artifacts",
+                mlflow.log_artifacts,
+                str(final_dir),
+                artifact_path="checkpoint",
+            )
             if on_finished is not None and step >= params.max_steps:
-                on_finished(final_dir)
-            mlflow.end_run()
+                run_log.call("model registration", on_finished, final_dir)
+            run_log.finish(output_dir)
+            run_log.call("run status", mlflow.end_run)
         env.barrier()
     except BaseException:
-        if mlflow is not None:  # the run shows as failed in the UI, not forever running
-            mlflow.end_run(status="FAILED")
+        if run_log is not None:  # the run shows as failed in the UI, not forever running
+            run_log.call("run status", mlflow.end_run, status="FAILED")
         raise
     return TrainingResult(
         run_id, step, final_dir, md5, metrics, losses, model, env.rank, len(validation_shard)

@@ -64,6 +64,9 @@ class TrainingParams(Section):
     # val_loss: the first N validation triplets, sharded over the ranks, the same every time
     validation_max_samples: int = Field(256, ge=1)
     collective_timeout_s: int = Field(1800, ge=1)  # a rank waiting longer fails the job
+    # The longest one MLflow call may hold training up; the tracking server being away for
+    # longer never stops training (metrics are kept and logged when it is back).
+    tracking_timeout_s: int = Field(30, ge=1)
     validation_inference_steps: int = Field(30, ge=1)
     log_every: int = Field(10, ge=1)
     output_dir: str = "checkpoints"

@@ -22,6 +22,7 @@ main.add_command(dataset.sample_movie)
 main.add_command(dataset.dataset)
 main.add_command(features.features)
 main.add_command(train.train_command)
+main.add_command(train.relog_command)
 main.add_command(model.model)
 main.add_command(weights.weights)
 main.add_command(serve.serve)
@@ -29,3 +30,7 @@ main.add_command(serve.inpaint)
 main.add_command(serve.serve_check)
 main.add_command(evaluate.evaluate)
 main.add_command(lineage.lineage)
+
+
+if __name__ == "__main__":
+    main()

@@ -224,6 +224,19 @@ def submit_training_job(params_path: str, values: Params, args: list[str]) -> No
     )
 
 
+@click.command("relog")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def relog_command(path: Path) -> None:
+    """Log what a training run could not log while MLflow was away (PATH: the run's
+    unlogged.json, in its output folder) into the same run, once the server is back."""
+    from training.run_log import relog
+    from training.tracking import configure_tracking
+
+    configure_tracking()
+    logged = relog(path, output=click.echo)
+    click.echo(f"logged {logged} metric values; {path} removed")
+
+
 if __name__ == "__main__":  # torchrun … -m orchestration.cli.train
     configure_local_environment()
     train_command()
