@@ -3,19 +3,28 @@
 `full`: insightface `FaceAnalysis` (antelopev2: SCRFD detector + ArcFace recognition) from a
 local model folder in insightface's layout. `tiny`: scikit-image's bundled LBP frontal-face
 cascade and a fixed random projection of the face's HOG descriptor, offline on CPU. Both
-return the same `DetectedFace` records with L2-normed 512-d embeddings.
+return the same `DetectedFace` records with L2-normed 512-d embeddings: the embedding that
+conditions the model.
+
+`dlib`, on every profile: dlib's HOG (or MMOD CNN) detector, its 5- and 68-point landmark
+predictors and its ResNet recogniser (128-d), with the model files the `face-recognition-models`
+package ships. It is the independent recogniser that scores identity (evaluation, the
+triplets' identity check) and can group characters (`faces.recogniser: dlib`).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import PIL.Image
 
 EMBEDDING_DIM = 512
+DLIB_EMBEDDING_DIM = 128
 
 # Five-point landmark template (eyes, nose tip, mouth corners) relative to the face box,
 # used by the tiny profile whose cascade only gives boxes.
@@ -52,6 +61,32 @@ def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return (x / np.maximum(norm, 1e-12)).astype(np.float32)
 
 
+def largest_face(analyzer: FaceAnalyzer, image: PIL.Image.Image) -> DetectedFace | None:
+    """The largest face the analyzer finds in `image`; None when there is none."""
+    faces = analyzer.detect(np.asarray(image.convert("RGB")))
+    return max(faces, key=lambda f: f.area) if faces else None
+
+
+def face_in_mask(
+    analyzer: FaceAnalyzer, image: PIL.Image.Image, inside: np.ndarray
+) -> DetectedFace | None:
+    """The largest face in `image` whose box centre lies in the mask (`inside`, the image's
+    size); None when there is none."""
+    faces = []
+    for face in analyzer.detect(np.asarray(image.convert("RGB"))):
+        x1, y1, x2, y2 = face.bbox
+        row = min(max(int((y1 + y2) / 2), 0), inside.shape[0] - 1)
+        col = min(max(int((x1 + x2) / 2), 0), inside.shape[1] - 1)
+        if inside[row, col]:
+            faces.append(face)
+    return max(faces, key=lambda f: f.area) if faces else None
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two embeddings (any scale)."""
+    return float(np.dot(a, b) / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
+
+
 def identity_score(
     analyzer: FaceAnalyzer,
     reference_embedding: np.ndarray,
@@ -60,18 +95,23 @@ def identity_score(
 ) -> float | None:
     """Cosine similarity between the reference's face and the painted one: the largest face in
     `output` whose box centre lies in the mask (`inside`); None when there is none."""
-    faces = []
-    for face in analyzer.detect(np.asarray(output.convert("RGB"))):
-        x1, y1, x2, y2 = face.bbox
-        row = min(max(int((y1 + y2) / 2), 0), inside.shape[0] - 1)
-        col = min(max(int((x1 + x2) / 2), 0), inside.shape[1] - 1)
-        if inside[row, col]:
-            faces.append(face)
-    if not faces:
-        return None
-    face = max(faces, key=lambda f: f.area)
-    reference = reference_embedding / np.linalg.norm(reference_embedding)
-    return float(np.dot(reference, face.embedding))
+    face = face_in_mask(analyzer, output, inside)
+    return None if face is None else cosine(reference_embedding, face.embedding)
+
+
+def copy_paste_score(output: np.ndarray, reference: np.ndarray, target: np.ndarray) -> float:
+    """How much closer the output's face is to the reference than the real target frame's is
+    (WithAnyone's MultiID-Bench): (θ(output, target) - θ(output, reference)) / θ(reference,
+    target), θ the angle between two embeddings. +1: the output is the reference, pasted;
+    -1: the output is the target; 0: halfway. NaN when reference and target coincide."""
+
+    def angle(a: np.ndarray, b: np.ndarray) -> float:
+        return math.acos(min(max(cosine(a, b), -1.0), 1.0))
+
+    span = angle(reference, target)
+    if span < 1e-6:
+        return math.nan
+    return (angle(output, target) - angle(output, reference)) / span
 
 
 class InsightFaceAnalyzer:
@@ -188,6 +228,127 @@ class TinyFaceAnalyzer:
                 )
             )
         return faces
+
+
+def dlib_model_file(name: str) -> Path:
+    """A model file of the `face-recognition-models` package, found without importing it (its
+    `__init__` imports pkg_resources, which current setuptools no longer has)."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "dlib's model files need the face-recognition-models package (requirements.lock)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{name} is missing from face-recognition-models ({path})")
+    return path
+
+
+DLIB_FILES = {
+    "recogniser": "dlib_face_recognition_resnet_model_v1.dat",
+    "cnn_detector": "mmod_human_face_detector.dat",
+    5: "shape_predictor_5_face_landmarks.dat",
+    68: "shape_predictor_68_face_landmarks.dat",  # iBUG 300-W: not for commercial use
+}
+
+
+class DlibFaceAnalyzer:
+    """dlib: HOG or MMOD CNN face boxes, 5-point landmarks (the chip alignment dlib's ResNet
+    was trained with) and 128-d ResNet descriptors, on CPU.
+
+    `kps` are dlib's 5 points: the outer and inner corner of the eye on the image's right, the
+    outer and inner corner of the other eye, the base of the nose. `det_score` is the
+    detector's own score (HOG: the SVM margin, not a probability). `describe` embeds a face in
+    a box found by any detector, so dlib can score or group faces another analyzer found
+    (`faces.recogniser: dlib`, the triplets' identity check). The 68-point model
+    (`landmarks(..., points=68)`) is loaded only when asked for: it is trained on iBUG 300-W,
+    whose licence excludes commercial use.
+    """
+
+    def __init__(
+        self,
+        detector: Literal["hog", "cnn"] = "hog",
+        upsample: int = 1,
+        det_thresh: float = 0.3,
+        min_face_px: int = 24,
+        jitters: int = 0,
+    ) -> None:
+        import dlib
+
+        self._dlib = dlib
+        self.detector = detector
+        self.upsample = upsample
+        self.det_thresh = det_thresh
+        self.min_face_px = min_face_px
+        self.jitters = jitters
+        if detector == "hog":
+            self._hog = dlib.get_frontal_face_detector()
+        else:
+            self._cnn = dlib.cnn_face_detection_model_v1(
+                str(dlib_model_file(DLIB_FILES[detector + "_detector"]))
+            )
+        self._predictors = {5: dlib.shape_predictor(str(dlib_model_file(DLIB_FILES[5])))}
+        self._recogniser = dlib.face_recognition_model_v1(
+            str(dlib_model_file(DLIB_FILES["recogniser"]))
+        )
+
+    def _boxes(self, image: np.ndarray) -> list[tuple[np.ndarray, float]]:
+        if self.detector == "hog":
+            rects, scores, _ = self._hog.run(image, self.upsample, self.det_thresh)
+            found = list(zip(rects, scores, strict=True))
+        else:
+            found = [(d.rect, d.confidence) for d in self._cnn(image, self.upsample)]
+        return [
+            (np.array([r.left(), r.top(), r.right(), r.bottom()], np.float32), float(score))
+            for r, score in found
+            if score >= self.det_thresh and min(r.width(), r.height()) >= self.min_face_px
+        ]
+
+    def _shape(self, image: np.ndarray, bbox: np.ndarray, points: int):
+        if points not in self._predictors:
+            self._predictors[points] = self._dlib.shape_predictor(
+                str(dlib_model_file(DLIB_FILES[points]))
+            )
+        x1, y1, x2, y2 = (round(float(v)) for v in bbox)
+        return self._predictors[points](image, self._dlib.rectangle(x1, y1, x2, y2))
+
+    def landmarks(
+        self, image: np.ndarray, bbox: np.ndarray, points: Literal[5, 68] = 5
+    ) -> np.ndarray:
+        """The (points, 2) landmarks of the face in `bbox` (x1, y1, x2, y2 px)."""
+        return _points(self._shape(np.ascontiguousarray(image), bbox, points))
+
+    def _descriptor(self, image: np.ndarray, shape) -> tuple[np.ndarray, float]:
+        raw = np.asarray(
+            self._recogniser.compute_face_descriptor(image, shape, self.jitters), np.float32
+        )
+        return l2_normalize(raw), float(np.linalg.norm(raw))
+
+    def describe(self, image: np.ndarray, bbox: np.ndarray) -> tuple[np.ndarray, float]:
+        """The unit 128-d descriptor of the face in `bbox`, and the descriptor's raw norm."""
+        image = np.ascontiguousarray(image)
+        return self._descriptor(image, self._shape(image, bbox, 5))
+
+    def detect(self, image: np.ndarray) -> list[DetectedFace]:
+        image = np.ascontiguousarray(image)
+        faces = []
+        for bbox, score in self._boxes(image):
+            shape = self._shape(image, bbox, 5)
+            embedding, raw_norm = self._descriptor(image, shape)
+            faces.append(
+                DetectedFace(
+                    bbox=bbox,
+                    kps=_points(shape),
+                    det_score=score,
+                    embedding=embedding,
+                    raw_norm=raw_norm,
+                )
+            )
+        return faces
+
+
+def _points(shape) -> np.ndarray:
+    return np.array([(p.x, p.y) for p in shape.parts()], np.float32)
 
 
 def _suppress_nested(boxes: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:

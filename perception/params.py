@@ -6,6 +6,8 @@ The dataset stages, the served pipeline and the evaluation all build their prior
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from core.params import Section
@@ -13,11 +15,30 @@ from core.params import Section
 DEFAULT_POSE_MODEL = "rtmw-dw-x-l_simcc-cocktail14_270e-384x288_20231122.onnx"
 
 
+class DlibParams(Section):
+    """dlib's face models (`perception.faces.DlibFaceAnalyzer`), from face_recognition_models."""
+
+    # hog: dlib's built-in HOG detector (frontal faces, fast on CPU); cnn: the MMOD CNN
+    # detector (mmod_human_face_detector.dat; slow on CPU, this wheel has no CUDA).
+    detector: Literal["hog", "cnn"] = "hog"
+    # Image doublings before detection: HOG's 80 px window finds faces from 40 px at 1.
+    upsample: int = Field(1, ge=0, le=3)
+    # Detector score a face needs (HOG: the SVM margin, dlib's own default 0). On the sample
+    # movie real faces scored >= 0.41 and false hits <= 0.22 (BENCHMARKS.md).
+    det_thresh: float = 0.3
+    jitters: int = Field(0, ge=0)  # descriptor averaged over N jittered crops (dlib's num_jitters)
+
+
 class FacesParams(Section):
     model: str = "antelopev2"  # folder under $CAMEO_MODELS (insightface layout)
     det_size: int = Field(640, ge=32)
     det_thresh: float = Field(0.5, ge=0.0, le=1.0)
     min_face_px: int = Field(24, ge=0)
+    # Whose embedding groups frames into characters: `profile`, the profile's analyzer (the
+    # ArcFace of `model` in full, the tiny descriptor in tiny), or `dlib`, dlib's ResNet on the
+    # same boxes. The conditioning embedding is always the profile's (InstantID reads ArcFace).
+    recogniser: Literal["profile", "dlib"] = "profile"
+    dlib: DlibParams = DlibParams()
 
 
 class MasksParams(Section):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from perception.captions import Captioner, load_captioner
-from perception.faces import FaceAnalyzer, load_face_analyzer
+from perception.faces import DlibFaceAnalyzer, FaceAnalyzer, load_face_analyzer
 from perception.models import models_dir as resolve_models_dir
 from perception.params import CaptionsParams, FacesParams, MasksParams, PosesParams
 from perception.pose import MaskedPoseExtractor, RTMPoseEstimator, load_pose_estimator
@@ -76,13 +76,26 @@ class Priors:
             ),
         )
 
-    def face_scorer(self, model: str) -> FaceAnalyzer:
-        """A second recogniser (an insightface folder), with the face detector's settings."""
+    def dlib_faces(self) -> DlibFaceAnalyzer:
+        """dlib's detector, landmarks and recogniser (`faces.dlib`), on every profile."""
         p = self.faces
         return self._load(
-            f"faces:{model}",
+            "faces:dlib",
+            lambda: DlibFaceAnalyzer(
+                p.dlib.detector, p.dlib.upsample, p.dlib.det_thresh, p.min_face_px, p.dlib.jitters
+            ),
+        )
+
+    def recogniser(self, name: str) -> FaceAnalyzer:
+        """A recogniser by name, whatever the profile: `dlib`, or an insightface folder under
+        the models directory (with the face detector's settings)."""
+        if name == "dlib":
+            return self.dlib_faces()
+        p = self.faces
+        return self._load(
+            f"faces:{name}",
             lambda: load_face_analyzer(
-                "full", self.models_dir, model, p.det_size, p.det_thresh, p.min_face_px
+                "full", self.models_dir, name, p.det_size, p.det_thresh, p.min_face_px
             ),
         )
 

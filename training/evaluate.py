@@ -241,7 +241,7 @@ class Evaluator:
         from perception.models import models_dir as resolve_models_dir
 
         if params.face_model:
-            face_scorer = priors.face_scorer(params.face_model)
+            face_scorer = priors.recogniser(params.face_model)
             recogniser = f"{params.face_model} (second recogniser)"
         else:
             face_scorer = priors.face_analyzer()
