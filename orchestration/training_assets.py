@@ -21,7 +21,7 @@ import pandas as pd
 from orchestration.kubernetes import TrainingJob, TrainingJobFailed, submit_training
 from orchestration.params import Params
 from training.data import load_manifest
-from training.features import precompute
+from training.features import INDEX, features_id
 from training.outputs import FINAL_DIR, METRICS_FILE, RUN_FILE
 from training.tracking import run_url
 
@@ -44,9 +44,12 @@ def features_check(manifest: pd.DataFrame, store: Path, index: dict) -> dg.Asset
     )
 
 
-def run_training(command: list[str], env: dict[str, str], log: dg.DagsterLogManager) -> None:
-    """Run the training command, its output line by line into the Dagster log; a failure
-    raises with the command's last lines (the error names its cause)."""
+def run_training(
+    what: str, command: list[str], env: dict[str, str], log: dg.DagsterLogManager
+) -> None:
+    """Run a training command (`what`: training, the features), its output line by line into
+    the Dagster log; a failure raises with the command's last lines (the error names its
+    cause)."""
     tail: deque[str] = deque(maxlen=20)
     with subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -58,7 +61,7 @@ def run_training(command: list[str], env: dict[str, str], log: dg.DagsterLogMana
     if process.returncode != 0:
         cause = tail[-1] if tail else "no output"
         raise dg.Failure(
-            description=f"training exited with status {process.returncode}: {cause}",
+            description=f"{what} exited with status {process.returncode}: {cause}",
             metadata={"output": dg.MetadataValue.md("```\n" + "\n".join(tail) + "\n```")},
         )
 
@@ -109,13 +112,21 @@ def loss_check(metrics: dict[str, float]) -> dg.AssetCheckResult:
 def features(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """What the frozen encoders make of each triplet (VAE latents, text and body tokens, face
     embedding, pose), computed once and memory-mapped by training (`cameo features build`)."""
-    values = context.resources.params.values
-    store, index = precompute(
-        values.training, context.resources.data.layout.root, os.environ.get("CAMEO_MODELS")
+    params = context.resources.params
+    layout = context.resources.data.layout
+    # Its own process, as training: the CPU kernels can be pinned only before torch loads.
+    command = [sys.executable, "-m", "orchestration.cli.main", "features", "build"]
+    command += ["--params", params.path, "--profile", params.values.profile]
+    run_training(
+        [*command, "--data", str(layout.root), "--no-progress"], dict(os.environ), context.log
     )
+    store = layout.features_dir / features_id(
+        params.values.training, os.environ.get("CAMEO_MODELS")
+    )
+    index = json.loads((store / INDEX).read_text())
     shards = sorted(store.glob("shard-*.safetensors"))
     index_digest = hashlib.sha256(json.dumps(index, sort_keys=True).encode()).hexdigest()[:16]
-    manifest = load_manifest(context.resources.data.layout.triplets_dir)
+    manifest = load_manifest(layout.triplets_dir)
     return dg.MaterializeResult(
         metadata={
             "store": dg.MetadataValue.path(str(store)),
@@ -163,7 +174,7 @@ def model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         output_dir = Path(job.output_dir)
     else:
         command = [sys.executable, "-m", "orchestration.cli.train", "--params", params.path]
-        run_training([*command, *training_args], dict(os.environ), context.log)
+        run_training("training", [*command, *training_args], dict(os.environ), context.log)
         output_dir = Path(params.values.training.output_dir).resolve()
     result = {
         **json.loads((output_dir / METRICS_FILE).read_text()),

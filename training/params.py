@@ -56,6 +56,8 @@ class TrainingParams(Section):
     snr_gamma: float = Field(0.0, ge=0)  # 0: plain MSE; else min-SNR-γ weighting
     cfg_dropout: ConditionDropout = ConditionDropout()
     features: bool = True  # read the precomputed features stage; false: encode every step
+    # The same kernels on every x86-64 CPU (training.cpu_kernels): bit-identical CPU runs.
+    portable_cpu_kernels: bool = False
     num_workers: int = Field(4, ge=0)
     checkpoint_every: int = Field(1000, ge=1)
     keep_checkpoints: int = Field(3, ge=1)

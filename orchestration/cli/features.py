@@ -31,11 +31,18 @@ def build(
     body tokens, face embedding, pose) into data/features/<encoders>/."""
     from core.params import ParamsError
     from orchestration.params import load_params
-    from training.features import precompute
+    from training.cpu_kernels import pin_cpu_kernels
 
     try:
         training = load_params(params_path, profile).training
+    except ParamsError as error:
+        sys.exit(f"error: {error}")
+    if training.portable_cpu_kernels:
+        pin_cpu_kernels()
+    from training.features import precompute
+
+    try:
         store, index = precompute(training, data_root, models_dir, show_progress=not no_progress)
-    except (ParamsError, FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")
     click.echo(f"features of {len(index['samples'])} triplets in {store}")

@@ -20,6 +20,7 @@ from click.core import ParameterSource
 
 from orchestration.cli.options import params_option, profile_option
 from orchestration.environment import configure_local_environment
+from training.cpu_kernels import pin_cpu_kernels
 
 if TYPE_CHECKING:
     from orchestration.params import Params
@@ -116,6 +117,8 @@ def train_command(
     if submit == "k8s":
         submit_training_job(params_path, values, forwarded_options(ctx))
         return None
+    if training.portable_cpu_kernels:
+        pin_cpu_kernels()
 
     import torch.distributed as dist
 
