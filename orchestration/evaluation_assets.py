@@ -10,7 +10,7 @@ import math
 
 import dagster as dg
 
-from training.evaluate import METRICS, evaluate_logged_model
+from training.evaluate import CALIBRATIONS, IDENTITY_METRICS, METRICS, evaluate_logged_model
 from training.tracking import configure_tracking, run_url
 
 FACE_CHECK = "face_similarity_above_threshold"
@@ -58,7 +58,7 @@ def face_similarity_check(similarity: float, threshold: float | None) -> dg.Asse
     required_resource_keys={"data", "params"},
     group_name="training",
     kinds={"mlflow"},
-    code_version="1",
+    code_version="2",
 )
 def evaluation(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """The trained model's identity, pose, prompt and colour metrics on the validation
@@ -94,6 +94,12 @@ def evaluation(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             "samples": len(result.samples) // max(len(table), 1),
             # The model's own (the `full` ablation's) metrics, for the check and the UI.
             **{name: metrics[f"eval/{name}"] for name in METRICS if f"eval/{name}" in metrics},
+            # The calibrations' identity: the scale the model's similarity is read against.
+            **{
+                f"{row}/{name}": metrics[f"eval/{row}/{name}"]
+                for row in CALIBRATIONS
+                for name in IDENTITY_METRICS
+            },
             **{f"note_{name}": note for name, note in result.notes.items()},
         },
         data_version=dg.DataVersion(f"{run_id}:{model_uri}"),

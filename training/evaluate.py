@@ -1,14 +1,21 @@
 """Evaluation: the field's identity metrics on the validation triplets, for the model and its
-ablations.
+ablations, read against two calibration rows.
 
 Each validation triplet (the identity-disjoint split of `training.data.split_by_identity`) is
 repainted: its target frame is the base, its character mask the region, its pose drawing the
 condition, its reference crop and face embedding the identity. The output is scored against the
 triplet:
 
-- `face_similarity`: cosine of the reference's and the output's face embeddings (the face in the
-  mask), by the training recogniser or a second one (`evaluation.face_model`), as identity
-  papers report it; `face_found`: whether the output has a face in the mask at all;
+- identity, by a recogniser independent of the ArcFace the model is conditioned on
+  (`evaluation.face_model`, dlib by default; PuLID likewise scores with CurricularFace), in the
+  target frame at its own size (the painted region, resized back, in place of the mask):
+  `face_similarity` (sim_ref), cosine of the output's face and the reference crop's;
+  `face_similarity_gt` (sim_gt), of the output's face and the target frame's (a movie triplet's
+  target is a held-out frame of the same person); `face_copy_paste`, how much closer the output
+  is to the reference than the real target is (WithAnyone's MultiID-Bench: +1 a pasted
+  reference, -1 the target itself); `face_found`, whether the output has a face in the mask.
+  `evaluation.second_face_model` (antelopev2) adds the same four, suffixed with its name, where
+  its weights exist;
 - `pck_body`, `pck_face`: keypoints re-extracted from the output against the conditioning ones
   (those of the ground-truth target, which the pose drawing shows), correct within
   `pck_alpha` × the extent of the visible conditioning keypoints of that group;
@@ -17,8 +24,12 @@ triplet:
 - `saturation_ratio`: mean HSV saturation of the painted region over that of the same region of
   the target. InstantID-style models over-saturate (the article's Fig. 14): above 1 is that.
 
-Ablations come from the same weights by scale: SDXL inpainting alone (every identity scale 0),
-plus the face branch, plus the body branch, plus Pose-IdentityNet (the full model).
+Calibration rows are scored the same way and need no model: `ground_truth`, the target frame
+itself as the output (what a perfect repainting scores; its sim_ref is the triplet's own
+identity similarity), and `paste`, the reference crop resized and pasted into the mask (what
+copying the reference scores). Ablations come from the same weights by scale: SDXL inpainting
+alone (every identity scale 0), plus the face branch, plus the body branch, plus
+Pose-IdentityNet (the full model).
 """
 
 from __future__ import annotations
@@ -36,11 +47,11 @@ import torch
 
 from core.layout import DataLayout
 from core.versioning import dvc_md5
-from perception.faces import FaceAnalyzer, identity_score
+from perception.faces import FaceAnalyzer, copy_paste_score, cosine, face_in_mask, largest_face
 from perception.params import FacesParams, PosesParams
 from perception.pose import Pose, RTMPoseEstimator, extract_pose, mask_box, masked_image
 from perception.priors import Priors
-from training.data import fit_to_bucket, place
+from training.data import Placement, fit_to_bucket, place
 from training.grid import inpaint_grid
 from training.params import EvaluationParams, TrainingParams
 from training.pipeline import PaintSettings
@@ -68,14 +79,11 @@ ABLATIONS: dict[str, Scales] = {
     "full": Scales(face=1.0, body=1.0, pose=1.0),  # + Pose-IdentityNet: the model
 }
 FULL = "full"
-METRICS = (
-    "face_similarity",
-    "face_found",
-    "pck_body",
-    "pck_face",
-    "clip_score",
-    "saturation_ratio",
-)
+# Rows without a model, first in every table: the target itself and the pasted reference.
+CALIBRATIONS = ("ground_truth", "paste")
+# Per recogniser: sim_ref, sim_gt, the copy-paste score, and whether a face was found.
+IDENTITY_METRICS = ("face_similarity", "face_similarity_gt", "face_copy_paste", "face_found")
+METRICS = (*IDENTITY_METRICS, "pck_body", "pck_face", "clip_score", "saturation_ratio")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,6 +128,31 @@ def saturation_ratio(output: np.ndarray, target: np.ndarray, inside: np.ndarray)
     return mean_saturation(output, inside) / reference if reference > 0 else math.nan
 
 
+@dataclass(frozen=True)
+class Identity:
+    """A triplet's two faces in one recogniser's space: the reference crop's and the target
+    frame's (in the mask); None where the recogniser finds no face."""
+
+    reference: np.ndarray | None
+    target: np.ndarray | None
+
+
+def identity_scores(output: np.ndarray | None, identity: Identity) -> list[float]:
+    """sim_ref, sim_gt, copy-paste and face found of an output's face embedding (None: no face
+    in the mask); NaN where a face is missing."""
+    if output is None:
+        return [math.nan, math.nan, math.nan, 0.0]
+    reference, target = identity.reference, identity.target
+    return [
+        cosine(output, reference) if reference is not None else math.nan,
+        cosine(output, target) if target is not None else math.nan,
+        copy_paste_score(output, reference, target)
+        if reference is not None and target is not None
+        else math.nan,
+        1.0,
+    ]
+
+
 class ClipScorer:
     """CLIP-T: 100 × max(cosine, 0) of a transformers CLIP model's image and text features."""
 
@@ -147,88 +180,142 @@ class ClipScorer:
 
 @dataclass
 class ValidationSample:
-    """One validation triplet, as the model sees it: placed in its bucket."""
+    """One validation triplet, as the model sees it (placed in its bucket), and its target
+    frame at its own size, where identity is scored."""
 
     triplet_id: str
-    base: PIL.Image.Image  # the ground-truth target frame
+    base: PIL.Image.Image  # the ground-truth target frame, in the bucket
     mask: PIL.Image.Image
     pose: PIL.Image.Image
     reference: PIL.Image.Image  # the segmented reference crop
     face_embedding: np.ndarray  # raw scale: unit embedding × raw norm
     prompt: str
+    frame: PIL.Image.Image  # the target frame at its own size
+    frame_mask: PIL.Image.Image
+    placement: Placement  # how the frame went into the bucket
 
     @classmethod
     def from_row(cls, row: Any, root: Path, buckets: Sequence[tuple[int, int]]) -> ValidationSample:
-        with PIL.Image.open(root / row.target) as target:
-            placement = place(target.height, target.width, buckets)
         images = {}
-        for column, mode, resample in (
-            ("target", "RGB", PIL.Image.Resampling.BICUBIC),
-            ("target_mask", "L", PIL.Image.Resampling.NEAREST),
-            ("target_pose", "RGB", PIL.Image.Resampling.BICUBIC),
-        ):
+        for column, mode in (("target", "RGB"), ("target_mask", "L"), ("target_pose", "RGB")):
             with PIL.Image.open(root / getattr(row, column)) as image:
-                images[column] = fit_to_bucket(image.convert(mode), placement, resample)
+                images[column] = image.convert(mode)
+        frame = images["target"]
+        placement = place(frame.height, frame.width, buckets)
+        bicubic, nearest = PIL.Image.Resampling.BICUBIC, PIL.Image.Resampling.NEAREST
         with PIL.Image.open(root / row.reference_crop) as crop:
             reference = crop.convert("RGB")
         unit = np.asarray(row.face_embedding, np.float32)
         return cls(
             triplet_id=row.triplet_id,
-            base=images["target"],
-            mask=images["target_mask"],
-            pose=images["target_pose"],
+            base=fit_to_bucket(frame, placement, bicubic),
+            mask=fit_to_bucket(images["target_mask"], placement, nearest),
+            pose=fit_to_bucket(images["target_pose"], placement, bicubic),
             reference=reference,
             face_embedding=unit * np.float32(row.face_embedding_raw_norm),
             prompt=row.prompt,
+            frame=frame,
+            frame_mask=images["target_mask"],
+            placement=placement,
         )
 
     @property
     def inside(self) -> np.ndarray:
         return np.asarray(self.mask) >= 128  # binarised as the pipeline does
 
+    @property
+    def frame_inside(self) -> np.ndarray:
+        return np.asarray(self.frame_mask) >= 128
+
+    def in_frame(self, painted: PIL.Image.Image) -> PIL.Image.Image:
+        """A bucket-size output in the target frame at its own size: the masked pixels come from
+        the output, resized back; the rest, and masked pixels the bucket's crop cut off (left
+        white), are the frame's. A small bucket's face would be too small to recognise."""
+        top, left = self.placement.crop_top_left
+        bucket_h, bucket_w = self.placement.bucket
+        (resized_h, resized_w), (height, width) = (
+            self.placement.resized,
+            self.placement.original_size,
+        )
+        x1, y1 = round(left * width / resized_w), round(top * height / resized_h)
+        x2 = round((left + bucket_w) * width / resized_w)
+        y2 = round((top + bucket_h) * height / resized_h)
+        canvas = PIL.Image.new("RGB", (width, height), (255, 255, 255))
+        canvas.paste(
+            painted.convert("RGB").resize((x2 - x1, y2 - y1), PIL.Image.Resampling.BICUBIC),
+            (x1, y1),
+        )
+        inside = self.frame_inside[..., None]
+        return PIL.Image.fromarray(np.where(inside, np.asarray(canvas), np.asarray(self.frame)))
+
+    def pasted_reference(self) -> PIL.Image.Image:
+        """The `paste` calibration, at the frame's size: the mask blanked to white (as the
+        reference crop's background) and the crop resized to fit the mask's box, centred."""
+        inside = self.frame_inside
+        box = mask_box(inside)
+        canvas = PIL.Image.new("RGB", self.frame.size, (255, 255, 255))
+        if box is not None:
+            x1, y1, x2, y2 = (int(v) for v in box)
+            scale = min((x2 - x1) / self.reference.width, (y2 - y1) / self.reference.height)
+            size = (
+                max(round(self.reference.width * scale), 1),
+                max(round(self.reference.height * scale), 1),
+            )
+            offset = (x1 + (x2 - x1 - size[0]) // 2, y1 + (y2 - y1 - size[1]) // 2)
+            canvas.paste(self.reference.resize(size, PIL.Image.Resampling.BICUBIC), offset)
+        pasted = np.where(inside[..., None], np.asarray(canvas), np.asarray(self.frame))
+        return PIL.Image.fromarray(pasted)
+
 
 @dataclass
 class Evaluation:
-    """Per-sample scores (one row per ablation and triplet), the 5-panel grids, and why any
-    metric was not computed."""
+    """Per-sample scores (one row per calibration or ablation and triplet), the 5-panel grids,
+    and why any metric was not computed."""
 
     samples: pd.DataFrame
     grids: list[tuple[str, str, PIL.Image.Image]]  # (ablation, triplet_id, grid)
     notes: dict[str, str]
 
+    @property
+    def metric_names(self) -> list[str]:
+        """The scored columns: METRICS, then the second recogniser's identity metrics."""
+        return [c for c in self.samples.columns if c not in ("ablation", "triplet_id")]
+
     def summary(self) -> pd.DataFrame:
-        """Means per ablation, in ablation order: the ablation table."""
-        table = self.samples.groupby("ablation", sort=False)[list(METRICS)].mean()
-        table.insert(0, "samples", self.samples.groupby("ablation", sort=False).size())
+        """Means per row kind, calibrations first, then the ablations: the ablation table."""
+        grouped = self.samples.groupby("ablation", sort=False)
+        table = grouped[self.metric_names].mean()
+        table.insert(0, "samples", grouped.size())
         return table.reset_index()
 
     def metrics(self) -> dict[str, float]:
         """Flat MLflow metrics: `eval/<metric>` for the full model, `eval/<ablation>/<metric>`
-        for each ablation. NaN where nothing could be scored (e.g. no face found)."""
+        for each ablation and calibration. NaN where nothing could be scored (e.g. no face)."""
         flat = {}
-        for row in self.summary().itertuples(index=False):
-            for metric in METRICS:
-                value = float(getattr(row, metric))
-                flat[f"eval/{row.ablation}/{metric}"] = value
-                if row.ablation == FULL:
+        for row in self.summary().to_dict(orient="records"):
+            for metric in self.metric_names:
+                value = float(row[metric])
+                flat[f"eval/{row['ablation']}/{metric}"] = value
+                if row["ablation"] == FULL:
                     flat[f"eval/{metric}"] = value
         return flat
 
 
 class Evaluator:
-    """The scorers of one profile: the face recogniser, the pose estimator, CLIP if present."""
+    """The scorers: the identity recognisers (the first is `evaluation.face_model`), the pose
+    estimator, CLIP if present."""
 
     def __init__(
         self,
         params: EvaluationParams,
-        face_scorer: FaceAnalyzer,
+        recognisers: dict[str, FaceAnalyzer],
         pose_estimator: RTMPoseEstimator,
         score_threshold: float,
         clip: ClipScorer | None,
         notes: dict[str, str],
     ) -> None:
         self.params = params
-        self.face_scorer = face_scorer
+        self.recognisers = recognisers
         self.pose_estimator = pose_estimator
         self.score_threshold = score_threshold
         self.clip = clip
@@ -236,21 +323,20 @@ class Evaluator:
 
     @classmethod
     def build(cls, params: EvaluationParams, priors: Priors) -> Evaluator:
-        """The scorers of `priors`' profile: its face analyzer (or `params.face_model`, a
-        second recogniser), its pose estimator, and CLIP where the models directory has it."""
+        """The scorers of `priors`: `params.face_model` (required), `params.second_face_model`
+        where its weights exist, the pose estimator, and CLIP where the models directory has
+        it."""
         from perception.models import models_dir as resolve_models_dir
 
-        if params.face_model:
-            face_scorer = priors.recogniser(params.face_model)
-            recogniser = f"{params.face_model} (second recogniser)"
-        else:
-            face_scorer = priors.face_analyzer()
-            recogniser = (
-                "tiny face analyzer"
-                if priors.profile == "tiny"
-                else f"{priors.faces.model} (training)"
-            )
-        notes = {"face_recogniser": recogniser}
+        recognisers = {params.face_model: priors.recogniser(params.face_model)}
+        notes = {"face_recogniser": params.face_model}
+        second = params.second_face_model
+        if second and second != params.face_model:
+            try:
+                recognisers[second] = priors.recogniser(second)
+                notes["second_face_recogniser"] = second
+            except FileNotFoundError as e:  # "where its weights exist"
+                notes["second_face_recogniser"] = f"skipped: {e}"
         clip_folder = resolve_models_dir(priors.models_dir) / params.clip_model
         clip = None
         if (clip_folder / "config.json").is_file():
@@ -260,20 +346,41 @@ class Evaluator:
             notes["clip_score"] = f"skipped: no CLIP model at {clip_folder}"
         return cls(
             params,
-            face_scorer,
+            recognisers,
             priors.pose_estimator(),
             priors.poses.score_threshold,
             clip,
             notes,
         )
 
-    def reference_embedding(self, sample: ValidationSample) -> np.ndarray | None:
-        """The reference's identity in the scorer's space: the manifest's embedding when the
-        scorer is the training recogniser, else the largest face the scorer finds in the crop."""
-        if not self.params.face_model:
-            return sample.face_embedding
-        faces = self.face_scorer.detect(np.asarray(sample.reference))
-        return max(faces, key=lambda f: f.area).embedding if faces else None
+    def identity_columns(self) -> dict[str, list[str]]:
+        """Each recogniser's identity columns: IDENTITY_METRICS for `evaluation.face_model`,
+        suffixed `_<name>` for the second one."""
+        return {
+            name: [f"{metric}{'' if i == 0 else f'_{name}'}" for metric in IDENTITY_METRICS]
+            for i, name in enumerate(self.recognisers)
+        }
+
+    @property
+    def columns(self) -> list[str]:
+        """The samples table's scored columns: METRICS, then the second recogniser's."""
+        second = list(self.identity_columns().values())[1:]
+        return [*METRICS, *(column for columns in second for column in columns)]
+
+    def identities(self, sample: ValidationSample) -> list[Identity]:
+        """The triplet's reference and target faces in each recogniser's space: the largest
+        face of the reference crop, the largest face in the target frame's mask."""
+        found = []
+        for recogniser in self.recognisers.values():
+            reference = largest_face(recogniser, sample.reference)
+            target = face_in_mask(recogniser, sample.frame, sample.frame_inside)
+            found.append(
+                Identity(
+                    reference.embedding if reference is not None else None,
+                    target.embedding if target is not None else None,
+                )
+            )
+        return found
 
     def conditioning_pose(self, sample: ValidationSample) -> Pose | None:
         """The keypoints that conditioned the sample: the target's, extracted as the dataset's
@@ -291,21 +398,22 @@ class Evaluator:
         self,
         sample: ValidationSample,
         output: PIL.Image.Image,
-        reference: np.ndarray | None,
+        output_in_frame: PIL.Image.Image,
+        identities: Sequence[Identity],
         condition: Pose | None,
     ) -> dict[str, float]:
-        """Every metric of one output against its triplet, given the reference's embedding in
-        the scorer's space and the conditioning pose (both the same for every ablation)."""
+        """Every metric of one output (bucket size, and in the frame at its size) against its
+        triplet, given the triplet's faces per recogniser and the conditioning pose (both the
+        same for every row)."""
         inside = sample.inside
         painted, target = np.asarray(output.convert("RGB")), np.asarray(sample.base)
-        similarity = (
-            identity_score(self.face_scorer, reference, output, inside)
-            if reference is not None
-            else None
-        )
-        scores = {
-            "face_similarity": math.nan if similarity is None else similarity,
-            "face_found": float(similarity is not None),
+        scores = {}
+        recognisers = zip(self.recognisers.values(), self.identity_columns().values(), strict=True)
+        for (recogniser, columns), faces in zip(recognisers, identities, strict=True):
+            face = face_in_mask(recogniser, output_in_frame, sample.frame_inside)
+            values = identity_scores(face.embedding if face is not None else None, faces)
+            scores |= dict(zip(columns, values, strict=True))
+        scores |= {
             "pck_body": math.nan,
             "pck_face": math.nan,
             "clip_score": self.clip(output, sample.prompt) if self.clip else math.nan,
@@ -325,6 +433,12 @@ class Evaluator:
                 )
         return scores
 
+    def calibrations(self, sample: ValidationSample) -> dict[str, tuple[PIL.Image.Image, ...]]:
+        """The calibration rows' outputs, in the bucket and in the frame at its size."""
+        pasted = sample.pasted_reference()
+        bucket = fit_to_bucket(pasted, sample.placement, PIL.Image.Resampling.BICUBIC)
+        return {"ground_truth": (sample.base, sample.frame), "paste": (bucket, pasted)}
+
     @torch.no_grad()
     def evaluate(
         self,
@@ -334,13 +448,14 @@ class Evaluator:
         inference_steps: int | None = None,
         seed: int = 0,
     ) -> Evaluation:
-        """Repaint every sample under every ablation (same seed: only the scales differ) and
-        score the outputs."""
+        """Score the calibration rows, then repaint every sample under every ablation (same
+        seed: only the scales differ) and score the outputs."""
         ablations = list(ablations or self.params.ablations)
         rows, grids = [], []
         for sample in samples:
-            reference = self.reference_embedding(sample)
+            identities = self.identities(sample)
             condition = self.conditioning_pose(sample)
+            outputs = self.calibrations(sample)
             for name in ablations:
                 scales = ABLATIONS[name]
                 settings = PaintSettings(
@@ -351,7 +466,7 @@ class Evaluator:
                     num_inference_steps=inference_steps or self.params.inference_steps,
                     seed=seed,
                 )
-                output = pipe.paint(
+                painted = pipe.paint(
                     sample.base,
                     sample.mask,
                     sample.prompt,
@@ -360,16 +475,18 @@ class Evaluator:
                     sample.pose,
                     settings,
                 )
+                outputs[name] = (painted, sample.in_frame(painted))
+            for name, (output, output_in_frame) in outputs.items():
                 rows.append(
                     {"ablation": name, "triplet_id": sample.triplet_id}
-                    | self.score(sample, output, reference, condition)
+                    | self.score(sample, output, output_in_frame, identities, condition)
                 )
-                pose_panel = sample.pose if scales.pose else None
+                pose_panel = sample.pose if name in ABLATIONS and ABLATIONS[name].pose else None
                 grid = inpaint_grid(
                     sample.base, sample.mask, pose_panel, sample.reference, output, sample.prompt
                 )
                 grids.append((name, sample.triplet_id, grid))
-        samples_table = pd.DataFrame(rows, columns=["ablation", "triplet_id", *METRICS])
+        samples_table = pd.DataFrame(rows, columns=["ablation", "triplet_id", *self.columns])
         return Evaluation(samples_table, grids, dict(self.notes))
 
 

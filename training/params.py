@@ -94,9 +94,12 @@ class EvaluationParams(Section):
     samples: int = Field(16, ge=1)  # validation triplets scored, first in manifest order
     inference_steps: int = Field(30, ge=1)
     guidance_scale: float = Field(5.0, ge=0)
-    # A second recogniser to score with (an insightface folder under the models directory),
-    # so the model is not judged only by the network it trained against; "": the training one.
-    face_model: str = ""
+    # The recogniser that scores identity: dlib (face-recognition-models' ResNet, on every
+    # profile) or an insightface folder under the models directory. Not the ArcFace the model
+    # is conditioned on, so the model is not judged by the network it trained against.
+    face_model: str = "dlib"
+    # Scored as extra columns (`face_similarity_<name>`, ...) where its weights exist; "": none.
+    second_face_model: str = "antelopev2"
     clip_model: str = "clip-vit-large-patch14"  # transformers CLIPModel folder; absent: skipped
     pck_alpha: float = Field(0.1, gt=0, le=1)  # of the visible keypoints' extent
     ablations: list[AblationName] = Field(

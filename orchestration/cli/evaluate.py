@@ -26,9 +26,13 @@ def evaluate(model_uri: str | None, data_dir: Path, params_path: str, profile: s
     ablation (identity scales off one by one), and log the metrics, the per-sample and
     ablation tables and the 5-panel grids into the MLflow run that trained it.
 
-    Metrics (params.yaml `evaluation`): face similarity and face found rate in the mask, PCK
-    of body and face keypoints, CLIP-T where a CLIP model is under $CAMEO_MODELS, and the
-    saturation ratio of the painted region against the ground truth.
+    Metrics (params.yaml `evaluation`): identity by dlib's recogniser (and antelopev2 where its
+    weights are under $CAMEO_MODELS): face similarity to the reference (sim_ref) and to the
+    target frame (sim_gt), the copy-paste score and the face found rate in the mask; PCK of body
+    and face keypoints, CLIP-T where a CLIP model is under $CAMEO_MODELS, and the saturation
+    ratio of the painted region against the ground truth. The calibration rows, ground_truth
+    (the target frame itself) and paste (the reference crop pasted into the mask), give the
+    scale the model's rows are read against.
     """
     import mlflow
 
@@ -50,7 +54,10 @@ def evaluate(model_uri: str | None, data_dir: Path, params_path: str, profile: s
         raise click.ClickException(f"cannot evaluate {uri}: {one_line(str(e))}") from None
     table = evaluation.summary().set_index("ablation")
     click.echo(f"{uri}: {len(evaluation.samples) // len(table)} validation triplets")
-    click.echo(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    # Two tables, so each fits a terminal: identity (per recogniser), then pose, prompt, colour.
+    identity = [c for c in table.columns if c.startswith("face_")]
+    for columns in (["samples", *identity], [c for c in table.columns if c not in identity]):
+        click.echo(table[columns].to_string(float_format=lambda v: f"{v:.3f}"))
     for name, note in evaluation.notes.items():
         click.echo(f"  {name}: {note}")
     click.echo(f"logged into MLflow run {run_id}: evaluation/ablations.json, samples.json, grids")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import colorsys
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import PIL.Image
@@ -13,13 +14,14 @@ import pytest
 import torch
 from skimage import data
 
+from assets.sample_movie import _portrait
 from core.params import ParamsError
 from orchestration.params import load_params
-from perception.faces import load_face_analyzer
 from perception.priors import Priors
 from tests.onnx_faces import save_model_pack
 from training.evaluate import (
     ABLATIONS,
+    CALIBRATIONS,
     METRICS,
     ClipScorer,
     Evaluator,
@@ -101,62 +103,143 @@ def test_saturation_ratio_of_a_saturated_copy():
     assert math.isnan(saturation_ratio(target, np.full((20, 20, 3), 128, np.uint8), inside))
 
 
-def _astronaut_sample() -> tuple[ValidationSample, np.ndarray]:
-    """The astronaut as base and output, its face inside the mask; and that face's embedding."""
-    analyzer = load_face_analyzer("tiny")
-    astronaut = PIL.Image.fromarray(data.astronaut()).resize((160, 160))
-    [face] = analyzer.detect(np.asarray(astronaut))
-    mask = np.zeros((160, 160), np.uint8)
-    x1, y1, x2, _ = face.bbox.astype(int)
-    mask[max(y1 - 10, 0) :, max(x1 - 20, 0) : x2 + 20] = 255
-    sample = ValidationSample(
-        triplet_id="astronaut",
-        base=astronaut,
-        mask=PIL.Image.fromarray(mask),
-        pose=astronaut,
-        reference=astronaut,
-        face_embedding=face.embedding * face.raw_norm,
-        prompt="an astronaut",
+TINY_BUCKETS = [(64, 64), (48, 80), (80, 48), (56, 72), (72, 56)]  # params.yaml's tiny
+
+
+def photo_sample(
+    tmp_path: Path,
+    target: np.ndarray,
+    reference: np.ndarray,
+    buckets: list[tuple[int, int]] = TINY_BUCKETS,
+    box: tuple[int, int, int, int] = (200, 20, 440, 340),
+) -> ValidationSample:
+    """A validation triplet on disk, read back as the evaluation reads one: `target` placed in
+    a 640x360 frame inside `box` (x1, y1, x2, y2), the mask a margin around it, `reference`
+    as the reference crop."""
+    x1, y1, x2, y2 = box
+    frame = np.full((360, 640, 3), 90, np.uint8)
+    frame[y1:y2, x1:x2] = np.asarray(PIL.Image.fromarray(target).resize((x2 - x1, y2 - y1)))
+    mask = np.zeros((360, 640), np.uint8)
+    mask[max(y1 - 10, 0) : y2, max(x1 - 20, 0) : x2 + 20] = 255
+    files = {
+        "target": frame,
+        "target_mask": mask,
+        "target_pose": np.zeros_like(frame),
+        "reference_crop": reference,
+    }
+    for name, image in files.items():
+        PIL.Image.fromarray(image).save(tmp_path / f"{name}.png")
+    row = SimpleNamespace(
+        triplet_id="photo",
+        prompt="a person",
+        face_embedding=np.ones(512, np.float32) / np.sqrt(512),
+        face_embedding_raw_norm=25.0,
+        **{name: f"{name}.png" for name in files},
     )
-    return sample, face.embedding * face.raw_norm
+    return ValidationSample.from_row(row, tmp_path, buckets)
 
 
-def test_an_output_identical_to_the_target_scores_perfectly():
-    evaluator = Evaluator.build(EvaluationParams(), Priors("tiny", models_dir=Path("no-models")))
-    sample, reference = _astronaut_sample()
-    scores = evaluator.score(sample, sample.base, reference, evaluator.conditioning_pose(sample))
-    assert scores["face_similarity"] == pytest.approx(1.0, abs=1e-5)
-    assert scores["face_found"] == 1.0
-    assert scores["saturation_ratio"] == 1.0
-    assert math.isnan(scores["clip_score"])
+@pytest.fixture(scope="module")
+def evaluator() -> Evaluator:
+    """dlib scoring, no second recogniser, the tiny pose estimator, no CLIP."""
+    params = EvaluationParams(second_face_model="")
+    return Evaluator.build(params, Priors("tiny", models_dir=Path("no-models")))
+
+
+def score_calibrations(evaluator: Evaluator, sample: ValidationSample) -> dict[str, dict]:
+    identities = evaluator.identities(sample)
+    condition = evaluator.conditioning_pose(sample)
+    return {
+        name: evaluator.score(sample, bucket, in_frame, identities, condition)
+        for name, (bucket, in_frame) in evaluator.calibrations(sample).items()
+    }
+
+
+def test_calibration_rows_give_the_scale_on_real_photographs(evaluator, tmp_path):
+    """The target itself scores sim_gt 1 and copy-paste -1; the pasted reference copy-paste near
+    +1; the same person's reference is closer than another person's."""
+    astronaut = data.astronaut()
+    # The reference: the singles' crop of the astronaut; the target: her portrait, rescaled.
+    sample = photo_sample(tmp_path, astronaut, astronaut[:400, 60:460])
+    scores = score_calibrations(evaluator, sample)
+    truth, paste = scores["ground_truth"], scores["paste"]
+    assert truth["face_found"] == paste["face_found"] == 1.0
+    assert truth["face_similarity_gt"] == pytest.approx(1.0, abs=1e-6)
+    assert truth["face_copy_paste"] == pytest.approx(-1.0, abs=1e-6)
+    assert paste["face_copy_paste"] > 0.5
+    assert paste["face_similarity"] > paste["face_similarity_gt"]
+    assert truth["saturation_ratio"] == 1.0
     # Where the conditioning keypoints are visible, the same image finds each of them.
-    assert all(math.isnan(scores[k]) or scores[k] == 1.0 for k in ("pck_body", "pck_face"))
+    assert all(math.isnan(truth[k]) or truth[k] == 1.0 for k in ("pck_body", "pck_face"))
+    assert math.isnan(truth["clip_score"])
     assert evaluator.notes["clip_score"].startswith("skipped: no CLIP model at")
+    assert evaluator.notes["face_recogniser"] == "dlib"
+
+    (tmp_path / "other").mkdir()
+    other = photo_sample(tmp_path / "other", astronaut, _portrait("grace_hopper"))
+    mismatched = score_calibrations(evaluator, other)["ground_truth"]
+    assert mismatched["face_similarity"] < truth["face_similarity"]
+    assert mismatched["face_copy_paste"] == pytest.approx(-1.0, abs=1e-6)
+
+
+def test_an_output_is_scored_in_the_frame_at_its_own_size(evaluator, tmp_path):
+    """A bucket-size output goes back into the frame: dlib finds no face in the half-size
+    bucket, and the target's face once it is back in the frame."""
+    astronaut = data.astronaut()
+    sample = photo_sample(tmp_path, astronaut, astronaut[:400, 60:460], [(180, 320)])
+    assert evaluator.recognisers["dlib"].detect(np.asarray(sample.base)) == []
+    identities = evaluator.identities(sample)
+    scores = evaluator.score(sample, sample.base, sample.in_frame(sample.base), identities, None)
+    assert scores["face_found"] == 1.0 and scores["face_similarity_gt"] > 0.9
     # A grey output has no face: not found, no similarity.
     grey = PIL.Image.new("RGB", sample.base.size, (128, 128, 128))
-    scores = evaluator.score(sample, grey, reference, evaluator.conditioning_pose(sample))
+    scores = evaluator.score(sample, grey, sample.in_frame(grey), identities, None)
     assert scores["face_found"] == 0.0 and math.isnan(scores["face_similarity"])
+    assert math.isnan(scores["face_copy_paste"])
+
+
+def test_in_frame_puts_the_output_back_where_the_bucket_took_it(tmp_path):
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 256, (200, 200, 3), dtype=np.uint8)
+    # A square bucket cuts the 640x360 frame's sides: masked pixels there stay blank.
+    sample = photo_sample(tmp_path, target, target, [(180, 180)], box=(10, 40, 400, 340))
+    back = np.asarray(sample.in_frame(sample.base)).astype(int)
+    frame, inside = np.asarray(sample.frame).astype(int), sample.frame_inside
+    assert (back[~inside] == frame[~inside]).all()  # only the mask changes
+    left = (640 - 360) // 2  # the bucket saw columns 140..500
+    cut, seen = inside.copy(), inside.copy()
+    cut[:, left:], seen[:, :left] = False, False
+    assert cut.any() and (back[cut] == 255).all()
+    assert np.abs(back[seen] - frame[seen]).mean() < 40  # down to 180 px and back up
 
 
 def test_a_second_recogniser_scores_the_reference_crop_and_the_output(tmp_path):
     save_model_pack(tmp_path / "models", name="second")
-    evaluator = Evaluator.build(
-        EvaluationParams(face_model="second"), Priors("tiny", models_dir=tmp_path / "models")
-    )
-    assert evaluator.notes["face_recogniser"] == "second (second recogniser)"
     rng = np.random.default_rng(0)
-    image = rng.integers(0, 32, (240, 320, 3), dtype=np.uint8)
-    image[60:156, 120:216] = rng.integers(200, 256, (96, 96, 3), dtype=np.uint8)  # the "face"
-    mask = np.zeros((240, 320), np.uint8)
-    mask[40:200, 100:240] = 255
-    picture = PIL.Image.fromarray(image)
-    sample = ValidationSample(
-        "square", picture, PIL.Image.fromarray(mask), picture, picture, np.ones(512), "a square"
+    square = rng.integers(200, 256, (96, 96, 3), dtype=np.uint8)  # the tiny detector's "face"
+    params = EvaluationParams(second_face_model="second")
+    evaluator = Evaluator.build(params, Priors("tiny", models_dir=tmp_path / "models"))
+    assert evaluator.notes["second_face_recogniser"] == "second"
+    assert evaluator.columns[-4:] == [
+        "face_similarity_second",
+        "face_similarity_gt_second",
+        "face_copy_paste_second",
+        "face_found_second",
+    ]
+    reference = np.zeros((160, 160, 3), np.uint8)
+    reference[32:128, 32:128] = square
+    sample = photo_sample(tmp_path, square, reference, [(360, 640)], box=(272, 132, 368, 228))
+    identities = evaluator.identities(sample)
+    assert identities[1].reference is not None and identities[1].target is not None
+    scores = evaluator.score(sample, sample.base, sample.frame, identities, None)
+    assert scores["face_found_second"] == 1.0 and scores["face_found"] == 0.0  # dlib: no face
+    assert scores["face_similarity_gt_second"] == pytest.approx(1.0, abs=1e-5)
+    # Where the second recogniser's weights are missing, it is skipped and said why.
+    without = Evaluator.build(
+        EvaluationParams(second_face_model="antelopev2"), Priors("tiny", models_dir=tmp_path)
     )
-    reference = evaluator.reference_embedding(sample)
-    assert reference is not None
-    scores = evaluator.score(sample, picture, reference, evaluator.conditioning_pose(sample))
-    assert scores["face_similarity"] == pytest.approx(1.0, abs=1e-5)
+    assert list(without.recognisers) == ["dlib"] and without.columns == list(METRICS)
+    assert without.notes["second_face_recogniser"].startswith("skipped: no insightface ONNX")
 
 
 def test_clip_score_reads_a_saved_model(tmp_path):
@@ -178,6 +261,8 @@ def test_clip_score_reads_a_saved_model(tmp_path):
 def test_evaluation_params_are_validated_with_params_yaml(tmp_path):
     values = load_params(REPO / "params.yaml", "tiny")
     assert values.evaluation.min_face_similarity is None
+    assert values.evaluation.face_model == "dlib"  # on every profile
+    assert load_params(REPO / "params.yaml", "full").evaluation.face_model == "dlib"
     assert load_params(REPO / "params.yaml", "full").evaluation.min_face_similarity == 0.3
     text = (REPO / "params.yaml").read_text()
     bad = tmp_path / "params.yaml"
@@ -236,11 +321,11 @@ def test_the_tiny_model_is_evaluated_in_training_and_as_a_logged_model(triplets_
         models_dir=models,
     )
     assert evaluated_run == run_id
-    assert list(evaluation.summary().ablation) == list(ABLATIONS)
+    assert list(evaluation.summary().ablation) == [*CALIBRATIONS, *ABLATIONS]
     logged = client.get_run(run_id).data.metrics
-    for ablation in ABLATIONS:
+    for row in (*CALIBRATIONS, *ABLATIONS):
         for metric in METRICS:
-            assert f"eval/{ablation}/{metric}" in logged
+            assert f"eval/{row}/{metric}" in logged
     # The metrics are linked to the logged model.
     model_metrics = {m.key for m in client.get_logged_model(info.model_id).metrics or []}
     assert {f"eval/{a}/face_found" for a in ABLATIONS} <= model_metrics
@@ -248,6 +333,7 @@ def test_the_tiny_model_is_evaluated_in_training_and_as_a_logged_model(triplets_
     assert {"evaluation/samples.json", "evaluation/ablations.json"} <= artifacts
     table = mlflow.load_table("evaluation/ablations.json", run_ids=[run_id])
     assert sorted(set(table.step)) == [2]  # training's validation and the evaluation: step 2
-    assert len(table) == 1 + len(ABLATIONS)
+    # Training scores the full model, the evaluation every ablation; both the calibrations.
+    assert len(table) == 2 * len(CALIBRATIONS) + 1 + len(ABLATIONS)
     tags = client.get_run(run_id).data.tags
     assert tags["evaluation.model_uri"] == info.model_uri

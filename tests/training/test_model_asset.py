@@ -70,7 +70,9 @@ def test_model_and_evaluation_assets_train_score_and_record_the_run(
     metadata = events["model"]
     scored = events["evaluation"]
     assert scored["mlflow_run_id"].value == metadata["mlflow_run_id"].value
-    assert "| full " in scored["ablations"].value
+    assert "| full " in scored["ablations"].value and "| ground_truth " in scored["ablations"].value
+    # The calibrations' identity is recorded beside the model's (NaN here: noise, no face).
+    assert {"ground_truth/face_similarity", "paste/face_copy_paste"} <= set(scored)
     assert scored["model_uri"].value.startswith("models:/m-")
     # The training subprocess logged to this test's store (another test may have pointed this
     # process's MLflow elsewhere).
