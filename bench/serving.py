@@ -60,7 +60,7 @@ def bench_round_trip(repeats: int = 7) -> str:
         model = mlflow.pyfunc.load_model(uri)
         rows = [make_row(*demo_inputs())]
         env = {"OMP_NUM_THREADS": THREADS, "MKL_NUM_THREADS": THREADS}
-        with ModelServer(uri, timeout_s=300, env=env) as server:
+        with ModelServer(uri, env=env) as server:
             client = InpaintClient(server.url)
             client.predict(rows)  # warm both sides
             predict_in_process(model, rows)

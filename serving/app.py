@@ -1,20 +1,29 @@
-"""The scoring server: MLflow's own app for one pyfunc model, naming the model it serves.
+"""The scoring server: MLflow's scoring app for one pyfunc model, with cameo's /invocations and a
+/version naming the model it serves.
 
 `python -m serving.app --model URI` does what `mlflow models serve --env-manager local` does:
 downloads the model once and starts uvicorn with N workers on MLflow's scoring app
-(`mlflow.pyfunc.scoring_server.init`: /ping, /health, /invocations, every request format, the
-request timeout). Two things differ, so that a picture a user saved can be traced back:
+(`mlflow.pyfunc.scoring_server.init`: /ping, /health, the request formats and parsers). It
+differs in three ways:
 
+- `/invocations` is `serving.endpoint`'s: a bounded queue per worker (503 with Retry-After
+  beyond it), unknown keys refused, one-line error messages, a timeout that stops the work,
+  one log line per request. MLflow's own timeout stays behind it as a backstop, a little later;
 - `/version` answers JSON naming the registered model and version (an alias is resolved when
-  the server starts), the MLflow run and logged model, and MLflow's version;
-- every response row carries `model_version` (e.g. `cameo-inpaint/3`).
+  the server starts), the MLflow run and logged model, and MLflow's version; every response row
+  carries `model_version` (e.g. `cameo-inpaint/3`), so that a saved picture can be traced back;
+- it prints what it serves and where, then one line per worker when it is ready, then one line
+  per request; uvicorn's own lines only from warnings up.
 
 `cameo serve`, `cameo serve-check`, the tests and the Kubernetes Deployment all start it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 import sys
 from dataclasses import asdict
@@ -22,7 +31,21 @@ from pathlib import Path
 
 import click
 
-from serving.served import MODEL_PATH_ENV, SERVED_MODEL_ENV, TIMEOUT_ENV, ServedModel
+from serving.params import ServingParams
+from serving.served import (
+    MODEL_PATH_ENV,
+    SERVED_MODEL_ENV,
+    SERVER_LIMITS_ENV,
+    ServedModel,
+    ServerLimits,
+)
+
+# MLflow's own request timeout, behind serving.endpoint's: it answers only if ours failed to.
+MLFLOW_TIMEOUT_ENV = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"
+BACKSTOP_S = 30
+_DEFAULTS = ServingParams()
+
+log = logging.getLogger("serving")
 
 
 def resolve_model(model_uri: str) -> ServedModel:
@@ -39,15 +62,34 @@ def resolve_model(model_uri: str) -> ServedModel:
     return ServedModel(model_uri, name, version, info.run_id, info.model_id)
 
 
+def _log_to_stderr() -> None:
+    """The `serving` logger's lines (readiness, one per request) on stderr, whatever uvicorn's
+    log level."""
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def create_app():
     """The app each uvicorn worker builds: the model at $CAMEO_MODEL_PATH behind MLflow's
-    scoring app, with /version replaced by the served model's identity."""
+    scoring app, with cameo's /invocations and /version."""
     import mlflow
     from fastapi.responses import JSONResponse
     from mlflow.pyfunc import scoring_server
 
+    from serving.endpoint import Invocations
+
+    _log_to_stderr()
     served = ServedModel(**json.loads(os.environ[SERVED_MODEL_ENV]))
-    app = scoring_server.init(mlflow.pyfunc.load_model(os.environ[MODEL_PATH_ENV]))
+    limits = ServerLimits(**json.loads(os.environ[SERVER_LIMITS_ENV]))
+    # The perception libraries print each model file they load (rtmlib): not the server's news.
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = mlflow.pyfunc.load_model(os.environ[MODEL_PATH_ENV])
+    app = scoring_server.init(model)
+    Invocations(model, limits).add_to(app)
     app.router.routes = [r for r in app.router.routes if getattr(r, "path", "") != "/version"]
 
     @app.get("/version")
@@ -56,10 +98,13 @@ def create_app():
             {**asdict(served), "model_version": served.label, "mlflow": mlflow.__version__}
         )
 
+    log.info("worker %d ready", os.getpid())
     return app
 
 
-def serve(model_uri: str, host: str, port: int, timeout_s: int, workers: int) -> None:
+def serve(
+    model_uri: str, host: str, port: int, timeout_s: int, workers: int, max_waiting: int
+) -> None:
     """Resolve and download the model, then replace this process with uvicorn (so that the
     PID a caller holds is the server's)."""
     import mlflow
@@ -67,16 +112,23 @@ def serve(model_uri: str, host: str, port: int, timeout_s: int, workers: int) ->
     from training.tracking import configure_tracking
 
     configure_tracking()
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # no download bars in the log
     served = resolve_model(model_uri)
     path = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
     env = dict(os.environ)
     env[MODEL_PATH_ENV] = path
     env[SERVED_MODEL_ENV] = json.dumps(asdict(served))
-    env[TIMEOUT_ENV] = str(timeout_s)
-    print(f"serving {served.label} ({model_uri}) at http://{host}:{port}", flush=True)
+    env[SERVER_LIMITS_ENV] = json.dumps(asdict(ServerLimits(timeout_s, max_waiting)))
+    env[MLFLOW_TIMEOUT_ENV] = str(timeout_s + BACKSTOP_S)
+    print(
+        f"serving {served.label} ({model_uri}) at http://{host}:{port}: {workers} worker(s), "
+        f"each computing one request with up to {max_waiting} waiting; timeout {timeout_s} s",
+        flush=True,
+    )
     uvicorn = str(Path(sys.executable).parent / "uvicorn")
     command = [uvicorn, "--factory", "serving.app:create_app", "--host", host]
     command += ["--port", str(port), "--workers", str(workers)]
+    command += ["--log-level", "warning", "--no-access-log"]  # serving.endpoint logs requests
     os.execve(uvicorn, command, env)
 
 
@@ -84,16 +136,35 @@ def serve(model_uri: str, host: str, port: int, timeout_s: int, workers: int) ->
 @click.option("--model", "model_uri", required=True, help="model URI, e.g. models:/name@alias")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=5000, show_default=True)
-@click.option("--timeout", type=int, default=60, show_default=True, help="request timeout, seconds")
 @click.option(
-    "--workers", type=int, default=1, show_default=True, help="uvicorn workers (one per GPU)"
+    "--timeout",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.timeout_s,
+    show_default=True,
+    help="request timeout, seconds",
 )
-def main(model_uri: str, host: str, port: int, timeout: int, workers: int) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.workers,
+    show_default=True,
+    help="uvicorn workers (one per GPU)",
+)
+@click.option(
+    "--max-waiting",
+    type=click.IntRange(min=0),
+    default=_DEFAULTS.max_waiting,
+    show_default=True,
+    help="requests a worker holds waiting behind the one it computes; more get 503",
+)
+def main(
+    model_uri: str, host: str, port: int, timeout: int, workers: int, max_waiting: int
+) -> None:
     """Serve a cameo-inpaint model over HTTP (MLflow's scoring protocol)."""
     import mlflow
 
     try:
-        serve(model_uri, host, port, timeout, workers)
+        serve(model_uri, host, port, timeout, workers, max_waiting)
     except (mlflow.MlflowException, OSError) as e:  # unknown model or alias: one line
         sys.exit(f"error: cannot serve {model_uri}: {' '.join(str(e).split())}")
 

@@ -117,13 +117,11 @@ class ServingError(RuntimeError):
 
 
 def error_message(text: str) -> str:
-    """The message of an MLflow error body, without the request dump MLflow prefixes to it."""
+    """The `message` of an error body (`serving.endpoint`: one line, the field first)."""
     try:
-        message = json.loads(text)["message"]
+        return str(json.loads(text)["message"])
     except (ValueError, KeyError, TypeError):
         return text.strip()
-    # "Failed to predict data '<the whole DataFrame>'. \nError: <the model's message>"
-    return message.rpartition("\nError: ")[2] if "\nError: " in message else message
 
 
 class InpaintClient:

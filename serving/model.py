@@ -8,6 +8,10 @@ image, the pose drawing that conditioned it, the identity score and the seconds 
 Errors a client can fix become MLflow's INVALID_PARAMETER_VALUE (HTTP 400) with a message
 naming the field; anything else becomes INTERNAL_ERROR (500): MLflow's scoring server would
 otherwise answer every exception with a generic 400.
+
+Behind the scoring server (`serving.endpoint`), the request being computed can be cancelled (its
+timeout passed, its client went away): the model checks it before each row and after each
+denoising step, and stops with `RequestCancelled`.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ import numpy as np
 import pandas as pd
 import PIL.Image
 import torch
-from mlflow.protos.databricks_pb2 import DEADLINE_EXCEEDED
 
 from perception.faces import identity_score
 from perception.params import FacesParams, PosesParams
@@ -42,22 +45,59 @@ from serving.schema import (
     decode_image,
     encode_image,
 )
-from serving.served import SERVED_MODEL_ENV, TIMEOUT_ENV, ServedModel
+from serving.served import (
+    CURRENT_REQUEST,
+    SERVED_MODEL_ENV,
+    RequestCancelled,
+    ServedModel,
+    ServedRequest,
+)
 from training.model import components_from_checkpoint
 from training.pipeline import CharacterInpaintPipeline, PaintSettings
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 
 
+class _CheckedSteps:
+    """The denoising loop's progress bar, checking the served request after every step."""
+
+    def __init__(self, bar: Any, request: ServedRequest) -> None:
+        self._bar = bar
+        self._request = request
+
+    def __enter__(self) -> _CheckedSteps:
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.__exit__(*exc)
+
+    def update(self, n: int = 1) -> None:
+        self._bar.update(n)
+        self._request.steps += n
+        self._request.check()
+
+
+class ServedPipeline(CharacterInpaintPipeline):
+    """The pipeline as the served model runs it: a request cancelled by the scoring server stops
+    after the denoising step in progress. `CharacterInpaintPipeline` takes no step callback; its
+    loop advances its progress bar once per step, so that is where the request is checked."""
+
+    def progress_bar(self, iterable: Any = None, total: int | None = None) -> Any:
+        bar = super().progress_bar(iterable, total)
+        request = CURRENT_REQUEST.get()
+        return bar if request is None else _CheckedSteps(bar, request)
+
+
 def build_pipeline(
     checkpoint: str | Path,
     priors: Priors,
     trust_remote_code: bool = False,
-) -> CharacterInpaintPipeline:
+) -> ServedPipeline:
     """The inference pipeline of a checkpoint with the face analyzer and pose extractor of
     `priors`; `trust_remote_code` is params.yaml's `training.trust_remote_code` (see
     `training.model.load_body_encoder`). `full` runs in float16 on the GPU where there is one."""
-    pipe = CharacterInpaintPipeline(
+    pipe = ServedPipeline(
         **components_from_checkpoint(checkpoint, priors.models_dir, trust_remote_code),
         face_analyzer=priors.face_analyzer(),
         pose_extractor=priors.pose_extractor(),
@@ -183,7 +223,6 @@ class CameoInpaintModel(mlflow.pyfunc.PythonModel):
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
-        started = time.monotonic()
         records = model_input.to_dict("records")
         try:
             limit = self.serving.max_rows
@@ -198,29 +237,19 @@ class CameoInpaintModel(mlflow.pyfunc.PythonModel):
                 rows.append(decode_row(record, self.serving))
             except RequestError as e:
                 raise _invalid(e, index, len(records)) from None
+        request = CURRENT_REQUEST.get()
         with self._lock:
-            self._check_deadline(started)
             try:
-                return pd.DataFrame(self._run(rows, inference, started), columns=OUTPUT_COLUMNS)
-            except mlflow.MlflowException:
+                return pd.DataFrame(self._run(rows, inference, request), columns=OUTPUT_COLUMNS)
+            except (mlflow.MlflowException, RequestCancelled):
                 raise
             except Exception as e:
                 raise mlflow.MlflowException(
                     f"inference failed: {type(e).__name__}: {e}"
                 ) from e  # INTERNAL_ERROR: 500
 
-    def _check_deadline(self, started: float) -> None:
-        """Under the scoring server, a request that waited past the server's timeout has
-        already been answered 504; computing it would only delay the requests queued behind."""
-        timeout = os.environ.get(TIMEOUT_ENV)
-        if timeout and time.monotonic() - started > float(timeout):
-            raise mlflow.MlflowException(
-                f"the request waited over the server's {timeout} s timeout",
-                error_code=DEADLINE_EXCEEDED,
-            )
-
     def _run(
-        self, rows: list[InpaintInputs], inference: InferenceParams, started: float
+        self, rows: list[InpaintInputs], inference: InferenceParams, request: ServedRequest | None
     ) -> list[dict[str, Any]]:
         pipe = self.pipeline
         # Conditions of every row first: a row without a face or pose fails the request before
@@ -253,7 +282,8 @@ class CameoInpaintModel(mlflow.pyfunc.PythonModel):
 
         results = []
         for row, (embedding, pose, seconds) in zip(rows, conditions, strict=True):
-            self._check_deadline(started)
+            if request is not None:
+                request.check()
             row_started = time.perf_counter()
             settings = PaintSettings(
                 face_scale=inference.face_scale,

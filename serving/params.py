@@ -1,6 +1,7 @@
 """The `serving` section of params.yaml: request limits, the scoring server's settings, and
-each inference param's default and range. They travel with the logged model
-(`serving.schema.ServingConfig`)."""
+each inference param's default and range. The limits and params travel with the logged model
+(`serving.schema.ServingConfig`); `timeout_s`, `workers` and `max_waiting` are the server's
+(`cameo serve` passes them to `serving.app`)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ class ServingParams(Section):
     max_rows: int = Field(4, ge=1)
     timeout_s: int = Field(300, ge=1)
     workers: int = Field(1, ge=1)
+    max_waiting: int = Field(2, ge=0)
     verify_checksums: bool = True
     params: dict[str, ParamSpec] = Field(default_factory=lambda: dict(DEFAULT_INFERENCE))
 

@@ -21,7 +21,7 @@ from mlflow.models.model import ModelInfo
 
 from serving.client import demo_inputs, make_row
 from serving.manifest import record_base_models
-from serving.model import CHECKPOINT_ARTIFACT, CameoInpaintModel
+from serving.model import CHECKPOINT_ARTIFACT
 from serving.params import ServedSettings
 from serving.schema import ServingConfig
 from training.model import (
@@ -37,6 +37,8 @@ from training.tracking import CHAMPION, REGISTERED_MODEL
 
 PROFILE_CONFIGS = {"tiny": "tiny", "full": "sdxl"}  # the model config each profile serves
 MODEL_NAME = "model"  # the logged model's name inside its run
+# The model's code file (models-from-code): loading a version runs it, no pickle involved.
+MODEL_CODE = Path(__file__).resolve().parent / "logged_model.py"
 # What the model imports at load and predict time, pinned to the versions it was logged with.
 _REQUIREMENTS = (
     "mlflow",
@@ -118,7 +120,8 @@ def log_model(
     registered_model_name: str | None = REGISTERED_MODEL,
     settings: ServedSettings | None = None,
 ) -> ModelInfo:
-    """Log the checkpoint as a pyfunc model into the active MLflow run and register it.
+    """Log the checkpoint as a pyfunc model into the active MLflow run and register it. The
+    model is logged from code (`serving/logged_model.py`), not pickled.
 
     `settings` (default: params.yaml's defaults) travel with the model: the `faces`, `poses`
     and `serving` sections and `training.trust_remote_code`. `tiny` models carry every file
@@ -166,7 +169,7 @@ def log_model(
         _copy_checkpoint(checkpoint_dir, checkpoint)
         model_info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,
-            python_model=CameoInpaintModel(),
+            python_model=str(MODEL_CODE),
             artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
             model_config=model_config,
             signature=serving.signature(),
@@ -193,10 +196,26 @@ class ModelVersion:
     dataset_md5: str | None
     profile: str | None
     created: pd.Timestamp
+    logged_as: str  # "code" (models-from-code), "pickle" (before it), or "unknown"
+
+
+def logged_as(model_uri: str) -> str:
+    """How a model's Python object was logged: "code" (models-from-code: loading runs the code
+    file), "pickle" (cloudpickled: loading unpickles it, which MLflow allows only while
+    MLFLOW_ALLOW_PICKLE_DESERIALIZATION is true, its default), or "unknown" when its MLmodel
+    cannot be read."""
+    from mlflow.models.model import MODEL_CODE_PATH
+
+    try:
+        flavor = mlflow.models.get_model_info(model_uri).flavors["python_function"]
+    except (mlflow.MlflowException, OSError, KeyError):
+        return "unknown"
+    return "code" if MODEL_CODE_PATH in flavor else "pickle"
 
 
 def model_versions(name: str = REGISTERED_MODEL) -> list[ModelVersion]:
-    """Every registered version, newest first, with its aliases and lineage tags."""
+    """Every registered version, newest first, with its aliases, lineage tags and how it was
+    logged (reads each version's MLmodel)."""
     client = mlflow.MlflowClient()
     versions = client.search_model_versions(f"name = '{name}'")
     if not versions:
@@ -214,6 +233,7 @@ def model_versions(name: str = REGISTERED_MODEL) -> list[ModelVersion]:
                 dataset_md5=v.tags.get("dataset_md5"),
                 profile=v.tags.get("profile"),
                 created=pd.Timestamp(v.creation_timestamp, unit="ms"),
+                logged_as=logged_as(f"models:/{name}/{v.version}"),
             )
             for v in versions
         ),

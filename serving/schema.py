@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import io
+import numbers
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -153,6 +155,152 @@ class ServingConfig:
         params = params or {}
         values = {r.name: r.check(params.get(r.name, r.default)) for r in self.params}
         return InferenceParams(**values)
+
+
+# ---------------------------------------------------------------------------------------------
+# The request's keys, checked before MLflow parses it (MLflow drops unknown ones with a warning)
+
+DATA_KEYS = ("dataframe_split", "dataframe_records", "inputs", "instances")
+PARAMS_KEY = "params"
+_PARAM_TYPES = {  # MLflow's param dtypes: which JSON values each takes, and how to say it
+    "boolean": ((bool,), "true or false"),
+    "integer": ((numbers.Integral,), "an integer"),
+    "long": ((numbers.Integral,), "an integer"),
+    "float": ((numbers.Real,), "a number"),
+    "double": ((numbers.Real,), "a number"),
+    "string": ((str,), "a string"),
+}
+
+
+def _unknown(field: str, kind: str, known: Sequence[str]) -> RequestError:
+    """`field` is no known key: name the closest known one, or list them all."""
+    name = field.rpartition(".")[2]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+    return RequestError(field, f"unknown {kind}; {hint}")
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+@dataclass(frozen=True)
+class RequestSchema:
+    """The keys a request may use, from the served model's signature: its input columns (which
+    are required, which hold strings) and its params with their types."""
+
+    columns: tuple[str, ...]
+    required: tuple[str, ...]
+    string_columns: tuple[str, ...]
+    number_list_columns: tuple[str, ...]
+    params: Mapping[str, str]  # name -> MLflow dtype ("long", "double", "boolean", "string")
+
+    @classmethod
+    def from_signature(cls, signature: Any) -> RequestSchema:
+        from mlflow.types import DataType
+        from mlflow.types.schema import Array
+
+        inputs = signature.inputs.inputs
+        params = signature.params.params if signature.params is not None else []
+        return cls(
+            columns=tuple(c.name for c in inputs),
+            required=tuple(c.name for c in inputs if c.required),
+            string_columns=tuple(c.name for c in inputs if c.type == DataType.string),
+            number_list_columns=tuple(c.name for c in inputs if isinstance(c.type, Array)),
+            params={p.name: p.dtype.name for p in params},
+        )
+
+    def check(self, body: Any) -> str:
+        """Refuse, with `RequestError` naming the key, a request MLflow would parse with keys
+        dropped or misread: unknown top-level keys, params or columns (with the closest valid
+        one), params of the wrong type, missing required columns, string columns holding other
+        values. Returns the data key (`dataframe_split`, ...)."""
+        formats = ", ".join(DATA_KEYS)
+        if not isinstance(body, dict):
+            raise RequestError("body", f"expected a JSON object with one of {formats}")
+        for key in body:
+            if key not in (*DATA_KEYS, PARAMS_KEY):
+                raise _unknown(key, "key", [*DATA_KEYS, PARAMS_KEY])
+        data_keys = [key for key in DATA_KEYS if key in body]
+        if len(data_keys) != 1:
+            given = f"got {' and '.join(data_keys)}" if data_keys else "got none"
+            raise RequestError("body", f"send exactly one of {formats} ({given})")
+        self._check_params(body.get(PARAMS_KEY))
+        data_key = data_keys[0]
+        data = body[data_key]
+        if isinstance(data, dict) and data_key in ("inputs", "instances"):
+            # A dict of columns: MLflow makes it one row of lists, which the model refuses
+            # with its own message; only its keys are checked here.
+            self._check_columns(data)
+            return data_key
+        rows = self._rows(data_key, data)
+        for index, row in enumerate(rows):
+            self._check_columns(row)
+            self._check_values(row, f"row {index}: " if len(rows) > 1 else "")
+        return data_key
+
+    def _check_params(self, params: Any) -> None:
+        if params is None:
+            return
+        if not isinstance(params, dict):
+            raise RequestError(PARAMS_KEY, f"expected an object, got {_type_name(params)}")
+        for name, value in params.items():
+            field = f"{PARAMS_KEY}.{name}"
+            if name not in self.params:
+                raise _unknown(field, "param", list(self.params))
+            types, wanted = _PARAM_TYPES.get(self.params[name], ((object,), "any value"))
+            # JSON true/false are Python bools, which are also integers: not a number here.
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                raise RequestError(field, f"expected {wanted}, got {value!r}")
+
+    def _rows(self, data_key: str, data: Any) -> list[dict[str, Any]]:
+        """The request's rows as {column: value}; a dict of columns (`inputs`) as one row."""
+        if data_key == "dataframe_split":
+            if not isinstance(data, dict):
+                raise RequestError(data_key, "expected an object with columns and data")
+            for key in data:
+                if key not in ("columns", "data", "index"):
+                    raise _unknown(f"{data_key}.{key}", "key", ["columns", "data", "index"])
+            columns, values = data.get("columns"), data.get("data")
+            if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+                raise RequestError(f"{data_key}.columns", "expected a list of column names")
+            if not isinstance(values, list) or not all(isinstance(v, list) for v in values):
+                raise RequestError(f"{data_key}.data", "expected a list of rows (lists)")
+            for index, row in enumerate(values):
+                if len(row) != len(columns):
+                    raise RequestError(
+                        f"{data_key}.data[{index}]",
+                        f"{len(row)} values for {len(columns)} columns",
+                    )
+            return [dict(zip(columns, row, strict=True)) for row in values]
+        if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
+            raise RequestError(data_key, "expected a list of row objects")
+        return data
+
+    def _check_columns(self, row: Mapping[str, Any]) -> None:
+        for column in row:
+            if column not in self.columns:
+                raise _unknown(column, "column", list(self.columns))
+
+    def _check_values(self, row: Mapping[str, Any], where: str) -> None:
+        for column in self.required:
+            if column not in row:
+                raise RequestError(
+                    f"{where}{column}", f"missing; required: {', '.join(self.required)}"
+                )
+        for column in self.string_columns:
+            value = row.get(column)
+            if value is not None and not isinstance(value, str):
+                raise RequestError(
+                    f"{where}{column}", f"expected a string, got {_type_name(value)}"
+                )
+        for column in self.number_list_columns:
+            value = row.get(column)
+            numbers_only = isinstance(value, list) and all(
+                isinstance(x, numbers.Real) and not isinstance(x, bool) for x in value
+            )
+            if value is not None and not numbers_only:
+                raise RequestError(f"{where}{column}", "expected a list of numbers")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,14 +1,18 @@
-"""What a scoring server serves, and the environment it hands its workers: the model and the
-scoring app read these, the server (`serving.app`) sets them."""
+"""What a scoring server serves, the environment it hands its workers, and the request a worker
+is computing: the model and the scoring app read these, the server (`serving.app`) sets them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 
-# The downloaded model and what it is: set by `main` for the uvicorn workers it starts.
+# The downloaded model, what it is and the server's limits: set by `serving.app.serve` for the
+# uvicorn workers it starts.
 MODEL_PATH_ENV = "CAMEO_MODEL_PATH"
 SERVED_MODEL_ENV = "CAMEO_SERVED_MODEL"
-TIMEOUT_ENV = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"  # read by MLflow's scoring app
+SERVER_LIMITS_ENV = "CAMEO_SERVER_LIMITS"
 
 
 @dataclass(frozen=True)
@@ -27,3 +31,48 @@ class ServedModel:
         if self.name and self.version:
             return f"{self.name}/{self.version}"
         return self.model_id or self.model_uri
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """How much one worker takes on: the request timeout (`serving.timeout_s`) and how many
+    requests may wait behind the one it computes (`serving.max_waiting`)."""
+
+    timeout_s: float
+    max_waiting: int
+
+
+class RequestCancelled(Exception):
+    """The request the model is computing was timed out or abandoned by its client."""
+
+
+@dataclass
+class ServedRequest:
+    """One request a worker computes. The endpoint cancels it (timeout, client gone); the model
+    checks it between rows and between denoising steps, so abandoned work stops within a step."""
+
+    id: str
+    deadline: float  # time.monotonic() after which nobody waits for the answer
+    steps: int = 0  # denoising steps done, for the request's log line
+    reason: str | None = None  # why it was cancelled
+    _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def cancel(self, reason: str) -> None:
+        if not self._cancelled.is_set():
+            self.reason = reason
+            self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def check(self) -> None:
+        """Raise RequestCancelled when cancelled or past the deadline."""
+        if not self._cancelled.is_set() and time.monotonic() > self.deadline:
+            self.cancel("timeout")
+        if self._cancelled.is_set():
+            raise RequestCancelled(self.reason)
+
+
+# The request the current thread computes; None outside the scoring server (in-process predict).
+CURRENT_REQUEST: ContextVar[ServedRequest | None] = ContextVar("cameo_request", default=None)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import requests
 
+from serving.params import ServingParams
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
@@ -28,10 +30,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def serve_command(
-    model_uri: str, host: str, port: int, timeout_s: int, workers: int = 1
+    model_uri: str, host: str, port: int, timeout_s: int, workers: int, max_waiting: int
 ) -> list[str]:
-    """The scoring server's command line (`serving.app`: MLflow's scoring app naming the model
-    it serves): the request timeout from params.yaml, one worker per GPU."""
+    """The scoring server's command line (`serving.app`): the request timeout, the workers (one
+    per GPU) and the requests each holds waiting, from params.yaml's `serving` section."""
     return [
         sys.executable,
         "-m",
@@ -46,6 +48,8 @@ def serve_command(
         str(timeout_s),
         "--workers",
         str(workers),
+        "--max-waiting",
+        str(max_waiting),
     ]
 
 
@@ -66,16 +70,25 @@ class ModelServer:
         self,
         model_uri: str,
         *,
-        timeout_s: int,
-        workers: int = 1,
+        settings: ServingParams | None = None,
         host: str = "127.0.0.1",
         port: int | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
+        """`settings`: the `serving` section whose timeout, workers and queue the server gets
+        (default: params.yaml's defaults)."""
+        settings = settings or ServingParams()
         self.model_uri = model_uri
         self.host = host
         self.port = port or free_port(host)
-        self.command = serve_command(model_uri, host, self.port, timeout_s, workers)
+        self.command = serve_command(
+            model_uri,
+            host,
+            self.port,
+            settings.timeout_s,
+            settings.workers,
+            settings.max_waiting,
+        )
         self._env = serve_env(env)
         fd, log = tempfile.mkstemp(prefix="cameo-serve-", suffix=".log")
         os.close(fd)

@@ -67,9 +67,10 @@ def model_log(
 
 @model.command("list")
 def model_list() -> None:
-    """Every version of `cameo-inpaint`, newest first, with aliases and lineage."""
+    """Every version of `cameo-inpaint`, newest first, with aliases, lineage and how it was
+    logged (from code, or pickled: those must be re-logged)."""
     from serving.registry import model_versions
-    from training.tracking import configure_tracking
+    from training.tracking import REGISTERED_MODEL, configure_tracking
 
     configure_tracking()
     versions = model_versions()
@@ -79,7 +80,16 @@ def model_list() -> None:
         aliases = f" @{', @'.join(v.aliases)}" if v.aliases else ""
         click.echo(
             f"version {v.version}{aliases}  {v.created:%Y-%m-%d %H:%M}  profile {v.profile}  "
-            f"run {v.training_run_id}  dataset {v.dataset_md5}"
+            f"run {v.training_run_id}  dataset {v.dataset_md5}  logged as {v.logged_as}"
+        )
+    pickled = [v.version for v in versions if v.logged_as == "pickle"]
+    if pickled:
+        first = pickled[0]
+        click.echo(
+            f"re-log version(s) {', '.join(pickled)}: pickled, they load only while "
+            "MLFLOW_ALLOW_PICKLE_DESERIALIZATION is true (MLflow's default); e.g. "
+            f"mlflow artifacts download -u models:/{REGISTERED_MODEL}/{first} -d v{first} && "
+            f"cameo model log --checkpoint v{first}/artifacts/checkpoint"
         )
 
 

@@ -29,6 +29,12 @@ def serving_params(params_path: str, profile: str | None = None) -> ServingParam
 @click.option("--port", default=5000, show_default=True, type=int)
 @click.option("--workers", default=None, type=int, help="Default: serving.workers.")
 @click.option("--timeout", default=None, type=int, help="Seconds; default: serving.timeout_s.")
+@click.option(
+    "--max-waiting",
+    default=None,
+    type=int,
+    help="Requests each worker holds waiting (more get 503); default: serving.max_waiting.",
+)
 @params_option
 def serve(
     model_uri: str | None,
@@ -36,6 +42,7 @@ def serve(
     port: int,
     workers: int | None,
     timeout: int | None,
+    max_waiting: int | None,
     params_path: str,
 ) -> None:
     """Serve the model over HTTP (MLflow's scoring protocol; /version names the model version),
@@ -51,8 +58,8 @@ def serve(
         port,
         timeout or config.timeout_s,
         workers or config.workers,
+        config.max_waiting if max_waiting is None else max_waiting,
     )
-    click.echo(" ".join(command), err=True)
     os.execve(command[0], command, serve_env())
 
 
@@ -178,7 +185,7 @@ def serve_check(
         click.echo(f"request: demo inputs (no dataset under {layout.triplets_dir})")
     params = {"num_inference_steps": num_inference_steps} if num_inference_steps else {}
     config = serving_params(params_path)
-    server = ModelServer(model_uri or champion_uri(), timeout_s=config.timeout_s)
+    server = ModelServer(model_uri or champion_uri(), settings=config)
     click.echo(f"serving {server.model_uri} at {server.url} (log: {server.log_path})")
     with server:
         click.echo(f"server pid {server.process.pid} answers /ping")

@@ -4,6 +4,7 @@ as `cameo-inpaint@champion`, and one real scoring server for the session."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,12 +12,26 @@ import pytest
 import torch
 
 from serving.client import demo_inputs, make_row
+from serving.params import ServingParams
 from serving.server import ModelServer
 from training.model import TINY, CheckpointInfo, build_components, save_checkpoint
 
 DATASET_MD5 = "0123456789abcdef0123456789abcdef.dir"
 # Few steps keep each request well under a second on the tiny model.
 FAST = {"num_inference_steps": 2}
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+_REQUEST_LINE = re.compile(r"request id=(?P<id>\S+) status=(?P<status>\d+) (?P<rest>.*)$")
+
+
+def request_log(server: ModelServer) -> dict[str, dict[str, str]]:
+    """The server's log line of each request, by id: its status and key=value fields."""
+    lines = {}
+    for line in server.log_path.read_text(errors="replace").splitlines():
+        match = _REQUEST_LINE.search(line)
+        if match:
+            fields = dict(re.findall(r"(\w+)=('[^']*'|\"[^\"]*\"|\S+)", match["rest"]))
+            lines[match["id"]] = {"status": match["status"], "line": line, **fields}
+    return lines
 
 
 @pytest.fixture(autouse=True)
@@ -79,15 +94,23 @@ def pyfunc_model(logged):
 
 @pytest.fixture(scope="session")
 def server(logged) -> Iterator[ModelServer]:
-    """The scoring server (`serving.app`) on the champion, on a free port, one torch thread."""
+    """The scoring server (`serving.app`) on the champion, on a free port, one torch thread;
+    a timeout and a queue no test here reaches."""
     from training.tracking import CHAMPION, REGISTERED_MODEL
 
-    server = ModelServer(
-        f"models:/{REGISTERED_MODEL}@{CHAMPION}",
-        timeout_s=60,
-        env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
-    )
-    with server:
+    settings = ServingParams(timeout_s=120, max_waiting=16)
+    with ModelServer(
+        f"models:/{REGISTERED_MODEL}@{CHAMPION}", settings=settings, env=ONE_THREAD
+    ) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def limited_server(logged) -> Iterator[ModelServer]:
+    """A server with a short timeout and one waiting place, for the timeout and load tests: a
+    64x64 request at 2 steps takes well under a second, one at 256x256 seconds a step."""
+    settings = ServingParams(timeout_s=3, max_waiting=1)
+    with ModelServer(logged.model_uri, settings=settings, env=ONE_THREAD) as server:
         yield server
 
 

@@ -60,6 +60,58 @@ def test_round_trip_log_load_predict(logged, pyfunc_model, scene, good_row):
     assert "training_state.pt" not in {Path(f.path).name for f in files}
 
 
+def test_the_model_is_logged_from_code_and_loads_without_unpickling(
+    logged, scene, good_row, monkeypatch
+):
+    flavor = mlflow.models.get_model_info(logged.model_uri).flavors["python_function"]
+    assert Path(flavor["model_code_path"]).name == "logged_model.py"
+    assert "python_model" not in flavor  # no python_model.pkl
+    files = {Path(f.path).name for f in mlflow.artifacts.list_artifacts(logged.model_uri)}
+    assert "logged_model.py" in files and "python_model.pkl" not in files
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    model = mlflow.pyfunc.load_model(logged.model_uri)
+    [result] = predict_in_process(model, [good_row], FAST)
+    assert result.image.size == scene[0].size
+
+
+@pytest.mark.filterwarnings("ignore:.*input example was not provided")
+def test_a_version_pickled_before_still_loads_and_is_listed_for_relogging(
+    tracking, logged, pyfunc_model, scene, good_row, monkeypatch
+):
+    from click.testing import CliRunner
+
+    from orchestration.cli.main import main
+    from serving.model import CameoInpaintModel
+
+    # What log_model did before models-from-code: the same model and files, cloudpickled.
+    local = Path(mlflow.artifacts.download_artifacts(logged.model_uri))
+    flavor = mlflow.models.get_model_info(logged.model_uri).flavors["python_function"]
+    with mlflow.start_run(run_name="logged the old way"):
+        pickled = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=CameoInpaintModel(),
+            artifacts={"checkpoint": str(local / "artifacts" / "checkpoint")},
+            model_config=flavor["config"],
+            signature=pyfunc_model.metadata.signature,
+            registered_model_name=REGISTERED_MODEL,
+        )
+    [result] = predict_in_process(pickled.model_uri, [good_row], FAST)
+    assert result.image.size == scene[0].size
+
+    version = str(pickled.registered_model_version)
+    listing = CliRunner().invoke(main, ["model", "list"], catch_exceptions=False).output
+    [line] = [x for x in listing.splitlines() if x.startswith(f"version {version} ")]
+    assert line.endswith("logged as pickle")
+    current = str(logged.registered_model_version)
+    [line] = [x for x in listing.splitlines() if x.startswith(f"version {current} ")]
+    assert line.endswith("logged as code")
+    assert f"re-log version(s) {version}: pickled" in listing
+    # Which is why: MLflow refuses to unpickle when told to.
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    with pytest.raises(mlflow.MlflowException, match="pickle is disallowed"):
+        mlflow.pyfunc.load_model(pickled.model_uri)
+
+
 def test_signature_params_come_from_params_yaml(pyfunc_model):
     section = yaml.safe_load(PARAMS.read_text())["serving"]["params"]
     specs = {p.name: p for p in pyfunc_model.metadata.get_params_schema().params}

@@ -1,0 +1,71 @@
+"""A request past its timeout, or abandoned by its client, stops its work: the next request is
+answered without waiting for it (the server with a 3 s timeout, `limited_server`)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+from conftest import FAST, request_log
+
+from serving.client import make_row, request_body
+
+# 100 steps at 256x256 take minutes on the tiny model (seconds a step): far past the 3 s
+# timeout, so only a stopped computation lets a following request through quickly.
+LONG = {"num_inference_steps": 100}
+# Generous for a loaded machine; a normal request takes about a second, while the long one's
+# remaining steps, were they computed, would take minutes.
+NORMAL_S = 60
+
+
+@pytest.fixture(scope="module")
+def long_row(scene):
+    base, mask, reference, prompt = scene
+    return make_row(base.resize((256, 256)), mask.resize((256, 256)), reference, prompt)
+
+
+def post(server, body, request_id: str, timeout_s: float = 120) -> requests.Response:
+    headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
+    return requests.post(f"{server.url}/invocations", json=body, headers=headers, timeout=timeout_s)
+
+
+def logged(server, request_id: str, wait_s: float = 60) -> dict[str, str]:
+    """The request's log line, which the server writes once its work has ended."""
+    deadline = time.monotonic() + wait_s
+    while request_id not in (lines := request_log(server)):
+        assert time.monotonic() < deadline, f"no log line for {request_id}"
+        time.sleep(0.2)
+    return lines[request_id]
+
+
+def test_a_request_past_its_timeout_gets_504_and_the_next_is_answered(
+    limited_server, long_row, good_row
+):
+    long = post(limited_server, request_body([long_row], LONG), "past-timeout")
+    assert long.status_code == 504, long.text[:300]
+    message = long.json()["message"]
+    assert message.startswith("timeout: no answer within 3 s (serving.timeout_s)")
+
+    started = time.monotonic()
+    normal = post(limited_server, request_body([good_row], FAST), "after-timeout")
+    assert normal.status_code == 200, normal.text[:300]
+    assert time.monotonic() - started < NORMAL_S
+
+    stopped = logged(limited_server, "past-timeout")
+    assert stopped["status"] == "504" and stopped["stopped"] == "'timeout'"
+    assert int(stopped["steps"]) < LONG["num_inference_steps"]
+    assert logged(limited_server, "after-timeout")["status"] == "200"
+
+
+def test_a_request_whose_client_went_away_is_stopped(limited_server, long_row, good_row):
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        post(limited_server, request_body([long_row], LONG), "abandoned", timeout_s=1)
+    stopped = logged(limited_server, "abandoned")
+    assert stopped["status"] == "499" and stopped["stopped"] == "'the client went away'"
+    assert int(stopped["steps"]) < LONG["num_inference_steps"]
+
+    started = time.monotonic()
+    normal = post(limited_server, request_body([good_row], FAST), "after-abandoned")
+    assert normal.status_code == 200, normal.text[:300]
+    assert time.monotonic() - started < NORMAL_S
