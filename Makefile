@@ -39,7 +39,7 @@ demo: $(STAMP)
 	dvc push
 	cameo dataset summary
 	cameo model promote latest
-	cameo evaluate
+	cameo materialize evaluation
 	cameo serve-check
 	cameo lineage models:/cameo-inpaint@champion
 

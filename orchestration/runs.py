@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 # The stage names, in order (orchestration.definitions.STAGE_NAMES; a test keeps them equal).
 STAGE_CHOICES = (
@@ -32,6 +33,8 @@ class PartitionOutcome:
     success: bool
     message: str
     warnings: list[str] = field(default_factory=list)
+    # Each materialised asset's metadata, as plain values (what the UI shows).
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def one_line(text: str) -> str:
@@ -75,16 +78,31 @@ def materialize_stages(
 ) -> PartitionOutcome:
     """Materialise, on `instance`, the per-movie `stages` (with their checks) of partition
     `movie` in a `movie_job` run, or (movie None) the dataset in a `triplets_job` run."""
+    job = "triplets_job" if movie is None else "movie_job"
+    return materialize(job, stages, instance, resources, movie, log_level, tags)
+
+
+def materialize(
+    job_name: str,
+    assets: list[str],
+    instance,
+    resources: dict,
+    partition: str | None = None,
+    log_level: str = "WARNING",
+    tags: dict[str, str] | None = None,
+) -> PartitionOutcome:
+    """Materialise `assets` (with their checks) of `job_name` on `instance`, as the UI would;
+    the outcome names the run, or each failure's cause in one line."""
     import dagster as dg
 
     from orchestration.definitions import build_definitions
 
     defs = build_definitions(resources)
-    job = defs.resolve_job_def("triplets_job" if movie is None else "movie_job")
+    job = defs.resolve_job_def(job_name)
     result = job.execute_in_process(
         instance=instance,
-        partition_key=movie,
-        asset_selection=[dg.AssetKey(stage) for stage in stages],
+        partition_key=partition,
+        asset_selection=[dg.AssetKey(name) for name in assets],
         raise_on_error=False,
         tags={"cameo/source": "cli", **(tags or {})},
         run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
@@ -107,13 +125,18 @@ def materialize_stages(
         for m in result.get_asset_materialization_events()
         if m.materialization.metadata.get("warning") and m.materialization.metadata["warning"].value
     ]
+    metadata = {
+        m.materialization.asset_key.to_user_string(): {
+            key: getattr(value, "value", value) for key, value in m.materialization.metadata.items()
+        }
+        for m in result.get_asset_materialization_events()
+    }
     problems = step_errors + failed_checks
-    name = movie or DATASET_STAGE
+    name = partition or ", ".join(assets)
     if result.success and not problems:
-        return PartitionOutcome(name, True, f"run {result.run_id}", warnings)
-    return PartitionOutcome(
-        name, False, "; ".join(problems) or f"run {result.run_id} failed", warnings
-    )
+        return PartitionOutcome(name, True, f"run {result.run_id}", warnings, metadata)
+    message = "; ".join(problems) or f"run {result.run_id} failed"
+    return PartitionOutcome(name, False, message, warnings, metadata)
 
 
 def fail_interrupted_runs(instance, data_root: str) -> list[str]:

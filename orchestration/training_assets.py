@@ -18,6 +18,10 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+import training
+from assets.stage import source_version
+from core.io import write_json
+from core.versioning import LOCK_FILE, dvc_md5, locked_md5
 from orchestration.kubernetes import TrainingJob, TrainingJobFailed, submit_training
 from orchestration.params import Params
 from training.data import load_manifest
@@ -26,6 +30,17 @@ from training.outputs import FINAL_DIR, METRICS_FILE, RUN_FILE
 from training.tracking import run_url
 
 LOSS_CHECK = "loss_decreases"
+TRAINING_DIR = Path(training.__file__).parent
+BUILD_FILE = "build.json"  # beside final/: the dataset, params and code it was trained from
+# The model asset's code version: the training code and its command line.
+TRAINING_CODE_VERSION = source_version(
+    *sorted(
+        f"training.{p.relative_to(TRAINING_DIR).with_suffix('').as_posix().replace('/', '.')}"
+        for p in TRAINING_DIR.rglob("*.py")
+        if p.name != "__init__.py"
+    ),
+    "orchestration.cli.train",
+)
 FEATURES_CHECK = "features_cover_the_dataset"
 
 
@@ -117,9 +132,8 @@ def features(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     # Its own process, as training: the CPU kernels can be pinned only before torch loads.
     command = [sys.executable, "-m", "orchestration.cli.main", "features", "build"]
     command += ["--params", params.path, "--profile", params.values.profile]
-    run_training(
-        [*command, "--data", str(layout.root), "--no-progress"], dict(os.environ), context.log
-    )
+    command += ["--data", str(layout.root), "--no-progress"]
+    run_training("the features stage", command, dict(os.environ), context.log)
     store = layout.features_dir / features_id(
         params.values.training, os.environ.get("CAMEO_MODELS")
     )
@@ -146,7 +160,7 @@ def features(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     required_resource_keys={"data", "params"},
     group_name="training",
     kinds={"pytorch", "mlflow"},
-    code_version="1",
+    code_version=TRAINING_CODE_VERSION,
     check_specs=[
         dg.AssetCheckSpec(
             LOSS_CHECK,
@@ -160,22 +174,48 @@ def model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """Train the identity branches and Pose-IdentityNet on the current triplets
     (`cameo train`), logged to MLflow; the trained checkpoint is the asset."""
     params = context.resources.params
+    layout = context.resources.data.layout
+    try:
+        load_manifest(layout.triplets_dir)  # a missing dataset says what to run
+    except (FileNotFoundError, ValueError) as error:
+        raise dg.Failure(description=str(error)) from error
+    md5 = dvc_md5(layout.triplets_dir)
+    # What the model is a function of; the same again (e.g. "Materialize all") trains nothing.
+    build = {
+        "dataset_md5": md5,
+        "params": params.values.training.model_dump(mode="json"),
+        "profile": params.values.profile,
+        "code_version": TRAINING_CODE_VERSION,
+    }
+    local_output = Path(params.values.training.output_dir).resolve()
+    current = local_output / BUILD_FILE
+    k8s = os.environ.get("CAMEO_ENV", "local") == "k8s"
+    if not k8s and current.is_file() and json.loads(current.read_text()) == build:
+        context.log.info(f"the model in {local_output} is current: not retrained")
+        return model_result(local_output, reused=True)
+    # Locked where dvc.lock already versions these triplets (`dvc repro`); otherwise Dagster's
+    # `triplets` is the version: its data version is the DVC md5 the run logs.
+    locked = locked_md5(layout.triplets_dir, Path(LOCK_FILE).resolve()) == md5
     training_args = [
         "--profile", params.values.profile,
-        "--data", str(context.resources.data.layout.root),
-        # Dagster's `triplets` is the version here: its data version is the DVC md5 the run
-        # logs, whether or not dvc.lock has caught up.
-        "--unlocked",
+        "--data", str(layout.root),
+        *(["--lock", str(Path(LOCK_FILE).resolve())] if locked else ["--unlocked"]),
         "--no-progress",
     ]  # fmt: skip
-    if os.environ.get("CAMEO_ENV", "local") == "k8s":
+    if k8s:
         # The same training as a Kubernetes Job; this step pod mounts its checkpoints claim.
         job = run_training_job(params.path, params.values, training_args, context.log)
         output_dir = Path(job.output_dir)
     else:
         command = [sys.executable, "-m", "orchestration.cli.train", "--params", params.path]
         run_training("training", [*command, *training_args], dict(os.environ), context.log)
-        output_dir = Path(params.values.training.output_dir).resolve()
+        output_dir = local_output
+        write_json(build, current)
+    return model_result(output_dir, reused=False)
+
+
+def model_result(output_dir: Path, reused: bool) -> dg.MaterializeResult:
+    """The `model` materialisation of the training recorded in `output_dir`."""
     result = {
         **json.loads((output_dir / METRICS_FILE).read_text()),
         **json.loads((output_dir / RUN_FILE).read_text()),
@@ -189,6 +229,7 @@ def model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             "loss_first": result["loss_first"],
             "loss_last": result["loss_last"],
             "checkpoint": dg.MetadataValue.path(str(output_dir / FINAL_DIR)),
+            "reused": reused,
         },
         data_version=dg.DataVersion(result["run_id"]),
         check_results=[loss_check(result)],

@@ -58,7 +58,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ui_shows_assets_partitions_and_blocking_checks(instance_env):
+@pytest.fixture(scope="module")
+def trained(instance_env, tmp_path_factory) -> dict[str, str]:
+    """`cameo materialize features model evaluation` on this instance, as `make demo` runs the
+    training side (2 tiny steps on synthetic triplets, MLflow in a temp store); then again for
+    the model alone, which is current. Returns both runs' output."""
+    import yaml
+
+    from tests.triplets import write_triplets
+
+    tmp = tmp_path_factory.mktemp("trained")
+    data = write_triplets(tmp / "data")
+    values = yaml.safe_load((REPO / "params.yaml").read_text())
+    values["profiles"]["tiny"]["training"].update(
+        max_steps=2, output_dir=str(tmp / "checkpoints"), validation_samples=0
+    )
+    values["profiles"]["tiny"]["evaluation"]["samples"] = 1
+    params = tmp / "params.yaml"
+    params.write_text(yaml.safe_dump(values))
+    env = {**instance_env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlruns.db'}"}
+    command = [BIN / "cameo", "materialize", "--params", str(params), "--data", str(data)]
+    outputs = {}
+    for name, assets in (("first", ["features", "model", "evaluation"]), ("again", ["model"])):
+        done = subprocess.run(
+            [*command, *assets], cwd=tmp, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        outputs[name] = done.stdout
+    return outputs
+
+
+def test_training_materialises_in_dagster_and_a_current_model_is_not_retrained(trained):
+    assert "model: trained" in trained["first"] and "evaluation: models:/" in trained["first"]
+    assert "model: current, not retrained" in trained["again"]
+
+
+def test_ui_shows_assets_partitions_and_blocking_checks(instance_env, trained):
     port = free_port()
     server = subprocess.Popen(
         [
@@ -88,6 +123,7 @@ def test_ui_shows_assets_partitions_and_blocking_checks(instance_env):
                 time.sleep(0.5)
         query = (
             "{ assetNodes { assetKey { path } partitionKeys "
+            "assetMaterializations(limit: 1) { runId } "
             "assetChecksOrError { ... on AssetChecks { checks { name blocking } } } } }"
         )
         request = urllib.request.Request(
@@ -111,6 +147,9 @@ def test_ui_shows_assets_partitions_and_blocking_checks(instance_env):
     assert evaluation["assetChecksOrError"]["checks"] == [
         {"name": "face_similarity_above_threshold", "blocking": True}
     ]
+    # What `cameo materialize` did shows in the UI: the training side is materialised.
+    for node in (features, model, evaluation):
+        assert len(node["assetMaterializations"]) == 1, node
     for name, node in by_name.items():
         # Every stage is per movie but the dataset, which gathers all of them.
         assert node["partitionKeys"] == ([] if name == "triplets" else ["sample"])

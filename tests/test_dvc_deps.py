@@ -17,8 +17,17 @@ FIRST_PARTY = ("core", "perception", "assets", "training", "serving", "orchestra
 CLI = ["orchestration.cli.main", "orchestration.params"]
 ENTRY_POINTS = {
     "cameo dataset build": [*CLI, "orchestration.cli.dataset", "orchestration.definitions"],
-    "cameo features build": [*CLI, "orchestration.cli.features", "training.features"],
-    "cameo train": [*CLI, "orchestration.cli.train", "training.loop", "serving.registry"],
+    # `cameo materialize` runs the training assets, which run `cameo features build` and
+    # `cameo train` as their own processes.
+    "cameo materialize": [
+        *CLI,
+        "orchestration.cli.materialize",
+        "orchestration.definitions",
+        "orchestration.cli.features",
+        "orchestration.cli.train",
+        "training.loop",
+        "serving.registry",
+    ],
 }
 
 

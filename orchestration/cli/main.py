@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import click
 
-from orchestration.cli import dataset, evaluate, features, lineage, model, serve, train, weights
+from orchestration.cli import (
+    dataset,
+    evaluate,
+    features,
+    lineage,
+    materialize,
+    model,
+    serve,
+    train,
+    weights,
+)
 from orchestration.environment import configure_local_environment
 
 
@@ -21,6 +31,7 @@ def main() -> None:
 main.add_command(dataset.sample_movie)
 main.add_command(dataset.dataset)
 main.add_command(features.features)
+main.add_command(materialize.materialize_command)
 main.add_command(train.train_command)
 main.add_command(train.relog_command)
 main.add_command(model.model)
