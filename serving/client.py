@@ -189,3 +189,29 @@ def demo_inputs(side: int = 64) -> tuple[PIL.Image.Image, PIL.Image.Image, PIL.I
     reference = PIL.Image.fromarray(data.astronaut()).resize((160, 160))
     prompt = "an astronaut in a white suit in front of a flag, photographed from the waist up"
     return PIL.Image.fromarray(base.astype(np.uint8)), PIL.Image.fromarray(mask), reference, prompt
+
+
+def triplet_inputs(
+    data_dir: str | Path = "data", max_side: int | None = None
+) -> tuple[PIL.Image.Image, PIL.Image.Image, PIL.Image.Image, str]:
+    """The first triplet of the dataset under `data_dir` (what `make demo` builds) as a request:
+    its target frame as the base, the target's mask, the reference and the prompt; base and
+    mask scaled down to `max_side` when given. FileNotFoundError without a dataset."""
+    import pandas as pd
+
+    from core.layout import DataLayout
+
+    triplets = DataLayout.from_env(data_dir).triplets_dir
+    manifest = triplets / "manifest.parquet"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"no dataset: {manifest} does not exist (make demo builds one)")
+    triplet = pd.read_parquet(manifest).iloc[0]
+    base = PIL.Image.open(triplets / triplet["target"]).convert("RGB")
+    mask = PIL.Image.open(triplets / triplet["target_mask"]).convert("L")
+    reference = PIL.Image.open(triplets / triplet["reference"]).convert("RGB")
+    if max_side is not None and max(base.size) > max_side:
+        scale = max_side / max(base.size)
+        size = (round(base.width * scale), round(base.height * scale))
+        base = base.resize(size, PIL.Image.Resampling.LANCZOS)
+        mask = mask.resize(size, PIL.Image.Resampling.NEAREST)
+    return base, mask, reference, str(triplet["prompt"])

@@ -101,8 +101,9 @@ class Call:
         end = self.finished or time.monotonic()
         waited = (self.started or end) - self.arrived
         ran = end - self.started if self.started is not None else 0.0
+        rows = "-" if self.rows is None else self.rows  # "-": refused before it was parsed
         line = (
-            f"request id={self.request.id} status={self.status} rows={self.rows or '-'} "
+            f"request id={self.request.id} status={self.status} rows={rows} "
             f"bytes={self.size} wait_s={waited:.2f} run_s={ran:.2f} steps={self.request.steps}"
         )
         if self.request.cancelled:

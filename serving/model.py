@@ -5,9 +5,8 @@ extractor and body encoder of the profile the model was logged for. `predict` ta
 image (see `serving.schema`), checks every row before computing any, and returns the inpainted
 image, the pose drawing that conditioned it, the identity score and the seconds it took.
 
-Errors a client can fix become MLflow's INVALID_PARAMETER_VALUE (HTTP 400) with a message
-naming the field; anything else becomes INTERNAL_ERROR (500): MLflow's scoring server would
-otherwise answer every exception with a generic 400.
+Errors a client can fix become MLflow's INVALID_PARAMETER_VALUE (HTTP 400) with a one-line
+message that starts with the field; anything else becomes INTERNAL_ERROR (500).
 
 Behind the scoring server (`serving.endpoint`), the request being computed can be cancelled (its
 timeout passed, its client went away): the model checks it before each row and after each
@@ -213,8 +212,8 @@ class CameoInpaintModel(mlflow.pyfunc.PythonModel):
         # Behind `serving.app`, every response names the model version it came from.
         served = os.environ.get(SERVED_MODEL_ENV)
         self.model_version = ServedModel(**json.loads(served)).label if served else None
-        # The scoring server runs requests in threads; the pipeline (scheduler state, adapter
-        # scales) serves one at a time.
+        # The pipeline (scheduler state, adapter scales) serves one call at a time: the scoring
+        # server computes in one thread per worker, in-process callers may share the model.
         self._lock = threading.Lock()
 
     def predict(

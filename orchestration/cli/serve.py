@@ -158,29 +158,17 @@ def serve_check(
     reference frame, the prompt), its base and mask scaled down to --max-side; without a
     dataset, built-in demo inputs. Writes DATA/serving/output.png and grid.png.
     """
-    import pandas as pd
-    import PIL.Image
-
     from core.layout import DataLayout
-    from serving.client import InpaintClient, ServingError, demo_inputs, make_row
+    from serving.client import InpaintClient, ServingError, demo_inputs, make_row, triplet_inputs
     from serving.server import ModelServer
     from training.tracking import configure_tracking
 
     configure_tracking()
     layout = DataLayout.from_env(data_dir)
-    manifest = layout.triplets_dir / "manifest.parquet"
-    if manifest.is_file():
-        triplet = pd.read_parquet(manifest).iloc[0]
-        base = PIL.Image.open(layout.triplets_dir / triplet["target"]).convert("RGB")
-        mask = PIL.Image.open(layout.triplets_dir / triplet["target_mask"]).convert("L")
-        reference = PIL.Image.open(layout.triplets_dir / triplet["reference"]).convert("RGB")
-        prompt = str(triplet["prompt"])
-        scale = min(1.0, max_side / max(base.size))
-        size = (round(base.width * scale), round(base.height * scale))
-        base = base.resize(size, PIL.Image.Resampling.LANCZOS)
-        mask = mask.resize(size, PIL.Image.Resampling.NEAREST)
-        click.echo(f"request: triplet {triplet['triplet_id']}, base {size[0]}x{size[1]}")
-    else:
+    try:
+        base, mask, reference, prompt = triplet_inputs(data_dir, max_side)
+        click.echo(f"request: the first triplet, base {base.width}x{base.height}")
+    except FileNotFoundError:
         base, mask, reference, prompt = demo_inputs()
         click.echo(f"request: demo inputs (no dataset under {layout.triplets_dir})")
     params = {"num_inference_steps": num_inference_steps} if num_inference_steps else {}

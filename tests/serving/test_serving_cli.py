@@ -3,7 +3,11 @@ and in-process, and serve-check (what `make demo` ends with)."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -78,6 +82,46 @@ def test_inpaint_over_http_and_in_process_agree(server, logged, files, tmp_path)
     )
     assert refused.exit_code == 1
     assert "HTTP 400: params.face_scale: 5.0 is above the maximum 2.0" in refused.output
+
+
+def _demo_dataset(root: Path, scene) -> None:
+    """A dataset laid out as `make demo` leaves it: one triplet (small here)."""
+    import pandas as pd
+
+    base, mask, reference, prompt = scene
+    folder = root / "triplets" / "demo-c0001"
+    folder.mkdir(parents=True)
+    for name, image in (("target", base), ("target_mask", mask), ("reference", reference)):
+        image.save(folder / f"{name}.png")
+    row = {name: f"demo-c0001/{name}.png" for name in ("target", "target_mask", "reference")}
+    manifest = pd.DataFrame([{"triplet_id": "demo-c0001", **row, "prompt": prompt}])
+    manifest.to_parquet(root / "triplets" / "manifest.parquet")
+
+
+def test_the_readme_request_example_works_as_written(server, scene, tmp_path):
+    """The Serving section's request example, run by bash as written (only the URL is the test
+    server's), in a checkout where `make demo` built the dataset."""
+    from serving.client import triplet_inputs
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Serving") : readme.index("### Lineage")]
+    [example] = [b for b in re.findall(r"```bash\n(.*?)```", section, re.S) if "curl" in b]
+    _demo_dataset(tmp_path / "data", scene)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(
+        ["bash", "-e", "-c", example.replace("http://127.0.0.1:5000", server.url)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"wrote out.png \(\d+\.\d s, cameo-inpaint/\d+\)", result.stdout)
+    assert PIL.Image.open(tmp_path / "out.png").size == scene[0].size
+    # serve-check sends the same triplet, scaled down to --max-side.
+    base, mask, _, _ = triplet_inputs(tmp_path / "data", max_side=32)
+    assert base.size == mask.size == (32, 32)
 
 
 @pytest.mark.slow
