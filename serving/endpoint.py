@@ -177,6 +177,9 @@ class Invocations:
             return self._answer(call, 400, "INVALID_PARAMETER_VALUE", str(e))
         except MlflowException as e:
             return self._answer(call, e.get_http_status_code(), e.error_code, one_line(e.message))
+        except Exception as e:  # the data does not make a table (pandas' own errors)
+            message = one_line(f"body: cannot be read as rows: {type(e).__name__}: {e}")
+            return self._answer(call, 400, "BAD_REQUEST", message)
         call.rows = len(data)
 
         loop = asyncio.get_running_loop()
@@ -196,7 +199,7 @@ class Invocations:
         finally:
             gone.cancel()
             ended.cancel()
-        if not call.work_done.is_set():
+        if not call.future.done():  # a result that came with the deadline is still sent
             if gone.done():
                 self._stop(call, "the client went away")
                 return self._answer(call, CLIENT_GONE, "CANCELLED", "the client went away")
