@@ -26,6 +26,7 @@ from orchestration.kubernetes import TrainingJob, TrainingJobFailed, submit_trai
 from orchestration.params import Params
 from training.data import load_manifest
 from training.features import INDEX, features_id
+from training.model import CHECKPOINT_INFO
 from training.outputs import FINAL_DIR, METRICS_FILE, RUN_FILE
 from training.tracking import run_url
 
@@ -175,27 +176,29 @@ def model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     (`cameo train`), logged to MLflow; the trained checkpoint is the asset."""
     params = context.resources.params
     layout = context.resources.data.layout
-    try:
-        load_manifest(layout.triplets_dir)  # a missing dataset says what to run
-    except (FileNotFoundError, ValueError) as error:
-        raise dg.Failure(description=str(error)) from error
-    md5 = dvc_md5(layout.triplets_dir)
-    # What the model is a function of; the same again (e.g. "Materialize all") trains nothing.
-    build = {
-        "dataset_md5": md5,
-        "params": params.values.training.model_dump(mode="json"),
-        "profile": params.values.profile,
-        "code_version": TRAINING_CODE_VERSION,
-    }
-    local_output = Path(params.values.training.output_dir).resolve()
-    current = local_output / BUILD_FILE
     k8s = os.environ.get("CAMEO_ENV", "local") == "k8s"
-    if not k8s and current.is_file() and json.loads(current.read_text()) == build:
-        context.log.info(f"the model in {local_output} is current: not retrained")
-        return model_result(local_output, reused=True)
+    local_output = Path(params.values.training.output_dir).resolve()
+    if not k8s:  # on a cluster the data and checkpoints are the pods' volumes, not here
+        try:
+            load_manifest(layout.triplets_dir)  # a missing dataset says what to run
+        except (FileNotFoundError, ValueError) as error:
+            raise dg.Failure(description=str(error)) from error
+        md5 = dvc_md5(layout.triplets_dir)
+        # What the model is a function of; the same again ("Materialize all") trains nothing.
+        build = {
+            "dataset_md5": md5,
+            "params": params.values.training.model_dump(mode="json"),
+            "profile": params.values.profile,
+            "code_version": TRAINING_CODE_VERSION,
+        }
+        current = local_output / BUILD_FILE
+        trained = (local_output / FINAL_DIR / CHECKPOINT_INFO).is_file()
+        if trained and current.is_file() and json.loads(current.read_text()) == build:
+            context.log.info(f"the model in {local_output} is current: not retrained")
+            return model_result(local_output, reused=True)
     # Locked where dvc.lock already versions these triplets (`dvc repro`); otherwise Dagster's
     # `triplets` is the version: its data version is the DVC md5 the run logs.
-    locked = locked_md5(layout.triplets_dir, Path(LOCK_FILE).resolve()) == md5
+    locked = not k8s and locked_md5(layout.triplets_dir, Path(LOCK_FILE).resolve()) == md5
     training_args = [
         "--profile", params.values.profile,
         "--data", str(layout.root),

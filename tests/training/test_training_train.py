@@ -230,6 +230,8 @@ def test_killed_run_resumes_to_the_same_weights(triplets_root, tmp_path):
     out = tmp_path / "killed"
     values = yaml.safe_load((REPO / "params.yaml").read_text())
     values["profiles"]["tiny"]["training"]["checkpoint_every"] = 1  # a checkpoint to kill after
+    # This process's kernels, as the straight run above got (torch is loaded here already).
+    values["profiles"]["tiny"]["training"]["portable_cpu_kernels"] = False
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(values))
     command = [
