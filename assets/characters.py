@@ -1,7 +1,9 @@
 """Stage 3, grouping distinct characters (article 2.1.3).
 
 Frames are taken in order; the first frame not yet in a group seeds a new group, and every
-ungrouped frame whose cosine similarity to the seed reaches the threshold joins it. A group's
+ungrouped frame whose cosine similarity to the seed reaches the threshold joins it (the faces'
+`identity_embedding`: the mining recogniser's, `faces.recogniser`, on whose scale
+`characters.similarity_threshold` is). A group's
 frames are ordered by descending similarity to its seed. Groups smaller than the minimum are
 dropped; groups larger than the maximum keep their most similar frames.
 """
@@ -93,7 +95,7 @@ def build_characters(faces: pd.DataFrame, params: CharactersParams) -> pd.DataFr
         return pd.DataFrame(columns=columns)
     faces = faces.sort_values("frame_idx", kind="stable").reset_index(drop=True)
     groups = group_characters(
-        np.array(faces["embedding"].tolist(), dtype=np.float32),
+        np.array(faces["identity_embedding"].tolist(), dtype=np.float32),
         params.similarity_threshold,
         params.min_frames,
         params.max_frames,
@@ -121,7 +123,7 @@ def no_character_reason(frames_kept: int, faces: pd.DataFrame, params: Character
     if len(faces) < params.min_frames:
         return f"no character: {counts}; {need}"
     groups = group_characters(
-        np.array(faces["embedding"].tolist(), dtype=np.float32),
+        np.array(faces["identity_embedding"].tolist(), dtype=np.float32),
         params.similarity_threshold,
         1,
         params.max_frames,

@@ -2,6 +2,10 @@
 
 Frames without faces are dropped. Where a frame has several faces, the one whose summed
 cosine similarity to the other faces of the frame is lowest (the most distinctive) is kept.
+Each face carries two embeddings: the profile's (`embedding`, what conditions the model:
+antelopev2's ArcFace in `full`) and the mining recogniser's (`identity_embedding`, what picks
+the distinctive face and groups characters): the same with `faces.recogniser: profile`,
+dlib's descriptor of the same box with `faces.recogniser: dlib`.
 """
 
 from pathlib import Path
@@ -14,7 +18,7 @@ from tqdm import tqdm
 from assets.quality import check_result
 from assets.stage import MovieStage, movie_asset, movie_check
 from core.io import load_rgb, read_table, write_table
-from perception.faces import EMBEDDING_DIM, DetectedFace, FaceAnalyzer
+from perception.faces import EMBEDDING_DIM, DetectedFace, DlibFaceAnalyzer, FaceAnalyzer
 
 
 def select_distinctive_face(embeddings: np.ndarray, areas: np.ndarray | None = None) -> int:
@@ -37,7 +41,7 @@ def select_distinctive_face(embeddings: np.ndarray, areas: np.ndarray | None = N
     return int(tied[np.argmax(areas[tied])])
 
 
-def _face_record(face: DetectedFace, n_faces: int) -> dict:
+def _face_record(face: DetectedFace, identity: np.ndarray, n_faces: int) -> dict:
     return {
         "bbox": face.bbox.astype(np.float32).tolist(),
         "kps": face.kps.astype(np.float32).reshape(-1).tolist(),
@@ -45,6 +49,7 @@ def _face_record(face: DetectedFace, n_faces: int) -> dict:
         "n_faces": n_faces,
         "embedding": face.embedding.astype(np.float32).tolist(),
         "embedding_raw_norm": float(face.raw_norm),
+        "identity_embedding": identity.astype(np.float32).tolist(),
     }
 
 
@@ -54,12 +59,14 @@ def detect_faces(
     analyzer: FaceAnalyzer,
     min_face_px: int = 24,
     progress: bool = False,
+    recogniser: DlibFaceAnalyzer | None = None,
 ) -> pd.DataFrame:
     """One row per frame that has a face: the frame's columns plus the chosen face.
 
     Columns added: bbox (x1, y1, x2, y2), kps (5 points, flattened x, y), det_score,
     n_faces (faces found in the frame), embedding (512 floats, unit norm), embedding_raw_norm
-    (the recogniser's raw norm).
+    (the recogniser's raw norm), identity_embedding (unit norm: `recogniser`'s descriptor of
+    the face's box, dlib's 128 floats, or without one the embedding again).
     """
     rows = []
     for frame in tqdm(frames.itertuples(index=False), total=len(frames), disable=not progress):
@@ -71,12 +78,12 @@ def detect_faces(
         ]
         if not faces:
             continue
-        chosen = faces[
-            select_distinctive_face(
-                np.stack([f.embedding for f in faces]), np.array([f.area for f in faces])
-            )
-        ]
-        rows.append({**frame._asdict(), **_face_record(chosen, len(faces))})
+        identities = np.stack(
+            [recogniser.describe(image, f.bbox)[0] if recogniser else f.embedding for f in faces]
+        )
+        chosen = select_distinctive_face(identities, np.array([f.area for f in faces]))
+        record = _face_record(faces[chosen], identities[chosen], len(faces))
+        rows.append({**frame._asdict(), **record})
     columns = [
         *frames.columns,
         "bbox",
@@ -85,6 +92,7 @@ def detect_faces(
         "n_faces",
         "embedding",
         "embedding_raw_norm",
+        "identity_embedding",
     ]
     return pd.DataFrame(rows, columns=columns)
 
@@ -99,6 +107,9 @@ def faces_expectations() -> list:
         e.ExpectColumnValuesToBeInSet(column="embedding_dim", value_set=[EMBEDDING_DIM]),
         e.ExpectColumnValuesToBeBetween(column="embedding_norm", min_value=0.999, max_value=1.001),
         e.ExpectColumnValuesToBeBetween(column="embedding_raw_norm", min_value=1e-6),
+        e.ExpectColumnValuesToBeBetween(
+            column="identity_embedding_norm", min_value=0.999, max_value=1.001
+        ),
         e.ExpectColumnValuesToBeBetween(column="x1", min_value=-0.5),
         e.ExpectColumnValuesToBeBetween(column="y1", min_value=-0.5),
         e.ExpectColumnValuesToBeInSet(column="x2_inside", value_set=[True]),
@@ -117,6 +128,9 @@ def check_faces(df: pd.DataFrame) -> dg.AssetCheckResult:
     view = df[["frame_idx", "det_score", "n_faces", "embedding_raw_norm"]].assign(
         embedding_dim=[len(e) for e in embeddings],
         embedding_norm=[float(np.linalg.norm(e)) for e in embeddings],
+        identity_embedding_norm=[
+            float(np.linalg.norm(np.asarray(e, np.float64))) for e in df["identity_embedding"]
+        ],
         x1=boxes[:, 0],
         y1=boxes[:, 1],
         x2=boxes[:, 2],
@@ -138,11 +152,13 @@ def faces(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.Materializ
     layout, movie = stage.layout, stage.movie
     params = stage.params.faces
     frames_df = read_table(layout.table("frames", movie))
+    priors = context.resources.perception.priors
     df = detect_faces(
         frames_df,
         layout.root,
-        context.resources.perception.priors.face_analyzer(),
+        priors.face_analyzer(),
         params.min_face_px,
+        recogniser=priors.dlib_faces() if params.recogniser == "dlib" else None,
     )
     table = layout.table("faces", movie)
     write_table(df, table)

@@ -39,6 +39,12 @@ class ReferencesParams(Section):
 
 class TripletsParams(Section):
     seed: int = Field(0, ge=0)
+    # dlib's cosine of the character's face in the reference and the target frame below which
+    # the pair shows two people and is dropped: the highest different-people similarity
+    # measured on the sample movie (0.904), rounded up (BENCHMARKS.md, "Identity similarity").
+    min_identity_similarity: float = Field(0.91, ge=-1.0, le=1.0)
+    # The blocking check fails when more of the movie pairs than this fall below it.
+    max_mismatched_fraction: float = Field(0.1, ge=0.0, le=1.0)
 
 
 class DatasetParams(ParamsRoot):

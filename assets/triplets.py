@@ -4,14 +4,20 @@ For each character, one frame is the reference and a different frame the target,
 deterministically from the seed; the target's caption is the prompt. Each single-image ID
 under singles/ becomes a triplet whose target is the horizontally flipped reference. A
 triplet carries the reference image, its face embedding, the segmented reference crop, the
-target image, target mask, target pose control image and prompt. Everything that could not
-become a triplet is listed in skipped.parquet with the file, stage and reason: unusable
-files under movies/ and singles/ (stage `inputs`), movies whose stages did not all complete
-for the file present now (the first such stage, with its error), and every frame, character
-or single image left out on the way. A bad movie or image never stops the others.
+target image, target mask, target pose control image and prompt. A movie triplet also
+records the identity similarity of its two frames: dlib's descriptors of the character's face
+in the reference and in the target frame. Below `triplets.min_identity_similarity` the pair
+shows two people (a mis-grouped character) and is dropped, so it never becomes a training
+pair; the blocking check fails when more than `triplets.max_mismatched_fraction` of the movie
+pairs fall below it. Everything that could not become a triplet is listed in skipped.parquet
+with the file, stage and reason: unusable files under movies/ and singles/ (stage `inputs`),
+movies whose stages did not all complete for the file present now (the first such stage,
+with its error), and every frame, character, pair (stage `identity`, with its similarity) or
+single image left out on the way. A bad movie or image never stops the others.
 """
 
 import json
+import math
 import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -22,8 +28,15 @@ import pandas as pd
 
 from assets.contact_sheet import markdown_preview, triplet_sheet
 from assets.faces import select_distinctive_face
+from assets.identity import STAGE as IDENTITY
+from assets.identity import (
+    identity_expectation,
+    identity_similarity,
+    mismatch_reason,
+    movie_pairs,
+)
 from assets.masks import segment_character
-from assets.params import DatasetParams
+from assets.params import DatasetParams, TripletsParams
 from assets.quality import check_result
 from assets.references import segment_reference
 from assets.stage import (
@@ -37,12 +50,16 @@ from core.io import ImageReadError, atomic_path, load_rgb, read_table, save_imag
 from core.layout import DataLayout, SkippedInput
 from core.versioning import dvc_md5
 from perception.captions import caption_problems
+from perception.faces import DlibFaceAnalyzer
 from perception.params import CaptionsParams
 from perception.pose import draw_openpose, extract_pose
 from perception.priors import Priors
 
 FILES = ("reference.png", "reference_crop.png", "target.png", "target_mask.png", "target_pose.png")
-SKIPPED_COLUMNS = ["source", "movie", "file", "character_id", "frame_idx", "stage", "reason"]
+SKIPPED_COLUMNS = [
+    *("source", "movie", "file", "character_id", "frame_idx", "stage", "reason"),
+    "identity_similarity",  # of a pair dropped at stage `identity`; NaN for every other row
+]
 
 
 @dataclass
@@ -58,7 +75,11 @@ class Triplet:
     prompt: str
     face_embedding: list[float]  # unit norm
     face_embedding_raw_norm: float  # times the unit embedding: the recogniser's raw output
+    reference_bbox: list[float]  # the character's face in the reference, x1, y1, x2, y2 px
+    target_bbox: list[float]  # and in the target
     images: dict[str, np.ndarray]
+    # dlib's cosine of the character's face in the reference and the target (movies only)
+    identity_similarity: float = math.nan
 
 
 def _rng(seed: int, *key: object) -> np.random.Generator:
@@ -77,11 +98,15 @@ def skipped_record(
         "frame_idx": frame_idx,
         "stage": stage,
         "reason": reason,
+        "identity_similarity": math.nan,
     }
 
 
-def movie_triplets(layout: DataLayout, movie: str, seed: int) -> tuple[list[Triplet], list[dict]]:
-    """One triplet per character of `movie`, plus every frame or character skipped on the way."""
+def movie_triplets(
+    layout: DataLayout, movie: str, params: TripletsParams, recogniser: DlibFaceAnalyzer
+) -> tuple[list[Triplet], list[dict]]:
+    """One triplet per character of `movie` whose two frames show one person, plus every frame,
+    character or pair skipped on the way."""
     characters = read_table(layout.table("characters", movie))
     masks = read_table(layout.table("masks", movie))
     poses = read_table(layout.table("poses", movie))
@@ -117,11 +142,23 @@ def movie_triplets(layout: DataLayout, movie: str, seed: int) -> tuple[list[Trip
                 )
             )
             continue
-        ref_frame, target_frame = pairs[_rng(seed, movie, int(cid)).integers(len(pairs))]
+        ref_frame, target_frame = pairs[_rng(params.seed, movie, int(cid)).integers(len(pairs))]
         ref = group[group["frame_idx"] == ref_frame].iloc[0]
         target = targets[targets["frame_idx"] == target_frame].iloc[0]
         target_row = group[group["frame_idx"] == target_frame].iloc[0]
         crop_file = refs.loc[refs["frame_idx"] == ref_frame, "crop_file"].iloc[0]
+        reference_image = load_rgb(layout.root / ref["path"])
+        target_image = load_rgb(layout.root / target_row["path"])
+        similarity = identity_similarity(
+            recogniser, reference_image, ref["bbox"], target_image, target_row["bbox"]
+        )
+        if similarity < params.min_identity_similarity:
+            reason = mismatch_reason(similarity, int(ref_frame), int(target_frame), params)
+            skipped.append(
+                skipped_record("movie", movie, int(cid), int(target_frame), IDENTITY, reason)
+                | {"identity_similarity": similarity}
+            )
+            continue
         triplets.append(
             Triplet(
                 triplet_id=f"{movie}-c{int(cid):04d}",
@@ -133,12 +170,15 @@ def movie_triplets(layout: DataLayout, movie: str, seed: int) -> tuple[list[Trip
                 prompt=target["caption"],
                 face_embedding=[float(v) for v in ref["embedding"]],
                 face_embedding_raw_norm=float(ref["embedding_raw_norm"]),
+                identity_similarity=similarity,
+                reference_bbox=[float(v) for v in ref["bbox"]],
+                target_bbox=[float(v) for v in target_row["bbox"]],
                 images={
-                    "reference.png": load_rgb(layout.root / ref["path"]),
+                    "reference.png": reference_image,
                     "reference_crop.png": load_rgb(
                         layout.stage_dir("references", movie) / crop_file
                     ),
-                    "target.png": load_rgb(layout.root / target_row["path"]),
+                    "target.png": target_image,
                     "target_mask.png": load_rgb(
                         layout.stage_dir("masks", movie) / target["mask_file"]
                     ),
@@ -208,6 +248,8 @@ def single_triplet(
             prompt=prompt,
             face_embedding=[float(v) for v in face.embedding],
             face_embedding_raw_norm=float(face.raw_norm),
+            reference_bbox=[float(v) for v in face.bbox],
+            target_bbox=[float(v) for v in flipped_box],
             images={
                 "reference.png": reference,
                 "reference_crop.png": crop,
@@ -248,7 +290,7 @@ def write_manifest(rows: list[dict], skipped: list[dict], out_dir: Path, summary
     return manifest
 
 
-def triplets_expectations() -> list:
+def triplets_expectations(params: TripletsParams) -> list:
     import great_expectations as gx
 
     e = gx.expectations
@@ -259,11 +301,20 @@ def triplets_expectations() -> list:
         e.ExpectColumnValuesToBeInSet(column="prompt_ok", value_set=[True]),
         e.ExpectColumnValuesToBeBetween(column="embedding_norm", min_value=0.999, max_value=1.001),
         e.ExpectColumnValuesToBeInSet(column="files_exist", value_set=[True]),
+        identity_expectation(params),
     ]
 
 
-def check_triplets(manifest: pd.DataFrame, root: Path, captions: CaptionsParams):
-    view = pd.DataFrame(
+def check_triplets(
+    manifest: pd.DataFrame,
+    skipped: pd.DataFrame,
+    root: Path,
+    captions: CaptionsParams,
+    params: TripletsParams,
+):
+    """The triplets' suite over one row per triplet, then one row per movie pair with its
+    identity similarity (each row null in the other's columns; GX skips nulls)."""
+    triplet_rows = pd.DataFrame(
         {
             "triplet_id": manifest["triplet_id"],
             # A movie triplet's target is another frame; a single's is the flipped image.
@@ -280,7 +331,8 @@ def check_triplets(manifest: pd.DataFrame, root: Path, captions: CaptionsParams)
             ],
         }
     )
-    return check_result("triplets_expectations", view, triplets_expectations(), "triplets")
+    view = pd.concat([triplet_rows, movie_pairs(manifest, skipped)], ignore_index=True)
+    return check_result("triplets_expectations", view, triplets_expectations(params), "triplets")
 
 
 def _input_skip(source: str, skipped: SkippedInput) -> dict:
@@ -295,6 +347,7 @@ def build_triplets(
     singles/ now, written into `out_dir` as they are made (one movie's images in memory at
     a time). Whatever is left out is in the returned skip records, each also logged."""
     seed = params.triplets.seed
+    recogniser = priors.dlib_faces()
     movies, skipped_movies = layout.scan_movies()
     singles, skipped_singles = layout.scan_singles()
     rows: list[dict] = []
@@ -307,7 +360,7 @@ def build_triplets(
             skipped.append(skipped_record("movie", movie, None, None, stage, reason, video.name))
             continue
         try:
-            found, lost = movie_triplets(layout, movie, seed)
+            found, lost = movie_triplets(layout, movie, params.triplets, recogniser)
         except Exception as e:  # one movie's bad files (e.g. removed by hand) stop only it
             skipped.append(
                 skipped_record(
@@ -331,7 +384,9 @@ def build_triplets(
             rows.append(write_triplet(triplet, out_dir))
     if log is not None:
         for s in skipped:
-            if s["character_id"] is None and s["frame_idx"] is None:
+            if s["stage"] == IDENTITY:  # a mis-grouped character: worth a look
+                log.warning(f"dropped {s['movie']} character {s['character_id']}: {s['reason']}")
+            elif s["character_id"] is None and s["frame_idx"] is None:
                 log.warning(f"skipped {s['file'] or s['movie']} at {s['stage']}: {s['reason']}")
     summary = {
         "seed": seed,
@@ -377,7 +432,7 @@ SYNC_WITH_MOVIES = (
     required_resource_keys={"data", "params", "perception"},
     group_name="dataset",
     kinds={"dvc"},
-    code_version=source_version("assets.triplets"),
+    code_version=source_version("assets.triplets", "assets.identity"),
     automation_condition=SYNC_WITH_MOVIES,
 )
 def triplets(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
@@ -397,6 +452,7 @@ def triplets(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         sheet.save(tmp, format="JPEG", quality=90)
     metrics = dataset_metrics(layout, manifest, skipped)
     write_json(metrics, layout.metrics_file)
+    movie_rows = manifest[manifest["source"] == "movie"]
     return dg.MaterializeResult(
         metadata={
             "dvc_md5": version,
@@ -404,6 +460,14 @@ def triplets(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             "from_movies": int((manifest["source"] == "movie").sum()) if len(manifest) else 0,
             "from_singles": int((manifest["source"] == "single").sum()) if len(manifest) else 0,
             "skipped_by_stage": dg.MetadataValue.json(metrics["skipped"]),
+            # dlib's similarity of each kept movie triplet's two frames; the dropped ones are in
+            # skipped.parquet (stage identity).
+            "identity_similarity": dg.MetadataValue.json(
+                {
+                    r.triplet_id: round(float(r.identity_similarity), 4)
+                    for r in movie_rows.itertuples()
+                }
+            ),
             "manifest": dg.MetadataValue.path(str(layout.triplets_dir / "manifest.parquet")),
             "contact_sheet": dg.MetadataValue.path(str(sheet_path)),
             "preview": dg.MetadataValue.md(markdown_preview(sheet)),
@@ -421,8 +485,10 @@ def triplets(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
 )
 def triplets_check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
     """Distinct reference/target, prompts follow the template, unit face embeddings, every file
-    present."""
+    present, and at most `triplets.max_mismatched_fraction` of the movie pairs below
+    `triplets.min_identity_similarity` (the dropped ones included)."""
     layout = context.resources.data.layout
     manifest = read_table(layout.triplets_dir / "manifest.parquet")
-    captions = context.resources.params.values.captions
-    return check_triplets(manifest, layout.triplets_dir, captions)
+    skipped = read_table(layout.triplets_dir / "skipped.parquet")
+    values = context.resources.params.values
+    return check_triplets(manifest, skipped, layout.triplets_dir, values.captions, values.triplets)

@@ -61,9 +61,16 @@ def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return (x / np.maximum(norm, 1e-12)).astype(np.float32)
 
 
-def largest_face(analyzer: FaceAnalyzer, image: PIL.Image.Image) -> DetectedFace | None:
-    """The largest face the analyzer finds in `image`; None when there is none."""
-    faces = analyzer.detect(np.asarray(image.convert("RGB")))
+def face_at(analyzer: FaceAnalyzer, image: PIL.Image.Image, box: np.ndarray) -> DetectedFace | None:
+    """The largest face the analyzer finds in `image` whose box contains the centre of `box`
+    (x1, y1, x2, y2 px: where a known face is, whichever detector found it); None when none
+    does."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    faces = [
+        face
+        for face in analyzer.detect(np.asarray(image.convert("RGB")))
+        if face.bbox[0] <= cx <= face.bbox[2] and face.bbox[1] <= cy <= face.bbox[3]
+    ]
     return max(faces, key=lambda f: f.area) if faces else None
 
 

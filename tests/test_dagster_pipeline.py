@@ -210,6 +210,9 @@ def test_triplet_dataset_from_the_movie_and_the_singles(dataset, sample_root: Pa
     characters = pd.read_parquet(layout.table("characters", "sample"))
     movie_rows = manifest[manifest["source"] == "movie"]
     assert len(movie_rows) == characters["character_id"].nunique()  # one triplet a character
+    # Each pair's faces are one person to dlib: the mined characters are pure.
+    threshold = load_params(PARAMS, "tiny").triplets.min_identity_similarity
+    assert (movie_rows["identity_similarity"] >= threshold).all()
     assert (movie_rows["reference_frame"] != movie_rows["target_frame"]).all()
     assert manifest.loc[manifest["source"] == "single", "triplet_id"].tolist() == [
         "single-eileen_collins"

@@ -248,6 +248,7 @@ def test_no_characters_gives_empty_tables_through_every_stage(tmp_path: Path):
             "bbox": [[1.0, 1.0, 20.0, 20.0]],
             "embedding": [np.eye(512, dtype=np.float32)[0].tolist()],
             "embedding_raw_norm": [20.0],
+            "identity_embedding": [np.eye(512, dtype=np.float32)[0].tolist()],
         }
     )
     characters = round_trip(build_characters(faces, CharactersParams(min_frames=3)), "c")

@@ -11,12 +11,22 @@ from PIL import Image
 
 from assets.captions import CaptionsParams, caption_frames
 from assets.masks import MasksParams, mask_skip_reason, segment_character
+from assets.params import TripletsParams
 from assets.references import ReferencesParams, segment_reference
-from assets.triplets import check_triplets, dvc_md5, movie_triplets, single_triplet, write_manifest
+from assets.sample_movie import _portrait
+from assets.triplets import (
+    check_triplets,
+    dvc_md5,
+    movie_triplets,
+    single_triplet,
+    write_manifest,
+    write_triplet,
+)
 from core.layout import DataLayout
 from orchestration.resources import ParamsResource, PerceptionResource
 from perception.captions import TinyCaptioner
 from perception.pose import MaskedPoseExtractor, RTMPoseEstimator, extract_pose, masked_image
+from perception.priors import Priors
 from perception.segmentation import SamSegmenter
 from tests.conftest import PARAMS
 
@@ -135,17 +145,29 @@ def test_dvc_md5_is_the_hash_dvc_records(tmp_path: Path):
     assert f"md5: {dvc_md5(folder)}" in recorded
 
 
-def small_movie_dataset(root: Path) -> DataLayout:
-    """Two characters in movie 'm': character 0 has three usable frames, character 1 loses
-    its frames to an empty mask, a missing pose and a caption that breaks the template."""
+ONE_PERSON = ("eileen_collins",) * 3 + ("grace_hopper",) * 2
+# Character 0's frames show three people: every (reference, target) pair it can form crosses.
+MIS_GROUPED = ("eileen_collins", "grace_hopper", "tom_hanks", "grace_hopper", "grace_hopper")
+
+
+def small_movie_dataset(root: Path, people: tuple[str, ...] = ONE_PERSON) -> DataLayout:
+    """Two characters in movie 'm', frames of the sample movie's photographs (`people`, one a
+    frame, each placed a little differently): character 0 has three usable frames, character 1
+    loses its frames to an empty mask, a missing pose and a caption that breaks the template."""
     layout = DataLayout(root)
     frames = [0, 50, 100, 150, 200]
     for stage in ("frames", "masks", "poses", "references"):
         layout.stage_dir(stage, "m").mkdir(parents=True)
     for stage in ("characters", "captions"):
         (root / stage).mkdir()
-    for f in frames:
-        image = np.full((32, 48, 3), f % 255, np.uint8)
+    boxes, dlib = [], Priors("tiny").dlib_faces()
+    for i, (f, person) in enumerate(zip(frames, people, strict=True)):
+        image = np.full((320, 400, 3), 90, np.uint8)
+        portrait = Image.fromarray(_portrait(person))
+        portrait = portrait.resize((round(portrait.width * 300 / portrait.height), 300))
+        image[10:310, 10 * i : 10 * i + portrait.width] = np.asarray(portrait)
+        [face] = dlib.detect(image)
+        boxes.append(face.bbox.tolist())
         Image.fromarray(image).save(layout.stage_dir("frames", "m") / f"{f:08d}.png")
         for stage, name in (("masks", "mask"), ("poses", "pose"), ("references", "crop")):
             Image.fromarray(image).save(layout.stage_dir(stage, "m") / f"{name}{f}.png")
@@ -157,6 +179,7 @@ def small_movie_dataset(root: Path) -> DataLayout:
     unit = np.eye(512, dtype=np.float32)[0].tolist()
     table(
         path=[f"frames/m/{f:08d}.png" for f in frames],
+        bbox=boxes,
         embedding=[unit] * 5,
         embedding_raw_norm=21.5,
     ).to_parquet(layout.table("characters", "m"))
@@ -200,9 +223,10 @@ def small_movie_dataset(root: Path) -> DataLayout:
     return layout
 
 
-def test_movie_triplets_record_every_skip_and_follow_the_seed(tmp_path: Path):
+def test_movie_triplets_record_every_skip_and_follow_the_seed(tmp_path: Path, perception):
     layout = small_movie_dataset(tmp_path)
-    triplets, skipped = movie_triplets(layout, "m", seed=0)
+    dlib = perception.priors.dlib_faces()
+    triplets, skipped = movie_triplets(layout, "m", TripletsParams(seed=0), dlib)
     assert [t.character_id for t in triplets] == [0]
     t = triplets[0]
     assert t.reference_frame != t.target_frame and t.target_frame in (0, 50)
@@ -218,17 +242,59 @@ def test_movie_triplets_record_every_skip_and_follow_the_seed(tmp_path: Path):
     assert reasons[("poses", 150)].startswith("no pose found")
     assert reasons[("captions", 100)] == "3 words, outside 100-150"
     assert reasons[("triplets", None)].startswith("no (reference, target) pair")
+    assert t.identity_similarity >= TripletsParams().min_identity_similarity  # one person
     choices = {
         (t.reference_frame, t.target_frame)
         for seed in range(8)
-        for t in movie_triplets(layout, "m", seed)[0]
+        for t in movie_triplets(layout, "m", TripletsParams(seed=seed), dlib)[0]
     }
-    again = movie_triplets(layout, "m", seed=0)[0][0]
+    again = movie_triplets(layout, "m", TripletsParams(seed=0), dlib)[0][0]
     assert (again.reference_frame, again.target_frame) == (t.reference_frame, t.target_frame)
     assert len(choices) > 1  # the seed, not the table order, decides
 
 
 def test_an_empty_dataset_fails_its_check_instead_of_crashing(tmp_path: Path):
     manifest = write_manifest([], [], tmp_path, {"seed": 0})
-    result = check_triplets(manifest, tmp_path, CaptionsParams())
+    skipped = pd.read_parquet(tmp_path / "skipped.parquet")
+    result = check_triplets(manifest, skipped, tmp_path, CaptionsParams(), TripletsParams())
     assert not result.passed and "expect_table_row_count_to_be_between" in result.description
+
+
+def identity_checked(root: Path, people: tuple[str, ...], dlib, params=None):
+    """movie_triplets over the small movie of `people`, written out and checked."""
+    params = params or TripletsParams()
+    layout = small_movie_dataset(root, people)
+    triplets, skipped = movie_triplets(layout, "m", params, dlib)
+    out = root / "triplets"
+    rows = [write_triplet(t, out) for t in triplets]
+    manifest = write_manifest(rows, skipped, out, {"seed": 0})
+    skipped_table = pd.read_parquet(out / "skipped.parquet")
+    caption_rules = CaptionsParams(min_words=1, max_words=200)
+    return (
+        manifest,
+        skipped_table,
+        check_triplets(manifest, skipped_table, out, caption_rules, params),
+    )
+
+
+def test_a_pair_of_two_people_is_dropped_and_fails_the_identity_check(tmp_path: Path, perception):
+    dlib = perception.priors.dlib_faces()
+    manifest, skipped, result = identity_checked(tmp_path / "one", ONE_PERSON, dlib)
+    assert result.passed, result.description
+    assert manifest["identity_similarity"].iloc[0] >= TripletsParams().min_identity_similarity
+    assert not (skipped["stage"] == "identity").any()
+
+    manifest, skipped, result = identity_checked(tmp_path / "three", MIS_GROUPED, dlib)
+    assert manifest.empty or "m-c0000" not in set(manifest["triplet_id"])  # never a training pair
+    [dropped] = skipped[skipped["stage"] == "identity"].itertuples()
+    assert dropped.character_id == 0
+    assert dropped.identity_similarity < TripletsParams().min_identity_similarity
+    assert (
+        "show two people" in dropped.reason and "triplets.min_identity_similarity" in dropped.reason
+    )
+    assert not result.passed
+    assert "identity_similarity" in result.description and "mostly" in result.description
+    # Tolerated when the params allow every pair to mismatch.
+    lenient = TripletsParams(max_mismatched_fraction=1.0)
+    *_, result = identity_checked(tmp_path / "lenient", MIS_GROUPED, dlib, lenient)
+    assert "identity_similarity" not in result.description

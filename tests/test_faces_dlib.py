@@ -12,10 +12,15 @@ import av
 import numpy as np
 import pytest
 
-from assets.sample_movie import _portrait, identity_at
+from assets.characters import build_characters
+from assets.faces import detect_faces
+from assets.frames import extract_frames
+from assets.sample_movie import _portrait, compare_with_truth, identity_at
 from core.layout import DataLayout
+from orchestration.params import load_params
 from perception.faces import (
     DLIB_EMBEDDING_DIM,
+    EMBEDDING_DIM,
     DlibFaceAnalyzer,
     TinyFaceAnalyzer,
     copy_paste_score,
@@ -24,6 +29,7 @@ from perception.faces import (
 )
 from perception.params import FacesParams
 from perception.priors import Priors
+from tests.conftest import PARAMS
 
 IDENTITIES = ("grace_hopper", "eileen_collins", "tom_hanks")
 # Frames of the sample movie: one from each single-person shot, and the three-person shot.
@@ -135,3 +141,26 @@ def test_copy_paste_is_one_for_the_reference_and_minus_one_for_the_target():
     # Scale does not matter: the recogniser's raw embeddings give the same score.
     assert copy_paste_score(3 * reference, 2 * reference, target) == pytest.approx(1.0)
     assert math.isnan(copy_paste_score(reference, target, target))
+
+
+def test_characters_mined_with_dlib_match_the_ground_truth(dlib_faces, sample_root, tmp_path):
+    """`faces.recogniser: dlib`: the tiny cascade's boxes, dlib's descriptors group them; at the
+    triplets' threshold every group is one person and every person is found."""
+    values = load_params(PARAMS, "tiny")
+    frames = extract_frames(
+        sample_root / "movies" / "sample.mp4",
+        tmp_path / "frames",
+        "sample",
+        values.frames.stride,
+        relative_to=tmp_path,
+    )
+    faces = detect_faces(frames, tmp_path, TinyFaceAnalyzer(), recogniser=dlib_faces)
+    assert {len(e) for e in faces["identity_embedding"]} == {DLIB_EMBEDDING_DIM}
+    assert {len(e) for e in faces["embedding"]} == {EMBEDDING_DIM}  # conditioning: unchanged
+    threshold = values.triplets.min_identity_similarity
+    params = values.characters.model_copy(update={"similarity_threshold": threshold})
+    characters = build_characters(faces, params)
+    truth = json.loads(DataLayout(sample_root).ground_truth("sample").read_text())
+    report = compare_with_truth(characters, truth, values.frames.stride, params.min_frames)
+    assert report["pure"], report["groups"]
+    assert report["found"] == report["expected"] == sorted(IDENTITIES)

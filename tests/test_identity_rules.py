@@ -98,6 +98,7 @@ def test_build_characters_table():
             "kps": [[0.0] * 10] * 5,
             "embedding": list(emb),
             "embedding_raw_norm": 20.0,
+            "identity_embedding": list(emb),
         }
     )
     df = build_characters(faces, CharactersParams(similarity_threshold=0.9, min_frames=3))
@@ -108,7 +109,7 @@ def test_build_characters_table():
 
 
 def test_no_character_reason_gives_the_numbers():
-    faces = pd.DataFrame({"embedding": list(unit([1, 0], [0, 1], [1, 0.05], [0.05, 1]))})
+    faces = pd.DataFrame({"identity_embedding": list(unit([1, 0], [0, 1], [1, 0.05], [0.05, 1]))})
     params = CharactersParams(similarity_threshold=0.9, min_frames=3)
     assert build_characters(faces.assign(frame_idx=range(4)), params).empty
     assert no_character_reason(1, faces.iloc[:1], params) == (

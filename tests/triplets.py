@@ -39,6 +39,8 @@ def write_triplets(root: Path, identities: int = 6, seed: int = 0) -> Path:
             prompt=f"A person number {i} wearing a red coat walks through a grey street.",
             face_embedding=[float(v) for v in embedding / np.linalg.norm(embedding)],
             face_embedding_raw_norm=float(20 + i),
+            reference_bbox=[width / 4, height / 4, 3 * width / 4, 3 * height / 4],
+            target_bbox=[width / 4, height / 4, 3 * width / 4, 3 * height / 4],
             images=images,
         )
         rows.append(write_triplet(triplet, out))

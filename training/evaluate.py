@@ -7,13 +7,14 @@ condition, its reference crop and face embedding the identity. The output is sco
 triplet:
 
 - identity, by a recogniser independent of the ArcFace the model is conditioned on
-  (`evaluation.face_model`, dlib by default; PuLID likewise scores with CurricularFace), in the
-  target frame at its own size (the painted region, resized back, in place of the mask):
-  `face_similarity` (sim_ref), cosine of the output's face and the reference crop's;
+  (`evaluation.face_model`, dlib by default; PuLID likewise scores with CurricularFace), at the
+  target frame's size (the output resized back) and at the character's face: the face the
+  recogniser finds where the faces stage found it, in the reference, the target and the output.
+  `face_similarity` (sim_ref), cosine of the output's face and the reference's;
   `face_similarity_gt` (sim_gt), of the output's face and the target frame's (a movie triplet's
   target is a held-out frame of the same person); `face_copy_paste`, how much closer the output
   is to the reference than the real target is (WithAnyone's MultiID-Bench: +1 a pasted
-  reference, -1 the target itself); `face_found`, whether the output has a face in the mask.
+  reference, -1 the target itself); `face_found`, whether the output has a face there.
   `evaluation.second_face_model` (antelopev2) adds the same four, suffixed with its name, where
   its weights exist;
 - `pck_body`, `pck_face`: keypoints re-extracted from the output against the conditioning ones
@@ -26,10 +27,10 @@ triplet:
 
 Calibration rows are scored the same way and need no model: `ground_truth`, the target frame
 itself as the output (what a perfect repainting scores; its sim_ref is the triplet's own
-identity similarity), and `paste`, the reference crop resized and pasted into the mask (what
-copying the reference scores). Ablations come from the same weights by scale: SDXL inpainting
-alone (every identity scale 0), plus the face branch, plus the body branch, plus
-Pose-IdentityNet (the full model).
+identity similarity), and `paste`, the reference resized and pasted into the mask's box with
+its face on the target's (what copying the reference scores). Ablations come from the same
+weights by scale: SDXL inpainting alone (every identity scale 0), plus the face branch, plus
+the body branch, plus Pose-IdentityNet (the full model).
 """
 
 from __future__ import annotations
@@ -47,12 +48,13 @@ import torch
 
 from core.layout import DataLayout
 from core.versioning import dvc_md5
-from perception.faces import FaceAnalyzer, copy_paste_score, cosine, face_in_mask, largest_face
+from perception.faces import FaceAnalyzer, face_at
 from perception.params import FacesParams, PosesParams
 from perception.pose import Pose, RTMPoseEstimator, extract_pose, mask_box, masked_image
 from perception.priors import Priors
 from training.data import Placement, fit_to_bucket, place
 from training.grid import inpaint_grid
+from training.metrics import ClipScorer, Identity, identity_scores, pck, saturation_ratio
 from training.params import EvaluationParams, TrainingParams
 from training.pipeline import PaintSettings
 
@@ -87,101 +89,13 @@ METRICS = (*IDENTITY_METRICS, "pck_body", "pck_face", "clip_score", "saturation_
 
 
 # ---------------------------------------------------------------------------------------------
-# The metrics, each a pure function of arrays
-
-
-def pck(
-    predicted: np.ndarray,
-    predicted_scores: np.ndarray,
-    target: np.ndarray,
-    target_scores: np.ndarray,
-    alpha: float,
-    score_threshold: float,
-) -> float:
-    """Percentage of correct keypoints: of the target keypoints scored >= `score_threshold`,
-    the fraction the prediction also finds within `alpha` × the larger side of their box.
-    NaN when no target keypoint is visible."""
-    visible = target_scores >= score_threshold
-    if not visible.any():
-        return math.nan
-    reference = target[visible]
-    size = max(float((reference.max(axis=0) - reference.min(axis=0)).max()), 1.0)
-    distance = np.linalg.norm(predicted[visible] - reference, axis=1)
-    found = predicted_scores[visible] >= score_threshold
-    return float(((distance <= alpha * size) & found).mean())
-
-
-def mean_saturation(image: np.ndarray, inside: np.ndarray) -> float:
-    """Mean HSV saturation, (max - min) / max of RGB, of an RGB uint8 image's pixels in
-    `inside`; NaN for an empty region."""
-    pixels = image[inside].astype(np.float32)
-    if len(pixels) == 0:
-        return math.nan
-    high, low = pixels.max(axis=1), pixels.min(axis=1)
-    saturation = np.where(high > 0, (high - low) / np.maximum(high, 1e-6), 0.0)
-    return float(saturation.mean())
-
-
-def saturation_ratio(output: np.ndarray, target: np.ndarray, inside: np.ndarray) -> float:
-    """The painted region's mean saturation over the target's in the same region."""
-    reference = mean_saturation(target, inside)
-    return mean_saturation(output, inside) / reference if reference > 0 else math.nan
-
-
-@dataclass(frozen=True)
-class Identity:
-    """A triplet's two faces in one recogniser's space: the reference crop's and the target
-    frame's (in the mask); None where the recogniser finds no face."""
-
-    reference: np.ndarray | None
-    target: np.ndarray | None
-
-
-def identity_scores(output: np.ndarray | None, identity: Identity) -> list[float]:
-    """sim_ref, sim_gt, copy-paste and face found of an output's face embedding (None: no face
-    in the mask); NaN where a face is missing."""
-    if output is None:
-        return [math.nan, math.nan, math.nan, 0.0]
-    reference, target = identity.reference, identity.target
-    return [
-        cosine(output, reference) if reference is not None else math.nan,
-        cosine(output, target) if target is not None else math.nan,
-        copy_paste_score(output, reference, target)
-        if reference is not None and target is not None
-        else math.nan,
-        1.0,
-    ]
-
-
-class ClipScorer:
-    """CLIP-T: 100 × max(cosine, 0) of a transformers CLIP model's image and text features."""
-
-    def __init__(self, folder: str | Path) -> None:
-        from transformers import CLIPModel, CLIPProcessor
-
-        self.folder = Path(folder)
-        self.model = CLIPModel.from_pretrained(self.folder).eval()
-        self.processor = CLIPProcessor.from_pretrained(self.folder)
-
-    @torch.no_grad()
-    def __call__(self, image: PIL.Image.Image, text: str) -> float:
-        inputs = self.processor(
-            text=[text], images=[image], return_tensors="pt", padding=True, truncation=True
-        )
-        # CLIPOutput's image and text embeddings are projected and unit-normed.
-        output = self.model(**inputs)
-        cosine = (output.image_embeds * output.text_embeds).sum(dim=-1)
-        return 100.0 * max(float(cosine[0]), 0.0)
-
-
-# ---------------------------------------------------------------------------------------------
 # Scoring the model on validation triplets
 
 
 @dataclass
 class ValidationSample:
-    """One validation triplet, as the model sees it (placed in its bucket), and its target
-    frame at its own size, where identity is scored."""
+    """One validation triplet, as the model sees it (placed in its bucket), and its two frames
+    at their own size with the character's face box in each, where identity is scored."""
 
     triplet_id: str
     base: PIL.Image.Image  # the ground-truth target frame, in the bucket
@@ -193,44 +107,50 @@ class ValidationSample:
     frame: PIL.Image.Image  # the target frame at its own size
     frame_mask: PIL.Image.Image
     placement: Placement  # how the frame went into the bucket
+    reference_frame: PIL.Image.Image  # the reference image the crop was cut from
+    reference_face_box: np.ndarray  # the character's face (x1, y1, x2, y2 px), faces stage
+    target_face_box: np.ndarray  # in `frame`
 
     @classmethod
     def from_row(cls, row: Any, root: Path, buckets: Sequence[tuple[int, int]]) -> ValidationSample:
         images = {}
-        for column, mode in (("target", "RGB"), ("target_mask", "L"), ("target_pose", "RGB")):
+        for column, mode in (
+            ("target", "RGB"),
+            ("target_mask", "L"),
+            ("target_pose", "RGB"),
+            ("reference", "RGB"),
+            ("reference_crop", "RGB"),
+        ):
             with PIL.Image.open(root / getattr(row, column)) as image:
                 images[column] = image.convert(mode)
         frame = images["target"]
         placement = place(frame.height, frame.width, buckets)
         bicubic, nearest = PIL.Image.Resampling.BICUBIC, PIL.Image.Resampling.NEAREST
-        with PIL.Image.open(root / row.reference_crop) as crop:
-            reference = crop.convert("RGB")
         unit = np.asarray(row.face_embedding, np.float32)
         return cls(
             triplet_id=row.triplet_id,
             base=fit_to_bucket(frame, placement, bicubic),
             mask=fit_to_bucket(images["target_mask"], placement, nearest),
             pose=fit_to_bucket(images["target_pose"], placement, bicubic),
-            reference=reference,
+            reference=images["reference_crop"],
             face_embedding=unit * np.float32(row.face_embedding_raw_norm),
             prompt=row.prompt,
             frame=frame,
             frame_mask=images["target_mask"],
             placement=placement,
+            reference_frame=images["reference"],
+            reference_face_box=np.asarray(row.reference_bbox, np.float32),
+            target_face_box=np.asarray(row.target_bbox, np.float32),
         )
 
     @property
     def inside(self) -> np.ndarray:
         return np.asarray(self.mask) >= 128  # binarised as the pipeline does
 
-    @property
-    def frame_inside(self) -> np.ndarray:
-        return np.asarray(self.frame_mask) >= 128
-
     def in_frame(self, painted: PIL.Image.Image) -> PIL.Image.Image:
-        """A bucket-size output in the target frame at its own size: the masked pixels come from
-        the output, resized back; the rest, and masked pixels the bucket's crop cut off (left
-        white), are the frame's. A small bucket's face would be too small to recognise."""
+        """A bucket-size output at the target frame's size: resized back over the part of the
+        frame the bucket shows (white where the bucket's crop cut the frame, so no target pixel
+        is scored as the model's). A small bucket's face would be too small to recognise."""
         top, left = self.placement.crop_top_left
         bucket_h, bucket_w = self.placement.bucket
         (resized_h, resized_w), (height, width) = (
@@ -245,25 +165,31 @@ class ValidationSample:
             painted.convert("RGB").resize((x2 - x1, y2 - y1), PIL.Image.Resampling.BICUBIC),
             (x1, y1),
         )
-        inside = self.frame_inside[..., None]
-        return PIL.Image.fromarray(np.where(inside, np.asarray(canvas), np.asarray(self.frame)))
+        return canvas
 
     def pasted_reference(self) -> PIL.Image.Image:
-        """The `paste` calibration, at the frame's size: the mask blanked to white (as the
-        reference crop's background) and the crop resized to fit the mask's box, centred."""
-        inside = self.frame_inside
-        box = mask_box(inside)
-        canvas = PIL.Image.new("RGB", self.frame.size, (255, 255, 255))
+        """The `paste` calibration at the frame's size: the reference, scaled and shifted so the
+        character's face lands on the target's face box, over the mask's box (the rest is the
+        target frame): what a model that copies the reference in would paint. The reference
+        image rather than its segmented crop, whose mask can cut into the face (the tiny
+        profile's SAM is random)."""
+        rx1, ry1, rx2, _ = self.reference_face_box
+        tx1, ty1, tx2, _ = self.target_face_box
+        scale = (tx2 - tx1) / max(rx2 - rx1, 1.0)
+        reference = self.reference_frame.resize(
+            (
+                max(round(self.reference_frame.width * scale), 1),
+                max(round(self.reference_frame.height * scale), 1),
+            ),
+            PIL.Image.Resampling.BICUBIC,
+        )
+        moved = PIL.Image.new("RGB", self.frame.size, (255, 255, 255))
+        moved.paste(reference, (round(tx1 - rx1 * scale), round(ty1 - ry1 * scale)))
+        pasted = np.asarray(self.frame).copy()
+        box = mask_box(np.asarray(self.frame_mask) >= 128)
         if box is not None:
-            x1, y1, x2, y2 = (int(v) for v in box)
-            scale = min((x2 - x1) / self.reference.width, (y2 - y1) / self.reference.height)
-            size = (
-                max(round(self.reference.width * scale), 1),
-                max(round(self.reference.height * scale), 1),
-            )
-            offset = (x1 + (x2 - x1 - size[0]) // 2, y1 + (y2 - y1 - size[1]) // 2)
-            canvas.paste(self.reference.resize(size, PIL.Image.Resampling.BICUBIC), offset)
-        pasted = np.where(inside[..., None], np.asarray(canvas), np.asarray(self.frame))
+            x1, y1, x2, y2 = (round(v) for v in box)
+            pasted[y1:y2, x1:x2] = np.asarray(moved)[y1:y2, x1:x2]
         return PIL.Image.fromarray(pasted)
 
 
@@ -278,7 +204,7 @@ class Evaluation:
 
     @property
     def metric_names(self) -> list[str]:
-        """The scored columns: METRICS, then the second recogniser's identity metrics."""
+        """The scored columns: METRICS (those computed), then the second recogniser's."""
         return [c for c in self.samples.columns if c not in ("ablation", "triplet_id")]
 
     def summary(self) -> pd.DataFrame:
@@ -363,17 +289,20 @@ class Evaluator:
 
     @property
     def columns(self) -> list[str]:
-        """The samples table's scored columns: METRICS, then the second recogniser's."""
+        """The samples table's scored columns: METRICS (without `clip_score` when no CLIP model
+        is there: the notes say why), then the second recogniser's."""
+        metrics = [m for m in METRICS if self.clip is not None or m != "clip_score"]
         second = list(self.identity_columns().values())[1:]
-        return [*METRICS, *(column for columns in second for column in columns)]
+        return [*metrics, *(column for columns in second for column in columns)]
 
     def identities(self, sample: ValidationSample) -> list[Identity]:
-        """The triplet's reference and target faces in each recogniser's space: the largest
-        face of the reference crop, the largest face in the target frame's mask."""
+        """The triplet's reference and target faces in each recogniser's space: the faces it
+        finds where the faces stage found the character's, in the reference and the target
+        frame."""
         found = []
         for recogniser in self.recognisers.values():
-            reference = largest_face(recogniser, sample.reference)
-            target = face_in_mask(recogniser, sample.frame, sample.frame_inside)
+            reference = face_at(recogniser, sample.reference_frame, sample.reference_face_box)
+            target = face_at(recogniser, sample.frame, sample.target_face_box)
             found.append(
                 Identity(
                     reference.embedding if reference is not None else None,
@@ -410,15 +339,16 @@ class Evaluator:
         scores = {}
         recognisers = zip(self.recognisers.values(), self.identity_columns().values(), strict=True)
         for (recogniser, columns), faces in zip(recognisers, identities, strict=True):
-            face = face_in_mask(recogniser, output_in_frame, sample.frame_inside)
+            face = face_at(recogniser, output_in_frame, sample.target_face_box)
             values = identity_scores(face.embedding if face is not None else None, faces)
             scores |= dict(zip(columns, values, strict=True))
         scores |= {
             "pck_body": math.nan,
             "pck_face": math.nan,
-            "clip_score": self.clip(output, sample.prompt) if self.clip else math.nan,
             "saturation_ratio": saturation_ratio(painted, target, inside),
         }
+        if self.clip is not None:
+            scores["clip_score"] = self.clip(output, sample.prompt)
         box = mask_box(inside)
         if condition is not None and box is not None:
             found = self.pose_estimator.estimate(masked_image(painted, inside), box)

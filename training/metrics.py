@@ -1,0 +1,99 @@
+"""The evaluation's metrics, each a pure function of arrays (`training.evaluate` runs them):
+keypoints (PCK), colour (saturation), identity (sim_ref, sim_gt, copy-paste from a
+recogniser's embeddings) and CLIP-T."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+
+from perception.faces import copy_paste_score, cosine
+
+
+def pck(
+    predicted: np.ndarray,
+    predicted_scores: np.ndarray,
+    target: np.ndarray,
+    target_scores: np.ndarray,
+    alpha: float,
+    score_threshold: float,
+) -> float:
+    """Percentage of correct keypoints: of the target keypoints scored >= `score_threshold`,
+    the fraction the prediction also finds within `alpha` × the larger side of their box.
+    NaN when no target keypoint is visible."""
+    visible = target_scores >= score_threshold
+    if not visible.any():
+        return math.nan
+    reference = target[visible]
+    size = max(float((reference.max(axis=0) - reference.min(axis=0)).max()), 1.0)
+    distance = np.linalg.norm(predicted[visible] - reference, axis=1)
+    found = predicted_scores[visible] >= score_threshold
+    return float(((distance <= alpha * size) & found).mean())
+
+
+def mean_saturation(image: np.ndarray, inside: np.ndarray) -> float:
+    """Mean HSV saturation, (max - min) / max of RGB, of an RGB uint8 image's pixels in
+    `inside`; NaN for an empty region."""
+    pixels = image[inside].astype(np.float32)
+    if len(pixels) == 0:
+        return math.nan
+    high, low = pixels.max(axis=1), pixels.min(axis=1)
+    saturation = np.where(high > 0, (high - low) / np.maximum(high, 1e-6), 0.0)
+    return float(saturation.mean())
+
+
+def saturation_ratio(output: np.ndarray, target: np.ndarray, inside: np.ndarray) -> float:
+    """The painted region's mean saturation over the target's in the same region."""
+    reference = mean_saturation(target, inside)
+    return mean_saturation(output, inside) / reference if reference > 0 else math.nan
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A triplet's two faces in one recogniser's space: the reference's and the target frame's
+    (where the faces stage found the character's); None where the recogniser finds none."""
+
+    reference: np.ndarray | None
+    target: np.ndarray | None
+
+
+def identity_scores(output: np.ndarray | None, identity: Identity) -> list[float]:
+    """sim_ref, sim_gt, copy-paste and face found of an output's face embedding (None: no face
+    where the target's is); NaN where a face is missing."""
+    if output is None:
+        return [math.nan, math.nan, math.nan, 0.0]
+    reference, target = identity.reference, identity.target
+    return [
+        cosine(output, reference) if reference is not None else math.nan,
+        cosine(output, target) if target is not None else math.nan,
+        copy_paste_score(output, reference, target)
+        if reference is not None and target is not None
+        else math.nan,
+        1.0,
+    ]
+
+
+class ClipScorer:
+    """CLIP-T: 100 × max(cosine, 0) of a transformers CLIP model's image and text features."""
+
+    def __init__(self, folder: str | Path) -> None:
+        from transformers import CLIPModel, CLIPProcessor
+
+        self.folder = Path(folder)
+        self.model = CLIPModel.from_pretrained(self.folder).eval()
+        self.processor = CLIPProcessor.from_pretrained(self.folder)
+
+    @torch.no_grad()
+    def __call__(self, image: PIL.Image.Image, text: str) -> float:
+        inputs = self.processor(
+            text=[text], images=[image], return_tensors="pt", padding=True, truncation=True
+        )
+        # CLIPOutput's image and text embeddings are projected and unit-normed.
+        output = self.model(**inputs)
+        cosine = (output.image_embeds * output.text_embeds).sum(dim=-1)
+        return 100.0 * max(float(cosine[0]), 0.0)
