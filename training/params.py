@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from core.params import Section
 
@@ -73,6 +73,13 @@ class TrainingParams(Section):
     log_every: int = Field(10, ge=1)
     output_dir: str = "checkpoints"
     trust_remote_code: bool = False  # run the body encoder's own code (InternViT needs it)
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _unquoted_no(cls, value: Any) -> Any:
+        # YAML 1.1 reads an unquoted `no` as false, and `dvc exp run -S` rewrites params.yaml
+        # without the quotes.
+        return "no" if value is False else value
 
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed run must share with the checkpoint it continues: the model, and

@@ -484,3 +484,12 @@ def test_8bit_adam_is_refused_where_it_cannot_run(triplets_root, tmp_path):
             lock_file=None,
             show_progress=False,
         )
+
+
+def test_an_unquoted_no_from_dvc_exp_run_is_the_no_policy(tmp_path):
+    """`dvc exp run -S` rewrites params.yaml without quotes; YAML 1.1 reads `no` as false."""
+    values = yaml.safe_load((REPO / "params.yaml").read_text())
+    values["profiles"]["tiny"]["training"]["mixed_precision"] = False
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(values))
+    assert load_params(path, "tiny").training.mixed_precision == "no"
