@@ -4,6 +4,7 @@ with these; lineage follows them back."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import tempfile
 from pathlib import Path
@@ -24,6 +25,15 @@ def dvc_md5(path: Path) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         _, _, obj = build(HashFileDB(fs, tmp), str(path), fs, "md5", dry_run=True)
     return obj.hash_info.value
+
+
+def sha256(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def lock_outs(lock: dict[str, Any] | None) -> list[dict[str, Any]]:

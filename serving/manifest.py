@@ -8,19 +8,10 @@ missing or different, rather than serving a silently different base.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
-_CHUNK = 1 << 20
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+from core.versioning import sha256
 
 
 def _files(path: Path) -> list[Path]:

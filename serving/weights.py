@@ -24,8 +24,8 @@ from typing import Any
 
 import yaml
 
+from core.versioning import sha256
 from perception.priors import Priors
-from serving.manifest import sha256
 from training.model import BODY_ENCODER_DIR, INSTANTID_DIR, SDXL_INPAINT_DIR
 
 LOCK_FILE = Path(__file__).resolve().parents[1] / "models.lock.yaml"

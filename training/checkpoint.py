@@ -10,7 +10,6 @@ checkpoint will take; a disk that fills up during the write is reported the same
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import random
 import shutil
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.versioning import sha256
 from training.checks import TrainingError
 from training.model import CheckpointInfo, save_checkpoint
 from training.outputs import CHECKPOINT_PREFIX, FINAL_DIR, STATE_FILE
@@ -55,14 +55,6 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_manifest(folder: Path) -> None:
