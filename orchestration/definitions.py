@@ -1,7 +1,8 @@
 """The Dagster code location: `dagster dev -m orchestration.definitions`.
 
-Resources and the executor are keyed by environment: CAMEO_ENV=local (default) runs every
-step in one process; CAMEO_ENV=k8s launches each step as a Kubernetes Job (dagster-k8s).
+Resources and the executor are keyed by environment: CAMEO_ENV=local (default) runs a run's
+steps as params.yaml's `executor` says (by default a process per step, two at once);
+CAMEO_ENV=k8s launches each step as a Kubernetes Job (dagster-k8s).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from assets.partitions import movie_partitions
 from assets.poses import poses, poses_check
 from assets.references import references, references_check
 from assets.triplets import triplets, triplets_check
+from core.params import ParamsError
 from orchestration.evaluation_assets import evaluation, face_similarity_above_threshold
+from orchestration.params import ExecutorParams
 from orchestration.resources import DataResource, ParamsResource, PerceptionResource
 from orchestration.sensors import movie_sensor
 from orchestration.training_assets import features, model
@@ -87,14 +90,27 @@ def build_resources(
     }
 
 
-def executor_for(environment: str) -> dg.ExecutorDefinition:
+def executor_for(environment: str, local: ExecutorParams) -> dg.ExecutorDefinition:
+    """A Kubernetes Job per step on k8s; locally, the `executor` section's executor."""
     if environment == "k8s":
         from dagster_k8s import k8s_job_executor
 
         return k8s_job_executor
-    if environment == "local":
+    if environment != "local":
+        raise ValueError(f"CAMEO_ENV must be 'local' or 'k8s', got {environment!r}")
+    if local.kind == "in_process":
         return dg.in_process_executor
-    raise ValueError(f"CAMEO_ENV must be 'local' or 'k8s', got {environment!r}")
+    return dg.multiprocess_executor.configured({"max_concurrent": local.max_concurrent})
+
+
+def local_executor_params(params: ParamsResource) -> ExecutorParams:
+    """The `executor` section; its defaults where params.yaml cannot be read when the
+    definitions load (e.g. another working directory): a run then stops at its resources'
+    setup, listing the file's problems."""
+    try:
+        return params.values.executor
+    except (OSError, ParamsError):
+        return ExecutorParams()
 
 
 def build_definitions(resources: dict[str, dg.ConfigurableResource]) -> dg.Definitions:
@@ -105,7 +121,9 @@ def build_definitions(resources: dict[str, dg.ConfigurableResource]) -> dg.Defin
         jobs=list(JOBS),
         sensors=[movie_sensor, dataset_automation],
         resources=resources,
-        executor=executor_for(os.environ.get("CAMEO_ENV", "local")),
+        executor=executor_for(
+            os.environ.get("CAMEO_ENV", "local"), local_executor_params(resources["params"])
+        ),
     )
 
 

@@ -7,8 +7,12 @@ listing every problem in the file.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
 
 from assets.params import DatasetParams
+from core.params import Section
 from core.params import load_params as load_schema
 from orchestration.kubernetes import KubernetesParams
 from perception.priors import Priors
@@ -16,13 +20,25 @@ from serving.params import ServedSettings, ServingParams
 from training.params import EvaluationParams, TrainingParams
 
 
+class ExecutorParams(Section):
+    """The `executor` section of params.yaml: how a local Dagster run executes its steps
+    (CAMEO_ENV=local; on Kubernetes every step is a Job of its own)."""
+
+    # multiprocess: each step in its own process, up to max_concurrent at once;
+    # in_process: every step in the run's process, one after another.
+    kind: Literal["multiprocess", "in_process"] = "multiprocess"
+    max_concurrent: int = Field(2, ge=1)
+
+
 class Params(DatasetParams):
-    """params.yaml: the dataset's sections, then training, evaluation, serving, Kubernetes."""
+    """params.yaml: the dataset's sections, then training, evaluation, serving, Kubernetes,
+    the local executor."""
 
     training: TrainingParams = TrainingParams()
     evaluation: EvaluationParams = EvaluationParams()
     serving: ServingParams = ServingParams()
     kubernetes: KubernetesParams = KubernetesParams()
+    executor: ExecutorParams = ExecutorParams()
 
     def priors(self, models_dir: str | Path | None = None) -> Priors:
         """The perception models these params configure (`full`: under `models_dir`)."""

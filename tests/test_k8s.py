@@ -19,7 +19,7 @@ import yaml
 from core.params import ParamsError
 from orchestration.definitions import executor_for
 from orchestration.kubernetes import KubernetesParams, image_reference, render_training_job
-from orchestration.params import load_params
+from orchestration.params import ExecutorParams, load_params
 from tests.conftest import PARAMS, REPO
 
 K8S = REPO / "k8s"
@@ -233,9 +233,9 @@ def test_dagster_values_run_the_code_location_on_kubernetes():
     assert claims == base_claims
     assert values["dagster-user-deployments"]["serviceAccount"]["name"] == "cameo"
     assert {"requests", "limits"} <= set(deployment["resources"])
-    assert executor_for(env["CAMEO_ENV"]).name == "k8s"
+    assert executor_for(env["CAMEO_ENV"], ExecutorParams()).name == "k8s"
     with pytest.raises(ValueError, match="CAMEO_ENV"):
-        executor_for("cloud")
+        executor_for("cloud", ExecutorParams())
 
 
 def test_dockerfile_passes_hadolint():
