@@ -29,6 +29,42 @@ def mask_skip_reason(area_fraction: float, face_center_inside: bool, params: Mas
     return ""
 
 
+def segment_characters(
+    images: list[np.ndarray],
+    face_bboxes: list,
+    segmenter,
+    person_boxes: list[np.ndarray | None],
+    params: MasksParams,
+) -> list[tuple[np.ndarray, dict]]:
+    """The mask of the character whose face is `face_bboxes[i]` in `images[i]`, and its
+    record, for every i; SAM's image encoder runs once over all the images."""
+    points, boxes = [], []
+    for face_bbox, people in zip(face_bboxes, person_boxes, strict=True):
+        x1, y1, x2, y2 = (float(v) for v in face_bbox)
+        points.append(((x1 + x2) / 2, (y1 + y2) / 2))
+        boxes.append(None if people is None else best_person_box(people, np.asarray(face_bbox)))
+    prompts = [None if box is None else tuple(float(v) for v in box) for box in boxes]
+    segmented = []
+    for result, point, box in zip(
+        segmenter.segment_batch(images, points, prompts), points, boxes, strict=True
+    ):
+        height, width = result.mask.shape
+        cx, cy = min(int(point[0]), width - 1), min(int(point[1]), height - 1)
+        inside = bool(result.mask[cy, cx])
+        reason = mask_skip_reason(result.area_fraction, inside, params)
+        record = {
+            "area_fraction": float(result.area_fraction),
+            "face_center_inside": inside,
+            "sam_score": float(result.score),
+            "prompt": "point+box" if box is not None else "point",
+            "person_box": None if box is None else [float(v) for v in box],
+            "status": "skipped" if reason else "ok",
+            "skip_reason": reason,
+        }
+        segmented.append((result.mask, record))
+    return segmented
+
+
 def segment_character(
     image: np.ndarray,
     face_bbox: np.ndarray,
@@ -37,23 +73,7 @@ def segment_character(
     params: MasksParams,
 ) -> tuple[np.ndarray, dict]:
     """The mask of the character whose face is `face_bbox`, and its record."""
-    x1, y1, x2, y2 = (float(v) for v in face_bbox)
-    point = ((x1 + x2) / 2, (y1 + y2) / 2)
-    box = best_person_box(person_boxes, np.asarray(face_bbox)) if person_boxes is not None else None
-    result = segmenter.segment(image, point, None if box is None else tuple(float(v) for v in box))
-    height, width = result.mask.shape
-    cx, cy = min(int(point[0]), width - 1), min(int(point[1]), height - 1)
-    inside = bool(result.mask[cy, cx])
-    reason = mask_skip_reason(result.area_fraction, inside, params)
-    return result.mask, {
-        "area_fraction": float(result.area_fraction),
-        "face_center_inside": inside,
-        "sam_score": float(result.score),
-        "prompt": "point+box" if box is not None else "point",
-        "person_box": None if box is None else [float(v) for v in box],
-        "status": "skipped" if reason else "ok",
-        "skip_reason": reason,
-    }
+    return segment_characters([image], [face_bbox], segmenter, [person_boxes], params)[0]
 
 
 def generate_masks(
@@ -64,26 +84,33 @@ def generate_masks(
     person_detector,
     params: MasksParams,
 ) -> pd.DataFrame:
-    """One row (and one PNG in `out_dir`) per character frame."""
+    """One row (and one PNG in `out_dir`) per character frame; SAM's image encoder sees
+    `params.batch_size` frames per call."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for frame in characters.itertuples(index=False):
-        image = load_rgb(root / frame.path)
-        person_boxes = person_detector.detect(image) if person_detector is not None else None
-        mask, record = segment_character(image, frame.bbox, segmenter, person_boxes, params)
-        name = f"{frame.character_id:04d}_{frame.frame_idx:08d}.png"
-        save_image(mask.astype(np.uint8) * 255, out_dir / name)
-        rows.append(
-            {
-                "movie": frame.movie,
-                "character_id": frame.character_id,
-                "frame_idx": frame.frame_idx,
-                "path": frame.path,
-                "bbox": list(frame.bbox),
-                "mask_file": name,
-                **record,
-            }
+    for start in range(0, len(characters), params.batch_size):
+        batch = list(characters.iloc[start : start + params.batch_size].itertuples(index=False))
+        images = [load_rgb(root / frame.path) for frame in batch]
+        people = [
+            None if person_detector is None else person_detector.detect(image) for image in images
+        ]
+        segmented = segment_characters(
+            images, [frame.bbox for frame in batch], segmenter, people, params
         )
+        for frame, (mask, record) in zip(batch, segmented, strict=True):
+            name = f"{frame.character_id:04d}_{frame.frame_idx:08d}.png"
+            save_image(mask.astype(np.uint8) * 255, out_dir / name)
+            rows.append(
+                {
+                    "movie": frame.movie,
+                    "character_id": frame.character_id,
+                    "frame_idx": frame.frame_idx,
+                    "path": frame.path,
+                    "bbox": list(frame.bbox),
+                    "mask_file": name,
+                    **record,
+                }
+            )
     columns = [
         "movie",
         "character_id",

@@ -14,43 +14,50 @@ from assets.quality import check_result
 from assets.stage import MovieStage, movie_asset, movie_check
 from core.io import atomic_path, load_rgb, read_table, save_image, write_table
 from perception.params import PosesParams
-from perception.pose import NUM_KEYPOINTS, draw_openpose, extract_pose
+from perception.pose import NUM_KEYPOINTS, draw_openpose, extract_poses
 
 
 def estimate_poses(masks: pd.DataFrame, root, mask_dir, out_dir, estimator, params) -> pd.DataFrame:
-    """One row per usable mask; a control image in `out_dir` for every pose found."""
+    """One row per usable mask; a control image in `out_dir` for every pose found. The pose
+    model sees `params.batch_size` crops per call."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    usable = masks[masks["status"] == "ok"]
     rows = []
-    for row in masks[masks["status"] == "ok"].itertuples(index=False):
-        image = load_rgb(root / row.path)
-        mask = load_rgb(mask_dir / row.mask_file)[..., 0] > 127
-        pose, reason = extract_pose(
-            estimator, image, mask, params.score_threshold, params.min_keypoints
+    for start in range(0, len(usable), params.batch_size):
+        batch = list(usable.iloc[start : start + params.batch_size].itertuples(index=False))
+        images = [load_rgb(root / row.path) for row in batch]
+        found = extract_poses(
+            estimator,
+            images,
+            [load_rgb(mask_dir / row.mask_file)[..., 0] > 127 for row in batch],
+            params.score_threshold,
+            params.min_keypoints,
         )
-        control_file = ""
-        if pose is not None:
-            control_file = f"{row.character_id:04d}_{row.frame_idx:08d}.png"
-            save_image(
-                draw_openpose(pose, (image.shape[1], image.shape[0]), params.score_threshold),
-                out_dir / control_file,
+        for row, image, (pose, reason) in zip(batch, images, found, strict=True):
+            control_file = ""
+            if pose is not None:
+                control_file = f"{row.character_id:04d}_{row.frame_idx:08d}.png"
+                save_image(
+                    draw_openpose(pose, (image.shape[1], image.shape[0]), params.score_threshold),
+                    out_dir / control_file,
+                )
+            rows.append(
+                {
+                    "movie": row.movie,
+                    "character_id": row.character_id,
+                    "frame_idx": row.frame_idx,
+                    "path": row.path,
+                    "mask_file": row.mask_file,
+                    "keypoints": None if pose is None else pose.keypoints.reshape(-1).tolist(),
+                    "scores": None if pose is None else pose.scores.tolist(),
+                    "keypoints_found": 0
+                    if pose is None
+                    else int((pose.scores >= params.score_threshold).sum()),
+                    "control_file": control_file,
+                    "status": "skipped" if reason else "ok",
+                    "skip_reason": reason,
+                }
             )
-        rows.append(
-            {
-                "movie": row.movie,
-                "character_id": row.character_id,
-                "frame_idx": row.frame_idx,
-                "path": row.path,
-                "mask_file": row.mask_file,
-                "keypoints": None if pose is None else pose.keypoints.reshape(-1).tolist(),
-                "scores": None if pose is None else pose.scores.tolist(),
-                "keypoints_found": 0
-                if pose is None
-                else int((pose.scores >= params.score_threshold).sum()),
-                "control_file": control_file,
-                "status": "skipped" if reason else "ok",
-                "skip_reason": reason,
-            }
-        )
     columns = [
         "movie",
         "character_id",

@@ -370,15 +370,19 @@ def load_captioner(
     models_dir: str | Path | None = None,
     model: str = "InternVL2-26B",
     max_new_tokens: int = 256,
+    batch_size: int = 8,
 ) -> VLMCaptioner | TinyCaptioner:
-    """The captioner of a profile: the VLM in `<models_dir>/<model>` or the tiny one."""
+    """The captioner of a profile: the VLM in `<models_dir>/<model>` (`batch_size` images per
+    `generate` call) or the tiny one."""
     from perception.models import by_profile
     from perception.models import models_dir as resolve_models_dir
 
     return by_profile(
         profile,
         full=lambda: VLMCaptioner(
-            resolve_models_dir(models_dir) / model, max_new_tokens=max_new_tokens
+            resolve_models_dir(models_dir) / model,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
         ),
         tiny=TinyCaptioner,
     )

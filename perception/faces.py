@@ -55,6 +55,10 @@ class FaceAnalyzer(Protocol):
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
         """Every face in an RGB uint8 image of shape (H, W, 3)."""
 
+    def detect_batch(self, images: list[np.ndarray]) -> list[list[DetectedFace]]:
+        """Every face of each image, in order; analyzers without batched models loop."""
+        return [self.detect(image) for image in images]
+
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
     norm = np.linalg.norm(x, axis=axis, keepdims=True)
@@ -121,8 +125,24 @@ def copy_paste_score(output: np.ndarray, reference: np.ndarray, target: np.ndarr
     return (angle(output, target) - angle(output, reference)) / span
 
 
-class InsightFaceAnalyzer:
-    """insightface FaceAnalysis restricted to detection + recognition (ArcFace)."""
+def _insightface_face(bbox, kps, det_score, embedding) -> DetectedFace:
+    embedding = np.asarray(embedding, dtype=np.float32)
+    return DetectedFace(
+        bbox=np.asarray(bbox, dtype=np.float32),
+        kps=np.asarray(kps, dtype=np.float32),
+        det_score=float(det_score),
+        embedding=l2_normalize(embedding),
+        raw_norm=float(np.linalg.norm(embedding)),
+    )
+
+
+class InsightFaceAnalyzer(FaceAnalyzer):
+    """insightface FaceAnalysis restricted to detection + recognition (ArcFace).
+
+    `detect` is insightface's own `FaceAnalysis.get`; `detect_batch` gives the same faces from
+    one detector call per batch of frames and one recogniser call for all their faces
+    (`perception.face_batch`).
+    """
 
     def __init__(
         self,
@@ -158,18 +178,29 @@ class InsightFaceAnalyzer:
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
         bgr = np.ascontiguousarray(image[:, :, ::-1])
         return [
-            DetectedFace(
-                bbox=np.asarray(face.bbox, dtype=np.float32),
-                kps=np.asarray(face.kps, dtype=np.float32),
-                det_score=float(face.det_score),
-                embedding=l2_normalize(np.asarray(face.embedding, dtype=np.float32)),
-                raw_norm=float(np.linalg.norm(face.embedding)),
-            )
+            _insightface_face(face.bbox, face.kps, face.det_score, face.embedding)
             for face in self._app.get(bgr)
         ]
 
+    def detect_batch(self, images: list[np.ndarray]) -> list[list[DetectedFace]]:
+        from perception.face_batch import detect_scrfd, embed_arcface
 
-class TinyFaceAnalyzer:
+        bgr = [np.ascontiguousarray(image[:, :, ::-1]) for image in images]
+        found = detect_scrfd(self._app.det_model, bgr)
+        faces = [
+            (image, kps) for image, (_, points) in zip(bgr, found, strict=True) for kps in points
+        ]
+        embeddings = iter(embed_arcface(self._app.models["recognition"], faces))
+        return [
+            [
+                _insightface_face(box[:4], kps, box[4], next(embeddings))
+                for box, kps in zip(boxes, points, strict=True)
+            ]
+            for boxes, points in found
+        ]
+
+
+class TinyFaceAnalyzer(FaceAnalyzer):
     """Offline stand-in: LBP cascade boxes and a deterministic HOG-projection descriptor.
 
     The descriptor separates the distinct faces of the sample movie; it is a wiring
@@ -259,7 +290,7 @@ DLIB_FILES = {
 }
 
 
-class DlibFaceAnalyzer:
+class DlibFaceAnalyzer(FaceAnalyzer):
     """dlib: HOG or MMOD CNN face boxes, 5-point landmarks (the chip alignment dlib's ResNet
     was trained with) and 128-d ResNet descriptors, on CPU.
 

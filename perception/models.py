@@ -1,5 +1,5 @@
-"""Where `full` weights live, the profile switch of every prior, and which ONNX Runtime
-providers to use."""
+"""Where `full` weights live, the profile switch of every prior, which ONNX Runtime providers
+to use and whether an ONNX model takes batches."""
 
 from __future__ import annotations
 
@@ -22,6 +22,12 @@ def onnx_providers() -> list[str]:
     """CUDA first where this onnxruntime build has it, CPU always."""
     available = onnxruntime.get_available_providers()
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def takes_batches(session: onnxruntime.InferenceSession) -> bool:
+    """Whether a session's first input has a free batch axis (a name or none, not 1)."""
+    batch = session.get_inputs()[0].shape[0]
+    return not isinstance(batch, int) or batch != 1
 
 
 def by_profile(profile: str, full: Callable[[], T], tiny: Callable[[], T]) -> T:

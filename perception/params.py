@@ -38,6 +38,9 @@ class FacesParams(Section):
     # ArcFace of `model` in full, the tiny descriptor in tiny), or `dlib`, dlib's ResNet on the
     # same boxes. The conditioning embedding is always the profile's (InstantID reads ArcFace).
     recogniser: Literal["profile", "dlib"] = "profile"
+    # Frames per detector call (`detect_batch`), their faces in one recogniser call. A model
+    # file whose batch axis is fixed at 1 runs frame by frame (face by face) instead.
+    batch_size: int = Field(16, ge=1)
     dlib: DlibParams = DlibParams()
 
 
@@ -47,6 +50,8 @@ class MasksParams(Section):
     person_detector: str = "grounding-dino"
     min_area_fraction: float = Field(0.01, ge=0.0, le=1.0)
     max_area_fraction: float = Field(0.95, ge=0.0, le=1.0)
+    # Frames per SAM image-encoder call; prompts and mask decoding stay per frame.
+    batch_size: int = Field(8, ge=1)
 
     @model_validator(mode="after")
     def _areas_ordered(self) -> MasksParams:
@@ -63,6 +68,8 @@ class PosesParams(Section):
     score_threshold: float = Field(0.3, ge=0.0, le=1.0)
     # keypoints above the threshold for a pose to count as found (of 133)
     min_keypoints: int = Field(5, ge=0, le=133)
+    # Person crops per pose-model call; a file fixed at batch 1 runs crop by crop.
+    batch_size: int = Field(32, ge=1)
 
 
 class CaptionsParams(Section):
@@ -70,7 +77,7 @@ class CaptionsParams(Section):
     prompt_version: str = "caption_v1"
     min_words: int = Field(100, ge=1)
     max_words: int = Field(150, ge=1)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1)  # images per `generate` call (vLLM schedules its own)
 
     @model_validator(mode="after")
     def _words_ordered(self) -> CaptionsParams:

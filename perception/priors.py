@@ -122,6 +122,8 @@ class Priors:
         )
 
     def captioner(self) -> Captioner:
+        p = self.captions
         return self._load(
-            "captioner", lambda: load_captioner(self.profile, self.models_dir, self.captions.model)
+            "captioner",
+            lambda: load_captioner(self.profile, self.models_dir, p.model, batch_size=p.batch_size),
         )

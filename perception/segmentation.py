@@ -138,26 +138,56 @@ class SamSegmenter:
         box: tuple[float, float, float, float] | None = None,
     ) -> SegmentationResult:
         """Mask the object at pixel `point` (x, y) of an RGB uint8 image, inside `box` if given."""
+        return self.segment_batch([image], [point], [box])[0]
+
+    def segment_batch(
+        self,
+        images: list[np.ndarray],
+        points: list[tuple[float, float]],
+        boxes: list[tuple[float, float, float, float] | None] | None = None,
+    ) -> list[SegmentationResult]:
+        """`segment` for each image with its own point (and box): the image encoder, SAM's
+        cost, runs once over the whole batch; each prompt is decoded against its image's
+        embedding."""
         import torch
 
-        inputs = self.processor(
-            images=image,
-            input_points=[[[float(point[0]), float(point[1])]]],
-            input_labels=[[1]],
-            input_boxes=None if box is None else [[[float(v) for v in box]]],
-            return_tensors="pt",
-        )
-        prompt_keys = ("pixel_values", "input_points", "input_labels", "input_boxes")
-        model_inputs = {k: inputs[k].to(self.device) for k in prompt_keys if k in inputs}
+        boxes = boxes or [None] * len(images)
+        if not len(images) == len(points) == len(boxes):
+            raise ValueError(f"{len(images)} images, {len(points)} points, {len(boxes)} boxes")
+        if not images:
+            return []
+        inputs = [
+            self.processor(
+                images=image,
+                input_points=[[[float(point[0]), float(point[1])]]],
+                input_labels=[[1]],
+                input_boxes=None if box is None else [[[float(v) for v in box]]],
+                return_tensors="pt",
+            )
+            for image, point, box in zip(images, points, boxes, strict=True)
+        ]
+        pixel_values = torch.cat([x["pixel_values"] for x in inputs]).to(self.device)
+        prompt_keys = ("input_points", "input_labels", "input_boxes")
+        results = []
         with torch.inference_mode():
-            outputs = self.model(**model_inputs, multimask_output=True)
-        masks = self.processor.post_process_masks(
-            outputs.pred_masks.cpu(), inputs["original_sizes"], inputs["reshaped_input_sizes"]
-        )[0][0]
-        mask, score = largest_mask(masks.numpy(), outputs.iou_scores[0, 0].float().cpu().numpy())
-        return SegmentationResult(
-            mask=mask, score=score, area_fraction=float(mask.sum()) / mask.size
-        )
+            embeddings = self.model.get_image_embeddings(pixel_values)
+            for embedding, x in zip(embeddings, inputs, strict=True):
+                prompts = {k: x[k].to(self.device) for k in prompt_keys if k in x}
+                outputs = self.model(
+                    image_embeddings=embedding[None], **prompts, multimask_output=True
+                )
+                masks = self.processor.post_process_masks(
+                    outputs.pred_masks.cpu(), x["original_sizes"], x["reshaped_input_sizes"]
+                )[0][0]
+                mask, score = largest_mask(
+                    masks.numpy(), outputs.iou_scores[0, 0].float().cpu().numpy()
+                )
+                results.append(
+                    SegmentationResult(
+                        mask=mask, score=score, area_fraction=float(mask.sum()) / mask.size
+                    )
+                )
+        return results
 
 
 class GroundingDinoPersonDetector:

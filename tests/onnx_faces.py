@@ -74,13 +74,14 @@ def _he(fan_in: int) -> float:
     return float(np.sqrt(2.0 / fan_in))
 
 
-def scrfd_model(seed: int = 0, features: int = 8) -> onnx.ModelProto:
-    """SCRFD-shaped detector with keypoints and a batch dim; H and W are dynamic."""
+def scrfd_model(seed: int = 0, features: int = 8, batch: int | str = 1) -> onnx.ModelProto:
+    """SCRFD-shaped detector with keypoints and a batch dim; H and W are dynamic. `batch`: the
+    batch axis, 1 (fixed) or a name (free: one call detects in many images)."""
     g = _Graph(seed)
     image = "input.1"
-    # SCRFD reads each level as [1, h * w * anchors, C] in (row, column, anchor) order: move
-    # the NCHW head output to NHWC and flatten it, as the exported SCRFD does.
-    rows_shape = {c: g.const(f"rows_{c}", np.array([1, -1, c], np.int64)) for c in (1, 4, 10)}
+    # SCRFD reads each level as [batch, h * w * anchors, C] in (row, column, anchor) order: move
+    # the NCHW head output to NHWC and flatten it, as the exported SCRFD does (0: keep the batch).
+    rows_shape = {c: g.const(f"rows_{c}", np.array([0, -1, c], np.int64)) for c in (1, 4, 10)}
     outputs: dict[str, list[onnx.ValueInfoProto]] = {"score": [], "bbox": [], "kps": []}
     for s in STRIDES:
         # One s x s patch per anchor location; the score kernel averages it (brightness).
@@ -123,17 +124,20 @@ def scrfd_model(seed: int = 0, features: int = 8) -> onnx.ModelProto:
             nhwc = g.op("Transpose", [head], f"{kind}_nhwc_{s}", perm=[0, 2, 3, 1])
             name = g.op("Reshape", [nhwc, rows_shape[channels]], f"{kind}_{s}")
             outputs[kind].append(
-                helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, None, channels])
+                helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, None, channels])
             )
     return g.model(
         "tiny_scrfd",
-        [helper.make_tensor_value_info(image, TensorProto.FLOAT, [1, 3, "?", "?"])],
+        [helper.make_tensor_value_info(image, TensorProto.FLOAT, [batch, 3, "?", "?"])],
         outputs["score"] + outputs["bbox"] + outputs["kps"],  # SCRFD's output order
     )
 
 
-def arcface_model(seed: int = 1, channels: tuple[int, int] = (16, 32)) -> onnx.ModelProto:
-    """ArcFace-shaped recogniser: two strided convs, global average pool, linear to 512."""
+def arcface_model(
+    seed: int = 1, channels: tuple[int, int] = (16, 32), batch: int | str = "None"
+) -> onnx.ModelProto:
+    """ArcFace-shaped recogniser: two strided convs, global average pool, linear to 512.
+    `batch`: the batch axis, free (named, as glintr100's) or fixed at 1."""
     g = _Graph(seed)
     image = "input.1"
     c1, c2 = channels
@@ -164,22 +168,27 @@ def arcface_model(seed: int = 1, channels: tuple[int, int] = (16, 32)) -> onnx.M
         "embedding",
         transB=1,
     )
-    shape = ["None", 3, RECOGNIZER_SIZE, RECOGNIZER_SIZE]
+    shape = [batch, 3, RECOGNIZER_SIZE, RECOGNIZER_SIZE]
     return g.model(
         "tiny_arcface",
         [helper.make_tensor_value_info(image, TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["None", EMBEDDING_DIM])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [batch, EMBEDDING_DIM])],
     )
 
 
 def save_model_pack(
-    models_dir: Path, name: str = "antelopev2", detector: bool = True, recognizer: bool = True
+    models_dir: Path,
+    name: str = "antelopev2",
+    detector: bool = True,
+    recognizer: bool = True,
+    detector_batch: int | str = 1,
+    recognizer_batch: int | str = "None",
 ) -> Path:
     """Write the chosen models to `<models_dir>/<name>/` (insightface's layout); return it."""
     folder = models_dir / name
     folder.mkdir(parents=True, exist_ok=True)
     if detector:
-        onnx.save(scrfd_model(), folder / DETECTOR_FILE)
+        onnx.save(scrfd_model(batch=detector_batch), folder / DETECTOR_FILE)
     if recognizer:
-        onnx.save(arcface_model(), folder / RECOGNIZER_FILE)
+        onnx.save(arcface_model(batch=recognizer_batch), folder / RECOGNIZER_FILE)
     return folder

@@ -322,6 +322,28 @@ def test_full_caption_batch_in_chunks(tiny_vlm_models: Path) -> None:
     assert captioner.caption_batch([]) == []
 
 
+def test_batched_generation_matches_one_image_at_a_time(
+    tiny_vlm_models: Path, tiny_internvl_models: Path
+) -> None:
+    """Greedy captions of a batch are the captions of each image alone, token for token (the
+    stated tolerance: none). InternVL tiles a tall image into two patches and a thumbnail, a
+    square one into one patch, so its prompts differ in length and the batch is left-padded."""
+    images = [two_tone(RED, GREEN, "left"), muted_photo(0, (64, 64)), two_tone(TEAL, GREY)]
+    for folder in (tiny_vlm_models / TINY_VLM, tiny_internvl_models / TINY_INTERNVL):
+        batched = VLMCaptioner(folder, max_new_tokens=6, batch_size=3)
+        single = VLMCaptioner(folder, max_new_tokens=6, batch_size=1)
+        assert batched.caption_batch(images) == [single.caption(image) for image in images]
+
+
+def test_priors_pass_the_batch_size(tiny_vlm_models: Path) -> None:
+    from perception.params import CaptionsParams
+    from perception.priors import Priors
+
+    params = CaptionsParams(model=TINY_VLM, batch_size=3)
+    captioner = Priors("full", captions=params, models_dir=tiny_vlm_models).captioner()
+    assert captioner.batch_size == 3
+
+
 @pytest.fixture(scope="module")
 def tiny_internvl_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models folder holding a tiny random InternVL laid out as an InternVL `-hf` checkpoint:

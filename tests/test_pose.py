@@ -18,6 +18,8 @@ from perception.pose import (
     Pose,
     RTMPoseEstimator,
     draw_openpose,
+    extract_pose,
+    extract_poses,
     load_pose_estimator,
     mask_box,
     tiny_rtmpose_model,
@@ -104,13 +106,13 @@ def test_full_loader_runs_rtmpose_on_a_box(tmp_path: Path) -> None:
     estimator = load_pose_estimator("full", tmp_path, model="wholebody.onnx")
     assert estimator.onnx_path == tmp_path / "wholebody.onnx"
 
-    # The file has RTMPose's SimCC interface at 384x288, split ratio 2.
+    # The file has RTMPose's SimCC interface at 384x288, split ratio 2, and a free batch axis.
     session = onnxruntime.InferenceSession(str(estimator.onnx_path))
-    assert session.get_inputs()[0].shape == [1, 3, INPUT_H, INPUT_W]
+    assert session.get_inputs()[0].shape == ["batch", 3, INPUT_H, INPUT_W]
     outputs = {o.name: o.shape for o in session.get_outputs()}
     assert outputs == {
-        "simcc_x": [1, NUM_KEYPOINTS, 2 * INPUT_W],
-        "simcc_y": [1, NUM_KEYPOINTS, 2 * INPUT_H],
+        "simcc_x": ["batch", NUM_KEYPOINTS, 2 * INPUT_W],
+        "simcc_y": ["batch", NUM_KEYPOINTS, 2 * INPUT_H],
     }
 
     box = (170.0, 50.0, 310.0, 330.0)
@@ -123,6 +125,43 @@ def test_full_loader_runs_rtmpose_on_a_box(tmp_path: Path) -> None:
     # A different image moves the keypoints: the model reads the crop.
     moved = estimator.estimate(synthetic_image()[::-1].copy(), box)
     assert not np.allclose(moved.keypoints, pose.keypoints)
+
+
+@pytest.mark.parametrize("batch", ["batch", 1], ids=["free batch axis", "fixed at batch 1"])
+def test_estimate_batch_matches_crop_by_crop(tmp_path: Path, batch) -> None:
+    """Crops of several images and boxes in one model call give each crop's `estimate`.
+    Tolerance: keypoints within 1e-3 px, scores within 1e-5 (a batched run may sum in another
+    order). A file fixed at batch 1 runs crop by crop."""
+    onnx.save(tiny_rtmpose_model(seed=1, batch=batch), tmp_path / "wholebody.onnx")
+    estimator = load_pose_estimator("full", tmp_path, model="wholebody.onnx")
+    images = [synthetic_image(), synthetic_image()[::-1].copy(), synthetic_image()[:, ::-1].copy()]
+    boxes = [(170.0, 50.0, 310.0, 330.0), (10.0, 20.0, 200.0, 300.0), (100.0, 0.0, 400.0, 360.0)]
+    session = estimator._model.session
+    run, calls = session.run, []
+    session.run = lambda *args, **kwargs: (
+        calls.append(len(args[1]["input"])) or run(*args, **kwargs)
+    )
+    batched = estimator.estimate_batch(images, boxes)
+    assert calls == ([3] if batch == "batch" else [1, 1, 1])
+    for pose, image, box in zip(batched, images, boxes, strict=True):
+        single = estimator.estimate(image, box)
+        np.testing.assert_allclose(pose.keypoints, single.keypoints, rtol=0, atol=1e-3)
+        np.testing.assert_allclose(pose.scores, single.scores, rtol=0, atol=1e-5)
+    assert estimator.estimate_batch([], []) == []
+    with pytest.raises(ValueError, match="2 images, 1 boxes"):
+        estimator.estimate_batch(images[:2], boxes[:1])
+
+
+def test_extract_poses_keeps_order_and_skips_empty_masks() -> None:
+    estimator = RTMPoseEstimator.tiny()
+    image = synthetic_image()
+    full = np.zeros(image.shape[:2], bool)
+    full[50:330, 170:310] = True
+    empty = np.zeros_like(full)
+    results = extract_poses(estimator, [image, image, image], [full, empty, full], 0.3, 1)
+    assert [reason for _, reason in results] == ["", "empty mask", ""]
+    single, _ = extract_pose(estimator, image, full, 0.3, 1)
+    np.testing.assert_allclose(results[2][0].keypoints, single.keypoints, rtol=0, atol=1e-3)
 
 
 def red_probe_model() -> onnx.ModelProto:
