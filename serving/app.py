@@ -105,14 +105,16 @@ def create_app():
 def serve(
     model_uri: str, host: str, port: int, timeout_s: int, workers: int, max_waiting: int
 ) -> None:
-    """Resolve and download the model, then replace this process with uvicorn (so that the
-    PID a caller holds is the server's)."""
+    """Check, resolve and download the model, then replace this process with uvicorn (so that
+    the PID a caller holds is the server's)."""
     import mlflow
 
+    from serving.artifacts import check_model_artifacts
     from training.tracking import configure_tracking
 
     configure_tracking()
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # no download bars in the log
+    check_model_artifacts(model_uri)  # a gone or partial version: one line, not uvicorn's trace
     served = resolve_model(model_uri)
     path = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
     env = dict(os.environ)
@@ -163,9 +165,11 @@ def main(
     """Serve a cameo-inpaint model over HTTP (MLflow's scoring protocol)."""
     import mlflow
 
+    from serving.artifacts import ModelArtifactsError
+
     try:
         serve(model_uri, host, port, timeout, workers, max_waiting)
-    except (mlflow.MlflowException, OSError) as e:  # unknown model or alias: one line
+    except (mlflow.MlflowException, OSError, ModelArtifactsError) as e:  # one line
         sys.exit(f"error: cannot serve {model_uri}: {' '.join(str(e).split())}")
 
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -19,6 +20,8 @@ import mlflow
 import pandas as pd
 from mlflow.models.model import ModelInfo
 
+from core.versioning import sha256
+from serving.artifacts import checkpoint_files
 from serving.client import demo_inputs, make_row
 from serving.manifest import record_base_models
 from serving.model import CHECKPOINT_ARTIFACT
@@ -37,6 +40,8 @@ from training.tracking import CHAMPION, REGISTERED_MODEL
 
 PROFILE_CONFIGS = {"tiny": "tiny", "full": "sdxl"}  # the model config each profile serves
 MODEL_NAME = "model"  # the logged model's name inside its run
+# The model metadata each registered version is also tagged with (searchable in the registry).
+VERSION_TAGS = ("training_run_id", "dataset_md5", "checkpoint_step", "profile", "weights_sha256")
 # The model's code file (models-from-code): loading a version runs it, no pickle involved.
 MODEL_CODE = Path(__file__).resolve().parent / "logged_model.py"
 # What the model imports at load and predict time, pinned to the versions it was logged with.
@@ -90,6 +95,27 @@ def _copy_checkpoint(source: Path, target: Path) -> None:
     for name in (*ADAPTER_FILES.values(), CHECKPOINT_INFO):
         shutil.copy2(source / name, target / name)
     shutil.copytree(source / CONTROLNET_DIR, target / CONTROLNET_DIR)
+
+
+def weights_sha256(checkpoint_dir: Path) -> str:
+    """One sha256 over the weights inference reads (not `cameo_checkpoint.json`, whose step and
+    run differ between copies of the same weights)."""
+    digest = hashlib.sha256()
+    adapters = [checkpoint_dir / name for name in sorted(ADAPTER_FILES.values())]
+    controlnet = sorted(p for p in (checkpoint_dir / CONTROLNET_DIR).rglob("*") if p.is_file())
+    for path in [*adapters, *controlnet]:
+        digest.update(f"{path.relative_to(checkpoint_dir).as_posix()} {sha256(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def registered_weights(checkpoint_dir: str | Path, name: str = REGISTERED_MODEL) -> Any:
+    """The registered version (MLflow's `ModelVersion`) whose weights are the checkpoint's, by
+    `weights_sha256`; None when none is."""
+    digest = weights_sha256(Path(checkpoint_dir))
+    found = mlflow.MlflowClient().search_model_versions(
+        f"name = '{name}' and tags.weights_sha256 = '{digest}'"
+    )
+    return min(found, key=lambda v: int(v.version)) if found else None
 
 
 def _input_example() -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -163,10 +189,12 @@ def log_model(
         "model_config": info.config,
         "profile": profile,
         "code_version": _code_version(),
+        "weights_sha256": weights_sha256(checkpoint_dir),
     }
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / CHECKPOINT_ARTIFACT
         _copy_checkpoint(checkpoint_dir, checkpoint)
+        model_metadata["checkpoint_files"] = checkpoint_files(checkpoint)
         model_info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,
             python_model=str(MODEL_CODE),
@@ -181,7 +209,7 @@ def log_model(
     if registered_model_name is not None:
         client = mlflow.MlflowClient()
         version = model_info.registered_model_version
-        for key in ("training_run_id", "dataset_md5", "checkpoint_step", "profile"):
+        for key in VERSION_TAGS:
             value = model_metadata[key]
             if value is not None:
                 client.set_model_version_tag(registered_model_name, version, key, str(value))

@@ -63,6 +63,10 @@ def serve_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+class ServerStartError(RuntimeError):
+    """The server exited, or did not answer /ping in time: its last log line, and the log."""
+
+
 class ModelServer:
     """A running scoring server in its own process group, stopped with the group."""
 
@@ -115,8 +119,9 @@ class ModelServer:
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"the model server exited with {self.process.returncode}:\n{self.log_tail()}"
+                raise ServerStartError(
+                    f"the model server exited with {self.process.returncode}: "
+                    f"{self.log_tail(1)} (log: {self.log_path})"
                 )
             try:
                 if requests.get(f"{self.url}/ping", timeout=2).status_code == 200:
@@ -125,7 +130,9 @@ class ModelServer:
                 pass
             time.sleep(0.5)
         self.stop()
-        raise TimeoutError(f"no answer to /ping within {wait_s} s:\n{self.log_tail()}")
+        raise ServerStartError(
+            f"no answer to /ping within {wait_s} s: {self.log_tail(1)} (log: {self.log_path})"
+        )
 
     def stop(self, grace_s: float = 15.0) -> None:
         """SIGTERM the process group (uvicorn and its workers), SIGKILL what is left of it

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from orchestration.cli.options import champion_uri, data_option, params_option
+from orchestration.cli.options import checked_model, data_option, params_option
 from orchestration.runs import one_line
 
 
@@ -38,9 +38,11 @@ def evaluate(model_uri: str | None, data_dir: Path, params_path: str, profile: s
 
     from orchestration.params import load_params
     from training.evaluate import evaluate_logged_model
+    from training.tracking import configure_tracking
 
-    uri = model_uri or champion_uri()
     values = load_params(params_path, profile)
+    configure_tracking()
+    uri = checked_model(model_uri)
     try:
         evaluation, run_id = evaluate_logged_model(
             uri,

@@ -45,11 +45,19 @@ def model_log(
     import mlflow
 
     from orchestration.params import load_params
-    from serving.registry import log_model
+    from serving.registry import log_model, registered_weights
     from training.tracking import REGISTERED_MODEL, configure_tracking
 
     configure_tracking()
     params = load_params(params_path, profile)
+    existing = None if no_register else registered_weights(checkpoint)
+    if existing is not None:
+        click.echo(
+            f"the weights of {checkpoint} are {REGISTERED_MODEL} version {existing.version} "
+            f"already (logged by run {existing.run_id}): nothing logged"
+        )
+        click.echo(f"serve it with: cameo model promote {existing.version} && make serve")
+        return
     with mlflow.start_run(run_name=f"log {checkpoint.resolve().name}"):
         info = log_model(
             checkpoint,

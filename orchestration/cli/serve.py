@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from orchestration.cli.options import champion_uri, data_option, image_path, params_option
+from orchestration.cli.options import (
+    champion_uri,
+    checked_model,
+    data_option,
+    image_path,
+    params_option,
+)
 
 if TYPE_CHECKING:
     from serving.params import ServingParams
@@ -111,7 +117,7 @@ def inpaint(
             from training.tracking import configure_tracking
 
             configure_tracking()
-            [result] = predict_in_process(model_uri, [row], params)
+            [result] = predict_in_process(checked_model(model_uri), [row], params)
         else:
             [result] = InpaintClient(url or DEFAULT_URL).predict([row], params)
     except ServingError as e:
@@ -160,7 +166,7 @@ def serve_check(
     """
     from core.layout import DataLayout
     from serving.client import InpaintClient, ServingError, demo_inputs, make_row, triplet_inputs
-    from serving.server import ModelServer
+    from serving.server import ModelServer, ServerStartError
     from training.tracking import configure_tracking
 
     configure_tracking()
@@ -173,16 +179,16 @@ def serve_check(
         click.echo(f"request: demo inputs (no dataset under {layout.triplets_dir})")
     params = {"num_inference_steps": num_inference_steps} if num_inference_steps else {}
     config = serving_params(params_path)
-    server = ModelServer(model_uri or champion_uri(), settings=config)
+    server = ModelServer(checked_model(model_uri), settings=config)
     click.echo(f"serving {server.model_uri} at {server.url} (log: {server.log_path})")
-    with server:
-        click.echo(f"server pid {server.process.pid} answers /ping")
-        try:
+    try:
+        with server:
+            click.echo(f"server pid {server.process.pid} answers /ping")
             [result] = InpaintClient(server.url).predict(
                 [make_row(base, mask, reference, prompt)], params
             )
-        except ServingError as e:
-            raise click.ClickException(str(e)) from None
+    except (ServerStartError, ServingError) as e:
+        raise click.ClickException(str(e)) from None
     click.echo(f"server stopped (pid {server.process.pid})")
     out_dir = layout.root / "serving"
     write_result(

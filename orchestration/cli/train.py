@@ -201,8 +201,15 @@ def register_model(values: Params, models_dir: str | None) -> Callable[[Path], N
     the command that runs it does."""
 
     def log(final_dir: Path) -> None:
-        from serving.registry import log_model
+        from serving.registry import log_model, registered_weights
 
+        existing = registered_weights(final_dir)
+        if existing is not None:
+            click.echo(
+                f"the weights of {final_dir} are cameo-inpaint version {existing.version} "
+                "already: nothing registered"
+            )
+            return
         info = log_model(
             final_dir, profile=values.profile, models_dir=models_dir, settings=values.served()
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 from serving.client import demo_inputs, make_row
 from serving.params import ServingParams
 from serving.server import ModelServer
-from training.model import TINY, CheckpointInfo, build_components, save_checkpoint
+from training.model import ADAPTER_FILES, TINY, CheckpointInfo, build_components, save_checkpoint
 
 DATASET_MD5 = "0123456789abcdef0123456789abcdef.dir"
 # Few steps keep each request well under a second on the tiny model.
@@ -70,6 +71,16 @@ def checkpoint(tmp_path_factory) -> Path:
     save_checkpoint(components["unet"], components["controlnet"], directory, info)
     (directory / "training_state.pt").write_bytes(b"optimizer state: not for serving")
     return directory
+
+
+def retrained(checkpoint: Path, target: Path) -> Path:
+    """A copy of the checkpoint whose face adapter weights differ, as after more training."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(checkpoint, target)
+    adapter = target / ADAPTER_FILES["face"]
+    save_file({name: tensor + 1 for name, tensor in load_file(adapter).items()}, adapter)
+    return target
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import PIL.Image
 import psutil
 import pytest
 from click.testing import CliRunner
+from conftest import retrained
 
 from orchestration.cli.main import main
 from training.tracking import CHAMPION, REGISTERED_MODEL
@@ -32,9 +33,10 @@ def champion() -> str:
     return str(client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION).version)
 
 
-def test_model_log_promote_and_roll_back(tracking, logged, checkpoint):
+def test_model_log_promote_and_roll_back(tracking, logged, checkpoint, tmp_path):
     before = champion()
-    output = run("model", "log", "--checkpoint", checkpoint, "--profile", "tiny")
+    changed = retrained(checkpoint, tmp_path / "retrained")
+    output = run("model", "log", "--checkpoint", changed, "--profile", "tiny")
     version = re.search(r"registered cameo-inpaint version (\d+)", output).group(1)
     assert version != before
     listing = run("model", "list")
