@@ -1,6 +1,6 @@
 """The `evaluation` asset: the trained model scored on the validation triplets, with its
-ablations, logged into the training run (`training.evaluate.evaluate_logged_model`, the same
-code as `cameo evaluate`), and a blocking check on face similarity.
+ablations, logged into the training run (`training.evaluation_log.evaluate_logged_model`, the
+same code as `cameo evaluate`), and a blocking check on face similarity.
 
 The check reads what the asset recorded, so it can be re-run alone from the UI; its threshold
 is params.yaml's `evaluation.min_face_similarity` (null, as in the `tiny` profile: off).
@@ -10,7 +10,8 @@ import math
 
 import dagster as dg
 
-from training.evaluate import CALIBRATIONS, IDENTITY_METRICS, METRICS, evaluate_logged_model
+from training.evaluate import CALIBRATIONS, IDENTITY_METRICS, METRICS
+from training.evaluation_log import evaluate_logged_model
 from training.tracking import configure_tracking, run_url
 
 FACE_CHECK = "face_similarity_above_threshold"
@@ -99,8 +100,11 @@ def evaluation(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
                 f"{row}/{name}": metrics[f"eval/{row}/{name}"]
                 for row in CALIBRATIONS
                 for name in IDENTITY_METRICS
+                if f"eval/{row}/{name}" in metrics
             },
             **{f"note_{name}": note for name, note in result.notes.items()},
+            # What could not be scored (no face found, no keypoint visible), and why.
+            **{f"not_scored_{key}": why for key, why in result.unscored().items()},
         },
         data_version=dg.DataVersion(f"{run_id}:{model_uri}"),
     )

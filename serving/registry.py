@@ -24,7 +24,7 @@ from core.versioning import sha256
 from serving.artifacts import checkpoint_files
 from serving.client import demo_inputs, make_row
 from serving.manifest import record_base_models
-from serving.model import CHECKPOINT_ARTIFACT
+from serving.model import CHECKPOINT_ARTIFACT, SETTINGS_METADATA
 from serving.params import ServedSettings
 from serving.schema import ServingConfig
 from training.model import (
@@ -149,12 +149,13 @@ def log_model(
     """Log the checkpoint as a pyfunc model into the active MLflow run and register it. The
     model is logged from code (`serving/logged_model.py`), not pickled.
 
-    `settings` (default: params.yaml's defaults) travel with the model: the `faces`, `poses`
-    and `serving` sections and `training.trust_remote_code`. `tiny` models carry every file
-    they need; `full` models carry the trained parts and a manifest (sizes, sha256) of the
-    base weights under `models_dir` they expect at load. The model's metadata names the
-    training run and the dataset md5 of the checkpoint; the registered version is tagged with
-    both. `registered_model_name=None` logs without registering.
+    `settings` (default: params.yaml's defaults) travel with the model, in its metadata
+    (`served_settings`), not as the run's params: the `faces`, `poses` and `serving` sections
+    and `training.trust_remote_code`. `tiny` models carry every file they need; `full` models
+    carry the trained parts and a manifest (sizes, sha256) of the base weights under
+    `models_dir` they expect at load. The model's metadata also names the training run and
+    the dataset md5 of the checkpoint; the registered version is tagged with both.
+    `registered_model_name=None` logs without registering.
     """
     checkpoint_dir = Path(checkpoint_dir)
     info = CheckpointInfo.read(checkpoint_dir)
@@ -168,7 +169,7 @@ def log_model(
         raise RuntimeError("log_model logs into the active MLflow run: call mlflow.start_run()")
     settings = settings or ServedSettings()
     serving = ServingConfig.from_params(settings.serving.model_dump(exclude_none=True))
-    model_config: dict[str, Any] = {
+    served_settings: dict[str, Any] = {
         "profile": profile,
         "faces": settings.faces.model_dump(),
         "poses": settings.poses.model_dump(),
@@ -180,7 +181,7 @@ def log_model(
 
         names = [SDXL_INPAINT_DIR, BODY_ENCODER_DIR]
         names += [settings.faces.model, settings.poses.model]
-        model_config["base_models"] = record_base_models(resolve_models_dir(models_dir), names)
+        served_settings["base_models"] = record_base_models(resolve_models_dir(models_dir), names)
     training_run_id = training_run(checkpoint_dir, info) or run.info.run_id
     model_metadata = {
         "training_run_id": training_run_id,
@@ -190,6 +191,8 @@ def log_model(
         "profile": profile,
         "code_version": _code_version(),
         "weights_sha256": weights_sha256(checkpoint_dir),
+        # Here, not as `model_config`, which MLflow also logs as run params (~30 of them).
+        SETTINGS_METADATA: served_settings,
     }
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / CHECKPOINT_ARTIFACT
@@ -199,7 +202,6 @@ def log_model(
             name=MODEL_NAME,
             python_model=str(MODEL_CODE),
             artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
-            model_config=model_config,
             signature=serving.signature(),
             input_example=_input_example(),
             pip_requirements=_pip_requirements(),

@@ -46,16 +46,13 @@ import pandas as pd
 import PIL.Image
 import torch
 
-from core.layout import DataLayout
-from core.versioning import dvc_md5
 from perception.faces import FaceAnalyzer, face_at
-from perception.params import FacesParams, PosesParams
 from perception.pose import Pose, RTMPoseEstimator, extract_pose, mask_box, masked_image
 from perception.priors import Priors
 from training.data import Placement, fit_to_bucket, place
-from training.grid import inpaint_grid
+from training.grid import Panels
 from training.metrics import ClipScorer, Identity, identity_scores, pck, saturation_ratio
-from training.params import EvaluationParams, TrainingParams
+from training.params import EvaluationParams
 from training.pipeline import PaintSettings
 
 if TYPE_CHECKING:
@@ -86,6 +83,16 @@ CALIBRATIONS = ("ground_truth", "paste")
 # Per recogniser: sim_ref, sim_gt, the copy-paste score, and whether a face was found.
 IDENTITY_METRICS = ("face_similarity", "face_similarity_gt", "face_copy_paste", "face_found")
 METRICS = (*IDENTITY_METRICS, "pck_body", "pck_face", "clip_score", "saturation_ratio")
+# What a metric needs of a sample, without which its score is NaN (face_found, clip_score
+# always have one); `Evaluation.unscored` says so for a metric no sample had it for.
+NEEDS = {
+    "face_similarity": "a face in the output and the reference where the faces stage found them",
+    "face_similarity_gt": "a face in the output and the target frame",
+    "face_copy_paste": "a face in the output, the reference and the target frame",
+    "pck_body": "body keypoints visible in the conditioning pose",
+    "pck_face": "face keypoints visible in the conditioning pose",
+    "saturation_ratio": "colour in the target's masked region",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,7 +206,7 @@ class Evaluation:
     and why any metric was not computed."""
 
     samples: pd.DataFrame
-    grids: list[tuple[str, str, PIL.Image.Image]]  # (ablation, triplet_id, grid)
+    grids: list[tuple[str, str, Panels]]  # (ablation, triplet_id, the 5-panel figure)
     notes: dict[str, str]
 
     @property
@@ -216,15 +223,28 @@ class Evaluation:
 
     def metrics(self) -> dict[str, float]:
         """Flat MLflow metrics: `eval/<metric>` for the full model, `eval/<ablation>/<metric>`
-        for each ablation and calibration. NaN where nothing could be scored (e.g. no face)."""
+        for each ablation and calibration; only those scored (`unscored` has the others)."""
         flat = {}
         for row in self.summary().to_dict(orient="records"):
             for metric in self.metric_names:
                 value = float(row[metric])
+                if math.isnan(value):
+                    continue
                 flat[f"eval/{row['ablation']}/{metric}"] = value
                 if row["ablation"] == FULL:
                     flat[f"eval/{metric}"] = value
         return flat
+
+    def unscored(self) -> dict[str, str]:
+        """`eval/<ablation>/<metric>` -> why it has no value: no sample could be scored."""
+        missing = {}
+        for row in self.summary().to_dict(orient="records"):
+            for metric in self.metric_names:
+                if math.isnan(float(row[metric])):
+                    # The longest name: `face_similarity_gt_<recogniser>` is `face_similarity_gt`.
+                    base = max((name for name in NEEDS if metric.startswith(name)), key=len)
+                    missing[f"eval/{row['ablation']}/{metric}"] = f"no sample had {NEEDS[base]}"
+        return missing
 
 
 class Evaluator:
@@ -412,88 +432,9 @@ class Evaluator:
                     | self.score(sample, output, output_in_frame, identities, condition)
                 )
                 pose_panel = sample.pose if name in ABLATIONS and ABLATIONS[name].pose else None
-                grid = inpaint_grid(
+                panels = Panels(
                     sample.base, sample.mask, pose_panel, sample.reference, output, sample.prompt
                 )
-                grids.append((name, sample.triplet_id, grid))
+                grids.append((name, sample.triplet_id, panels))
         samples_table = pd.DataFrame(rows, columns=["ablation", "triplet_id", *self.columns])
         return Evaluation(samples_table, grids, dict(self.notes))
-
-
-def log_evaluation(
-    evaluation: Evaluation,
-    step: int = 0,
-    model_id: str | None = None,
-    dataset: Any = None,
-) -> None:
-    """Into the active MLflow run: the metrics at `step` (linked to the logged model and the
-    validation dataset where given); the per-sample table with each output's 5-panel grid and
-    the ablation table, both appended to across steps and evaluations (`step` column); the grids
-    as images keyed by ablation and triplet, so the UI steps through them; the notes."""
-    import mlflow
-
-    mlflow.log_metrics(evaluation.metrics(), step=step, model_id=model_id, dataset=dataset)
-    # `grids` is in the order of the sample rows: one per (ablation, triplet).
-    samples = evaluation.samples.assign(grid=[grid for _, _, grid in evaluation.grids], step=step)
-    mlflow.log_table(samples, "evaluation/samples.json")
-    mlflow.log_table(evaluation.summary().assign(step=step), "evaluation/ablations.json")
-    mlflow.log_dict(evaluation.notes, "evaluation/notes.json")
-    for ablation, triplet_id, grid in evaluation.grids:
-        mlflow.log_image(grid, key=f"evaluation/{ablation}/{triplet_id}", step=step)
-
-
-def evaluate_logged_model(
-    model_uri: str,
-    training: TrainingParams,
-    evaluation: EvaluationParams,
-    faces: FacesParams,
-    poses: PosesParams,
-    data_root: str | Path | None = None,
-    models_dir: str | Path | None = None,
-) -> tuple[Evaluation, str]:
-    """Score a logged `cameo-inpaint` model (any MLflow model URI) on the validation split of
-    the current triplets, every ablation, and log it into the run that trained it (the model's
-    `training_run_id`), linked to the model and the dataset. Returns the evaluation and that
-    run's id.
-
-    The split is the model's own: the seed, validation fraction and buckets its run logged.
-    The dataset's md5 is tagged, so a score on another dataset version than the one trained on
-    shows as such."""
-    import mlflow
-
-    from training.data import load_manifest, resolve_buckets, split_by_identity
-    from training.tracking import configure_tracking, triplets_dataset
-
-    configure_tracking()
-    info = mlflow.models.get_model_info(model_uri)
-    client = mlflow.MlflowClient()
-    # The run that trained it: a checkpoint logged later (`cameo model log`) names it.
-    run = client.get_run((info.metadata or {}).get("training_run_id") or info.run_id)
-    logged = {
-        key: cast(run.data.params[f"training.{key}"])
-        for key, cast in (("seed", int), ("validation_fraction", float), ("buckets", str))
-        if f"training.{key}" in run.data.params
-    }
-    training = training.updated("training", **logged)
-    layout = DataLayout.from_env(data_root)
-    manifest = load_manifest(layout.triplets_dir)
-    _, validation = split_by_identity(manifest, training.validation_fraction, training.seed)
-    if validation.empty:
-        raise ValueError(f"no validation identities in {layout.triplets_dir}: nothing to score")
-    buckets = resolve_buckets(training.buckets)
-    model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
-    priors = Priors(model.profile, faces=faces, poses=poses, models_dir=models_dir)
-    evaluator = Evaluator.build(evaluation, priors)
-    samples = [
-        ValidationSample.from_row(row, layout.triplets_dir, buckets)
-        for row in validation.head(evaluator.params.samples).itertuples(index=False)
-    ]
-    result = evaluator.evaluate(model.pipeline, samples, seed=training.seed)
-    md5 = dvc_md5(layout.triplets_dir)
-    history = client.get_metric_history(run.info.run_id, "loss")
-    step = max((m.step for m in history), default=0)  # the trained step: after its validations
-    with mlflow.start_run(run_id=run.info.run_id):
-        mlflow.set_tags({"evaluation.dataset_md5": md5, "evaluation.model_uri": model_uri})
-        dataset = triplets_dataset(validation, layout.triplets_dir, "triplets-validation", md5)
-        log_evaluation(result, step=step, model_id=info.model_id, dataset=dataset)
-    return result, run.info.run_id

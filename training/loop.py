@@ -62,7 +62,8 @@ from training.data import (
 )
 from training.denoising import Denoiser, FrozenEncoders, denoising_loss, validation_loss
 from training.distributed import init_distributed, peak_memory_mb
-from training.evaluate import FULL, Evaluator, ValidationSample, log_evaluation
+from training.evaluate import FULL, Evaluator, ValidationSample
+from training.evaluation_log import log_evaluation
 from training.features import FeatureDataset, StoredFeatures, features_id
 from training.model import (
     CONFIGS,
@@ -103,7 +104,7 @@ class TrainingResult:
     losses: list[float]
     model: Denoiser | None  # the trained U-Net and ControlNet of this rank (None: finished)
     rank: int  # of this process in its torchrun launch
-    validation_shard: int  # validation samples this rank computes val_loss on
+    validation_shard: int  # validation samples this rank computes val/loss on
     finished: bool = False  # resumed a run that had already reached its max_steps
 
 
@@ -213,7 +214,7 @@ def train(
         num_workers=params.num_workers,
         pin_memory=on_gpu,
     )
-    # val_loss: every rank its shard of one fixed, capped subset of the validation identities.
+    # val/loss: every rank its shard of one fixed, capped subset of the validation identities.
     validation_shard = validation_rows.head(params.validation_max_samples).iloc[
         env.rank :: env.world_size
     ]
@@ -374,14 +375,14 @@ def train(
                     progress.update()
                 if run_log is not None and (step % params.log_every == 0 or step == last_step):
                     elapsed = time.perf_counter() - tick
-                    rates = {f"lr/{group['name']}": group["lr"] for group in optimizer.param_groups}
+                    rates = {f"train/lr_{g['name']}": g["lr"] for g in optimizer.param_groups}
                     run_log.log_metrics(
                         {
-                            "loss": losses[-1],
+                            "train/loss": losses[-1],
                             **rates,
-                            "grad_norm": float(grad_norm),
-                            "samples_per_s": samples * env.world_size / max(elapsed, 1e-9),
-                            "peak_memory_mb": peak_memory_mb(env.device),
+                            "train/grad_norm": float(grad_norm),
+                            "train/samples_per_s": samples * env.world_size / max(elapsed, 1e-9),
+                            "train/peak_memory_mb": peak_memory_mb(env.device),
                         },
                         step=step,
                     )
@@ -393,7 +394,7 @@ def train(
                     )
                     if run_log is not None:
                         run_log.log_metrics(
-                            {"val_loss": val_loss, "val_samples": val_samples}, step=step
+                            {"val/loss": val_loss, "val/samples": val_samples}, step=step
                         )
                     if evaluator is not None:
                         # The model as it is now, scored as `cameo evaluate` scores it, under the
@@ -471,7 +472,7 @@ def train(
             run = {"run_id": run_id, "experiment_id": experiment_id, "dataset_md5": md5}
             (output_dir / RUN_FILE).write_text(json.dumps(run, indent=2))
             run_log.log_metrics(
-                {"loss_first": metrics["loss_first"], "loss_last": metrics["loss_last"]}, step
+                {f"train/{key}": metrics[key] for key in ("loss_first", "loss_last")}, step
             )
             run_log.call(
                 "checkpoint artifacts",

@@ -2,6 +2,12 @@
 
 The tracking URI comes from `MLFLOW_TRACKING_URI`; without it, a SQLite store `mlruns.db` and
 an artifact folder `mlruns/` in the working directory (the repo, like Dagster's `.dagster/`).
+
+Names in a run: metrics in three groups, each a chart section of the UI: `train/…` (the
+optimiser's steps), `val/…` (the validation loss) and `eval/…` (the evaluation's scores); the
+validation grids as images `grid/<triplet>`; params `<section>.<key>`, one separator throughout.
+A metric that cannot be computed is not logged (NaN hides a chart): the evaluation table says
+why.
 """
 
 from __future__ import annotations
@@ -17,11 +23,19 @@ if TYPE_CHECKING:
 EXPERIMENT = "cameo"
 REGISTERED_MODEL = "cameo-inpaint"
 CHAMPION = "champion"
+# MLflow's experiment-kind tag: model training, not GenAI (the experiment header's kind).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# MLflow 3.17's UI picks its mode for every experiment at once (GenAI unless told), from this
+# query parameter or its sidebar switch, not from the tag: links into the UI carry it, so they
+# open on the training runs.
+TRAINING_MODE = "workflowType=machine_learning"
+PARAM_SEPARATOR = "."  # of every run param: `training.learning_rate`, `model.config`
 
 
 def configure_tracking(root: str | Path | None = None) -> str:
     """Point MLflow at `$MLFLOW_TRACKING_URI`, else the SQLite store under `root` (default: the
-    working directory); make sure the `cameo` experiment exists; return the tracking URI."""
+    working directory); make sure the `cameo` experiment exists, tagged as model training (also
+    one created before the tag); return the tracking URI."""
     import mlflow
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -29,12 +43,16 @@ def configure_tracking(root: str | Path | None = None) -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlruns.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
         artifacts = None
         if uri.startswith("sqlite:"):
             # Beside the store, not wherever the process happens to run.
             artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
-        mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
+        mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts, tags=EXPERIMENT_KIND)
+    elif not EXPERIMENT_KIND.items() <= experiment.tags.items():
+        for key, value in EXPERIMENT_KIND.items():
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
     mlflow.set_experiment(EXPERIMENT)
     return uri
 
@@ -51,10 +69,17 @@ def triplets_dataset(rows: pd.DataFrame, source: Path, name: str, md5: str) -> A
         )
 
 
-def run_url(experiment_id: str, run_id: str) -> str:
-    """The run's page in the MLflow UI at `$CAMEO_MLFLOW_UI` (default: `make mlflow-ui`'s)."""
+def experiment_url(experiment_id: str) -> str:
+    """The experiment's runs table in the MLflow UI at `$CAMEO_MLFLOW_UI` (default: `make
+    mlflow-ui`'s), in model-training mode."""
     ui = os.environ.get("CAMEO_MLFLOW_UI", "http://127.0.0.1:5000")
-    return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{ui}/#/experiments/{experiment_id}/runs?{TRAINING_MODE}"
+
+
+def run_url(experiment_id: str, run_id: str) -> str:
+    """The run's page in the MLflow UI, in model-training mode."""
+    ui = os.environ.get("CAMEO_MLFLOW_UI", "http://127.0.0.1:5000")
+    return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_MODE}"
 
 
 def registered_version(uri: str, client: Any = None) -> Any:
@@ -75,10 +100,11 @@ def registered_version(uri: str, client: Any = None) -> Any:
 
 
 def flatten_params(prefix: str, value: Any) -> dict[str, str]:
-    """Nested params as MLflow params: `training.cfg_dropout.face` -> "0.05"."""
+    """Nested params as MLflow params, joined by `PARAM_SEPARATOR`:
+    `training.cfg_dropout.face` -> "0.05"."""
     if isinstance(value, dict):
         out: dict[str, str] = {}
         for key, item in value.items():
-            out.update(flatten_params(f"{prefix}.{key}", item))
+            out.update(flatten_params(f"{prefix}{PARAM_SEPARATOR}{key}", item))
         return out
     return {prefix: str(value)}

@@ -37,7 +37,7 @@ def evaluate(model_uri: str | None, data_dir: Path, params_path: str, profile: s
     import mlflow
 
     from orchestration.params import load_params
-    from training.evaluate import evaluate_logged_model
+    from training.evaluation_log import evaluate_logged_model
     from training.tracking import configure_tracking
 
     values = load_params(params_path, profile)
@@ -62,4 +62,9 @@ def evaluate(model_uri: str | None, data_dir: Path, params_path: str, profile: s
         click.echo(table[columns].to_string(float_format=lambda v: f"{v:.3f}"))
     for name, note in evaluation.notes.items():
         click.echo(f"  {name}: {note}")
-    click.echo(f"logged into MLflow run {run_id}: evaluation/ablations.json, samples.json, grids")
+    for metric, why in evaluation.unscored().items():
+        click.echo(f"  {metric}: not scored, {why}")
+    click.echo(
+        f"logged into MLflow run {run_id}: evaluation/ablations.json, samples.json; "
+        "the sheets under grids/"
+    )

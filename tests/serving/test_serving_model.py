@@ -60,6 +60,19 @@ def test_round_trip_log_load_predict(logged, pyfunc_model, scene, good_row):
     assert "training_state.pt" not in {Path(f.path).name for f in files}
 
 
+def test_the_serving_settings_are_the_models_metadata_not_run_params(logged, pyfunc_model):
+    from serving.model import SETTINGS_METADATA
+
+    settings = pyfunc_model.metadata.metadata[SETTINGS_METADATA]
+    assert settings["profile"] == "tiny"
+    assert "num_inference_steps" in settings["serving"]["params"]
+    assert {"faces", "poses", "trust_remote_code"} <= settings.keys()
+    # MLflow logs a model's `model_config` as run params; these settings are not one.
+    assert mlflow.get_run(logged.run_id).data.params == {}
+    flavor = pyfunc_model.metadata.flavors["python_function"]
+    assert "config" not in flavor
+
+
 def test_the_model_is_logged_from_code_and_loads_without_unpickling(
     logged, scene, good_row, monkeypatch
 ):
@@ -81,17 +94,17 @@ def test_a_version_pickled_before_still_loads_and_is_listed_for_relogging(
     from click.testing import CliRunner
 
     from orchestration.cli.main import main
-    from serving.model import CameoInpaintModel
+    from serving.model import SETTINGS_METADATA, CameoInpaintModel
 
     # What log_model did before models-from-code: the same model and files, cloudpickled.
     local = Path(mlflow.artifacts.download_artifacts(logged.model_uri))
-    flavor = mlflow.models.get_model_info(logged.model_uri).flavors["python_function"]
+    settings = mlflow.models.get_model_info(logged.model_uri).metadata[SETTINGS_METADATA]
     with mlflow.start_run(run_name="logged the old way"):
         pickled = mlflow.pyfunc.log_model(
             name="model",
             python_model=CameoInpaintModel(),
             artifacts={"checkpoint": str(local / "artifacts" / "checkpoint")},
-            model_config=flavor["config"],
+            model_config=settings,
             signature=pyfunc_model.metadata.signature,
             registered_model_name=REGISTERED_MODEL,
         )

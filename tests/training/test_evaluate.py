@@ -271,6 +271,30 @@ def test_clip_score_reads_a_saved_model(tmp_path):
     assert evaluator.clip is not None and "clip_score" not in evaluator.notes
 
 
+def test_a_metric_no_sample_could_score_is_not_a_metric_but_a_reason():
+    import pandas as pd
+
+    from training.evaluate import NEEDS, Evaluation
+
+    columns = ["ablation", "triplet_id", "face_similarity", "face_found", "pck_face_dlib2"]
+    rows = [
+        ["full", "a", math.nan, 0.0, 0.5],
+        ["full", "b", math.nan, 0.0, math.nan],
+        ["paste", "a", 0.5, 1.0, math.nan],
+        ["paste", "b", math.nan, 0.0, math.nan],
+    ]
+    evaluation = Evaluation(pd.DataFrame(rows, columns=columns), [], {})
+    metrics = evaluation.metrics()
+    assert not any(math.isnan(value) for value in metrics.values())
+    assert metrics["eval/face_found"] == 0.0 and "eval/face_similarity" not in metrics
+    assert metrics["eval/paste/face_similarity"] == 0.5  # the mean of those scored
+    assert metrics["eval/full/pck_face_dlib2"] == 0.5
+    assert evaluation.unscored() == {
+        "eval/full/face_similarity": f"no sample had {NEEDS['face_similarity']}",
+        "eval/paste/pck_face_dlib2": f"no sample had {NEEDS['pck_face']}",
+    }
+
+
 def test_evaluation_params_are_validated_with_params_yaml(tmp_path):
     values = load_params(REPO / "params.yaml", "tiny")
     assert values.evaluation.min_face_similarity is None
@@ -298,7 +322,7 @@ def test_the_tiny_model_is_evaluated_in_training_and_as_a_logged_model(triplets_
     from mlflow.tracking import MlflowClient
 
     from serving.registry import log_model
-    from training.evaluate import evaluate_logged_model
+    from training.evaluation_log import evaluate_logged_model
     from training.loop import train
 
     models = tmp_path / "models"
@@ -318,8 +342,10 @@ def test_the_tiny_model_is_evaluated_in_training_and_as_a_logged_model(triplets_
     )
     client = MlflowClient()
     run_id = result.run_id
+    not_scored = client.get_run(run_id).data.tags.get("evaluation.not_scored", "")
     for metric in METRICS:
-        assert [m.step for m in client.get_metric_history(run_id, f"eval/{metric}")] == [2]
+        steps = [m.step for m in client.get_metric_history(run_id, f"eval/{metric}")]
+        assert steps == [2] or f"eval/full/{metric}: no sample" in not_scored
     assert not math.isnan(client.get_metric_history(run_id, "eval/clip_score")[0].value)
 
     with mlflow.start_run(run_id=run_id):
@@ -336,9 +362,11 @@ def test_the_tiny_model_is_evaluated_in_training_and_as_a_logged_model(triplets_
     assert evaluated_run == run_id
     assert list(evaluation.summary().ablation) == [*CALIBRATIONS, *ABLATIONS]
     logged = client.get_run(run_id).data.metrics
+    unscored = evaluation.unscored()
     for row in (*CALIBRATIONS, *ABLATIONS):
         for metric in METRICS:
-            assert f"eval/{row}/{metric}" in logged
+            assert (f"eval/{row}/{metric}" in logged) != (f"eval/{row}/{metric}" in unscored)
+    assert not any(math.isnan(value) for value in logged.values())
     # The metrics are linked to the logged model.
     model_metrics = {m.key for m in client.get_logged_model(info.model_id).metrics or []}
     assert {f"eval/{a}/face_found" for a in ABLATIONS} <= model_metrics
@@ -350,3 +378,16 @@ def test_the_tiny_model_is_evaluated_in_training_and_as_a_logged_model(triplets_
     assert len(table) == 2 * len(CALIBRATIONS) + 1 + len(ABLATIONS)
     tags = client.get_run(run_id).data.tags
     assert tags["evaluation.model_uri"] == info.model_uri
+    # What no sample could be scored for is named, with the reason, in the tag and the table.
+    for key, why in unscored.items():
+        assert f"{key}: {why}" in tags["evaluation.not_scored"]
+        _, row, metric = key.split("/")
+        assert metric in table[table.ablation == row].not_scored.iloc[-1]
+    # Every row's sheet, under a short name; the model's figures are training's.
+    sheets = {a.path for a in client.list_artifacts(run_id, "grids/step-2")}
+    assert {
+        f"grids/step-2/{t}-{row}.png"
+        for t in evaluation.samples.triplet_id.unique()
+        for row in (*CALIBRATIONS, *ABLATIONS)
+    } <= sheets
+    assert max(len(path) for path in sheets) < 60

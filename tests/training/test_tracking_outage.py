@@ -88,14 +88,14 @@ def wait_for_losses(server: TrackingServer, count: int) -> str:
     while time.monotonic() < deadline:
         experiment = client.get_experiment_by_name("cameo")
         runs = client.search_runs([experiment.experiment_id]) if experiment else []
-        if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= count:
+        if runs and len(client.get_metric_history(runs[0].info.run_id, "train/loss")) >= count:
             return runs[0].info.run_id
         time.sleep(0.2)
     raise TimeoutError("training logged no loss")
 
 
 def loss_steps(server: TrackingServer, run_id: str) -> list[int]:
-    history = MlflowClient(server.url).get_metric_history(run_id, "loss")
+    history = MlflowClient(server.url).get_metric_history(run_id, "train/loss")
     return sorted(m.step for m in history)
 
 

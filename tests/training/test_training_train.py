@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -148,18 +149,29 @@ def test_training_run_is_logged_to_mlflow(triplets_root, tmp_path):
     assert run.data.tags["dataset_locked"] == "false"
     assert run.data.params["optimizer.class"] == "torch.optim.adamw.AdamW"
     for metric in (
-        "loss",
-        "lr/identity",
-        "lr/body",
-        "grad_norm",
-        "samples_per_s",
-        "peak_memory_mb",
+        "train/loss",
+        "train/lr_identity",
+        "train/lr_body",
+        "train/grad_norm",
+        "train/samples_per_s",
+        "train/peak_memory_mb",
+    # One separator: `<section>.<key>`, nothing MLflow flattens with "/".
+    assert all(re.fullmatch(r"[a-z0-9_]+(\.[a-z0-9_]+)+", key) for key in run.data.params)
     ):
         assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2, 3, 4]
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [2, 4]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")] == [2, 4]
+    assert {m.split("/")[0] for m in run.data.metrics} == {"train", "val", "eval"}
+    # Scored at each validation, or named with the reason it could not be (no NaN is logged).
+    not_scored = run.data.tags.get("evaluation.not_scored", "")
     for metric in ("face_similarity", "face_found", "pck_body", "pck_face", "saturation_ratio"):
         history = client.get_metric_history(run.info.run_id, f"eval/{metric}")
-        assert [m.step for m in history] == [2, 4]
+        assert [m.step for m in history] == [2, 4] or f"eval/full/{metric}: no sample" in not_scored
+        assert not any(math.isnan(m.value) for m in history)
+    # The model's figure per validation triplet and step, and its sheet under a short name.
+    images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
+    assert images and all(path.startswith("images/grid~") for path in images)
+    sheets = [a.path for a in client.list_artifacts(run.info.run_id, "grids/step-2")]
+    assert any(path.endswith("-full.png") for path in sheets)
     inputs = run.inputs.dataset_inputs
     contexts = {i.tags[0].value: i.dataset for i in inputs}
     assert set(contexts) == {"training", "validation"}
@@ -308,7 +320,7 @@ def test_validation_is_sharded_and_capped_under_a_short_collective_timeout(tmp_p
     assert len(validation) >= 3 * overrides["validation_max_samples"]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("cameo").experiment_id])
-    (samples,) = client.get_metric_history(run.info.run_id, "val_samples")
+    (samples,) = client.get_metric_history(run.info.run_id, "val/samples")
     assert (samples.step, samples.value) == (2, 2)
     assert client.get_metric_history(run.info.run_id, "eval/saturation_ratio")
 
@@ -423,7 +435,7 @@ def test_bf16_policy_trains_and_validates(triplets_root, tmp_path):
     assert {p.dtype for p in trainable.values()} == {torch.float32}
     frozen = [p for p in unet.parameters() if not p.requires_grad]
     assert frozen and {p.dtype for p in frozen} == {torch.bfloat16}
-    history = MlflowClient().get_metric_history(result.run_id, "val_loss")
+    history = MlflowClient().get_metric_history(result.run_id, "val/loss")
     assert [m.step for m in history] == [2] and math.isfinite(history[0].value)
     assert MlflowClient().get_metric_history(result.run_id, "eval/saturation_ratio")
 
