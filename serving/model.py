@@ -59,6 +59,8 @@ CHECKPOINT_ARTIFACT = "checkpoint"
 
 # The key of the model's metadata (its MLmodel file) that holds what `load_context` needs.
 SETTINGS_METADATA = "served_settings"
+
+
 class _CheckedSteps:
     """The denoising loop's progress bar, checking the served request after every step."""
 
@@ -187,6 +189,17 @@ def _invalid(error: RequestError, row: int, rows: int) -> mlflow.MlflowException
     return mlflow.MlflowException.invalid_parameter_value(f"{prefix}{error}")
 
 
+def logged_settings(context: mlflow.pyfunc.PythonModelContext) -> dict[str, Any]:
+    """What `serving.registry.log_model` logged for loading: the metadata's `served_settings`
+    (read from the MLmodel file above the checkpoint artifact), or, for versions logged before,
+    the `model_config` (MLflow also logs that as run params, one per setting)."""
+    if context.model_config:
+        return dict(context.model_config)
+    artifact = Path(context.artifacts[CHECKPOINT_ARTIFACT])
+    model_dir = next(folder for folder in artifact.parents if (folder / "MLmodel").is_file())
+    return mlflow.models.Model.load(str(model_dir)).metadata[SETTINGS_METADATA]
+
+
 class CameoInpaintModel(mlflow.pyfunc.PythonModel):
     """The served model. Its settings (`logged_settings`) hold the profile, the `faces`,
     `poses` and `serving` sections of params.yaml and, for `full`, the manifest of the base
@@ -217,17 +230,6 @@ class CameoInpaintModel(mlflow.pyfunc.PythonModel):
         # The pipeline (scheduler state, adapter scales) serves one call at a time: the scoring
         # server computes in one thread per worker, in-process callers may share the model.
         self._lock = threading.Lock()
-
-def logged_settings(context: mlflow.pyfunc.PythonModelContext) -> dict[str, Any]:
-    """What `serving.registry.log_model` logged for loading: the metadata's `served_settings`
-    (read from the MLmodel file above the checkpoint artifact), or, for versions logged before,
-    the `model_config` (MLflow also logs that as run params, one per setting)."""
-    if context.model_config:
-        return dict(context.model_config)
-    artifact = Path(context.artifacts[CHECKPOINT_ARTIFACT])
-    model_dir = next(folder for folder in artifact.parents if (folder / "MLmodel").is_file())
-    return mlflow.models.Model.load(str(model_dir)).metadata[SETTINGS_METADATA]
-
 
     def predict(
         self,

@@ -148,6 +148,8 @@ def test_training_run_is_logged_to_mlflow(triplets_root, tmp_path):
     assert run.data.tags["effective_batch_size"] == "1"
     assert run.data.tags["dataset_locked"] == "false"
     assert run.data.params["optimizer.class"] == "torch.optim.adamw.AdamW"
+    # One separator: `<section>.<key>`, nothing MLflow flattens with "/".
+    assert all(re.fullmatch(r"[a-z0-9_]+(\.[a-z0-9_]+)+", key) for key in run.data.params)
     for metric in (
         "train/loss",
         "train/lr_identity",
@@ -155,8 +157,6 @@ def test_training_run_is_logged_to_mlflow(triplets_root, tmp_path):
         "train/grad_norm",
         "train/samples_per_s",
         "train/peak_memory_mb",
-    # One separator: `<section>.<key>`, nothing MLflow flattens with "/".
-    assert all(re.fullmatch(r"[a-z0-9_]+(\.[a-z0-9_]+)+", key) for key in run.data.params)
     ):
         assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2, 3, 4]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")] == [2, 4]
@@ -300,7 +300,7 @@ def test_torchrun_two_processes_stay_in_sync(triplets_root, tmp_path):
 
 
 def test_validation_is_sharded_and_capped_under_a_short_collective_timeout(tmp_path):
-    """8 validation identities, a cap of 2: each of 2 ranks computes val_loss on its 1 sample
+    """8 validation identities, a cap of 2: each of 2 ranks computes val/loss on its 1 sample
     (not rank 0 on all of them while the other waits), with every collective bounded by 60 s,
     and the 5-panel evaluation on rank 0 under the same precision policy."""
     from mlflow.tracking import MlflowClient
