@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 
 from core.params import Section
 from perception.params import FacesParams, PosesParams
+from training.params import Acceleration
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ class ServingParams(Section):
     workers: int = Field(1, ge=1)
     max_waiting: int = Field(2, ge=0)
     verify_checksums: bool = True
+    # The U-Net's and the ControlNet's speed levers; with `compile`, the server compiles at
+    # start (a warm-up painting) before /ping answers healthy.
+    acceleration: Acceleration = Acceleration()
     params: dict[str, ParamSpec] = Field(default_factory=lambda: dict(DEFAULT_INFERENCE))
 
     @model_validator(mode="after")

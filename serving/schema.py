@@ -24,6 +24,7 @@ import PIL.Image
 
 from serving.params import InferenceParams
 from training.model import FACE_EMBED_DIM
+from training.params import Acceleration
 
 REQUIRED_COLUMNS = ("base", "mask", "reference", "prompt")
 OPTIONAL_COLUMNS = ("negative_prompt", "pose", "face_embedding")
@@ -82,6 +83,7 @@ class ServingConfig:
     workers: int
     verify_checksums: bool
     params: tuple[ParamRange, ...]
+    acceleration: Acceleration
 
     @classmethod
     def from_params(cls, section: Mapping[str, Any]) -> ServingConfig:
@@ -112,6 +114,8 @@ class ServingConfig:
             workers=section["workers"],
             verify_checksums=section["verify_checksums"],
             params=ranges,
+            # Models logged before the levers existed run without them.
+            acceleration=Acceleration.model_validate(section.get("acceleration", {})),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,6 +129,7 @@ class ServingConfig:
             }
             for r in self.params
         }
+        config["acceleration"] = self.acceleration.model_dump()
         return config
 
     def signature(self):

@@ -12,9 +12,11 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_snr
 
+from training.acceleration import attention
 from training.data import draw_condition_dropout, drop_condition
 from training.distributed import Distributed
 from training.model import predict_noise
+from training.params import AttentionBackend
 from training.precision import PrecisionPolicy
 from training.text import encode_prompt
 
@@ -59,15 +61,23 @@ class FrozenEncoders:
 
 
 class Denoiser(torch.nn.Module):
-    """U-Net (with both identity branches) and Pose-IdentityNet as one module for DDP."""
+    """U-Net (with both identity branches) and Pose-IdentityNet as one module for DDP, its
+    attention computed by `attention_backend` (`training.acceleration.attention`)."""
 
-    def __init__(self, unet: torch.nn.Module, controlnet: torch.nn.Module) -> None:
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        controlnet: torch.nn.Module,
+        attention_backend: AttentionBackend = "default",
+    ) -> None:
         super().__init__()
         self.unet = unet
         self.controlnet = controlnet
+        self.attention_backend = attention_backend
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return predict_noise(self.unet, self.controlnet, *args, **kwargs)
+        with attention(self.attention_backend):
+            return predict_noise(self.unet, self.controlnet, *args, **kwargs)
 
 
 def denoising_loss(

@@ -35,6 +35,7 @@ from training.precision import PrecisionPolicy
 GIB = 2**30
 FP32_BYTES = 4
 BUDGET_BYTES = 80 * 10**9  # the article's 80 GB per GPU (H100)
+ARTICLE_GPUS = 8  # the article's one node of 8 H100s
 
 # The one measurement of a full-size step: BENCHMARKS.md "Model (GPU)" (bench/model_gpu.py) on
 # an H100, `sdxl`, 1024², batch 1, bf16 autocast, fused AdamW, gradient checkpointing off. (The
@@ -90,10 +91,12 @@ class MemoryEstimate:
 
     weights: dict[str, int]  # by dtype name
     weights_parts: dict[str, tuple[str, ...]]  # the parts stored in each dtype
-    gradients: int  # float32, trainables only
-    optimizer_state: int  # per GPU, not sharded across processes
+    gradients: int  # trainables only: float32, or bf16 + float32 masters' under bf16_pure
+    master_weights: int  # float32 copies of the trainables (bf16_pure), else 0
+    optimizer_state: int  # per GPU (sharded over the ranks by zero_optimizer)
+    unsharded_optimizer_state: int  # what one GPU would hold without sharding
     ema: int  # 0 without EMA
-    ddp_buckets: int  # 0 for one process
+    ddp_buckets: int  # 0 for one process, or with gradient_as_bucket_view
     activations: int | None  # None: no measurement of this config to derive it from
     measured_state: int  # what the benchmark held besides activations (0 when not derived)
     activation_scale: float  # batch × pixels relative to the benchmark's
@@ -103,6 +106,7 @@ class MemoryEstimate:
         return (
             sum(self.weights.values())
             + self.gradients
+            + self.master_weights
             + self.optimizer_state
             + self.ema
             + self.ddp_buckets
@@ -137,7 +141,9 @@ class DryRun:
         """The readable report `cameo train --dry-run` prints."""
         p, memory = self.params, self.memory
         height, width = self.largest_bucket
-        compute_dtype = PrecisionPolicy.from_setting(p.mixed_precision).compute_dtype
+        policy = PrecisionPolicy.from_setting(p.mixed_precision)
+        compute_dtype = policy.compute_dtype
+        trainables = f"{_dtype_name(compute_dtype)} (float32 masters)" if policy.pure else "float32"
         processes = "1 process" if self.world_size == 1 else f"{self.world_size} processes"
         lines = [
             f"dry run of training config {p.config}: mixed_precision {p.mixed_precision}, "
@@ -159,8 +165,8 @@ class DryRun:
                 f"training.model.summary counts them; the rest frozen; optimiser groups {groups}",
                 width=100,
             ),
-            f"checked: dtypes under mixed_precision {p.mixed_precision}: trainables float32, "
-            f"VAE float32, the other frozen parts {_dtype_name(compute_dtype)}",
+            f"checked: dtypes under mixed_precision {p.mixed_precision}: trainables "
+            f"{trainables}, VAE float32, the other frozen parts {_dtype_name(compute_dtype)}",
             "",
             f"{'memory per GPU':<26}{'GiB':>8}",
         ]
@@ -168,14 +174,16 @@ class DryRun:
             (f"weights, {dtype}", size, ", ".join(memory.weights_parts[dtype]))
             for dtype, size in memory.weights.items()
         ]
-        rows += [
-            ("gradients", memory.gradients, "float32, trainables only"),
-            ("optimizer state", memory.optimizer_state, self._optimizer_state_note()),
-        ]
+        pure = p.mixed_precision == "bf16_pure"
+        gradients = "bf16 and the float32 masters'" if pure else "float32"
+        rows.append(("gradients", memory.gradients, f"{gradients}, trainables only"))
+        if memory.master_weights:
+            rows.append(("master weights", memory.master_weights, "float32 copy (bf16_pure)"))
+        rows.append(("optimizer state", memory.optimizer_state, self._optimizer_state_note()))
         if memory.ema:
             rows.append(("EMA", memory.ema, "float32 copy of the trainables"))
         if memory.ddp_buckets:
-            rows.append(("DDP gradient buckets", memory.ddp_buckets, "float32, a second copy"))
+            rows.append(("DDP gradient buckets", memory.ddp_buckets, "a second copy"))
         if memory.activations is not None:
             rows.append(("activations (estimate)", memory.activations, "see below"))
         lines += [f"{label:<26}{size / GIB:>8.2f}  {note}" for label, size, note in rows]
@@ -186,12 +194,11 @@ class DryRun:
         return "\n".join(lines)
 
     def _optimizer_state_note(self) -> str:
+        sharded = self.memory.optimizer_state < self.memory.unsharded_optimizer_state
+        share = f"1/{self.world_size} per GPU (zero_optimizer)" if sharded else "per GPU, unsharded"
         if self.params.use_8bit_adam:
-            return (
-                f"AdamW8bit: 2 x 8-bit moments (32-bit under {MIN_8BIT_SIZE} elements), "
-                "per GPU, unsharded"
-            )
-        return "AdamW: 2 x float32 moments, per GPU, unsharded"
+            return f"AdamW8bit: 2 x 8-bit moments (32-bit under {MIN_8BIT_SIZE} elements), {share}"
+        return f"AdamW: 2 x float32 moments, {share}"
 
     def _notes(self) -> list[str]:
         memory, p = self.memory, self.params
@@ -221,11 +228,20 @@ class DryRun:
                     "features false: the measurement fed precomputed latents and embeddings; "
                     "the encoders' forward passes each step are not modelled."
                 )
-        if self.world_size == 1:
+        if self.world_size == 1 and not p.ddp.gradient_as_bucket_view:
             notes.append(
                 "One process: under torchrun each GPU also holds DDP's gradient buckets "
-                f"(gradient_as_bucket_view is off), +{memory.gradients / GIB:.2f} GiB."
+                f"(gradient_as_bucket_view is off), +{_bucket_bytes(memory) / GIB:.2f} GiB."
             )
+        unsharded = memory.unsharded_optimizer_state
+        gpus = self.world_size if self.world_size > 1 else ARTICLE_GPUS
+        sharded = -(-unsharded // gpus)
+        notes.append(
+            f"zero_optimizer ({'on' if p.zero_optimizer else 'off'}): ZeroRedundancyOptimizer "
+            f"over {gpus} GPUs keeps {sharded / GIB:.2f} GiB of optimiser state per GPU, "
+            f"{(unsharded - sharded) / GIB:.2f} GiB less than unsharded"
+            + (" (one process shards nothing)." if self.world_size == 1 else ".")
+        )
         if CONFIGS[p.config].body_encoder is None:
             notes.append(
                 "* InternViT-300M-448px is loaded from the models directory; a ViT of its "
@@ -312,12 +328,15 @@ def check_trainable(components: dict[str, Any], config: ModelConfig) -> dict[str
 
 
 def check_dtypes(components: dict[str, Any], policy: PrecisionPolicy) -> None:
-    """The policy's dtypes: trainables float32 (master weights), the VAE float32, every other
-    frozen part in the compute dtype."""
+    """The policy's dtypes: trainables float32 (master weights; the compute dtype under
+    `bf16_pure`, whose masters are copies), the VAE float32, every other frozen part in the
+    compute dtype."""
     for component in MODEL_COMPONENTS:
         wrong = []
         for name, param in components[component].named_parameters():
-            if param.requires_grad:
+            if param.requires_grad and policy.pure:
+                expected, why = policy.compute_dtype, "bf16_pure: the compute dtype"
+            elif param.requires_grad:
                 expected, why = torch.float32, "a trainable master weight"
             elif component == "vae":
                 expected, why = torch.float32, "the VAE stays float32"
@@ -356,6 +375,11 @@ def estimate_memory(
         )
     else:
         optimizer_state = 2 * FP32_BYTES * trainable_count
+    sharded = params.zero_optimizer and world_size > 1
+    # The model's gradients are in its trainables' dtype; bf16_pure adds float32 masters.
+    model_gradients = sum(param.numel() * param.element_size() for param in trainable)
+    pure = params.mixed_precision == "bf16_pure"
+    masters = FP32_BYTES * trainable_count if pure else 0
 
     activations, measured_state = None, 0
     height, width = largest_bucket
@@ -366,15 +390,24 @@ def estimate_memory(
     return MemoryEstimate(
         weights=weights,
         weights_parts={dtype: tuple(labels) for dtype, labels in weights_parts.items()},
-        gradients=FP32_BYTES * trainable_count,
-        optimizer_state=optimizer_state,
+        gradients=model_gradients + masters,
+        master_weights=masters,
+        optimizer_state=-(-optimizer_state // world_size) if sharded else optimizer_state,
+        unsharded_optimizer_state=optimizer_state,
         ema=FP32_BYTES * trainable_count if params.ema_decay > 0 else 0,
-        # gradient_as_bucket_view is off (DDP's default): the buckets are a second copy.
-        ddp_buckets=FP32_BYTES * trainable_count if world_size > 1 else 0,
+        # DDP's buckets are a second copy of the model's gradients, unless they are the same.
+        ddp_buckets=model_gradients
+        if world_size > 1 and not params.ddp.gradient_as_bucket_view
+        else 0,
         activations=activations,
         measured_state=measured_state,
         activation_scale=scale,
     )
+
+
+def _bucket_bytes(memory: MemoryEstimate) -> int:
+    """DDP's buckets: one copy of the model's gradients (the float32 masters' aside)."""
+    return memory.gradients - memory.master_weights
 
 
 def _benchmark_state(components: dict[str, Any]) -> int:
@@ -397,8 +430,8 @@ def dry_run(params: TrainingParams, world_size: int = 1) -> DryRun:
     (AdamW: two fp32 moments; bitsandbytes' AdamW8bit: two 8-bit moments, 32-bit for tensors
     under 4096 elements, its block-wise scales not counted), EMA and, for `world_size` > 1,
     DDP's gradient buckets, plus an activation estimate derived from the one measurement
-    (`MEASURED_SOURCE`), for the `sdxl` config only. The optimiser state is per GPU and
-    unsharded: `world_size` does not divide it (ZeRO-style sharding is not modelled yet).
+    (`MEASURED_SOURCE`), for the `sdxl` config only. The optimiser state is per GPU: divided by
+    `world_size` under `zero_optimizer`, whose saving the table notes either way.
 
     Raises `DryRunError` naming the part and parameter when a check fails.
     """
@@ -412,6 +445,7 @@ def dry_run(params: TrainingParams, world_size: int = 1) -> DryRun:
     policy = PrecisionPolicy.from_setting(params.mixed_precision)
     policy.apply(components)
     groups = check_trainable(components, config)
+    policy.master_weights(trainable_parameters(components["unet"], components["controlnet"]))
     check_dtypes(components, policy)
 
     named = _named_by_part(components)

@@ -45,7 +45,8 @@ def features_id(params: TrainingParams, models_dir: str | Path | None) -> str:
     model config and its precision, and the seed of random weights (the tiny config) or each
     pretrained encoder folder's files (relative name and size)."""
     config = CONFIGS[params.config]
-    parts = [config.name, params.mixed_precision]
+    # bf16 and bf16_pure encode alike: the same stored features.
+    parts = [config.name, params.mixed_precision.removesuffix("_pure")]
     if config.byte_tokenizers:  # random weights from the seed, nothing loaded
         parts.append(f"seed={params.seed}")
     else:

@@ -36,6 +36,12 @@ from diffusers.training_utils import EMAModel
 from core.layout import DataLayout
 from core.versioning import git_commit
 from perception.priors import Priors
+from training.acceleration import (
+    accelerate,
+    build_optimizer,
+    distributed_model,
+    gather_optimizer_state,
+)
 from training.checkpoint import (
     checkpoints,
     newest_verified,
@@ -70,7 +76,6 @@ from training.model import (
     CheckpointInfo,
     base_components,
     load_checkpoint,
-    parameter_groups,
     set_adapter_scales,
     trainable_parameters,
 )
@@ -180,14 +185,12 @@ def train(
         unet.enable_gradient_checkpointing()
         controlnet.enable_gradient_checkpointing()
     set_adapter_scales(unet, 1.0, 1.0)
-    named_trainable = trainable_parameters(unet, controlnet)
-    trainable = list(named_trainable.values())
-    model = Denoiser(unet, controlnet)
-    denoiser: torch.nn.Module = model
-    if env.world_size > 1:
-        denoiser = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[env.local_rank] if on_gpu else None
-        )
+    # What the optimiser updates: the trainables, or their float32 copies under bf16_pure.
+    master = precision.master_weights(trainable_parameters(unet, controlnet))
+    trainable = list(master.named.values())
+    accelerate(params.acceleration, unet, controlnet)
+    model = Denoiser(unet, controlnet, params.acceleration.attention_backend)
+    denoiser = distributed_model(model, env, params.ddp)
     scheduler = DDPMScheduler(**config.scheduler)
 
     # The encoders' outputs: read from the features stage, or computed every step.
@@ -228,14 +231,8 @@ def train(
         )
 
     # -- Optimiser, schedule, EMA -----------------------------------------------------------------
-    groups = parameter_groups(named_trainable)
-    learning_rates = {"identity": params.learning_rate, "body": params.body_learning_rate}
-    optimizer = optimizer_class(params.use_8bit_adam, env.device)(
-        [{"params": groups[name], "lr": lr, "name": name} for name, lr in learning_rates.items()],
-        betas=(params.adam_beta1, params.adam_beta2),
-        eps=params.adam_epsilon,
-        weight_decay=params.weight_decay,
-    )
+    adam = optimizer_class(params.use_8bit_adam, env.device)
+    optimizer = build_optimizer(params, master.named, adam)
     lr_scheduler = get_scheduler(
         params.lr_scheduler,
         optimizer,
@@ -249,8 +246,9 @@ def train(
     # -- Resume -----------------------------------------------------------------------------------
     step, run_id, losses, consumed = 0, None, [], 0
     if state is not None:
-        load_checkpoint(unet, controlnet, latest)
-        precision.keep_master_weights(unet, controlnet)
+        with master.in_model():
+            load_checkpoint(unet, controlnet, latest)
+            precision.keep_master_weights(unet, controlnet)
         optimizer.load_state_dict(state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
         if ema is not None and state.get("ema") is not None:
@@ -347,9 +345,11 @@ def train(
                 step_loss += loss.detach().float() / accumulation
                 if not sync:
                     continue
+                master.gradients_to_master()
                 max_norm = params.max_grad_norm if params.max_grad_norm > 0 else math.inf
                 grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
                 optimizer.step()
+                master.to_model()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 if ema is not None:
@@ -401,7 +401,7 @@ def train(
                         # step's precision policy.
                         pipe = CharacterInpaintPipeline(**components)
                         pipe.set_progress_bar_config(disable=True)
-                        with precision.autocast(env.device):
+                        with precision.autocast(env.device, sampling=True):
                             evaluation_result = evaluator.evaluate(
                                 pipe,
                                 validation_samples,
@@ -418,27 +418,29 @@ def train(
                     model.train()
                 if step % params.checkpoint_every == 0 or step == last_step:
                     rng = env.gather(rng_state(generator))
+                    gather_optimizer_state(optimizer)
                     if env.is_main:
-                        save_training_checkpoint(
-                            output_dir,
-                            step,
-                            unet,
-                            controlnet,
-                            CheckpointInfo(config.name, params.seed, step, run_id, md5),
-                            {
-                                "step": step,
-                                "run_id": run_id,
-                                "losses": losses,
-                                "fingerprint": params.fingerprint(),
-                                "world_size": env.world_size,
-                                "optimizer": optimizer.state_dict(),
-                                "lr_scheduler": lr_scheduler.state_dict(),
-                                "ema": ema.state_dict() if ema is not None else None,
-                                "sampler": {"epoch": sampler.epoch, "start": consumed},
-                                "rng": rng,
-                            },
-                            params.keep_checkpoints,
-                        )
+                        with master.in_model():
+                            save_training_checkpoint(
+                                output_dir,
+                                step,
+                                unet,
+                                controlnet,
+                                CheckpointInfo(config.name, params.seed, step, run_id, md5),
+                                {
+                                    "step": step,
+                                    "run_id": run_id,
+                                    "losses": losses,
+                                    "fingerprint": params.fingerprint(),
+                                    "world_size": env.world_size,
+                                    "optimizer": optimizer.state_dict(),
+                                    "lr_scheduler": lr_scheduler.state_dict(),
+                                    "ema": ema.state_dict() if ema is not None else None,
+                                    "sampler": {"epoch": sampler.epoch, "start": consumed},
+                                    "rng": rng,
+                                },
+                                params.keep_checkpoints,
+                            )
                     env.barrier()
                 if step >= last_step:
                     break
@@ -458,15 +460,16 @@ def train(
             "loss_last": float(np.mean(losses[-tail:])) if losses else math.nan,
         }
         if env.is_main:
-            if ema is not None:
-                ema.store(trainable)
-                ema.copy_to(trainable)
             # `final/` and metrics.json are DVC outputs: nothing run-specific goes in them, so the
             # same data, code and params give the same dvc.lock. The run is named in run.json.
             info = CheckpointInfo(config.name, params.seed, step, None, md5)
-            save_final(output_dir, unet, controlnet, info)
-            if ema is not None:
-                ema.restore(trainable)
+            with master.in_model():
+                if ema is not None:
+                    ema.store(trainable)
+                    ema.copy_to(trainable)
+                save_final(output_dir, unet, controlnet, info)
+                if ema is not None:
+                    ema.restore(trainable)
             (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
             experiment_id = mlflow.active_run().info.experiment_id
             run = {"run_id": run_id, "experiment_id": experiment_id, "dataset_md5": md5}

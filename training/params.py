@@ -15,6 +15,31 @@ from core.params import Section
 
 ModelConfigName = Literal["sdxl", "tiny"]  # training.model.CONFIGS
 AblationName = Literal["inpainting", "face", "face_body", "full"]  # training.evaluate.ABLATIONS
+# torch.nn.attention.SDPBackend members by name; "default": PyTorch chooses per call.
+AttentionBackend = Literal["default", "flash", "cudnn", "efficient", "math"]
+
+
+class Acceleration(Section):
+    """GPU speed levers of the U-Net and the ControlNet (`training.acceleration`), shared by
+    training, the inference pipeline and the served model. Every one is off by default, as
+    the model ran before they existed: none has a GPU measurement yet (BENCHMARKS.md, "Model
+    (GPU): speed levers"). Outputs stay the same within floating-point tolerance."""
+
+    channels_last: bool = False  # NHWC memory layout of the U-Net and the ControlNet
+    cudnn_benchmark: bool = False  # cuDNN times its convolution algorithms once per shape
+    attention_backend: AttentionBackend = "default"  # the scaled-dot-product attention kernel
+    # torch.compile of the repeated transformer and ResNet blocks only (regional): every
+    # bucket shape compiles a block once, not the whole model.
+    compile: bool = False
+
+
+class DDPOptions(Section):
+    """DistributedDataParallel's options (more than one process); the defaults are DDP's."""
+
+    gradient_as_bucket_view: bool = False  # gradients live in the buckets: one copy, not two
+    static_graph: bool = False  # the same parameters are used every step (true here)
+    bucket_cap_mb: float = Field(25.0, gt=0)  # all-reduce bucket size
+    bf16_compress: bool = False  # all-reduce gradients in bfloat16 (half the traffic)
 
 
 class ConditionDropout(Section):
@@ -50,12 +75,19 @@ class TrainingParams(Section):
     weight_decay: float = Field(1.0e-2, ge=0)
     use_8bit_adam: bool = True  # bitsandbytes' AdamW8bit (CUDA); refused where it cannot run
     max_grad_norm: float = Field(1.0, ge=0)  # 0: no clipping (the norm is still logged)
-    mixed_precision: Literal["bf16", "no"] = "bf16"  # CPU always trains in float32
+    # bf16: autocast; bf16_pure: every op in bfloat16, norms too, float32 master weights kept
+    # for the optimiser (training.precision); no: float32.
+    mixed_precision: Literal["bf16", "bf16_pure", "no"] = "bf16"
     gradient_checkpointing: bool = False  # on: less memory, about 2x the step (BENCHMARKS.md)
     ema_decay: float = Field(0.0, ge=0, lt=1)  # 0: no EMA of the trainable weights
     snr_gamma: float = Field(0.0, ge=0)  # 0: plain MSE; else min-SNR-γ weighting
     cfg_dropout: ConditionDropout = ConditionDropout()
     features: bool = True  # read the precomputed features stage; false: encode every step
+    acceleration: Acceleration = Acceleration()
+    ddp: DDPOptions = DDPOptions()
+    # torch's ZeroRedundancyOptimizer: each rank keeps the optimiser state of its share of the
+    # trainable parameters (1/world size of it per GPU; `cameo train --dry-run` sizes it).
+    zero_optimizer: bool = False
     # The same kernels on every x86-64 CPU (training.cpu_kernels): bit-identical CPU runs.
     portable_cpu_kernels: bool = False
     num_workers: int = Field(4, ge=0)

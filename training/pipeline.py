@@ -30,7 +30,9 @@ from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_inpain
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from training.acceleration import accelerate, attention
 from training.model import predict_noise, set_adapter_scales
+from training.params import Acceleration, AttentionBackend
 from training.text import encode_prompt
 
 if TYPE_CHECKING:
@@ -84,6 +86,7 @@ class CharacterInpaintPipeline(StableDiffusionXLInpaintPipeline):
         "body_encoder",
         "body_processor",
     ]
+    attention_backend: AttentionBackend = "default"  # see `enable_acceleration`
 
     def __init__(
         self,
@@ -135,6 +138,13 @@ class CharacterInpaintPipeline(StableDiffusionXLInpaintPipeline):
         self.control_image_processor = VaeImageProcessor(
             vae_scale_factor=self.vae_scale_factor, do_convert_rgb=True, do_normalize=False
         )
+
+    def enable_acceleration(self, acceleration: Acceleration) -> None:
+        """The speed levers of `training.acceleration` on the U-Net and the ControlNet (call
+        after moving the pipeline to its device and dtype). With `acceleration.compile`, the
+        first call at each new size pays the compile time."""
+        accelerate(acceleration, self.unet, self.controlnet)
+        self.attention_backend = acceleration.attention_backend
 
     # -----------------------------------------------------------------------------------------
     # Conditions
@@ -311,7 +321,10 @@ class CharacterInpaintPipeline(StableDiffusionXLInpaintPipeline):
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, 0.0)
 
         set_adapter_scales(self.unet, face_scale, body_scale)
-        with self.progress_bar(total=num_inference_steps) as progress_bar:
+        with (
+            attention(self.attention_backend),
+            self.progress_bar(total=num_inference_steps) as progress_bar,
+        ):
             for t in timesteps:
                 model_input = torch.cat([latents] * 2) if do_cfg else latents
                 model_input = self.scheduler.scale_model_input(model_input, t)

@@ -187,6 +187,42 @@ def test_processes_add_ddp_buckets_but_do_not_shard_the_optimizer(sdxl_component
     assert report.memory.ddp_buckets == 0
 
 
+def test_zero_optimizer_shards_the_state_and_the_table_shows_the_saving(
+    sdxl_components, production
+):
+    report, _ = production
+    unsharded = report.memory.optimizer_state
+    params = TrainingParams(zero_optimizer=True)
+    eight = estimate_memory(sdxl_components, params, report.largest_bucket, world_size=8)
+    assert eight.optimizer_state == pytest.approx(unsharded / 8, abs=1)
+    assert eight.unsharded_optimizer_state == unsharded
+    assert report.memory.total - eight.total == pytest.approx(
+        unsharded - eight.optimizer_state - eight.ddp_buckets, abs=1
+    )
+    saving = f"{(unsharded - eight.optimizer_state) / GIB:.2f} GiB less than unsharded"
+    assert saving in " ".join(dry_run(params, world_size=8).table().split())
+    # One process shards nothing; its table still predicts the saving over 8 GPUs.
+    assert "zero_optimizer (off)" in " ".join(report.table().split())
+    assert saving in " ".join(report.table().split())
+
+
+def test_gradients_as_bucket_views_drop_ddp_s_second_copy(sdxl_components, production):
+    report, _ = production
+    params = TrainingParams(ddp={"gradient_as_bucket_view": True})
+    eight = estimate_memory(sdxl_components, params, report.largest_bucket, world_size=8)
+    assert eight.ddp_buckets == 0
+
+
+def test_bf16_pure_keeps_bf16_trainables_and_float32_masters():
+    report = dry_run(TrainingParams(mixed_precision="bf16_pure"))
+    trainable_parts = [part for part in report.parts if part.key in TRAINABLE_PARTS]
+    assert all(part.dtypes == ("bfloat16",) for part in trainable_parts)
+    memory = report.memory
+    assert memory.master_weights == 4 * report.trainable
+    assert memory.gradients == (2 + 4) * report.trainable  # bf16 model's, float32 masters'
+    assert "master weights" in report.table()
+
+
 def test_no_activation_estimate_without_a_measurement_of_the_config():
     report = dry_run(tiny_params())
     assert report.memory.activations is None

@@ -34,7 +34,14 @@ from training.data import (
 )
 from training.denoising import FrozenEncoders, denoising_loss
 from training.loop import train
-from training.model import ADAPTER_FILES, CONTROLNET_DIR, trainable_parameters
+from training.model import (
+    ADAPTER_FILES,
+    CONTROLNET_DIR,
+    TINY,
+    build_components,
+    trainable_parameters,
+)
+from training.outputs import STATE_FILE
 from training.params import TrainingParams
 
 REPO = Path(__file__).resolve().parents[2]
@@ -297,6 +304,21 @@ def test_torchrun_two_processes_stay_in_sync(triplets_root, tmp_path):
     rank0, rank1 = torchrun_two_processes(triplets_root, tmp_path)
     assert rank0[0] == "2" and rank0[:2] == rank1[:2]
     assert (tmp_path / "checkpoints" / "final" / "cameo_checkpoint.json").is_file()
+
+
+def test_ddp_options_and_a_sharded_optimizer_keep_the_ranks_in_sync(triplets_root, tmp_path):
+    """Gradients as bucket views, a static graph, small buckets and ZeroRedundancyOptimizer on
+    2 CPU ranks: the ranks stay identical, and the checkpoint holds the optimiser state of
+    every trainable parameter, gathered from both shards. (bf16 gradient compression runs on
+    NCCL only: `test_bf16_gradient_compression_is_refused_off_cuda`.)"""
+    ddp = {"gradient_as_bucket_view": True, "static_graph": True, "bucket_cap_mb": 1}
+    rank0, rank1 = torchrun_two_processes(triplets_root, tmp_path, ddp=ddp, zero_optimizer=True)
+    assert rank0[0] == "2" and rank0[:2] == rank1[:2]
+    latest = checkpoints(tmp_path / "checkpoints")[-1]
+    state = torch.load(latest / STATE_FILE, map_location="cpu", weights_only=False)
+    components = build_components(TINY, seed=0)
+    trainable = trainable_parameters(components["unet"], components["controlnet"])
+    assert len(state["optimizer"]["state"]) == len(trainable)
 
 
 def test_validation_is_sharded_and_capped_under_a_short_collective_timeout(tmp_path):
