@@ -9,6 +9,7 @@ visible and where each portrait lies in the frame.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -146,9 +147,12 @@ def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
 X264_OPTIONS = {"crf": "23", "preset": "veryfast", "x264-params": "asm=0"}
 
 
-def write_sample_movie(layout: DataLayout, name: str = "sample") -> Path:
+def write_sample_movie(
+    layout: DataLayout, name: str = "sample", shots: Sequence[Shot] = SHOTS
+) -> Path:
     """Write movies/<name>.mp4 and its ground truth (data/ground_truth/<name>.json); the
-    movie's bytes are the same on every x86-64 machine with the pinned PyAV."""
+    movie's bytes are the same on every x86-64 machine with the pinned PyAV. `shots`: fewer
+    or shorter shots make a shorter movie (the orchestration benchmark's)."""
     movie_path = layout.movies_dir / f"{name}.mp4"
     truth_frames = []
     with (
@@ -161,7 +165,7 @@ def write_sample_movie(layout: DataLayout, name: str = "sample") -> Path:
         stream.codec_context.thread_count = 1
         stream.codec_context.flags |= av.codec.context.Flags.bitexact
         frame_idx = 0
-        for shot_idx, shot in enumerate(SHOTS):
+        for shot_idx, shot in enumerate(shots):
             canvas, placed = _compose(shot)
             for i in range(shot.frames):
                 window = _camera_window(shot, i / max(shot.frames - 1, 1))
@@ -183,7 +187,7 @@ def write_sample_movie(layout: DataLayout, name: str = "sample") -> Path:
         "movie": name,
         "fps": FPS,
         "frame_size": list(FRAME_SIZE),
-        "identities": sorted({who for shot in SHOTS for who, *_ in shot.cast}),
+        "identities": sorted({who for shot in shots for who, *_ in shot.cast}),
         "frames": truth_frames,
     }
     truth_path = layout.ground_truth(name)
