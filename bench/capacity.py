@@ -36,7 +36,7 @@ FRAME_SIZE = (1080, 1920)  # (height, width) of a movie frame
 FACES_PER_FRAME = 1.5  # faces the recogniser embeds per frame (several people per shot)
 PEAK_TFLOPS = {"half": 989.0, "fp32": 67.0}  # H100/H200 SXM dense bf16/fp16, fp32 (no TF32)
 HBM_TBPS = 4.8  # H200; an H100 has 3.35
-MFU = {"conv": 0.25, "fp32": 0.60, "llm": 0.40, "hbm": 0.60}
+MFU = {"conv": 0.25, "vit": 0.40, "fp32": 0.60, "llm": 0.40, "hbm": 0.60}
 CPU_CORES_PER_GPU = 12  # an 8-GPU node of 96+ cores
 POD_START_S = 45.0  # step pod: schedule, container start (image cached), imports, CUDA init
 LOAD_GBPS = 2.0  # weights read from a node-local disk or a fast PVC
@@ -58,10 +58,11 @@ thread pool beside the batched GPU calls saves more than grouping (not implement
 **The faces table** keeps its two 512-d embeddings as lists of Python floats, which parquet
 stores as float64: float32 columns would halve its size.
 
-**SAM's precision.** The masks stage runs SAM in fp32 (`SamSegmenter`), which on an H100/H200
-has no tensor-core rate; the GPU section also times its image encoder in bf16, the same
-counted FLOPs at the half-precision rate. Whether bf16 masks match fp32 ones within the
-stage's tolerance is not tested.
+**SAM's precision** is `masks.dtype`: float32 (the default) has no tensor-core rate on an
+H100/H200, bfloat16 has. On tiny random models bfloat16's masks differ from float32's in at
+most 3% of the pixels (tests/test_segmentation.py); on SAM ViT-H's weights that is not
+measured, so the default stays float32. The GPU section times the image encoder in bf16
+beside the stage as configured.
 
 **A batched inference engine for InternVL2** (read from PyPI's metadata on 2026-12-01, no
 wheel installed): vLLM 0.33.0 pins torch 2.14.0, torchvision 0.29.0 and transformers < 5.21;
@@ -139,7 +140,8 @@ def stages(figures: list[Figure], cpu: dict[str, float]) -> list[Stage]:
             cpu["faces"],
             gb["detector"] + gb["recogniser"],
         ),
-        Stage("masks (SAM, fp32)", "frame", CHARACTER_FRAMES, *gpu_s("sam", "fp32"),
+        Stage(f"masks (SAM, {by_key['sam'].dtype})", "frame", CHARACTER_FRAMES,
+              *gpu_s("sam", "fp32" if by_key["sam"].dtype == "float32" else "vit"),
               cpu["masks"], gb["sam"]),
         Stage("poses", "crop", CHARACTER_FRAMES, *gpu_s("pose", "conv"), cpu["poses"], gb["pose"]),
         Stage("captions", "image", CHARACTER_FRAMES, *gpu_s("caption", "llm"), cpu["captions"],
@@ -319,6 +321,9 @@ def plan(figures: list[Figure]) -> str:
             f"{fixed_s:,.0f} s (estimated) | {group} |"
         )
     by_key = {f.key: f for f in figures}
+    sam_s = {
+        kind: CHARACTER_FRAMES / _estimated_speed(by_key["sam"], kind) for kind in ("fp32", "vit")
+    }
     caption, vision = by_key["caption"], by_key["vision"]
     one_tile = caption_gflop(caption, vision, 1)
     one_tile_s = CHARACTER_FRAMES / _caption_speed(replace(caption, gflop_per_item=one_tile))
@@ -348,7 +353,8 @@ def plan(figures: list[Figure]) -> str:
         '- GPU items/s: the "Dataset stages (GPU)" section, measured where it has a GPU figure; '
         "otherwise estimated from the counted FLOPs at an assumed share of an H200's peak "
         f"({PEAK_TFLOPS['half']:.0f} TFLOP/s bf16/fp16 dense, {PEAK_TFLOPS['fp32']:.0f} fp32): "
-        f"conv nets {MFU['conv']:.0%}, SAM in fp32 {MFU['fp32']:.0%}, InternVL2's vision and "
+        f"conv nets {MFU['conv']:.0%}, SAM {MFU['fp32']:.0%} in fp32 and {MFU['vit']:.0%} in "
+        f"bf16, InternVL2's vision and "
         f"prefill {MFU['llm']:.0%}, its decoding reading the language weights once a step at "
         f"{MFU['hbm']:.0%} of {HBM_TBPS} TB/s, shared by the batch. The faces row adds "
         f"{FACES_PER_FRAME} recogniser faces a frame (estimated).\n"
@@ -376,6 +382,8 @@ def plan(figures: list[Figure]) -> str:
         f"{_hours(one_tile_s)} GPU-hours (estimated: {one_tile / 1e3:,.0f} TFLOP a caption "
         f"against {caption.gflop_per_item / 1e3:,.0f}), if captions keep their quality at that "
         "resolution (not measured).\n\n"
+        f"SAM's GPU time, estimated from its counted FLOPs: {_hours(sam_s['fp32'])} GPU-hours in "
+        f"float32, {_hours(sam_s['vit'])} in bfloat16 (`masks.dtype`).\n\n"
         "| output | corpus size | per item |\n|---|---|---|\n"
         + "\n".join(f"| {name} | {size / 1e9:,.1f} GB | {how} |" for name, size, how in storage)
         + "\n"

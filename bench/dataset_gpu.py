@@ -61,6 +61,7 @@ class Figure:
     weight_bytes: int
     gflop_per_item: float
     per_second: float | None = None
+    dtype: str = "float16"  # what the row runs in on CUDA
     # Captions: the language tower's parameters, tokens generated and tiles per caption.
     language_params: int = 0
     new_tokens: int = 0
@@ -129,21 +130,22 @@ def convnet(
     return figure
 
 
-def sam_segmenter(run: Run):
-    """The stage's `SamSegmenter` around a random SAM of the run's scale."""
+def sam_segmenter(run: Run, dtype: str):
+    """The stage's `SamSegmenter` around a random SAM of the run's scale, at `dtype`."""
     from transformers import SamImageProcessorPil, SamModel, SamProcessor
 
     from perception.segmentation import SamSegmenter
 
     if run.scale == "smoke":
-        return SamSegmenter.tiny()
+        return SamSegmenter.tiny(dtype=dtype)
     segmenter = SamSegmenter.__new__(SamSegmenter)
     processor = SamProcessor(image_processor=SamImageProcessorPil())  # SAM's 1024-px input
-    segmenter._bind(SamModel(standins.sam_config()), processor, run.device)
+    segmenter._bind(SamModel(standins.sam_config()), processor, run.device, dtype)
     return segmenter
 
 
-def sam_figures(run: Run, batch: int) -> list[Figure]:
+def sam_figures(run: Run, batch: int, dtype: str) -> list[Figure]:
+    """The masks stage as it runs (`masks.dtype`), and SAM's image encoder alone in bf16."""
     from transformers import SamModel
 
     config = standins.sam_config(run.scale)
@@ -155,12 +157,13 @@ def sam_figures(run: Run, batch: int) -> list[Figure]:
     stage = Figure(
         "sam",
         "masks",
-        "SAM ViT-H, the stage's segment_batch (fp32)",
+        f"SAM ViT-H, the stage's segment_batch ({dtype})",
         "frame",
         batch,
         params,
-        nbytes,
+        nbytes if dtype == "float32" else nbytes // 2,
         flops / 1e9,
+        dtype=dtype,
     )
     encoder = Figure(
         "sam_encoder",
@@ -171,9 +174,10 @@ def sam_figures(run: Run, batch: int) -> list[Figure]:
         params,
         nbytes // 2,
         flops / 1e9,
+        dtype="bfloat16",
     )
     if run.measure:
-        segmenter = sam_segmenter(run)
+        segmenter = sam_segmenter(run, dtype)
         rng = np.random.default_rng(0)
         frames = [rng.integers(0, 255, (*FRAME, 3), dtype=np.uint8) for _ in range(batch)]
         points = [(FRAME[1] / 2, FRAME[0] / 3)] * batch
@@ -304,7 +308,7 @@ def measure(run: Run) -> list[Figure]:
             (3, 112, 112),
             64,
         ),
-        *sam_figures(run, p.masks.batch_size),
+        *sam_figures(run, p.masks.batch_size, p.masks.dtype),
         convnet(
             run,
             "pose",

@@ -52,6 +52,9 @@ class MasksParams(Section):
     max_area_fraction: float = Field(0.95, ge=0.0, le=1.0)
     # Frames per SAM image-encoder call; prompts and mask decoding stay per frame.
     batch_size: int = Field(8, ge=1)
+    # SAM's precision. bfloat16 runs at a GPU's tensor-core rate (float32 has none on an
+    # H100); its masks differ from float32's in a few edge pixels (tests/test_segmentation.py).
+    dtype: Literal["float32", "bfloat16"] = "float32"
 
     @model_validator(mode="after")
     def _areas_ordered(self) -> MasksParams:

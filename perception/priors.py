@@ -101,7 +101,10 @@ class Priors:
 
     def segmenter(self) -> SamSegmenter:
         return self._load(
-            "segmenter", lambda: load_segmenter(self.profile, self.models_dir, self.masks.model)
+            "segmenter",
+            lambda: load_segmenter(
+                self.profile, self.models_dir, self.masks.model, self.masks.dtype
+            ),
         )
 
     def person_detector(self) -> GroundingDinoPersonDetector:

@@ -58,9 +58,15 @@ def largest_mask(masks: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, flo
 
 
 class SamSegmenter:
-    """SAM prompted with one foreground point and optionally a box; keeps the largest mask."""
+    """SAM prompted with one foreground point and optionally a box; keeps the largest mask.
 
-    def __init__(self, model_dir: str | Path, device: str | None = None) -> None:
+    `dtype` is the model's precision: "float32", or "bfloat16" for a GPU's tensor-core rate
+    (its masks differ from float32's in a few edge pixels; tests state the tolerance).
+    """
+
+    def __init__(
+        self, model_dir: str | Path, device: str | None = None, dtype: str = "float32"
+    ) -> None:
         from transformers import SamModel, SamProcessor
 
         model_dir = _require_model_dir(
@@ -72,15 +78,19 @@ class SamSegmenter:
             SamModel.from_pretrained(model_dir),
             SamProcessor.from_pretrained(model_dir),
             device or _default_device(),
+            dtype,
         )
 
-    def _bind(self, model, processor, device: str) -> None:
+    def _bind(self, model, processor, device: str, dtype: str = "float32") -> None:
+        import torch
+
         self.device = device
-        self.model = model.to(device).eval()
+        self.dtype = getattr(torch, dtype)
+        self.model = model.to(device, self.dtype).eval()
         self.processor = processor
 
     @classmethod
-    def tiny(cls, seed: int = 0) -> SamSegmenter:
+    def tiny(cls, seed: int = 0, dtype: str = "float32") -> SamSegmenter:
         """A tiny random SAM (64 px input), deterministic for a seed, on CPU."""
         import torch
         from transformers import SamConfig, SamImageProcessorPil, SamModel, SamProcessor
@@ -128,7 +138,7 @@ class SamSegmenter:
             )
         )
         segmenter = cls.__new__(cls)
-        segmenter._bind(model, processor, "cpu")
+        segmenter._bind(model, processor, "cpu", dtype)
         return segmenter
 
     def segment(
@@ -166,18 +176,23 @@ class SamSegmenter:
             )
             for image, point, box in zip(images, points, boxes, strict=True)
         ]
-        pixel_values = torch.cat([x["pixel_values"] for x in inputs]).to(self.device)
+        pixel_values = torch.cat([x["pixel_values"] for x in inputs]).to(self.device, self.dtype)
         prompt_keys = ("input_points", "input_labels", "input_boxes")
         results = []
         with torch.inference_mode():
             embeddings = self.model.get_image_embeddings(pixel_values)
             for embedding, x in zip(embeddings, inputs, strict=True):
                 prompts = {k: x[k].to(self.device) for k in prompt_keys if k in x}
+                if self.dtype != torch.float32:  # coordinates at the model's half precision
+                    prompts = {
+                        k: v.to(self.dtype) if v.is_floating_point() else v
+                        for k, v in prompts.items()
+                    }
                 outputs = self.model(
                     image_embeddings=embedding[None], **prompts, multimask_output=True
                 )
                 masks = self.processor.post_process_masks(
-                    outputs.pred_masks.cpu(), x["original_sizes"], x["reshaped_input_sizes"]
+                    outputs.pred_masks.float().cpu(), x["original_sizes"], x["reshaped_input_sizes"]
                 )[0][0]
                 mask, score = largest_mask(
                     masks.numpy(), outputs.iou_scores[0, 0].float().cpu().numpy()
@@ -338,16 +353,16 @@ def best_person_box(person_boxes: np.ndarray, face_box: np.ndarray) -> np.ndarra
 
 
 def load_segmenter(
-    profile: str, models_dir: str | Path | None = None, model: str = "sam"
+    profile: str, models_dir: str | Path | None = None, model: str = "sam", dtype: str = "float32"
 ) -> SamSegmenter:
-    """The segmenter of a profile: SAM from `<models_dir>/<model>` or the tiny one."""
+    """The segmenter of a profile: SAM from `<models_dir>/<model>` or the tiny one, at `dtype`."""
     from perception.models import by_profile
     from perception.models import models_dir as resolve_models_dir
 
     return by_profile(
         profile,
-        full=lambda: SamSegmenter(resolve_models_dir(models_dir) / model),
-        tiny=SamSegmenter.tiny,
+        full=lambda: SamSegmenter(resolve_models_dir(models_dir) / model, dtype=dtype),
+        tiny=lambda: SamSegmenter.tiny(dtype=dtype),
     )
 
 

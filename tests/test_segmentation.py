@@ -142,6 +142,25 @@ def test_segment_batch_matches_frame_by_frame(segmenter: SamSegmenter, image: np
         segmenter.segment_batch([image, image], [POINT])
 
 
+def test_bfloat16_masks_match_float32(models_dir: Path, image: np.ndarray) -> None:
+    """`masks.dtype: bfloat16` through the `full` loader: the same masks as float32 but for
+    edge pixels. Tolerance: at most 3% of a mask's pixels differ, scores within 1e-3."""
+    fp32 = load_segmenter("full", models_dir)
+    bf16 = load_segmenter("full", models_dir, dtype="bfloat16")
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    images = [image, image[::-1].copy()]
+    points = [POINT, (POINT[0], HEIGHT - POINT[1])]
+    boxes = [PERSON_BOX, None]
+    for low, full in zip(
+        bf16.segment_batch(images, points, boxes),
+        fp32.segment_batch(images, points, boxes),
+        strict=True,
+    ):
+        assert low.mask.dtype == np.bool_ and low.mask.shape == full.mask.shape
+        assert (low.mask != full.mask).mean() <= 0.03
+        assert low.score == pytest.approx(full.score, abs=1e-3)
+
+
 def test_largest_mask_picks_most_pixels_first_on_ties() -> None:
     masks = np.zeros((3, 4, 5), dtype=bool)
     masks[0, :2, :2] = True  # 4 px
