@@ -6,6 +6,12 @@ Run from the repository root:
     python -m bench.dataset_gpu --smoke   # tiny sizes on CPU: checks this code, writes nothing
                                           # unless --report names a file (tests do)
 
+An accelerator machine with torch and transformers but without the dataset stages' other
+libraries measures and saves the figures, and the development machine writes the sections:
+
+    python -m bench.dataset_gpu --figures figures.json --no-report     # on the GPU machine
+    python -m bench.dataset_gpu --from-figures figures.json            # here
+
 Every run counts each network's parameters and FLOPs per item at full size on the meta device
 (no memory, no GPU needed): those figures are measured on any machine. Throughput is measured
 only on CUDA; without a GPU its column says pending, and the capacity plan
@@ -28,19 +34,21 @@ What runs (`bench/standins.py` says what stands in for what):
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench import standins
-from bench.report import REPORT, write_section
-from orchestration.params import load_params
+from core.params import apply_profile
+from perception.params import CaptionsParams, FacesParams, MasksParams, PosesParams
 
 SECTION = "Dataset stages (GPU)"
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -284,9 +292,21 @@ def internvl_figures(run: Run, batch: int) -> list[Figure]:
     return [caption, tower]
 
 
+def full_profile_params() -> tuple[FacesParams, MasksParams, PosesParams, CaptionsParams]:
+    """params.yaml's perception sections in the full profile, read without the rest of the
+    project (an accelerator machine may have only torch and transformers)."""
+    raw, _ = apply_profile(yaml.safe_load(PARAMS.read_text()), "full")
+    return (
+        FacesParams.model_validate(raw["faces"]),
+        MasksParams.model_validate(raw["masks"]),
+        PosesParams.model_validate(raw["poses"]),
+        CaptionsParams.model_validate(raw["captions"]),
+    )
+
+
 def measure(run: Run) -> list[Figure]:
     """Every stage's figures; `params.yaml`'s full profile gives the batch sizes."""
-    p = load_params(PARAMS, "full")
+    faces, masks, poses, captions = full_profile_params()
     figures = [
         convnet(
             run,
@@ -296,7 +316,7 @@ def measure(run: Run) -> list[Figure]:
             "frame",
             standins.ScrfdLike,
             (3, 640, 640),
-            p.faces.batch_size,
+            faces.batch_size,
         ),
         convnet(
             run,
@@ -308,7 +328,7 @@ def measure(run: Run) -> list[Figure]:
             (3, 112, 112),
             64,
         ),
-        *sam_figures(run, p.masks.batch_size, p.masks.dtype),
+        *sam_figures(run, masks.batch_size, masks.dtype),
         convnet(
             run,
             "pose",
@@ -317,9 +337,9 @@ def measure(run: Run) -> list[Figure]:
             "crop",
             standins.RtmwLike,
             (3, *standins.POSE_INPUT),
-            p.poses.batch_size,
+            poses.batch_size,
         ),
-        *internvl_figures(run, p.captions.batch_size),
+        *internvl_figures(run, captions.batch_size),
     ]
     if run.device == "cuda":
         torch.cuda.empty_cache()
@@ -357,39 +377,56 @@ def render(figures: list[Figure], run: Run, device_name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[Figure]:
-    from bench import capacity
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on CPU (tests)")
-    parser.add_argument(
-        "--report", type=Path, default=None, help=f"default: {REPORT.name} (not with --smoke)"
-    )
+    parser.add_argument("--report", type=Path, help="default BENCHMARKS.md (none with --smoke)")
+    parser.add_argument("--no-report", action="store_true", help="write no sections")
+    parser.add_argument("--figures", type=Path, help="also save the figures as JSON here")
+    parser.add_argument("--from-figures", type=Path, help="write the sections from saved figures")
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--tiles", type=int, default=9, help="448-px tiles per captioned frame")
     parser.add_argument("--new-tokens", type=int, default=200, help="tokens per caption")
     args = parser.parse_args(argv)
-    cuda = torch.cuda.is_available() and not args.smoke
-    run = Run(
-        scale="smoke" if args.smoke else "full",
-        device="cuda" if cuda else "cpu",
-        measure=cuda or args.smoke,
-        repeats=1 if args.smoke else args.repeats,
-        warmup=0 if args.smoke else args.warmup,
-        tiles=2 if args.smoke else args.tiles,
-        new_tokens=2 if args.smoke else args.new_tokens,
-    )
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 rows measure fp32, as the stages run
-    figures = measure(run)
-    report = args.report or (None if args.smoke else REPORT)
-    if report is not None:
+    if args.from_figures:
+        saved = json.loads(args.from_figures.read_text())
+        run, device_name = Run(**saved["run"]), saved["device"]
+        figures = [Figure(**figure) for figure in saved["figures"]]
+    else:
+        cuda = torch.cuda.is_available() and not args.smoke
+        run = Run(
+            scale="smoke" if args.smoke else "full",
+            device="cuda" if cuda else "cpu",
+            measure=cuda or args.smoke,
+            repeats=1 if args.smoke else args.repeats,
+            warmup=0 if args.smoke else args.warmup,
+            tiles=2 if args.smoke else args.tiles,
+            new_tokens=2 if args.smoke else args.new_tokens,
+        )
+        if cuda:  # fp32 rows measure fp32 as the stages run it, not TF32
+            torch.backends.cuda.matmul.allow_tf32 = False
+        figures = measure(run)
         device_name = (
             torch.cuda.get_device_name() if cuda else "CPU (smoke: tiny sizes, not throughput)"
         )
-        title = SECTION if not args.smoke else f"{SECTION} (smoke)"
+        if args.figures:
+            saved = {
+                "run": asdict(run),
+                "device": device_name,
+                "figures": [asdict(f) for f in figures],
+            }
+            args.figures.write_text(json.dumps(saved, indent=1))
+    if args.no_report:
+        return figures
+    # The report's writer and the plan need the project's own libraries, the measuring does not.
+    from bench import capacity
+    from bench.report import REPORT, write_section
+
+    report = args.report or (None if args.smoke else REPORT)
+    if report is not None:
+        title = f"{SECTION} (smoke)" if run.scale == "smoke" else SECTION
         write_section(title, render(figures, run, device_name), report)
-        if not args.smoke:
+        if run.scale == "full":
             write_section(capacity.SECTION, capacity.plan(figures), report)
     return figures
 

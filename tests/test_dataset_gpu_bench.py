@@ -27,6 +27,16 @@ def test_smoke_run_writes_every_stage(tmp_path: Path) -> None:
     assert "(measured)" not in text and capacity.SECTION not in text
 
 
+def test_figures_saved_on_one_machine_are_reported_on_another(tmp_path: Path) -> None:
+    """The accelerator machine saves the figures; the sections are written from them here."""
+    saved, report = tmp_path / "figures.json", tmp_path / "BENCHMARKS.md"
+    figures = dataset_gpu.main(["--smoke", "--figures", str(saved), "--no-report"])
+    assert not report.exists()
+    again = dataset_gpu.main(["--from-figures", str(saved), "--report", str(report)])
+    assert again == figures
+    assert "## Dataset stages (GPU) (smoke)" in report.read_text()
+
+
 @pytest.fixture(scope="module")
 def full_size() -> list[dataset_gpu.Figure]:
     """The full-size figures counted on the meta device, throughput not measured."""
