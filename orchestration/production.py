@@ -245,10 +245,11 @@ class TrackingServer:
         server.create_database(MLFLOW_DATABASE, password)
         # The production Secret's driver (k8s/mlflow/kustomization.yaml).
         backend = server.url(MLFLOW_DATABASE, password, MLFLOW_DATABASE, MLFLOW_SCHEME)
-        hosts = mlflow_configmap()["MLFLOW_ALLOWED_HOSTS"]
+        configmap = mlflow_configmap()
+        hosts = configmap["MLFLOW_ALLOWED_HOSTS"]
         # The Secret's keys win over the ConfigMap's, as in the Deployment's envFrom.
         self.env = {
-            **mlflow_configmap(),
+            **configmap,
             "MLFLOW_BACKEND_STORE_URI": backend,
             "MLFLOW_ARTIFACTS_DESTINATION": str(artifacts),
             "MLFLOW_ALLOWED_HOSTS": f"{hosts},127.0.0.1:{self.port}",
