@@ -32,6 +32,8 @@ $(STAMP): requirements.lock pyproject.toml
 
 # The sample inputs are written bit-identically on every machine, so `dvc add` finds them
 # equal to the committed data/movies.dvc and data/singles.dvc (and caches them for the push).
+# The second `cameo train` is a run to compare with in the MLflow UI (README, Comparing runs):
+# the same data, seed and steps at a third of the learning rate, not registered.
 demo: $(STAMP)
 	cameo sample-movie
 	dvc add data/movies data/singles
@@ -40,6 +42,8 @@ demo: $(STAMP)
 	cameo dataset summary
 	cameo model promote latest
 	cameo materialize evaluation
+	cameo train --learning-rate 3e-4 --run-name lr-3e-4 --output-dir checkpoints/lr-3e-4 \
+		--no-register --no-progress
 	cameo serve-check
 	cameo lineage models:/cameo-inpaint@champion
 
@@ -54,7 +58,11 @@ lint: $(STAMP)
 ui: $(STAMP)
 	dagster dev --host 127.0.0.1 --port 3000
 
+# MLflow 3.17's UI opens in GenAI mode unless the link asks for model training: open this one.
 mlflow-ui: $(STAMP)
+	@$(PY) -c 'import mlflow; from training.tracking import EXPERIMENT, configure_tracking, \
+		experiment_url; configure_tracking(); \
+		print(experiment_url(mlflow.get_experiment_by_name(EXPERIMENT).experiment_id))'
 	mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
 
 # The champion of `cameo-inpaint` behind the scoring server (`serving.app`; timeout and workers from

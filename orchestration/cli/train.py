@@ -35,6 +35,11 @@ if TYPE_CHECKING:
     "--config", type=click.Choice(["sdxl", "tiny"]), help="Model config (training.config)."
 )
 @click.option("--steps", type=int, help="Total optimiser steps (training.max_steps).")
+@click.option(
+    "--learning-rate",
+    type=float,
+    help="Of the face branch and Pose-IdentityNet (training.learning_rate).",
+)
 @click.option("--stop-after", type=int, help="Leave after this step (resumable).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint.")
 @click.option("--run-name", help="MLflow run name.")
@@ -79,6 +84,7 @@ def train_command(
     profile: str | None,
     config: str | None,
     steps: int | None,
+    learning_rate: float | None,
     stop_after: int | None,
     resume: bool,
     run_name: str | None,
@@ -105,7 +111,12 @@ def train_command(
 
     try:
         values = load_params(params_path, profile)
-        overrides = {"config": config, "max_steps": steps, "output_dir": output_dir}
+        overrides = {
+            "config": config,
+            "max_steps": steps,
+            "learning_rate": learning_rate,
+            "output_dir": output_dir,
+        }
         training = values.training.updated(
             "training", **{k: v for k, v in overrides.items() if v is not None}
         )

@@ -41,16 +41,20 @@ pytestmark = [
 ]
 
 
+RUNS = ("lr-1e-3", "lr-3e-4")  # the two runs compared: learning rates, as `make demo` does
+
+
 @pytest.fixture(scope="module")
 def evaluated_run(tmp_path_factory) -> Iterator[tuple[str, str, str]]:
     """(tracking URI, experiment id, run id) of a 4-step tiny run with validation at steps 2
-    and 4, its model logged and evaluated with every ablation."""
+    and 4, its model logged and evaluated with every ablation; beside it, the same run at
+    another learning rate (not evaluated), to compare with."""
     import mlflow
     import torch
 
     from orchestration.params import load_params
     from serving.registry import log_model
-    from training.evaluate import evaluate_logged_model
+    from training.evaluation_log import evaluate_logged_model
     from training.loop import train
 
     root = tmp_path_factory.mktemp("ui")
@@ -62,17 +66,27 @@ def evaluated_run(tmp_path_factory) -> Iterator[tuple[str, str, str]]:
     try:
         data = precompute_features(write_triplets(root / "data"))
         values = load_params(REPO / "params.yaml", "tiny")
-        params = values.training.updated(
-            "training", output_dir=str(root / "out"), max_steps=4, validate_every=2
-        )
-        result = train(
-            params,
-            data_root=data,
-            lock_file=None,
-            show_progress=False,
-            priors=values.priors(),
-            evaluation=values.evaluation,
-        )
+        results = []
+        for name, learning_rate in zip(RUNS, (1e-3, 3e-4), strict=True):
+            params = values.training.updated(
+                "training",
+                output_dir=str(root / name),
+                max_steps=4,
+                validate_every=2,
+                learning_rate=learning_rate,
+            )
+            results.append(
+                train(
+                    params,
+                    data_root=data,
+                    lock_file=None,
+                    run_name=name,
+                    show_progress=False,
+                    priors=values.priors(),
+                    evaluation=values.evaluation,
+                )
+            )
+        result = results[0]
         with mlflow.start_run(run_id=result.run_id):
             info = log_model(result.final_dir, profile="tiny")
         evaluate_logged_model(
@@ -137,49 +151,102 @@ def _open(browser, url: str):
     return page
 
 
-def test_the_run_page_lists_the_evaluation_metrics(browser, mlflow_ui, evaluated_run):
+def test_the_experiment_opens_on_its_training_runs(browser, mlflow_ui, evaluated_run, monkeypatch):
+    """Tagged as model training; the link cameo prints opens the runs table, in MLflow's
+    model-training mode, not the GenAI pages (traces overview, judges, prompts)."""
+    import mlflow
+
+    from training.tracking import EXPERIMENT_KIND, experiment_url
+
+    uri, experiment_id, _ = evaluated_run
+    experiment = mlflow.MlflowClient(uri).get_experiment(experiment_id)
+    assert EXPERIMENT_KIND.items() <= experiment.tags.items()
+    monkeypatch.setenv("CAMEO_MLFLOW_UI", mlflow_ui)
+    page = _open(browser, experiment_url(experiment_id))
+    for name in RUNS:
+        page.get_by_text(name, exact=True).first.wait_for()
+    assert "/runs" in page.url and "workflowType=machine_learning" in page.url
+    for genai in ("Judges", "Prompts & versions", "Usage"):
+        assert page.get_by_text(genai, exact=True).count() == 0, genai
+
+
+def test_two_runs_are_compared_in_the_chart_view(browser, mlflow_ui, evaluated_run, monkeypatch):
+    """The README's way: the runs table's chart view draws both runs in each metric's chart,
+    the training curves among them."""
+    from training.tracking import experiment_url
+
+    _, experiment_id, _ = evaluated_run
+    monkeypatch.setenv("CAMEO_MLFLOW_UI", mlflow_ui)
+    page = _open(browser, experiment_url(experiment_id))
+    page.get_by_text(RUNS[1], exact=True).first.wait_for()
+    # The runs table's view switch: table, chart, artifacts (icons; the input is hidden).
+    page.locator("input[name=runs-view-mode][value=CHART]").evaluate("e => e.click()")
+    page.wait_for_url("**compareRunsMode=CHART**")
+    # Charts render as they scroll into view: the search box brings the loss to the top.
+    page.get_by_placeholder("Search metric charts").fill("train/loss")
+    for name in RUNS:
+        page.get_by_text(f"{name} (train/loss)", exact=True).first.wait_for()
+
+
+def test_the_run_page_lists_the_metrics_by_group(browser, mlflow_ui, evaluated_run, monkeypatch):
+    from training.tracking import run_url
+
     _, experiment_id, run_id = evaluated_run
-    page = _open(browser, f"{mlflow_ui}/#/experiments/{experiment_id}/runs/{run_id}")
-    page.get_by_text("val_loss", exact=True).wait_for()
-    for metric in ("eval/pck_body", "eval/full/saturation_ratio", "eval/inpainting/face_found"):
+    monkeypatch.setenv("CAMEO_MLFLOW_UI", mlflow_ui)
+    page = _open(browser, run_url(experiment_id, run_id))
+    page.get_by_text("train/loss", exact=True).first.wait_for()
+    for metric in ("val/loss", "eval/face_found", "eval/full/saturation_ratio"):
         assert page.get_by_text(metric, exact=True).count() == 1, metric
+    # Params: one separator, and none of the served model's settings.
+    page.get_by_text("training.learning_rate", exact=True).first.wait_for()
+    assert page.get_by_text("serving/", exact=False).count() == 0
 
 
-def test_model_metrics_show_charts_over_steps_and_the_grids(browser, mlflow_ui, evaluated_run):
+def test_a_grid_reads_in_the_run_card(browser, mlflow_ui, evaluated_run, monkeypatch):
+    """The model's figure of a validation triplet, one per step, in the `grid` section: at
+    step 4 it fills its card (about 200 px square), not a strip a few pixels high."""
+    from training.tracking import run_url
+
     _, experiment_id, run_id = evaluated_run
-    url = f"{mlflow_ui}/#/experiments/{experiment_id}/runs/{run_id}/model-metrics"
-    page = _open(browser, url)
-    page.get_by_text("eval/full", exact=True).wait_for()
-    # Sections render as they scroll into view: scroll through, noting what appeared.
-    ablations = ("inpainting", "face", "face_body", "full")
-    sections, loaded, step_ranges = set(), set(), set()
-    page.mouse.move(500, 500)
-    for _ in range(40):
-        for ablation in ablations:
-            if page.get_by_text(f"evaluation/{ablation}", exact=True).count():
-                sections.add(ablation)
-        for image in page.locator("img[src*='get-artifact'][src*='evaluation~']").all():
-            if image.evaluate("image => image.complete && image.naturalWidth > 0"):
-                loaded.add(image.get_attribute("src").split("~")[1])
-        for slider in page.get_by_role("slider").all():
-            low, high = (slider.get_attribute(f"aria-value{e}") for e in ("min", "max"))
-            step_ranges.add((low, high))
-        page.mouse.wheel(0, 500)
-        page.wait_for_timeout(300)
-    # One image section per ablation: the 5-panel grids keyed by triplet; the model's own
-    # (validation at steps 2 and 4) has a step slider over both.
-    assert sections == set(ablations)
-    assert loaded, "no grid image loaded"
-    assert ("2", "4") in step_ranges
+    monkeypatch.setenv("CAMEO_MLFLOW_UI", mlflow_ui)
+    page = _open(browser, run_url(experiment_id, run_id).replace("?", "/model-metrics?"))
+    page.get_by_placeholder("Search metric charts").fill("grid/")
+    slider = page.get_by_role("slider").first
+    slider.wait_for()
+    # The card's step slider spans the validation steps.
+    steps = [slider.get_attribute(f"aria-value{end}") for end in ("min", "max")]
+    assert steps == ["2", "4"], steps
+    # MLflow's card starts at step 0, where nothing is logged: choose a step in its box.
+    box = page.locator("input[type=number]").first
+    box.fill("4")
+    box.press("Tab")
+    image = page.locator("img[src*='get-artifact'][src*='grid~']").first
+    image.wait_for()
+    page.wait_for_function(
+        "image => image.complete && image.naturalWidth > 0", arg=image.element_handle()
+    )
+    size = image.bounding_box()
+    assert size["width"] >= 150 and size["height"] >= 100, size
 
 
-def test_the_evaluation_table_opens_as_a_table(browser, mlflow_ui, evaluated_run):
+def test_the_evaluation_table_opens_as_a_table(browser, mlflow_ui, evaluated_run, monkeypatch):
+    from training.tracking import run_url
+
     _, experiment_id, run_id = evaluated_run
-    page = _open(browser, f"{mlflow_ui}/#/experiments/{experiment_id}/runs/{run_id}/artifacts")
+    monkeypatch.setenv("CAMEO_MLFLOW_UI", mlflow_ui)
+    page = _open(browser, run_url(experiment_id, run_id).replace("?", "/artifacts?"))
     page.get_by_text("evaluation", exact=True).first.click()
     page.get_by_text("ablations.json", exact=True).click()
     page.get_by_text("View as table").wait_for()
-    for header in ("ablation", "samples", "face_similarity", "pck_face", "saturation_ratio"):
+    headers = (
+        "ablation",
+        "samples",
+        "face_similarity",
+        "pck_face",
+        "saturation_ratio",
+        "not_scored",
+    )
+    for header in headers:
         page.get_by_text(header, exact=True).first.wait_for()
     for ablation in ("inpainting", "face_body", "full"):
         assert page.get_by_text(ablation, exact=True).count() >= 1, ablation
