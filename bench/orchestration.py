@@ -8,9 +8,10 @@ Dagster's instance as k8s/dagster/values.yaml configures it, the tiny profile:
 - the movie sensor: its evaluation over N new files, the instance writes it asks for (the N
   partitions), then a tick with nothing new (what every later tick costs);
 - a sample of movies built through Dagster as the sensor's runs build them (frames and faces
-  with their checks, the local multiprocess executor of params.yaml), one run at a time: the
-  run's wall time against the two stages' own work on the same movie in this process (models
-  loaded once); the difference is Dagster's overhead per run;
+  with their checks), one run at a time, with each local executor of params.yaml
+  (multiprocess, in-process): the run's wall time against the two stages' own work on the
+  same movie in this process (models loaded once); the difference is Dagster's overhead per
+  run;
 - every other partition's frames and faces materialisations recorded as runless events, so
   the pages show N materialised partitions;
 - the asset and partition pages' GraphQL queries, against a real `dagster-webserver`;
@@ -35,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dagster as dg
+import yaml
 
 from assets.sample_movie import SHOTS, write_sample_movie
 from bench.report import write_section
@@ -67,16 +69,22 @@ class Figures:
     partitions_added_s: float  # the N partitions written to the instance
     sensor_steady_s: float  # a tick with nothing new
     runless_events_s: float  # per partition: its frames and faces materialisations recorded
-    run_wall_s: float  # median over the sample runs
+    run_wall_s: float  # median over the sample runs, the multiprocess executor
+    in_process_wall_s: float  # the same with the in-process executor
     own_work_s: float  # the two stages' functions on the same movie, warm, median
     asset_page_s: float
     partitions_page_s: float
     database_mb: float
     runs: int
+    load: float = 0.0  # the machine's 1-minute load average when the size started
 
     @property
     def overhead_s(self) -> float:
         return self.run_wall_s - self.own_work_s
+
+    @property
+    def in_process_overhead_s(self) -> float:
+        return self.in_process_wall_s - self.own_work_s
 
 
 def write_movies(layout: DataLayout, n: int) -> list[str]:
@@ -109,18 +117,31 @@ def sensor_ticks(instance: dg.DagsterInstance, root: Path, n: int) -> tuple[floa
 
 
 def movie_job() -> dg.JobDefinition:
-    """The sensor's job, rebuilt by each step process from the environment's resources."""
-    from orchestration.definitions import defs
+    """The sensor's job with the resources and executor of the environment's params file
+    (CAMEO_PARAMS); each step process rebuilds it the same way."""
+    from orchestration.definitions import build_definitions, build_resources
 
-    return defs.resolve_job_def("movie_job")
+    return build_definitions(build_resources()).resolve_job_def("movie_job")
 
 
-def build_through_dagster(instance: dg.DagsterInstance, keys: list[str]) -> list[float]:
-    """Frames and faces of each movie, one `movie_job` run each on `instance` with the
-    definitions' local executor; each run's wall seconds."""
+def executor_params(kind: str, work_dir: Path) -> Path:
+    """params.yaml with the local executor `kind`, written under `work_dir`."""
+    values = yaml.safe_load(PARAMS.read_text())
+    values["executor"]["kind"] = kind
+    path = work_dir / f"params-{kind}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def build_through_dagster(
+    instance: dg.DagsterInstance, keys: list[str], params: Path
+) -> list[float]:
+    """Frames and faces of each movie, one `movie_job` run each on `instance` with the local
+    executor of `params`; each run's wall seconds."""
     job = dg.reconstructable(movie_job)
     selection = [dg.AssetKey(stage) for stage in STAGES]
     walls = []
+    os.environ["CAMEO_PARAMS"] = str(params)
     for key in keys:
         start = time.perf_counter()
         with dg.execute_job(
@@ -213,6 +234,7 @@ class Webserver:
 
 def measure(n: int, sample_runs: int = SAMPLE_RUNS, work_dir: Path | None = None) -> Figures:
     """Every figure at N partitions, on a fresh PostgreSQL server and data root."""
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp, PostgresServer() as server:
         root = Path(tmp) / "data"
         layout = DataLayout(root)
@@ -230,9 +252,14 @@ def measure(n: int, sample_runs: int = SAMPLE_RUNS, work_dir: Path | None = None
         try:
             with dg.DagsterInstance.get() as instance:
                 new_s, added_s, steady_s = sensor_ticks(instance, root, n)
-                sample, others = keys[:sample_runs], keys[sample_runs:]
-                walls = build_through_dagster(instance, sample)
-                runless_s = record_materializations(instance, others)
+                sample = keys[: 2 * sample_runs]
+                walls = build_through_dagster(
+                    instance, sample[::2], executor_params("multiprocess", Path(tmp))
+                )
+                in_process = build_through_dagster(
+                    instance, sample[1::2], executor_params("in_process", Path(tmp))
+                )
+                runless_s = record_materializations(instance, keys[len(sample) :])
             work_s = own_work(layout.movies_dir / f"{keys[0]}.mp4")
             webserver = Webserver({**os.environ})
             try:
@@ -253,8 +280,9 @@ def measure(n: int, sample_runs: int = SAMPLE_RUNS, work_dir: Path | None = None
                 else:
                     os.environ[key] = value
     return Figures(
-        n, new_s, added_s, steady_s, runless_s, statistics.median(walls), work_s, asset_s,
-        partitions_s, database_mb, len(walls),
+        n, new_s, added_s, steady_s, runless_s, statistics.median(walls),
+        statistics.median(in_process), work_s, asset_s, partitions_s, database_mb, len(walls),
+        load,
     )  # fmt: skip
 
 
@@ -270,9 +298,11 @@ def report(figures: list[Figures]) -> str:
         ("adding the N partitions (s)", "partitions_added_s", True),
         ("sensor tick, nothing new (s)", "sensor_steady_s", True),
         ("recording one partition's 2 materialisations (s)", "runless_events_s", False),
-        ("run wall, frames + faces of one movie (s)", "run_wall_s", False),
-        ("the two stages' own work (s)", "own_work_s", False),
-        ("Dagster's overhead per run (s)", "overhead_s", False),
+        ("the two stages' own work on one movie (s)", "own_work_s", False),
+        ("run wall, multiprocess executor (s)", "run_wall_s", False),
+        ("Dagster's overhead per run, multiprocess (s)", "overhead_s", False),
+        ("run wall, in-process executor (s)", "in_process_wall_s", False),
+        ("Dagster's overhead per run, in-process (s)", "in_process_overhead_s", False),
         ("asset page query (s)", "asset_page_s", True),
         ("partitions page query (s)", "partitions_page_s", True),
         ("instance database (MB)", "database_mb", True),
@@ -287,13 +317,15 @@ def report(figures: list[Figures]) -> str:
         lines.append(f"| {label} | {cells} | x{ratio:.2f} |")
         limit = scale * 1.5 if per_total else 1.5  # linear in N, or flat per partition
         if ratio > limit:
-            verdicts.append(f"{label}: x{ratio:.2f}")
+            should = f"grows faster than N (x{scale:g})" if per_total else "should stay flat"
+            verdicts.append(f"{label}: x{ratio:.2f}, {should}")
     verdict = (
         "**Nothing grows faster than linearly**: totals grow at most about in proportion to N "
-        f"(x{scale:g}), per-partition and per-run figures stay flat."
+        f"(x{scale:g}), per-partition and per-run figures stay flat (within x1.5)."
         if not verdicts
-        else "**Grows faster than linearly:** " + "; ".join(verdicts) + "."
+        else "**Grows more than expected:** " + "; ".join(verdicts) + "."
     )
+    loads = ", ".join(f"{f.load:.1f}" for f in figures)
     return (
         f"Tiny profile, CPU; a fresh PostgreSQL {postgres_version()} server per size holds "
         "Dagster's instance as `k8s/dagster/values.yaml` configures it. What was measured, "
@@ -302,19 +334,22 @@ def report(figures: list[Figures]) -> str:
         "files (one 60-frame shot of the sample-movie writer, hard-linked N times), then "
         "writing the N partitions it requests, then a tick with nothing new; the daemon's "
         "creation of the N runs it requests is not included;\n"
-        f"- {large.runs} movies per size built through Dagster: one `movie_job` run each "
-        "(frames and faces with their blocking checks, `execute_job` on the instance, the "
-        "local multiprocess executor of params.yaml: a process per step), one run at a time; "
-        "their median wall time against the median of the two stages' functions on the same "
-        "movie in the benchmark's process with the face models already loaded; the overhead "
-        "is the difference (run bookkeeping, a process per step, imports, loading the tiny "
-        "models per step);\n"
+        f"- {2 * large.runs} movies per size built through Dagster: one `movie_job` run "
+        "each (frames and faces with their blocking checks, `execute_job` on the instance), "
+        f"one run at a time, {large.runs} with each local executor of params.yaml's "
+        "`executor` (multiprocess: a process per step, 2 at once; in-process: the steps in "
+        "the run's process); their median wall time against the median of the two stages' "
+        "functions on the same movie in the benchmark's process with the face models already "
+        "loaded; the overhead is the difference (run and event bookkeeping in PostgreSQL, "
+        "step processes and their imports, the tiny models loaded per step or run);\n"
         "- every other partition's two materialisations recorded as runless events, so the "
         "pages show N materialised partitions;\n"
         "- the GraphQL queries of the `faces` asset page (definition, latest 25 "
         "materialisations, checks) and its partitions page (keys, stats, partition statuses) "
         "against a real `dagster-webserver`, median of 5 after one warm-up;\n"
-        "- the instance database's size at the end.\n\n" + "\n".join(lines) + "\n\n" + verdict
+        "- the instance database's size at the end.\n\n"
+        f"The machine's cores are shared: 1-minute load average when each size started: "
+        f"{loads}.\n\n" + "\n".join(lines) + "\n\n" + verdict
     )
 
 
@@ -336,4 +371,8 @@ def main(sizes: tuple[int, ...] = SIZES) -> None:
 
 
 if __name__ == "__main__":
-    main(tuple(int(a) for a in sys.argv[1:]) or SIZES)
+    # Through the package's module, not __main__: the step processes rebuild `movie_job` from
+    # bench.orchestration (this file's own name would shadow the orchestration package).
+    from bench.orchestration import main as run
+
+    run(tuple(int(a) for a in sys.argv[1:]) or SIZES)

@@ -20,6 +20,7 @@ from core.params import ParamsError
 from orchestration.definitions import executor_for
 from orchestration.kubernetes import KubernetesParams, image_reference, render_training_job
 from orchestration.params import ExecutorParams, load_params
+from orchestration.production import dagster_instance_config
 from tests.conftest import PARAMS, REPO
 
 K8S = REPO / "k8s"
@@ -236,6 +237,34 @@ def test_dagster_values_run_the_code_location_on_kubernetes():
     assert executor_for(env["CAMEO_ENV"], ExecutorParams()).name == "k8s"
     with pytest.raises(ValueError, match="CAMEO_ENV"):
         executor_for("cloud", ExecutorParams())
+
+
+def test_the_local_executor_is_the_executor_setting():
+    assert executor_for("local", ExecutorParams(kind="in_process")).name == "in_process"
+    multiprocess = executor_for("local", ExecutorParams(max_concurrent=3))
+    assert multiprocess.name == "multiprocess"
+    resolved = multiprocess.config_schema.resolve_config({}).value["config"]
+    assert resolved["max_concurrent"] == 3
+
+
+def test_the_dagster_instance_is_the_helm_values_postgres_storage():
+    """What the chart renders from values.yaml's `postgresql` section; the production-storage
+    test runs it on a real server."""
+
+    class Server:  # only its port is read
+        port = 6543
+
+    values = yaml.safe_load((K8S / "dagster" / "values.yaml").read_text())["postgresql"]
+    config = dagster_instance_config(Server())
+    assert values["enabled"] is False  # an external server, not the chart's own
+    assert set(config) == {"run_storage", "event_log_storage", "schedule_storage", "telemetry"}
+    for storage in ("run_storage", "event_log_storage", "schedule_storage"):
+        database = config[storage]["config"]["postgres_db"]
+        assert config[storage]["module"].startswith("dagster_postgres.")
+        assert database["username"] == database["db_name"] == values["postgresqlUsername"]
+        assert database["password"] == {"env": "DAGSTER_PG_PASSWORD"}
+        assert database["scheme"] == "postgresql+psycopg2" and database["port"] == 6543
+    assert config["telemetry"] == {"enabled": False}
 
 
 def test_dockerfile_passes_hadolint():
