@@ -2,11 +2,13 @@
 
 Training draws it for validation samples, serving for `cameo inpaint --grid`; both call
 `inpaint_grid`. MLflow's run card shows an image shrunk into a 256-px square, so the card
-version (`Panels.card`) stacks the panels three over two, with larger titles and no caption.
+version (`Panels.card`) stacks the panels in two or three rows, with larger titles and no
+caption.
 """
 
 from __future__ import annotations
 
+import math
 import textwrap
 from dataclasses import dataclass
 
@@ -97,7 +99,8 @@ class Panels:
         return inpaint_grid(*self._images(), self.caption)
 
     def card(self) -> PIL.Image.Image:
-        """For MLflow's image card, which shows a copy shrunk to fit 256 px: nearly square
-        (three panels over two) with titles that stay legible there (40 px, about 13 once
-        shrunk), and no caption (the sheet has it)."""
-        return inpaint_grid(*self._images(), "", columns=3, font_size=40)
+        """For MLflow's image card, which shows a copy shrunk to fit 256 px: as near square as
+        three panels over two, or two a row (wide frames), make it, with titles that stay
+        legible there (40 px, about 13 once shrunk), and no caption (the sheet has it)."""
+        layouts = [inpaint_grid(*self._images(), "", columns=n, font_size=40) for n in (2, 3)]
+        return min(layouts, key=lambda grid: abs(math.log(grid.width / grid.height)))
