@@ -1,279 +1,444 @@
-"""Full-size model cost on one CUDA GPU: a training step and a 30-step 1024² inference.
+"""The model's speed on one CUDA GPU, side by side in one run: the card's ceiling, the training
+step today and with each speed lever, the best combination at batch 1, 2 and 4, where its time
+goes, and inference against diffusers' own ControlNet inpainting pipeline on the same modules.
 
-Run from the repository root on a GPU machine:
+Run from the repository root:
 
-    python -m bench.model_gpu            # or: python bench/model_gpu.py with the project installed
+    python -m bench.model_gpu           # CUDA: measures and writes its BENCHMARKS.md section
+    python -m bench.model_gpu           # no CUDA: writes the section with every figure pending
+    python -m bench.model_gpu --smoke   # the tiny config on CPU: runs every code path, writes
+                                        # nothing unless --report names a file (tests do)
 
-Weights are random (the `sdxl` config at real sizes): cost does not depend on their values, and
-the benchmark needs nothing from the models directory. It measures
+Weights are random (the `sdxl` config at real sizes): cost does not depend on their values,
+and nothing is read from the models directory. Latents, prompt embeddings, the face embedding
+and the body features come in precomputed, as the features stage feeds training. The parts,
+in order, each flushed to the report as soon as it is measured (a run cut short still reports):
 
-- training: one step of the article's setup at 1024×1024, batch 1 — Pose-IdentityNet + the
-  9-channel U-Net with both image branches, forward + backward under bf16 autocast, then AdamW
-  on the trainable set (kept in fp32; the frozen U-Net in bf16), with gradient checkpointing on
-  (`training.gradient_checkpointing`) and off, side by side, and the optimizer step
-  alone.
-  Latents, prompt embeddings, face embedding and body features come in precomputed, as a
-  training loop with cached VAE/text/body encodings feeds them;
-- inference: `CharacterInpaintPipeline` at 1024×1024, 30 steps, classifier-free guidance, bf16,
-  with a precomputed face embedding and body features (perception models excluded).
+1. the ceiling: an 8192³ bf16 matmul, against which (and against the datasheet's dense bf16
+   peak) every MFU is given;
+2. training, the median of `--steps` timed steps after `--warmup`: today's step (bf16 autocast,
+   fused AdamW, gradient checkpointing off, batch 1), each lever of `training.acceleration` and
+   `mixed_precision: bf16_pure` alone, then the levers that were faster combined, at batch 1, 2
+   and 4. The first step's extra time is reported as compile time, apart from the step;
+3. a profiler breakdown of the best step by kind of kernel, and the share of time the GPU is
+   busy;
+4. inference (`bench.model_gpu_inference`): ours eager and with the levers, and the peer.
 
-Step time, peak allocated memory and achieved TFLOP/s (FLOPs counted by
-`torch.utils.flop_counter`, recomputation under checkpointing included) go into the
-"Model (GPU)" section of BENCHMARKS.md; the rest of that file is left as it is.
+The DDP and optimiser-sharding levers need several GPUs; this one-GPU run does not time them.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
-import sys
+import re
+import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import diffusers
-import numpy as np
-import PIL.Image
 import torch
-from diffusers import EulerDiscreteScheduler
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.report import REPORT, write_section
-from training.model import (
-    SDXL,
-    ModelConfig,
-    adapter_processors,
-    build_components,
-    predict_noise,
-    trainable_parameters,
-)
-from training.pipeline import CharacterInpaintPipeline
+from training.acceleration import REPEATED_BLOCKS, accelerate
+from training.denoising import Denoiser
+from training.model import SDXL, TINY, ModelConfig, build_components, trainable_parameters
+from training.params import Acceleration
+from training.precision import PrecisionPolicy
 from training.text import MAX_PROMPT_TOKENS, byte_level_tokenizer
 
-SIZE = 1024
-BODY_TOKENS = 1025  # InternViT-300M-448px: 32 × 32 patches + CLS
-TRAINING_BUDGET_GB = 80  # the article's H100s
+SECTION = "Model (GPU): speed levers and the diffusers peer"
+BUDGET_GIB = 80 * 10**9 / 2**30  # the article's 80 GB H100s
+# Dense bf16 tensor-core peaks from the datasheets (TFLOP/s), by a part of the device name.
+DATASHEET_BF16_TFLOPS = {
+    "H200": 989.0,
+    "H100 80GB HBM3": 989.0,  # SXM
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+}
 
 
-def _timed(fn: Callable[[], Any], repeats: int) -> float:
-    """Mean seconds per call, synchronised with the GPU."""
-    torch.cuda.synchronize()
+@dataclass(frozen=True)
+class Run:
+    """What one run measures, and at which size."""
+
+    config: ModelConfig
+    size: int  # image side in pixels
+    body_tokens: int  # body-encoder tokens per sample (InternViT: 32 x 32 patches + CLS)
+    device: torch.device
+    steps: int  # timed training steps (median)
+    warmup: int  # untimed training steps first (the first also compiles)
+    batches: tuple[int, ...]  # of the best combination
+    matmul: int  # side of the ceiling's square matmul
+    inference_steps: int
+    inference_runs: int
+    smoke: bool
+
+
+@dataclass(frozen=True)
+class Lever:
+    """One configuration of the training step."""
+
+    name: str
+    acceleration: Acceleration = field(default_factory=Acceleration)
+    pure_bf16: bool = False
+    batch: int = 1
+
+
+LEVERS = (
+    Lever("today"),
+    Lever("channels_last", Acceleration(channels_last=True)),
+    Lever("cudnn_benchmark", Acceleration(cudnn_benchmark=True)),
+    Lever("flash attention", Acceleration(attention_backend="flash")),
+    Lever("cuDNN attention", Acceleration(attention_backend="cudnn")),
+    Lever("regional compile", Acceleration(compile=True)),
+    Lever("pure bf16", pure_bf16=True),
+)
+
+
+@dataclass
+class Timing:
+    """One configuration's figures; `error` says why there are none (out of memory, no
+    kernel for this device)."""
+
+    lever: Lever
+    seconds: float | None = None  # median step
+    first_seconds: float | None = None  # the first step, compile included
+    peak_gib: float | None = None
+    flops: float | None = None  # per step, counted eagerly
+    error: str | None = None
+
+    @property
+    def per_sample(self) -> float | None:
+        return None if self.seconds is None else self.seconds / self.lever.batch
+
+    @property
+    def compile_seconds(self) -> float | None:
+        if self.seconds is None or not self.lever.acceleration.compile:
+            return None
+        return self.first_seconds - self.seconds
+
+    @property
+    def tflops(self) -> float | None:
+        return None if self.seconds is None else self.flops / self.seconds / 1e12
+
+
+@dataclass
+class Results:
+    """Everything measured so far; `render` shows the rest as pending."""
+
+    device_name: str | None = None
+    ceiling_tflops: float | None = None
+    training: list[Timing] = field(default_factory=list)
+    best: list[Timing] = field(default_factory=list)
+    breakdown: dict[str, float] | None = None  # seconds per step by kernel kind
+    busy: float | None = None  # share of the profiled time the GPU computes
+    inference: dict[str, Any] | None = None  # bench.model_gpu_inference.measure
+
+    @property
+    def peak_tflops(self) -> float | None:
+        name = self.device_name or ""
+        return next((v for k, v in DATASHEET_BF16_TFLOPS.items() if k in name), None)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    synchronize(device)
     start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
 
 
-def _counted_flops(fn: Callable[[], Any]) -> int:
+def counted_flops(fn: Callable[[], Any]) -> float:
     with FlopCounterMode(display=False) as counter:
         fn()
-    return counter.get_total_flops()
+    return float(counter.get_total_flops())
 
 
-def _training_inputs(config: ModelConfig, size: int, device: torch.device) -> dict[str, Any]:
-    """One batch-1 sample as a training loop with cached encodings feeds the denoiser."""
-    latent = size // 2 ** (len(config.vae["block_out_channels"]) - 1)
-    dtype = torch.bfloat16
+# ---------------------------------------------------------------------------------------------
+# 1. The ceiling
+
+
+def matmul_ceiling(run: Run) -> float:
+    """TFLOP/s of a square bf16 matmul, the median of 10 after 3 untimed."""
+    a = torch.randn(run.matmul, run.matmul, device=run.device, dtype=torch.bfloat16)
+    b = torch.randn_like(a)
+    for _ in range(3):
+        a @ b
+    seconds = statistics.median(timed(lambda: a @ b, run.device) for _ in range(10))
+    return 2 * run.matmul**3 / seconds / 1e12
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Training
+
+
+def training_inputs(run: Run, batch: int) -> tuple[torch.Tensor, ...]:
+    """`Denoiser`'s positional inputs for `batch` samples at `run.size`, in bf16."""
+    config, device = run.config, run.device
+    latent = run.size // 2 ** (len(config.vae["block_out_channels"]) - 1)
 
     def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, device=device, dtype=dtype)
+        return torch.randn(batch, *shape, device=device, dtype=torch.bfloat16)
 
-    return {
-        "latents": randn(1, 4, latent, latent),
-        "timestep": torch.tensor([500], device=device),
-        "mask": (randn(1, 1, latent, latent) > 0).to(dtype),
-        "masked_image_latents": randn(1, 4, latent, latent),
-        "prompt_embeds": randn(1, MAX_PROMPT_TOKENS, config.unet["cross_attention_dim"]),
-        "text_embeds": randn(1, config.text_encoder_2["projection_dim"]),
-        "time_ids": torch.tensor([[size, size, 0, 0, size, size]], device=device, dtype=dtype),
-        "face_embeds": randn(1, config.face_resampler.embed_dims),
-        "body_features": randn(1, BODY_TOKENS, config.body_resampler.embed_dims),
-        "pose_image": torch.rand(1, 3, size, size, device=device, dtype=dtype),
-    }
+    size = run.size
+    return (
+        randn(4, latent, latent),
+        torch.full((batch,), 500, device=device),
+        (randn(1, latent, latent) > 0).to(torch.bfloat16),
+        randn(4, latent, latent),
+        randn(MAX_PROMPT_TOKENS, config.unet["cross_attention_dim"]),
+        randn(config.text_encoder_2["projection_dim"]),
+        torch.tensor([[size, size, 0, 0, size, size]] * batch, device=device).bfloat16(),
+        randn(config.face_resampler.embed_dims),
+        randn(run.body_tokens, config.body_resampler.embed_dims),
+        torch.rand(batch, 3, size, size, device=device, dtype=torch.bfloat16),
+    )
 
 
-def bench_training(
-    components: dict[str, Any], config: ModelConfig, size: int, steps: int, warmup: int
-) -> dict[str, dict[str, float]]:
-    """The training step with gradient checkpointing on (the default) and off, one after the
-    other on the same weights, and the optimizer step's share of it."""
-    unet, controlnet = components["unet"], components["controlnet"]
-    device = unet.device
-    # Mixed precision as in diffusers' training scripts: frozen weights in bf16, trainable fp32.
-    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
-        components[name].to(torch.bfloat16)
-    unet.encoder_hid_proj.float()
-    for processor in adapter_processors(unet):
-        processor.float()
-    controlnet.float()
-    unet.train()
-    controlnet.train()
-    params = list(trainable_parameters(unet, controlnet).values())
-    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=True)
-    inputs = _training_inputs(config, size, device)
-    target = torch.randn_like(inputs["latents"], dtype=torch.float32)
+class TrainingBench:
+    """The training step of one configuration after another, on one set of weights: frozen
+    parts in bf16, trainables fp32 (as `training.mixed_precision: bf16` holds them)."""
 
-    def forward_backward() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            noise_pred = predict_noise(unet, controlnet, **inputs)
-        loss = torch.nn.functional.mse_loss(noise_pred.float(), target)
-        loss.backward()
+    def __init__(self, components: dict[str, Any], run: Run) -> None:
+        self.run = run
+        self.unet, self.controlnet = components["unet"], components["controlnet"]
+        PrecisionPolicy.from_setting("bf16").apply(components)
+        self.unet.train()
+        self.controlnet.train()
+        self.named = trainable_parameters(self.unet, self.controlnet)
+        self.flops: dict[int, float] = {}  # per step, by batch size
 
-    def step() -> None:
-        forward_backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def set_levers(self, acceleration: Acceleration) -> None:
+        """Exactly `acceleration`'s levers, whatever the previous configuration set."""
+        for module in (self.unet, self.controlnet):
+            module.to(memory_format=torch.contiguous_format)
+            for block in module.modules():
+                if isinstance(block, REPEATED_BLOCKS):
+                    block._compiled_call_impl = None
+        accelerate(acceleration, self.unet, self.controlnet)
 
-    results = {}
-    for checkpointing in (True, False):
-        if checkpointing:
-            unet.enable_gradient_checkpointing()
-            controlnet.enable_gradient_checkpointing()
-        else:
-            unet.disable_gradient_checkpointing()
-            controlnet.disable_gradient_checkpointing()
-        name = "checkpointing" if checkpointing else "no_checkpointing"
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        try:
-            for _ in range(warmup):
-                step()
-            flops = _counted_flops(step)
-            seconds = _timed(step, steps)
-        except torch.OutOfMemoryError:
+    def step(self, lever: Lever) -> tuple[Callable[[], None], Callable[[], None]]:
+        """The step of `lever`, and what undoes its pure-bf16 casts afterwards."""
+        self.set_levers(lever.acceleration)
+        policy = PrecisionPolicy.from_setting("bf16_pure" if lever.pure_bf16 else "bf16")
+        master = policy.master_weights(self.named)
+        fused = self.run.device.type == "cuda"
+        optimizer = torch.optim.AdamW(list(master.named.values()), lr=1e-5, fused=fused)
+        model = Denoiser(self.unet, self.controlnet, lever.acceleration.attention_backend)
+        inputs = training_inputs(self.run, lever.batch)
+        target = torch.randn(inputs[0].shape, device=self.run.device)
+
+        def step() -> None:
+            with policy.autocast(self.run.device):
+                prediction = model(*inputs)
+            F.mse_loss(prediction.float(), target).backward()
+            master.gradients_to_master()
+            optimizer.step()
+            master.to_model()
             optimizer.zero_grad(set_to_none=True)
-            results[name] = None  # reported as out of memory
-            continue
-        results[name] = {
-            "seconds": seconds,
-            "peak_gb": torch.cuda.max_memory_allocated() / 2**30,
-            "tflops": flops / seconds / 1e12,
-            "tflop_per_step": flops / 1e12,
-        }
-    unet.enable_gradient_checkpointing()
-    controlnet.enable_gradient_checkpointing()
-    forward_backward()  # gradients in place for the optimizer alone
-    results["optimizer_seconds"] = _timed(optimizer.step, steps)
-    results["trainable"] = sum(p.numel() for p in params)
-    optimizer.zero_grad(set_to_none=True)
+
+        def undo() -> None:
+            optimizer.state.clear()
+            for param in self.named.values():
+                param.grad = None
+                param.data = param.data.float()
+
+        return step, undo
+
+    def measure(self, lever: Lever) -> Timing:
+        run, timing = self.run, Timing(lever)
+        try:
+            if lever.batch not in self.flops:  # counted once per batch, on the eager step
+                self.flops[lever.batch] = self._counted(lever.batch)
+            timing.flops = self.flops[lever.batch]
+            if run.device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            step, undo = self.step(lever)
+            try:
+                timing.first_seconds = timed(step, run.device)
+                for _ in range(run.warmup - 1):
+                    step()
+                timing.seconds = statistics.median(
+                    timed(step, run.device) for _ in range(run.steps)
+                )
+            finally:
+                undo()
+            if run.device.type == "cuda":
+                timing.peak_gib = torch.cuda.max_memory_allocated() / 2**30
+        except torch.OutOfMemoryError:
+            timing.error = "out of memory"
+        except RuntimeError as error:  # e.g. no kernel of this attention backend here
+            timing.error = str(error).splitlines()[0][:80]
+        return timing
+
+    def _counted(self, batch: int) -> float:
+        step, undo = self.step(Lever("count", batch=batch))
+        try:
+            return counted_flops(step)
+        finally:
+            undo()
+
+
+def best_lever(timings: list[Timing]) -> Lever:
+    """The levers that made the step faster alone, together (the faster attention kernel)."""
+    today = timings[0].seconds
+    faster = [t for t in timings[1:] if t.seconds is not None and t.seconds < today]
+    attention = min(
+        (t for t in faster if t.lever.acceleration.attention_backend != "default"),
+        key=lambda t: t.seconds,
+        default=None,
+    )
+    backend = attention.lever.acceleration.attention_backend if attention else "default"
+    acceleration = Acceleration(
+        channels_last=any(t.lever.acceleration.channels_last for t in faster),
+        cudnn_benchmark=any(t.lever.acceleration.cudnn_benchmark for t in faster),
+        attention_backend=backend,
+        compile=any(t.lever.acceleration.compile for t in faster),
+    )
+    return Lever("best", acceleration, pure_bf16=any(t.lever.pure_bf16 for t in faster))
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Where the best step's time goes
+
+# Kernel (CUDA) or operator (CPU) names by kind; the first match wins. Kernels that inductor
+# fused count under the first kind their name names (a norm fused with its activation: norm).
+KINDS = (
+    ("attention", r"flash|fmha|attention|sdpa|softmax"),
+    ("convolution", r"conv|dgrad|wgrad|fprop|winograd|implicit_gemm"),
+    ("normalisation", r"norm|welford"),
+    ("GEMM", r"gemm|matmul|\bmm\b|aten::mm|addmm|bmm|linear|cutlass|nvjet|xmma"),
+    ("optimizer", r"adam|multi_tensor|foreach"),
+    ("casts and copies", r"copy|cast|convert|_to\b"),
+    ("elementwise", r"elementwise|vectorized|pointwise|triton_poi|aten::"),
+)
+
+
+def kind_of(name: str) -> str:
+    lower = name.lower()
+    return next((kind for kind, pattern in KINDS if re.search(pattern, lower)), "other")
+
+
+def profile_breakdown(step: Callable[[], None], run: Run, steps: int = 3) -> tuple[dict, float]:
+    """Seconds per step by kind of kernel (CPU: of operator), and the GPU's busy share."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = run.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    step()  # outside the trace: lazy allocations, autotuning
+    synchronize(run.device)
+    with profile(activities=activities) as trace:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        synchronize(run.device)
+        wall = time.perf_counter() - start
+    seconds: dict[str, float] = {kind: 0.0 for kind, _ in KINDS} | {"other": 0.0}
+    for event in trace.key_averages():
+        own = event.self_device_time_total if cuda else event.self_cpu_time_total
+        if own > 0 and (cuda or event.key.startswith("aten::")):
+            seconds[kind_of(event.key)] += own / 1e6 / steps
+    busy = sum(seconds.values()) * steps / wall if cuda else float("nan")
+    return seconds, min(busy, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def build(run: Run) -> dict[str, Any]:
+    with run.device:
+        components = build_components(run.config)
+    # Random text encoders read any ids; a file-free tokenizer fills the fixed 154 positions.
+    components["tokenizer"] = components["tokenizer"] or byte_level_tokenizer()
+    components["tokenizer_2"] = components["tokenizer_2"] or byte_level_tokenizer(pad_token="!")
+    return components
+
+
+def measure(run: Run, flush: Callable[[Results], None]) -> Results:
+    """Every part in order, `flush`ing the results after each."""
+    from bench import model_gpu_inference
+
+    results = Results(torch.cuda.get_device_name() if run.device.type == "cuda" else "CPU")
+    results.ceiling_tflops = matmul_ceiling(run)
+    flush(results)
+
+    components = build(run)
+    bench = TrainingBench(components, run)
+    for lever in LEVERS:
+        results.training.append(bench.measure(lever))
+        flush(results)
+    best = best_lever(results.training)
+    for batch in run.batches:
+        results.best.append(bench.measure(replace(best, name=f"best, batch {batch}", batch=batch)))
+        flush(results)
+
+    step, undo = bench.step(best)
+    results.breakdown, results.busy = profile_breakdown(step, run)
+    undo()
+    bench.set_levers(Acceleration())  # inference starts eager
+    flush(results)
+
+    results.inference = model_gpu_inference.measure(components, run, best.acceleration)
+    flush(results)
     return results
 
 
-def bench_inference(
-    components: dict[str, Any], config: ModelConfig, size: int, steps: int, runs: int
-) -> dict[str, float]:
-    for name in ("unet", "controlnet", "vae", "text_encoder", "text_encoder_2"):
-        components[name].to(torch.bfloat16).eval()
-    pipe = CharacterInpaintPipeline(**components)
-    pipe.set_progress_bar_config(disable=True)
-    rng = np.random.default_rng(0)
-    base = PIL.Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
-    mask = np.zeros((size, size), dtype=np.uint8)
-    mask[size // 8 :, size // 4 : 3 * size // 4] = 255
-    pose = PIL.Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
-    body_dims = config.body_resampler.embed_dims
-    arguments = {
-        "image": base,
-        "mask_image": PIL.Image.fromarray(mask),
-        "prompt": "a middle-aged man with silver hair, wearing a beige V-neck sweater, smiling",
-        "face_embedding": rng.standard_normal(config.face_resampler.embed_dims).astype(np.float32),
-        "body_features": rng.standard_normal((BODY_TOKENS, body_dims)).astype(np.float32),
-        "pose_image": pose,
-        "num_inference_steps": steps,
-        "guidance_scale": 5.0,
-        "seed": 0,
-    }
+def main(argv: list[str] | None = None) -> Results:
+    from bench.model_gpu_render import render
 
-    def generate() -> None:
-        pipe(**arguments)
-
-    generate()
-    flops = _counted_flops(generate)
-    torch.cuda.reset_peak_memory_stats()
-    seconds = _timed(generate, runs)
-    return {
-        "seconds": seconds,
-        "seconds_per_step": seconds / steps,
-        "peak_gb": torch.cuda.max_memory_allocated() / 2**30,
-        "tflops": flops / seconds / 1e12,
-    }
-
-
-def render(train: dict[str, Any], infer: dict[str, float], args: argparse.Namespace) -> str:
-    on, off = train["checkpointing"], train["no_checkpointing"]
-
-    def cells(key: str) -> str:
-        return " | ".join(
-            "out of memory" if run is None else key.format(**run) for run in (on, off)
-        )
-
-    ratio = (
-        f"**Step time, checkpointing off / on: {off['seconds'] / on['seconds']:.2f}.** "
-        if off is not None
-        else "**Without checkpointing the step does not fit.** "
-    )
-    return "\n".join(
-        [
-            f"`python -m bench.model_gpu` on {torch.cuda.get_device_name()}, torch "
-            f"{torch.__version__}, diffusers {diffusers.__version__}, {platform.node()}, "
-            f"{time.strftime('%Y-%m-%d')}. Full-size `sdxl` config, random weights.",
-            "",
-            "| measurement | checkpointing on | checkpointing off |",
-            "| --- | --- | --- |",
-            f"| training step, 1024², batch 1, bf16 autocast, fused AdamW (mean of {args.steps})"
-            f" | {cells('{seconds:.3f} s')} |",
-            f"| training peak memory (allocated) | {cells('{peak_gb:.1f} GiB')} |",
-            "| training achieved throughput (TFLOP per step, recomputation included) | "
-            f"{cells('{tflops:.1f} TFLOP/s ({tflop_per_step:.1f})')} |",
-            "",
-            ratio + f"The optimizer step alone (AdamW over {train['trainable'] / 1e9:.3f} B fp32 "
-            f"trainable parameters): {train['optimizer_seconds'] * 1000:.0f} ms, "
-            f"{train['optimizer_seconds'] / on['seconds']:.0%} of the step with checkpointing. "
-            f"The article's budget is {TRAINING_BUDGET_GB} GB per GPU.",
-            "",
-            "| inference | value |",
-            "| --- | --- |",
-            f"| 1024², {args.inference_steps} steps, CFG, bf16 (mean of {args.inference_runs}) "
-            f"| {infer['seconds']:.2f} s ({infer['seconds_per_step'] * 1000:.0f} ms/step) |",
-            f"| peak memory (allocated) | {infer['peak_gb']:.1f} GiB |",
-            f"| achieved throughput | {infer['tflops']:.1f} TFLOP/s |",
-            "",
-            "Training step: ControlNet + U-Net forward and backward on precomputed latents and "
-            "embeddings, plus the optimizer step. Inference: the whole pipeline call (prompt "
-            "encoding, denoising, VAE decode, compositing), face embedding and body features "
-            "precomputed.",
-        ]
-    )
-
-
-def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny config on CPU (tests)")
+    parser.add_argument("--report", type=Path, default=None, help=f"default: {REPORT.name}")
     parser.add_argument("--steps", type=int, default=10, help="timed training steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
     parser.add_argument("--inference-steps", type=int, default=30)
     parser.add_argument("--inference-runs", type=int, default=3)
-    parser.add_argument("--output", type=Path, default=REPORT)
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        sys.exit(
-            "bench/model_gpu.py needs a CUDA GPU: it trains and samples the full-size SDXL "
-            "model in bf16. No CUDA device is visible here; nothing was measured."
-        )
-    with torch.device("cuda"):
-        components = build_components(SDXL)
-    # The scheduler's tables stay on the CPU, where diffusers computes its sigmas with NumPy.
-    components["scheduler"] = EulerDiscreteScheduler(**SDXL.scheduler)
-    # Random text encoders read any ids; a file-free tokenizer fills the fixed 154 positions.
-    components["tokenizer"] = byte_level_tokenizer()
-    components["tokenizer_2"] = byte_level_tokenizer(pad_token="!")
-    train = bench_training(components, SDXL, SIZE, args.steps, args.warmup)
-    torch.cuda.empty_cache()
-    infer = bench_inference(components, SDXL, SIZE, args.inference_steps, args.inference_runs)
-    section = render(train, infer, args)
-    write_section("Model (GPU)", section, args.output)
-    print(section)
+    cuda = torch.cuda.is_available() and not args.smoke
+    run = Run(
+        config=TINY if args.smoke else SDXL,
+        size=64 if args.smoke else 1024,
+        body_tokens=5 if args.smoke else 1025,
+        device=torch.device("cuda" if cuda else "cpu"),
+        steps=1 if args.smoke else args.steps,
+        warmup=1 if args.smoke else args.warmup,
+        batches=(1, 2) if args.smoke else (1, 2, 4),
+        matmul=256 if args.smoke else 8192,
+        inference_steps=2 if args.smoke else args.inference_steps,
+        inference_runs=1 if args.smoke else args.inference_runs,
+        smoke=args.smoke,
+    )
+    report = args.report or (None if args.smoke else REPORT)
+    title = f"{SECTION} (smoke)" if args.smoke else SECTION
+    stamp = (
+        f"`python -m bench.model_gpu{' --smoke' if args.smoke else ''}`, torch "
+        f"{torch.__version__}, diffusers {diffusers.__version__}, {platform.node()}"
+    )
+
+    def flush(results: Results) -> None:
+        if report is not None:
+            write_section(title, render(results, run, stamp), report)
+
+    if not cuda and not args.smoke:
+        flush(Results())  # nothing measured: every figure pending
+        print(f"no CUDA device: wrote {SECTION!r} with every GPU figure pending")
+        return Results()
+    return measure(run, flush)
 
 
 if __name__ == "__main__":

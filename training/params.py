@@ -23,7 +23,8 @@ class Acceleration(Section):
     """GPU speed levers of the U-Net and the ControlNet (`training.acceleration`), shared by
     training, the inference pipeline and the served model. Every one is off by default, as
     the model ran before they existed: none has a GPU measurement yet (BENCHMARKS.md, "Model
-    (GPU): speed levers"). Outputs stay the same within floating-point tolerance."""
+    (GPU): speed levers and the diffusers peer"). Outputs stay the same within floating-point
+    tolerance."""
 
     channels_last: bool = False  # NHWC memory layout of the U-Net and the ControlNet
     cudnn_benchmark: bool = False  # cuDNN times its convolution algorithms once per shape
