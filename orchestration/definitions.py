@@ -1,7 +1,7 @@
 """The Dagster code location: `dagster dev -m orchestration.definitions`.
 
 Resources and the executor are keyed by environment: CAMEO_ENV=local (default) runs a run's
-steps as params.yaml's `executor` says (by default a process per step, two at once);
+steps as params.yaml's `executor` says (by default in the run's process, in order);
 CAMEO_ENV=k8s launches each step as a Kubernetes Job (dagster-k8s).
 """
 

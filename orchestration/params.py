@@ -24,9 +24,11 @@ class ExecutorParams(Section):
     """The `executor` section of params.yaml: how a local Dagster run executes its steps
     (CAMEO_ENV=local; on Kubernetes every step is a Job of its own)."""
 
-    # multiprocess: each step in its own process, up to max_concurrent at once;
-    # in_process: every step in the run's process, one after another.
-    kind: Literal["multiprocess", "in_process"] = "multiprocess"
+    # in_process: every step in the run's process, one after another; multiprocess: each
+    # step in its own process, up to max_concurrent at once. A movie's stages are a chain
+    # with blocking checks, so a run has little to overlap, and each step process imports
+    # the whole code location: in-process is the faster default (BENCHMARKS.md).
+    kind: Literal["multiprocess", "in_process"] = "in_process"
     max_concurrent: int = Field(2, ge=1)
 
 

@@ -241,7 +241,7 @@ def test_dagster_values_run_the_code_location_on_kubernetes():
 
 def test_the_local_executor_is_the_executor_setting():
     assert executor_for("local", ExecutorParams(kind="in_process")).name == "in_process"
-    multiprocess = executor_for("local", ExecutorParams(max_concurrent=3))
+    multiprocess = executor_for("local", ExecutorParams(kind="multiprocess", max_concurrent=3))
     assert multiprocess.name == "multiprocess"
     resolved = multiprocess.config_schema.resolve_config({}).value["config"]
     assert resolved["max_concurrent"] == 3
