@@ -42,6 +42,7 @@ from typing import Any
 import diffusers
 import torch
 import torch.nn.functional as F
+from diffusers import EulerDiscreteScheduler
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.report import REPORT, write_section
@@ -215,7 +216,11 @@ class TrainingBench:
     def __init__(self, components: dict[str, Any], run: Run) -> None:
         self.run = run
         self.unet, self.controlnet = components["unet"], components["controlnet"]
-        PrecisionPolicy.from_setting("bf16").apply(components)
+        # No body encoder here (its features come precomputed): the rest as the policy casts.
+        policy = PrecisionPolicy.from_setting("bf16")
+        for name in ("unet", "controlnet", "text_encoder", "text_encoder_2"):
+            components[name].to(torch.bfloat16)
+        policy.keep_master_weights(self.unet, self.controlnet)
         self.unet.train()
         self.controlnet.train()
         self.named = trainable_parameters(self.unet, self.controlnet)
@@ -282,7 +287,7 @@ class TrainingBench:
         except torch.OutOfMemoryError:
             timing.error = "out of memory"
         except RuntimeError as error:  # e.g. no kernel of this attention backend here
-            timing.error = str(error).splitlines()[0][:80]
+            timing.error = str(error).split(". ")[0][:80]
         return timing
 
     def _counted(self, batch: int) -> float:
@@ -335,6 +340,7 @@ def kind_of(name: str) -> str:
 
 def profile_breakdown(step: Callable[[], None], run: Run, steps: int = 3) -> tuple[dict, float]:
     """Seconds per step by kind of kernel (CPU: of operator), and the GPU's busy share."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     cuda = run.device.type == "cuda"
@@ -349,9 +355,11 @@ def profile_breakdown(step: Callable[[], None], run: Run, steps: int = 3) -> tup
         wall = time.perf_counter() - start
     seconds: dict[str, float] = {kind: 0.0 for kind, _ in KINDS} | {"other": 0.0}
     for event in trace.key_averages():
-        own = event.self_device_time_total if cuda else event.self_cpu_time_total
-        if own > 0 and (cuda or event.key.startswith("aten::")):
-            seconds[kind_of(event.key)] += own / 1e6 / steps
+        # CUDA: the kernels themselves (an operator's device time is its kernels' again).
+        if cuda and event.device_type == DeviceType.CUDA:
+            seconds[kind_of(event.key)] += event.self_device_time_total / 1e6 / steps
+        elif not cuda and event.key.startswith("aten::"):
+            seconds[kind_of(event.key)] += event.self_cpu_time_total / 1e6 / steps
     busy = sum(seconds.values()) * steps / wall if cuda else float("nan")
     return seconds, min(busy, 1.0)
 
@@ -363,6 +371,8 @@ def profile_breakdown(step: Callable[[], None], run: Run, steps: int = 3) -> tup
 def build(run: Run) -> dict[str, Any]:
     with run.device:
         components = build_components(run.config)
+    # The scheduler's tables stay on the CPU, where diffusers computes its sigmas with NumPy.
+    components["scheduler"] = EulerDiscreteScheduler(**run.config.scheduler)
     # Random text encoders read any ids; a file-free tokenizer fills the fixed 154 positions.
     components["tokenizer"] = components["tokenizer"] or byte_level_tokenizer()
     components["tokenizer_2"] = components["tokenizer_2"] or byte_level_tokenizer(pad_token="!")
@@ -391,6 +401,8 @@ def measure(run: Run, flush: Callable[[Results], None]) -> Results:
     results.breakdown, results.busy = profile_breakdown(step, run)
     undo()
     bench.set_levers(Acceleration())  # inference starts eager
+    if run.device.type == "cuda":
+        torch.cuda.empty_cache()
     flush(results)
 
     results.inference = model_gpu_inference.measure(components, run, best.acceleration)

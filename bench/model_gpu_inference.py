@@ -130,6 +130,7 @@ def measure(components: dict[str, Any], run: Run, training_best: Acceleration) -
         scheduler=components["scheduler"],
         requires_aesthetics_score=False,
         force_zeros_for_empty_prompt=True,
+        add_watermarker=False,  # ours draws no watermark either
     )
     for pipe in (ours, peer):
         pipe.set_progress_bar_config(disable=True)
