@@ -31,10 +31,11 @@ def log_evaluation(
     cards: bool = True,
 ) -> None:
     """Into the active MLflow run: the scored metrics at `step` (linked to the logged model and
-    the validation dataset where given) and why the others are not; the per-sample table with
-    each output's sheet and the ablation table, both appended to across steps and evaluations
-    (`step` column); the notes; each sheet as an artifact and, with `cards`, the model's as
-    the image `grid/<triplet>` at `step` (the UI's step slider goes through them)."""
+    the validation dataset where given) and why the others are not (the tag: the latest
+    evaluation's); the per-sample table with each output's sheet and the ablation table, both
+    appended to across steps and evaluations (`step` column); the notes; each sheet as an
+    artifact and, with `cards`, the model's as the image `grid/<triplet>` at `step` (the
+    UI's step slider goes through them)."""
     import mlflow
 
     mlflow.log_metrics(evaluation.metrics(), step=step, model_id=model_id, dataset=dataset)
@@ -42,6 +43,8 @@ def log_evaluation(
     if unscored:
         reasons = "; ".join(f"{key}: {why}" for key, why in unscored.items())
         mlflow.set_tag(NOT_SCORED_TAG, reasons)
+    elif NOT_SCORED_TAG in mlflow.get_run(mlflow.active_run().info.run_id).data.tags:
+        mlflow.delete_tag(NOT_SCORED_TAG)  # an earlier evaluation's, not this one's
     # `grids` is in the order of the sample rows: one per (row, triplet).
     sheets = [panels.sheet() for _, _, panels in evaluation.grids]
     samples = evaluation.samples.assign(grid=sheets, step=step)
