@@ -76,6 +76,7 @@ class Figures:
     partitions_page_s: float
     database_mb: float
     runs: int
+    import_s: float  # a fresh interpreter importing the code location, median
     load: float = 0.0  # the machine's 1-minute load average when the size started
 
     @property
@@ -175,6 +176,14 @@ def own_work(video: Path, repeats: int = 5) -> float:
     return statistics.median(seconds)
 
 
+def code_location_import(repeats: int = 3) -> float:
+    """Median seconds of a fresh interpreter importing the code location, as every step
+    process of the multiprocess executor does before its step."""
+    command = [sys.executable, "-c", "import orchestration.definitions"]
+    seconds = [timed(subprocess.run, command, cwd=REPO, check=True)[0] for _ in range(repeats)]
+    return statistics.median(seconds)
+
+
 def record_materializations(instance: dg.DagsterInstance, keys: list[str]) -> float:
     """Record frames and faces materialisations of `keys` as runless events; seconds per key."""
     start = time.perf_counter()
@@ -261,6 +270,7 @@ def measure(n: int, sample_runs: int = SAMPLE_RUNS, work_dir: Path | None = None
                 )
                 runless_s = record_materializations(instance, keys[len(sample) :])
             work_s = own_work(layout.movies_dir / f"{keys[0]}.mp4")
+            import_s = code_location_import()
             webserver = Webserver({**os.environ})
             try:
                 variables = {"key": {"path": ["faces"]}}
@@ -282,7 +292,7 @@ def measure(n: int, sample_runs: int = SAMPLE_RUNS, work_dir: Path | None = None
     return Figures(
         n, new_s, added_s, steady_s, runless_s, statistics.median(walls),
         statistics.median(in_process), work_s, asset_s, partitions_s, database_mb, len(walls),
-        load,
+        import_s, load,
     )  # fmt: skip
 
 
@@ -301,6 +311,7 @@ def report(figures: list[Figures]) -> str:
         ("the two stages' own work on one movie (s)", "own_work_s", False),
         ("run wall, multiprocess executor (s)", "run_wall_s", False),
         ("Dagster's overhead per run, multiprocess (s)", "overhead_s", False),
+        ("importing the code location, a fresh process (s)", "import_s", False),
         ("run wall, in-process executor (s)", "in_process_wall_s", False),
         ("Dagster's overhead per run, in-process (s)", "in_process_overhead_s", False),
         ("asset page query (s)", "asset_page_s", True),
@@ -349,7 +360,8 @@ def report(figures: list[Figures]) -> str:
         "against a real `dagster-webserver`, median of 5 after one warm-up;\n"
         "- the instance database's size at the end.\n\n"
         f"The machine's cores are shared: 1-minute load average when each size started: "
-        f"{loads}.\n\n" + "\n".join(lines) + "\n\n" + verdict
+        f"{loads}; figures of a few tenths of a second and less move with that load more "
+        "than with N.\n\n" + "\n".join(lines) + "\n\n" + verdict
     )
 
 
@@ -359,7 +371,8 @@ def postgres_version() -> str:
     done = subprocess.run(
         [postgres_bin() / "postgres", "--version"], capture_output=True, text=True
     )
-    return done.stdout.split()[-1] if done.returncode == 0 else "(unknown version)"
+    # "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
+    return done.stdout.split()[2] if done.returncode == 0 else "(unknown version)"
 
 
 def main(sizes: tuple[int, ...] = SIZES) -> None:
