@@ -309,6 +309,34 @@ def train(
             evaluator = Evaluator.build(
                 evaluation or EvaluationParams(), priors or Priors(profile, models_dir=models_dir)
             )
+
+        def validate() -> None:
+            """val/loss of the model as it is now (every rank its shard of the subset), then
+            rank 0 scores it as `cameo evaluate` does, under the step's precision policy."""
+            val_loss, val_samples = validation_loss(
+                model, scheduler, encoders, validation_loader, env, precision, params.seed
+            )
+            if run_log is not None:
+                run_log.log_metrics({"val/loss": val_loss, "val/samples": val_samples}, step=step)
+            if evaluator is not None:
+                pipe = CharacterInpaintPipeline(**components)
+                pipe.set_progress_bar_config(disable=True)
+                with precision.autocast(env.device, sampling=True):
+                    evaluation_result = evaluator.evaluate(
+                        pipe,
+                        validation_samples,
+                        ablations=[FULL],
+                        inference_steps=params.validation_inference_steps,
+                        seed=params.seed,
+                    )
+                run_log.call(
+                    f"evaluation at step {step}", log_evaluation, evaluation_result, step=step
+                )
+            model.train()
+
+        # Step 0, the untrained model: where curves start and MLflow's image card opens.
+        if step == 0 and len(validation_rows):
+            validate()
         progress = None
         if env.is_main and show_progress:
             from tqdm import tqdm
@@ -389,33 +417,7 @@ def train(
                     tick, samples = time.perf_counter(), 0
                 validation_due = step % params.validate_every == 0 or step == last_step
                 if len(validation_rows) and validation_due:
-                    val_loss, val_samples = validation_loss(
-                        model, scheduler, encoders, validation_loader, env, precision, params.seed
-                    )
-                    if run_log is not None:
-                        run_log.log_metrics(
-                            {"val/loss": val_loss, "val/samples": val_samples}, step=step
-                        )
-                    if evaluator is not None:
-                        # The model as it is now, scored as `cameo evaluate` scores it, under the
-                        # step's precision policy.
-                        pipe = CharacterInpaintPipeline(**components)
-                        pipe.set_progress_bar_config(disable=True)
-                        with precision.autocast(env.device, sampling=True):
-                            evaluation_result = evaluator.evaluate(
-                                pipe,
-                                validation_samples,
-                                ablations=[FULL],
-                                inference_steps=params.validation_inference_steps,
-                                seed=params.seed,
-                            )
-                        run_log.call(
-                            f"evaluation at step {step}",
-                            log_evaluation,
-                            evaluation_result,
-                            step=step,
-                        )
-                    model.train()
+                    validate()
                 if step % params.checkpoint_every == 0 or step == last_step:
                     rng = env.gather(rng_state(generator))
                     gather_optimizer_state(optimizer)

@@ -345,7 +345,7 @@ def test_the_tiny_model_is_evaluated_in_training_and_as_a_logged_model(triplets_
     not_scored = client.get_run(run_id).data.tags.get("evaluation.not_scored", "")
     for metric in METRICS:
         steps = [m.step for m in client.get_metric_history(run_id, f"eval/{metric}")]
-        assert steps == [2] or f"eval/full/{metric}: no sample" in not_scored
+        assert steps == [0, 2] or f"eval/full/{metric}: no sample" in not_scored
     assert not math.isnan(client.get_metric_history(run_id, "eval/clip_score")[0].value)
 
     with mlflow.start_run(run_id=run_id):
@@ -373,9 +373,10 @@ def test_the_tiny_model_is_evaluated_in_training_and_as_a_logged_model(triplets_
     artifacts = {a.path for a in client.list_artifacts(run_id, "evaluation")}
     assert {"evaluation/samples.json", "evaluation/ablations.json"} <= artifacts
     table = mlflow.load_table("evaluation/ablations.json", run_ids=[run_id])
-    assert sorted(set(table.step)) == [2]  # training's validation and the evaluation: step 2
+    # Training's validations (steps 0 and 2) and the evaluation (the trained step, 2).
+    assert sorted(set(table.step)) == [0, 2]
     # Training scores the full model, the evaluation every ablation; both the calibrations.
-    assert len(table) == 2 * len(CALIBRATIONS) + 1 + len(ABLATIONS)
+    assert len(table) == 2 * (len(CALIBRATIONS) + 1) + len(CALIBRATIONS) + len(ABLATIONS)
     tags = client.get_run(run_id).data.tags
     assert tags["evaluation.model_uri"] == info.model_uri
     # What no sample could be scored for is named, with the reason, in the tag and the table.

@@ -203,8 +203,9 @@ def test_the_run_page_lists_the_metrics_by_group(browser, mlflow_ui, evaluated_r
 
 
 def test_a_grid_reads_in_the_run_card(browser, mlflow_ui, evaluated_run, monkeypatch):
-    """The model's figure of a validation triplet, one per step, in the `grid` section: at
-    step 4 it fills its card (about 200 px square), not a strip a few pixels high."""
+    """The model's figure of a validation triplet, one per step, in the `grid` section: the
+    card opens on step 0 (the untrained model), and its figure fills the card (about 200 px
+    square), not a strip a few pixels high, at every step."""
     from training.tracking import run_url
 
     _, experiment_id, run_id = evaluated_run
@@ -215,18 +216,19 @@ def test_a_grid_reads_in_the_run_card(browser, mlflow_ui, evaluated_run, monkeyp
     slider.wait_for()
     # The card's step slider spans the validation steps.
     steps = [slider.get_attribute(f"aria-value{end}") for end in ("min", "max")]
-    assert steps == ["2", "4"], steps
-    # MLflow's card starts at step 0, where nothing is logged: choose a step in its box.
+    assert steps == ["0", "4"], steps
     box = page.locator("input[type=number]").first
-    box.fill("4")
-    box.press("Tab")
-    image = page.locator("img[src*='get-artifact'][src*='grid~']").first
-    image.wait_for()
-    page.wait_for_function(
-        "image => image.complete && image.naturalWidth > 0", arg=image.element_handle()
-    )
-    size = image.bounding_box()
-    assert size["width"] >= 150 and size["height"] >= 100, size
+    for step in ("0", "4"):  # the card opens on step 0; another step is typed in its box
+        if box.input_value() != step:
+            box.fill(step)
+            box.press("Tab")
+        image = page.locator(f"img[src*='get-artifact'][src*='grid~'][src*='step%2B{step}%2B']")
+        image.first.wait_for()
+        page.wait_for_function(
+            "image => image.complete && image.naturalWidth > 0", arg=image.first.element_handle()
+        )
+        size = image.first.bounding_box()
+        assert size["width"] >= 150 and size["height"] >= 100, (step, size)
 
 
 def test_the_evaluation_table_opens_as_a_table(browser, mlflow_ui, evaluated_run, monkeypatch):

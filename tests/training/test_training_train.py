@@ -166,13 +166,15 @@ def test_training_run_is_logged_to_mlflow(triplets_root, tmp_path):
         "train/peak_memory_mb",
     ):
         assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2, 3, 4]
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")] == [2, 4]
+    # Validation at step 0 (the untrained model) and every `validate_every` steps.
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")] == [0, 2, 4]
     assert {m.split("/")[0] for m in run.data.metrics} == {"train", "val", "eval"}
     # Scored at each validation, or named with the reason it could not be (no NaN is logged).
     not_scored = run.data.tags.get("evaluation.not_scored", "")
     for metric in ("face_similarity", "face_found", "pck_body", "pck_face", "saturation_ratio"):
         history = client.get_metric_history(run.info.run_id, f"eval/{metric}")
-        assert [m.step for m in history] == [2, 4] or f"eval/full/{metric}: no sample" in not_scored
+        steps = [m.step for m in history]
+        assert steps == [0, 2, 4] or f"eval/full/{metric}: no sample" in not_scored
         assert not any(math.isnan(m.value) for m in history)
     # The model's figure per validation triplet and step, and its sheet under a short name.
     images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
@@ -342,8 +344,8 @@ def test_validation_is_sharded_and_capped_under_a_short_collective_timeout(tmp_p
     assert len(validation) >= 3 * overrides["validation_max_samples"]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("cameo").experiment_id])
-    (samples,) = client.get_metric_history(run.info.run_id, "val/samples")
-    assert (samples.step, samples.value) == (2, 2)
+    history = client.get_metric_history(run.info.run_id, "val/samples")
+    assert [(samples.step, samples.value) for samples in history] == [(0, 2), (2, 2)]
     assert client.get_metric_history(run.info.run_id, "eval/saturation_ratio")
 
 
@@ -458,7 +460,7 @@ def test_bf16_policy_trains_and_validates(triplets_root, tmp_path):
     frozen = [p for p in unet.parameters() if not p.requires_grad]
     assert frozen and {p.dtype for p in frozen} == {torch.bfloat16}
     history = MlflowClient().get_metric_history(result.run_id, "val/loss")
-    assert [m.step for m in history] == [2] and math.isfinite(history[0].value)
+    assert [m.step for m in history] == [0, 2] and all(math.isfinite(m.value) for m in history)
     assert MlflowClient().get_metric_history(result.run_id, "eval/saturation_ratio")
 
 
