@@ -73,13 +73,14 @@ def checkpoint(tmp_path_factory) -> Path:
     return directory
 
 
-def retrained(checkpoint: Path, target: Path) -> Path:
-    """A copy of the checkpoint whose face adapter weights differ, as after more training."""
+def retrained(checkpoint: Path, target: Path, shift: float = 1.0) -> Path:
+    """A copy of the checkpoint whose face adapter weights differ by `shift`, as after more
+    training."""
     from safetensors.torch import load_file, save_file
 
     shutil.copytree(checkpoint, target)
     adapter = target / ADAPTER_FILES["face"]
-    save_file({name: tensor + 1 for name, tensor in load_file(adapter).items()}, adapter)
+    save_file({name: tensor + shift for name, tensor in load_file(adapter).items()}, adapter)
     return target
 
 

@@ -120,6 +120,6 @@ def test_weights_registered_before_point_to_their_version(tracking, logged, chec
     assert "nothing logged" in output
     assert len(client.search_model_versions(f"name = '{REGISTERED_MODEL}'")) == count
     # Changed weights are new.
-    changed = retrained(checkpoint, tmp_path / "retrained")
+    changed = retrained(checkpoint, tmp_path / "retrained", shift=0.5)
     assert weights_sha256(changed) != weights_sha256(checkpoint)
     assert registered_weights(changed) is None

@@ -165,13 +165,15 @@ def test_model_uris_resolve_to_the_run_that_trained_the_version(history):
 
 
 def test_a_checkpoint_logged_apart_traces_to_the_run_that_trained_it(history):
-    """`cameo model log` of checkpoints/final/ (whose files name no run) registers a version
-    whose training run is the one `run.json` beside it names: the chain is the same."""
+    """`cameo model log` of checkpoints/final/ (whose files name no run), whose weights
+    training registered already, names that version instead of registering a copy: the chain
+    from it is the run that trained them. (`run.json` naming the run of a final/ logged as a
+    new version: tests/serving/test_serving_model.py.)"""
     final = history["tmp"] / "out-a" / "final"
     args = ["--checkpoint", str(final), "--params", str(REPO / "params.yaml"), "--profile", "tiny"]
     result = CliRunner().invoke(cameo, ["model", "log", *args])
     assert result.exit_code == 0, result.output
-    version = re.search(rf"registered {REGISTERED_MODEL} version (\d+)", result.output).group(1)
+    version = re.search(rf"are {REGISTERED_MODEL} version (\d+) already", result.output).group(1)
     lineage = trace(version)
     assert lineage.run_id == history["a"]["run_id"]
     assert (lineage.dataset_md5, lineage.dataset_source) == (history["a"]["md5"], "run")
