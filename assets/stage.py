@@ -84,10 +84,15 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+def files_version(*files: Path) -> str:
+    """A code version: the digest of these source files, in this order."""
+    return _digest(b"\0".join(file.read_bytes() for file in files))
+
+
 def source_version(*modules: str) -> str:
-    """A code version: the digest of the modules' source files."""
-    sources = [Path(importlib.util.find_spec(m).origin).read_bytes() for m in modules]
-    return _digest(b"\0".join(sources))
+    """A code version: the digest of the modules' source files (`find_spec` imports each
+    module's parent packages)."""
+    return files_version(*(Path(importlib.util.find_spec(m).origin) for m in modules))
 
 
 def code_version(stage: str) -> str:

@@ -10,8 +10,6 @@ import math
 
 import dagster as dg
 
-from training.evaluate import CALIBRATIONS, IDENTITY_METRICS, METRICS
-from training.evaluation_log import evaluate_logged_model
 from training.tracking import configure_tracking, run_url
 
 FACE_CHECK = "face_similarity_above_threshold"
@@ -64,7 +62,11 @@ def face_similarity_check(similarity: float, threshold: float | None) -> dg.Asse
 def evaluation(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """The trained model's identity, pose, prompt and colour metrics on the validation
     triplets, for the model and each ablation, logged into its MLflow run."""
+    # Imported here: the code location loads in every step process and step pod, torch not.
     import mlflow
+
+    from training.evaluate import CALIBRATIONS, IDENTITY_METRICS, METRICS
+    from training.evaluation_log import evaluate_logged_model
 
     params = context.resources.params
     # The training run the `model` asset recorded (locally or as a Kubernetes Job).

@@ -7,6 +7,7 @@ records what it made: the MLflow run, the dataset version, the final losses.
 """
 
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -19,28 +20,26 @@ import dagster as dg
 import pandas as pd
 
 import training
-from assets.stage import source_version
+from assets.stage import files_version
 from core.io import write_json
 from core.versioning import LOCK_FILE, dvc_md5, locked_md5
 from orchestration.kubernetes import TrainingJob, TrainingJobFailed, submit_training
 from orchestration.params import Params
-from training.data import load_manifest
-from training.features import INDEX, features_id
-from training.model import CHECKPOINT_INFO
 from training.outputs import FINAL_DIR, METRICS_FILE, RUN_FILE
 from training.tracking import run_url
 
 LOSS_CHECK = "loss_decreases"
 TRAINING_DIR = Path(training.__file__).parent
 BUILD_FILE = "build.json"  # beside final/: the dataset, params and code it was trained from
-# The model asset's code version: the training code and its command line.
-TRAINING_CODE_VERSION = source_version(
+# The model asset's code version: the training code (read as files, in module-name order:
+# importing `training.model` to find it would load torch into every step process) and its
+# command line.
+TRAINING_CODE_VERSION = files_version(
     *sorted(
-        f"training.{p.relative_to(TRAINING_DIR).with_suffix('').as_posix().replace('/', '.')}"
-        for p in TRAINING_DIR.rglob("*.py")
-        if p.name != "__init__.py"
+        (p for p in TRAINING_DIR.rglob("*.py") if p.name != "__init__.py"),
+        key=lambda p: p.relative_to(TRAINING_DIR).with_suffix("").as_posix().replace("/", "."),
     ),
-    "orchestration.cli.train",
+    Path(importlib.util.find_spec("orchestration.cli.train").origin),
 )
 FEATURES_CHECK = "features_cover_the_dataset"
 
@@ -128,6 +127,10 @@ def loss_check(metrics: dict[str, float]) -> dg.AssetCheckResult:
 def features(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """What the frozen encoders make of each triplet (VAE latents, text and body tokens, face
     embedding, pose), computed once and memory-mapped by training (`cameo features build`)."""
+    # Imported here: the code location loads in every step process and step pod, torch not.
+    from training.data import load_manifest
+    from training.features import INDEX, features_id
+
     params = context.resources.params
     layout = context.resources.data.layout
     # Its own process, as training: the CPU kernels can be pinned only before torch loads.
@@ -174,6 +177,9 @@ def features(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
 def model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """Train the identity branches and Pose-IdentityNet on the current triplets
     (`cameo train`), logged to MLflow; the trained checkpoint is the asset."""
+    from training.data import load_manifest
+    from training.model import CHECKPOINT_INFO
+
     params = context.resources.params
     layout = context.resources.data.layout
     k8s = os.environ.get("CAMEO_ENV", "local") == "k8s"
