@@ -55,16 +55,22 @@ def _serve_fails_in_one_line(uri: str) -> str:
     return line
 
 
+def _every_command_fails(uri: str, data: Path) -> list[str]:
+    """The one line each of `cameo serve` (what it execs), `serve-check` and `evaluate` fails
+    with."""
+    return [
+        _serve_fails_in_one_line(uri),
+        _fails_in_one_line(["serve-check", "--model", uri, "--data", str(data)]),
+        _fails_in_one_line(["evaluate", "--model", uri, "--data", str(data)]),
+    ]
+
+
 @pytest.mark.slow
 def test_a_version_whose_artifacts_are_gone(tracking, logged, checkpoint, tmp_path):
     version, folder = _registered_copy(checkpoint)
     shutil.rmtree(folder)
     uri = f"models:/{REGISTERED_MODEL}/{version}"
-    for line in (
-        _serve_fails_in_one_line(uri),
-        _fails_in_one_line(["serve-check", "--model", uri, "--data", str(tmp_path)]),
-        _fails_in_one_line(["evaluate", "--model", uri, "--data", str(tmp_path)]),
-    ):
+    for line in _every_command_fails(uri, tmp_path):
         assert f"{REGISTERED_MODEL} version {version}" in line, line
         assert str(folder) in line and "lack MLmodel" in line, line
 
@@ -75,11 +81,7 @@ def test_a_version_missing_one_weights_file(tracking, logged, checkpoint, tmp_pa
     (folder / "artifacts" / "checkpoint" / ADAPTER_FILES["face"]).unlink()
     uri = f"models:/{REGISTERED_MODEL}/{version}"
     missing = f"artifacts/checkpoint/{ADAPTER_FILES['face']}"
-    for line in (
-        _serve_fails_in_one_line(uri),
-        _fails_in_one_line(["serve-check", "--model", uri, "--data", str(tmp_path)]),
-        _fails_in_one_line(["evaluate", "--model", uri, "--data", str(tmp_path)]),
-    ):
+    for line in _every_command_fails(uri, tmp_path):
         assert f"{REGISTERED_MODEL} version {version}" in line, line
         assert str(folder) in line and f"lack {missing}" in line, line
 
