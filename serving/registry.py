@@ -108,10 +108,9 @@ def weights_sha256(checkpoint_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def registered_weights(checkpoint_dir: str | Path, name: str = REGISTERED_MODEL) -> Any:
-    """The registered version (MLflow's `ModelVersion`) whose weights are the checkpoint's, by
-    `weights_sha256`; None when none is."""
-    digest = weights_sha256(Path(checkpoint_dir))
+def registered_weights(digest: str, name: str = REGISTERED_MODEL) -> Any:
+    """The registered version (MLflow's `ModelVersion`) whose weights have the `digest` of
+    `weights_sha256`; None when none has."""
     found = mlflow.MlflowClient().search_model_versions(
         f"name = '{name}' and tags.weights_sha256 = '{digest}'"
     )
@@ -145,6 +144,7 @@ def log_model(
     models_dir: str | Path | None = None,
     registered_model_name: str | None = REGISTERED_MODEL,
     settings: ServedSettings | None = None,
+    weights_digest: str | None = None,
 ) -> ModelInfo:
     """Log the checkpoint as a pyfunc model into the active MLflow run and register it. The
     model is logged from code (`serving/logged_model.py`), not pickled.
@@ -155,7 +155,9 @@ def log_model(
     carry the trained parts and a manifest (sizes, sha256) of the base weights under
     `models_dir` they expect at load. The model's metadata also names the training run and
     the dataset md5 of the checkpoint; the registered version is tagged with both.
-    `registered_model_name=None` logs without registering.
+    `registered_model_name=None` logs without registering. `weights_digest`: the checkpoint's
+    `weights_sha256` where the caller has it already (a `full` model's weights take seconds to
+    hash).
     """
     checkpoint_dir = Path(checkpoint_dir)
     info = CheckpointInfo.read(checkpoint_dir)
@@ -190,7 +192,7 @@ def log_model(
         "model_config": info.config,
         "profile": profile,
         "code_version": _code_version(),
-        "weights_sha256": weights_sha256(checkpoint_dir),
+        "weights_sha256": weights_digest or weights_sha256(checkpoint_dir),
         # Here, not as `model_config`, which MLflow also logs as run params (~30 of them).
         SETTINGS_METADATA: served_settings,
     }

@@ -84,7 +84,6 @@ from training.params import EvaluationParams, TrainingParams
 from training.pipeline import CharacterInpaintPipeline
 from training.precision import PrecisionPolicy
 from training.run_log import RunLog, bound_tracking_calls, say_on_stderr
-from training.tracking import flatten_params
 
 
 def choose_checkpoint(output_dir: Path) -> tuple[Path | None, str | None]:
@@ -246,7 +245,7 @@ def train(
     # -- Resume -----------------------------------------------------------------------------------
     step, run_id, losses, consumed = 0, None, [], 0
     if state is not None:
-        with master.in_model():
+        with master.in_model(unet, controlnet):
             load_checkpoint(unet, controlnet, latest)
             precision.keep_master_weights(unet, controlnet)
         optimizer.load_state_dict(state["optimizer"])
@@ -263,7 +262,7 @@ def train(
     if env.is_main:
         import mlflow
 
-        from training.tracking import configure_tracking, triplets_dataset
+        from training.tracking import configure_tracking, log_run_definition
 
         bound_tracking_calls(params.tracking_timeout_s)
         tracking_uri = configure_tracking()
@@ -272,13 +271,11 @@ def train(
         run_log = RunLog(run_id, tracking_uri, params.tracking_timeout_s, say_on_stderr)
         print(f"MLflow run {run_id}", flush=True)  # read by the Kubernetes submission
         if step == 0:
-            mlflow.log_params(flatten_params("training", params.model_dump()))
-            # What ran, not only what was asked for (`use_8bit_adam`).
-            optimizer_name = f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"
-            mlflow.log_params({"model.config": config.name, "optimizer.class": optimizer_name})
-            mlflow.log_dict(json.loads(config.to_json()), "model_config.json")
-            mlflow.set_tags(
-                {
+            log_run_definition(
+                params,
+                config,
+                optimizer,
+                tags={
                     "git_commit": git_commit(Path.cwd()),
                     "profile": profile,
                     "world_size": env.world_size,
@@ -287,16 +284,11 @@ def train(
                     * env.world_size,
                     "dataset_md5": md5,
                     "dataset_locked": str(lock_file is not None).lower(),
-                }
+                },
+                splits={"training": train_rows, "validation": validation_rows},
+                triplets_dir=layout.triplets_dir,
+                md5=md5,
             )
-            # MLflow keys datasets by (name, digest): the split gets a name of its own.
-            splits = (
-                ("triplets", train_rows, "training"),
-                ("triplets-validation", validation_rows, "validation"),
-            )
-            for name, rows, context in splits:
-                dataset = triplets_dataset(rows, layout.triplets_dir, name, md5)
-                mlflow.log_input(dataset, context=context)
 
     try:
         # -- The loop -----------------------------------------------------------------------------
@@ -344,7 +336,8 @@ def train(
             progress = tqdm(total=params.max_steps, initial=step, unit="step", desc="train")
         last_step = params.max_steps if stop_after is None else min(params.max_steps, stop_after)
         accumulation = params.gradient_accumulation_steps
-        micro, tick, samples = 0, time.perf_counter(), 0
+        micro, samples, first_step = 0, 0, step + 1
+        started = tick = time.perf_counter()
         # Losses stay on the device until a logging step: no host sync per micro-step.
         step_loss, pending = torch.zeros((), device=env.device), []
         denoiser.train()
@@ -354,6 +347,8 @@ def train(
                 sync = (micro + 1) % accumulation == 0
                 # Between optimiser steps DDP need not all-reduce gradients.
                 skip_sync = denoiser.no_sync() if env.world_size > 1 and not sync else nullcontext()
+                if sync and env.world_size > 1:
+                    master.gradients_to_model()
                 with skip_sync, precision.autocast(env.device):
                     loss = denoising_loss(
                         denoiser,
@@ -371,9 +366,9 @@ def train(
                 consumed += 1
                 samples += len(batch["triplet_id"])
                 step_loss += loss.detach().float() / accumulation
+                master.gradients_to_master()
                 if not sync:
                     continue
-                master.gradients_to_master()
                 max_norm = params.max_grad_norm if params.max_grad_norm > 0 else math.inf
                 grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
                 optimizer.step()
@@ -415,6 +410,11 @@ def train(
                         step=step,
                     )
                     tick, samples = time.perf_counter(), 0
+                if step == first_step and run_log is not None:
+                    # This process's first step pays the compile and cuDNN's autotuning: its
+                    # time is logged apart, and the throughput counts from the next step on.
+                    run_log.log_metrics({"train/first_step_s": time.perf_counter() - started}, step)
+                    tick, samples = time.perf_counter(), 0
                 validation_due = step % params.validate_every == 0 or step == last_step
                 if len(validation_rows) and validation_due:
                     validate()
@@ -422,7 +422,7 @@ def train(
                     rng = env.gather(rng_state(generator))
                     gather_optimizer_state(optimizer)
                     if env.is_main:
-                        with master.in_model():
+                        with master.in_model(unet, controlnet):
                             save_training_checkpoint(
                                 output_dir,
                                 step,
@@ -465,7 +465,7 @@ def train(
             # `final/` and metrics.json are DVC outputs: nothing run-specific goes in them, so the
             # same data, code and params give the same dvc.lock. The run is named in run.json.
             info = CheckpointInfo(config.name, params.seed, step, None, md5)
-            with master.in_model():
+            with master.in_model(unet, controlnet):
                 if ema is not None:
                     ema.store(trainable)
                     ema.copy_to(trainable)

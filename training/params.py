@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from core.params import Section
 
@@ -113,6 +113,18 @@ class TrainingParams(Section):
         # YAML 1.1 reads an unquoted `no` as false, and `dvc exp run -S` rewrites params.yaml
         # without the quotes.
         return "no" if value is False else value
+
+    @model_validator(mode="after")
+    def _static_graph_without_accumulation(self) -> TrainingParams:
+        # torch's DDP with a static graph fails on a backward pass under no_sync() (pytorch
+        # issue 143580), and where that is patched it stops all-reducing after the first step
+        # (pull request 187732): refused here rather than found on the cluster.
+        if self.ddp.static_graph and self.gradient_accumulation_steps > 1:
+            raise ValueError(
+                "ddp.static_graph cannot be used with gradient_accumulation_steps > 1 (torch's "
+                "DDP fails on the accumulated micro-steps): set one of them back"
+            )
+        return self
 
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed run must share with the checkpoint it continues: the model, and

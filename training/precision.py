@@ -73,7 +73,7 @@ class MasterWeights:
     """Float32 master copies of trainable parameters that the model holds in a lower precision.
 
     The optimiser, gradient clipping and EMA work on `named`; after each backward pass
-    `gradients_to_master` hands the model's gradients over, and after each optimiser step
+    `gradients_to_master` adds the model's gradients to theirs, and after each optimiser step
     `to_model` rounds the updated masters into the model. Checkpoints are written and read
     with the masters in the model (`in_model`), so they hold float32 weights either way.
     Without a `model_dtype` it is the identity: `named` are the model's own parameters.
@@ -98,12 +98,29 @@ class MasterWeights:
 
     @torch.no_grad()
     def gradients_to_master(self) -> None:
+        """After every backward pass: the model's gradients are added to the masters' and
+        cleared, so gradients accumulated over micro-steps are summed in float32, not in the
+        model's precision."""
+        if not self.separate:
+            return
+        for name, param in self.model.items():
+            if param.grad is None:
+                continue
+            master, grad = self.named[name], param.grad.float()
+            master.grad = grad if master.grad is None else master.grad.add_(grad)
+            param.grad = None
+
+    @torch.no_grad()
+    def gradients_to_model(self) -> None:
+        """Before the micro-step whose backward pass DDP all-reduces: the float32 sum so far goes
+        back into the model's gradients (rounded once), since DDP reduces the model's
+        gradients, not the masters'."""
         if not self.separate:
             return
         for name, param in self.model.items():
             master = self.named[name]
-            master.grad = None if param.grad is None else param.grad.float()
-            param.grad = None
+            if master.grad is not None:
+                param.grad, master.grad = master.grad.to(param.dtype), None
 
     @torch.no_grad()
     def to_model(self) -> None:
@@ -112,18 +129,29 @@ class MasterWeights:
                 param.copy_(self.named[name])
 
     @contextmanager
-    def in_model(self) -> Iterator[None]:
-        """The model holds the float32 masters themselves (loads write into them) until the
-        block ends; then the model's low-precision copies are refreshed from them."""
+    def in_model(self, *modules: torch.nn.Module) -> Iterator[None]:
+        """`modules` hold the float32 masters themselves until the block ends (a save reads
+        them, a load writes into them); then the model's low-precision copies are refreshed
+        from them. The masters take the parameters' places as attributes of their modules, and
+        the parameters themselves are left untouched: changing a parameter's dtype in place
+        would drop the gradient hooks DDP registered on it, and that rank would stop
+        all-reducing."""
         if not self.separate:
             yield
             return
-        low = {name: param.data for name, param in self.model.items()}
-        for name, param in self.model.items():
-            param.data = self.named[name].data
+        masters = {id(param): self.named[name] for name, param in self.model.items()}
+        places = [
+            (owner, attribute, param)
+            for module in modules
+            for owner in module.modules()
+            for attribute, param in owner.named_parameters(recurse=False)
+            if id(param) in masters
+        ]
+        for owner, attribute, param in places:
+            setattr(owner, attribute, masters[id(param)])
         try:
             yield
         finally:
-            for name, param in self.model.items():
-                param.data = low[name]
+            for owner, attribute, param in places:
+                setattr(owner, attribute, param)
             self.to_model()

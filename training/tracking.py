@@ -19,6 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
+    import torch
+
+    from training.model.config import ModelConfig
+    from training.params import TrainingParams
 
 EXPERIMENT = "cameo"
 REGISTERED_MODEL = "cameo-inpaint"
@@ -67,6 +71,33 @@ def triplets_dataset(rows: pd.DataFrame, source: Path, name: str, md5: str) -> A
         return mlflow.data.from_pandas(
             rows.drop(columns=["face_embedding"]), source=str(source), name=name, digest=md5
         )
+
+
+def log_run_definition(
+    params: TrainingParams,
+    config: ModelConfig,
+    optimizer: torch.optim.Optimizer,
+    tags: dict[str, Any],
+    splits: dict[str, pd.DataFrame],
+    triplets_dir: Path,
+    md5: str,
+) -> None:
+    """What a training run is, logged once at its step 0: the `training` params, the model
+    config, the optimiser class that ran (not only the one asked for: `use_8bit_adam`), `tags`,
+    and the training and validation splits as MLflow datasets."""
+    import json
+
+    import mlflow
+
+    mlflow.log_params(flatten_params("training", params.model_dump()))
+    optimizer_name = f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"
+    mlflow.log_params({"model.config": config.name, "optimizer.class": optimizer_name})
+    mlflow.log_dict(json.loads(config.to_json()), "model_config.json")
+    mlflow.set_tags(tags)
+    # MLflow keys datasets by (name, digest): the validation split gets a name of its own.
+    for context, rows in splits.items():
+        name = "triplets" if context == "training" else f"triplets-{context}"
+        mlflow.log_input(triplets_dataset(rows, triplets_dir, name, md5), context=context)
 
 
 def experiment_url(experiment_id: str) -> str:

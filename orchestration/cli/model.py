@@ -45,12 +45,13 @@ def model_log(
     import mlflow
 
     from orchestration.params import load_params
-    from serving.registry import log_model, registered_weights
+    from serving.registry import log_model, registered_weights, weights_sha256
     from training.tracking import REGISTERED_MODEL, configure_tracking
 
     configure_tracking()
     params = load_params(params_path, profile)
-    existing = None if no_register else registered_weights(checkpoint)
+    digest = weights_sha256(checkpoint)
+    existing = None if no_register else registered_weights(digest)
     if existing is not None:
         click.echo(
             f"the weights of {checkpoint} are {REGISTERED_MODEL} version {existing.version} "
@@ -65,6 +66,7 @@ def model_log(
             models_dir=models_dir,
             registered_model_name=None if no_register else REGISTERED_MODEL,
             settings=params.served(),
+            weights_digest=digest,
         )
     click.echo(f"logged {info.model_uri} (run {info.run_id})")
     if info.registered_model_version is not None:

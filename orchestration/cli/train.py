@@ -212,9 +212,10 @@ def register_model(values: Params, models_dir: str | None) -> Callable[[Path], N
     the command that runs it does."""
 
     def log(final_dir: Path) -> None:
-        from serving.registry import log_model, registered_weights
+        from serving.registry import log_model, registered_weights, weights_sha256
 
-        existing = registered_weights(final_dir)
+        digest = weights_sha256(final_dir)
+        existing = registered_weights(digest)
         if existing is not None:
             click.echo(
                 f"the weights of {final_dir} are cameo-inpaint version {existing.version} "
@@ -222,7 +223,11 @@ def register_model(values: Params, models_dir: str | None) -> Callable[[Path], N
             )
             return
         info = log_model(
-            final_dir, profile=values.profile, models_dir=models_dir, settings=values.served()
+            final_dir,
+            profile=values.profile,
+            models_dir=models_dir,
+            settings=values.served(),
+            weights_digest=digest,
         )
         click.echo(
             f"registered {info.registered_model_version} of cameo-inpaint ({info.model_uri})"

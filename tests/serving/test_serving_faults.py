@@ -116,7 +116,7 @@ def test_weights_registered_before_point_to_their_version(tracking, logged, chec
     # The same weights under another folder, with another step: still the same weights.
     copy = tmp_path / "copy"
     shutil.copytree(checkpoint, copy)
-    first = registered_weights(copy).version
+    first = registered_weights(weights_sha256(copy)).version
     output = CliRunner().invoke(main, ["model", "log", "--checkpoint", str(copy)]).output
     assert f"are {REGISTERED_MODEL} version {first} already" in output, output
     assert "nothing logged" in output
@@ -124,4 +124,4 @@ def test_weights_registered_before_point_to_their_version(tracking, logged, chec
     # Changed weights are new.
     changed = retrained(checkpoint, tmp_path / "retrained", shift=0.5)
     assert weights_sha256(changed) != weights_sha256(checkpoint)
-    assert registered_weights(changed) is None
+    assert registered_weights(weights_sha256(changed)) is None

@@ -20,6 +20,7 @@ from training.loop import train
 from training.model import ADAPTER_FILES, TINY, trainable_parameters
 from training.params import Acceleration, DDPOptions, TrainingParams
 from training.pipeline import CharacterInpaintPipeline
+from training.precision import MasterWeights
 
 REPO = Path(__file__).resolve().parents[2]
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
@@ -178,6 +179,34 @@ def test_pure_bf16_follows_the_autocast_loss_curve_and_resumes_exactly(triplets_
     assert resumed.losses == pure.losses
     for name, tensor in load_file(resumed_dir / "final" / ADAPTER_FILES["face"]).items():
         torch.testing.assert_close(tensor, saved[name], rtol=0, atol=0, msg=name)
+
+
+def test_pure_bf16_sums_accumulated_gradients_in_float32():
+    """Micro-steps' gradients are summed in the float32 masters: 1 + 0.001 stays 1.001 (in
+    bf16 it rounds back to 1), and before DDP's all-reduce the sum goes back to the model's
+    gradient rounded once."""
+    param = torch.nn.Parameter(torch.zeros(3))
+    master = MasterWeights({"w": param}, torch.bfloat16)
+    micro_steps = [torch.tensor([1.0, 0.25, -2.0]), torch.tensor([1e-3, 1e-3, 1e-3])]
+    for grad in micro_steps:
+        param.grad = grad.to(torch.bfloat16)
+        master.gradients_to_master()
+        assert param.grad is None
+    expected = sum(grad.to(torch.bfloat16).float() for grad in micro_steps)
+    torch.testing.assert_close(master.named["w"].grad, expected, rtol=0, atol=0)
+    assert master.named["w"].grad[0] != (micro_steps[0] + micro_steps[1]).to(torch.bfloat16)[0]
+
+    master.gradients_to_model()
+    assert master.named["w"].grad is None
+    torch.testing.assert_close(param.grad, expected.to(torch.bfloat16), rtol=0, atol=0)
+
+
+def test_a_static_graph_with_gradient_accumulation_is_refused():
+    """torch's DDP with `static_graph` fails on the first backward pass under `no_sync()` (what
+    accumulation runs), on CPU and GPU alike: the params say so before anything starts."""
+    with pytest.raises(ValueError, match=r"ddp.static_graph cannot be used with gradient_acc"):
+        TrainingParams(ddp=DDPOptions(static_graph=True), gradient_accumulation_steps=2)
+    TrainingParams(ddp=DDPOptions(static_graph=True))
 
 
 def test_bf16_gradient_compression_is_refused_off_cuda(tiny):

@@ -166,6 +166,9 @@ def test_training_run_is_logged_to_mlflow(triplets_root, tmp_path):
         "train/peak_memory_mb",
     ):
         assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2, 3, 4]
+    # The first step (compile, cuDNN's autotuning) is timed apart, once.
+    first = client.get_metric_history(run.info.run_id, "train/first_step_s")
+    assert [m.step for m in first] == [1] and first[0].value > 0
     # Validation at step 0 (the untrained model) and every `validate_every` steps.
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")] == [0, 2, 4]
     assert {m.split("/")[0] for m in run.data.metrics} == {"train", "val", "eval"}
@@ -303,19 +306,33 @@ def torchrun_two_processes(triplets_root: Path, tmp_path: Path, **overrides) -> 
 
 
 def test_torchrun_two_processes_stay_in_sync(triplets_root, tmp_path):
-    rank0, rank1 = torchrun_two_processes(triplets_root, tmp_path)
+    """With DDP's static graph (the trainable set is the same every step; without gradient
+    accumulation, which it refuses)."""
+    rank0, rank1 = torchrun_two_processes(triplets_root, tmp_path, ddp={"static_graph": True})
     assert rank0[0] == "2" and rank0[:2] == rank1[:2]
     assert (tmp_path / "checkpoints" / "final" / "cameo_checkpoint.json").is_file()
 
 
 def test_ddp_options_and_a_sharded_optimizer_keep_the_ranks_in_sync(triplets_root, tmp_path):
-    """Gradients as bucket views, a static graph, small buckets and ZeroRedundancyOptimizer on
-    2 CPU ranks: the ranks stay identical, and the checkpoint holds the optimiser state of
-    every trainable parameter, gathered from both shards. (bf16 gradient compression runs on
-    NCCL only: `test_bf16_gradient_compression_is_refused_off_cuda`.)"""
-    ddp = {"gradient_as_bucket_view": True, "static_graph": True, "bucket_cap_mb": 1}
-    rank0, rank1 = torchrun_two_processes(triplets_root, tmp_path, ddp=ddp, zero_optimizer=True)
+    """Gradients as bucket views, small buckets and ZeroRedundancyOptimizer on 2 CPU ranks,
+    under pure bf16 with 2 accumulated micro-steps (summed in float32, one bf16
+    all-reduce per step): the ranks stay identical, a run stopped after step 1 and resumed ends
+    on the straight run's weights, and the checkpoint holds the optimiser state of every
+    trainable parameter, gathered from both shards. (bf16 gradient compression runs on NCCL
+    only: `test_bf16_gradient_compression_is_refused_off_cuda`.)"""
+    rank0, rank1 = torchrun_two_processes(
+        triplets_root,
+        tmp_path,
+        ddp={"gradient_as_bucket_view": True, "bucket_cap_mb": 1},
+        zero_optimizer=True,
+        mixed_precision="bf16_pure",
+        features=False,  # the encoders online: the stored features are float32's
+        gradient_accumulation_steps=2,
+        checkpoint_every=1,
+        resume_after=1,
+    )
     assert rank0[0] == "2" and rank0[:2] == rank1[:2]
+    assert rank0[1] == rank0[3], "the resumed run ended on other weights than the straight one"
     latest = checkpoints(tmp_path / "checkpoints")[-1]
     state = torch.load(latest / STATE_FILE, map_location="cpu", weights_only=False)
     components = build_components(TINY, seed=0)
