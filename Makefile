@@ -47,9 +47,11 @@ demo: $(STAMP)
 	cameo serve-check
 	cameo lineage models:/cameo-inpaint@champion
 
+# The suite on two workers (a test file per worker), then the `serial` tests alone.
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not serial" -n 2 --dist loadfile
+	$(PY) -m pytest -m serial
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
