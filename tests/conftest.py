@@ -24,14 +24,7 @@ PARAMS = REPO / "params.yaml"
 # `make test` runs the suite on two workers (pytest-xdist, a file per worker), then these
 # alone: they time servers against short limits (2 s tracking calls, request timeouts), which
 # a busy second core makes miss, or number registered versions in the order of their files.
-SERIAL = (
-    "serving/",
-    "test_production_storage.py",
-    "test_dagster_ui.py",
-    "test_bench_orchestration.py",
-    "training/test_tracking_outage.py",
-    "training/test_mlflow_ui.py",
-)
+SERIAL = ("serving/", "test_production_storage.py", "training/test_tracking_outage.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
