@@ -79,7 +79,6 @@ def check_captions(df: pd.DataFrame, params: CaptionsParams) -> dg.AssetCheckRes
 @movie_asset(
     group="dataset",
     kinds={"full": {"transformers"}, "tiny": {"python"}},
-    perception=True,
     gpu=True,
 )
 def captions(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.MaterializeResult:

@@ -157,7 +157,6 @@ def check_faces(df: pd.DataFrame) -> dg.AssetCheckResult:
 @movie_asset(
     group="identity_mining",
     kinds={"full": {"insightface", "onnx"}, "tiny": {"scikit-image"}},
-    perception=True,
     gpu=True,
 )
 def faces(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.MaterializeResult:

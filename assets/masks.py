@@ -158,7 +158,7 @@ def check_masks(df: pd.DataFrame, mask_dir, params: MasksParams) -> dg.AssetChec
     return check_result("masks_expectations", view, masks_expectations(params), "masks")
 
 
-@movie_asset(group="dataset", kinds={"sam"}, perception=True, gpu=True)
+@movie_asset(group="dataset", kinds={"sam"}, gpu=True)
 def masks(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.MaterializeResult:
     """SAM masks of every character frame: `masks/{movie}/*.png`, `masks/{movie}.parquet`."""
     layout, movie = stage.layout, stage.movie

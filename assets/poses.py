@@ -105,7 +105,7 @@ def check_poses(df: pd.DataFrame, pose_dir, params: PosesParams) -> dg.AssetChec
     return check_result("poses_expectations", view, poses_expectations(params), "poses")
 
 
-@movie_asset(group="dataset", kinds={"onnx"}, perception=True, gpu=True)
+@movie_asset(group="dataset", kinds={"onnx"}, gpu=True)
 def poses(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.MaterializeResult:
     """Whole-body poses and OpenPose control images: `poses/{movie}/*.png`,
     `poses/{movie}.parquet`.

@@ -10,7 +10,8 @@ it can be re-run alone). Around the body the asset:
 - withdraws the completion record of this stage and every stage downstream before the
   body runs, so an interrupted or failed run never leaves earlier results looking current;
 - writes the stage's record afterwards: `built` with what it was built from (the movie
-  file's md5, the digest of the params the stage reads, its code version) and the body's
+  file's md5, the digest of the params the stage reads, and its `code_version`: the digest of
+  the first-party source that its module imports, directly or not) and the body's
   `warning` metadata if any, or `failed` with the error; the check turns `built` into `ok`,
   or into `failed` with the failed check;
 - publishes the table's row count and column schema, and a data version (the md5s of the
@@ -23,7 +24,6 @@ first stage that is not; the triplets are built only from movies whose every sta
 """
 
 import hashlib
-import importlib.util
 import inspect
 import json
 import warnings
@@ -40,7 +40,7 @@ from assets.steps import GPU_STEP_TAGS
 from core.io import write_json
 from core.layout import STAGE_STATUS_OK, DataLayout, source_fingerprint
 from core.params import definition_profile
-from core.versioning import dvc_md5
+from core.versioning import dvc_md5, source_version
 
 STAGE_STATUS_BUILT = "built"  # written, its check not passed yet
 
@@ -51,22 +51,18 @@ class StageInputs:
 
     deps: tuple[str, ...]  # the stages it reads
     params: tuple[str, ...]  # the profile-merged params.yaml values it reads
-    code: tuple[str, ...]  # the modules whose source is its code version
+    perception: bool = False  # runs models that the perception resource hands it
 
 
 # Every per-movie stage, in build order. `profile` picks the models the stage runs.
 STAGE_INPUTS: dict[str, StageInputs] = {
-    "frames": StageInputs((), ("frames", "images"), ("assets.frames",)),
-    "faces": StageInputs(("frames",), ("profile", "faces"), ("assets.faces", "perception.faces")),
-    "characters": StageInputs(("faces",), ("characters",), ("assets.characters",)),
-    "masks": StageInputs(
-        ("characters",), ("profile", "masks"), ("assets.masks", "perception.segmentation")
-    ),
-    "poses": StageInputs(("masks",), ("profile", "poses"), ("assets.poses", "perception.pose")),
-    "captions": StageInputs(
-        ("poses",), ("profile", "captions"), ("assets.captions", "perception.captions")
-    ),
-    "references": StageInputs(("masks",), ("references",), ("assets.references",)),
+    "frames": StageInputs((), ("frames", "images")),
+    "faces": StageInputs(("frames",), ("profile", "faces"), perception=True),
+    "characters": StageInputs(("faces",), ("characters",)),
+    "masks": StageInputs(("characters",), ("profile", "masks"), perception=True),
+    "poses": StageInputs(("masks",), ("profile", "poses"), perception=True),
+    "captions": StageInputs(("poses",), ("profile", "captions"), perception=True),
+    "references": StageInputs(("masks",), ("references",)),
 }
 MOVIE_STAGE_DEPS: dict[str, tuple[str, ...]] = {n: s.deps for n, s in STAGE_INPUTS.items()}
 
@@ -84,20 +80,21 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def files_version(*files: Path) -> str:
-    """A code version: the digest of these source files, in this order."""
-    return _digest(b"\0".join(file.read_bytes() for file in files))
+# What the perception resource hands to the stages that run models: a `Priors`. Those stages
+# call code they do not import, so their code version covers the module that builds it.
+PRIORS_MODULE = "perception.priors"
 
 
-def source_version(*modules: str) -> str:
-    """A code version: the digest of the modules' source files (`find_spec` imports each
-    module's parent packages)."""
-    return files_version(*(Path(importlib.util.find_spec(m).origin) for m in modules))
+def stage_modules(stage: str) -> tuple[str, ...]:
+    """The entry modules of a per-movie stage's code: its own, `assets.<stage>`, and the
+    perception resource's where the stage runs its models."""
+    return (f"assets.{stage}", *([PRIORS_MODULE] if STAGE_INPUTS[stage].perception else []))
 
 
 def code_version(stage: str) -> str:
-    """A per-movie stage's code version: its own module and the model module it runs."""
-    return source_version(*STAGE_INPUTS[stage].code)
+    """A per-movie stage's code version: the digest of the first-party source its entry
+    modules import, directly or not (`core.versioning.source_version`)."""
+    return source_version(*stage_modules(stage))
 
 
 def params_digest(stage: str, params: DatasetParams) -> str:
@@ -252,16 +249,20 @@ def movie_asset(
     *,
     group: str,
     kinds: set[str] | Mapping[str, set[str]],
-    perception: bool = False,
     gpu: bool = False,
 ) -> Callable[[Callable[[dg.AssetExecutionContext, MovieStage], dg.MaterializeResult]], Any]:
     """Decorator: a per-movie stage body → its partitioned asset (named after the body, deps
-    from STAGE_INPUTS, code version from its source). `kinds` may be given per profile."""
+    and the perception resource from STAGE_INPUTS, code version from the source it imports).
+    `kinds` may be given per profile."""
 
     def decorator(
         body: Callable[[dg.AssetExecutionContext, MovieStage], dg.MaterializeResult],
     ) -> dg.AssetsDefinition:
         name = body.__name__
+        if body.__module__ != stage_modules(name)[0]:
+            # The code version is read from assets/<stage>.py: a body elsewhere would escape it.
+            raise ValueError(f"stage {name} is defined in {body.__module__}, not assets.{name}")
+        perception = STAGE_INPUTS[name].perception
 
         @dg.asset(
             name=name,

@@ -40,21 +40,24 @@ from assets.params import DatasetParams, TripletsParams
 from assets.quality import check_result
 from assets.references import segment_reference
 from assets.stage import (
+    PRIORS_MODULE,
     describe_error,
     incomplete_stage,
     read_status,
-    source_version,
     table_metadata,
 )
 from core.io import ImageReadError, atomic_path, load_rgb, read_table, save_image, write_json
 from core.layout import DataLayout, SkippedInput
-from core.versioning import dvc_md5
+from core.versioning import dvc_md5, source_version
 from perception.captions import caption_problems
 from perception.faces import DlibFaceAnalyzer
 from perception.params import CaptionsParams
 from perception.pose import draw_openpose, extract_pose
 from perception.priors import Priors
 
+# The entry modules of the asset's code version: this one, and the perception resource's, whose
+# models make the single images' triplets.
+TRIPLETS_CODE_MODULES = (__name__, PRIORS_MODULE)
 FILES = ("reference.png", "reference_crop.png", "target.png", "target_mask.png", "target_pose.png")
 SKIPPED_COLUMNS = [
     *("source", "movie", "file", "character_id", "frame_idx", "stage", "reason"),
@@ -432,7 +435,7 @@ SYNC_WITH_MOVIES = (
     required_resource_keys={"data", "params", "perception"},
     group_name="dataset",
     kinds={"dvc"},
-    code_version=source_version("assets.triplets", "assets.identity"),
+    code_version=source_version(*TRIPLETS_CODE_MODULES),
     automation_condition=SYNC_WITH_MOVIES,
 )
 def triplets(context: dg.AssetExecutionContext) -> dg.MaterializeResult:

@@ -1,18 +1,25 @@
 """What identifies a version: DVC's md5 of a file or folder, the md5 a `dvc.lock` records for
-an output, and the git commit and working tree that code comes from. Training tags its runs
-with these; lineage follows them back."""
+an output, the git commit and working tree that code comes from, and the code version of an
+asset (the digest of the first-party source its modules import). Training tags its runs with
+these; lineage follows them back."""
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
 import subprocess
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 LOCK_FILE = "dvc.lock"
+FIRST_PARTY = ("core", "perception", "assets", "training", "serving", "orchestration")
+# The folder holding the first-party packages, whose files code versions are read from.
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
 
 
 def dvc_md5(path: Path) -> str:
@@ -83,3 +90,104 @@ def git_commit(root: Path) -> str:
     except OSError:
         return "unknown"
     return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+def module_file(module: str, root: Path | None = None) -> Path | None:
+    """The source file of first-party `module` under `root` (a package's: its __init__.py);
+    None when there is none."""
+    base = (root or SOURCE_ROOT).joinpath(*module.split("."))
+    return next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()), None)
+
+
+def module_name(path: Path, root: Path | None = None) -> str:
+    """The module name of a source file under `root` (a package's __init__.py: the package)."""
+    parts = path.relative_to(root or SOURCE_ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _with_packages(module: str) -> set[str]:
+    """`module` and every package above it: importing a.b.c runs a and a.b too."""
+    parts = module.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+
+
+def _statements(body: Iterable[ast.AST]) -> Iterator[ast.AST]:
+    """Every statement of `body`, nested ones included (functions, classes, if, try, with...):
+    import statements appear only there, so expressions need not be walked."""
+    for node in body:
+        yield node
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            yield from _statements(getattr(node, field, ()))
+
+
+def imported_modules(path: Path, root: Path | None = None) -> set[str]:
+    """The first-party modules a source file imports, at module level or inside functions,
+    with the packages above each: `import a.b` names a.b; `from a import b` names a, and a.b
+    where b is a submodule; relative imports are resolved against the file's package. Read
+    with `ast`: nothing is imported."""
+    root = root or SOURCE_ROOT
+    name = module_name(path, root)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    required, submodules = set(), set()
+    for node in _statements(ast.parse(path.read_bytes(), str(path)).body):
+        if isinstance(node, ast.Import):
+            required |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                if node.level > len(parts):
+                    raise ImportError(f"{path}: relative import beyond its top-level package")
+                above = parts[: len(parts) - node.level + 1]
+                base = ".".join([*above, *([node.module] if node.module else [])])
+            else:
+                base = node.module
+            required.add(base)
+            submodules |= {f"{base}.{alias.name}" for alias in node.names}
+    first_party = {m for m in required | submodules if m.split(".")[0] in FIRST_PARTY}
+    for module in first_party & required:
+        if module_file(module, root) is None:
+            raise ModuleNotFoundError(f"{path} imports {module}, which has no source under {root}")
+    # `from a import b` names a submodule only where b is one (else b is a name defined in a).
+    found = (first_party & required) | {m for m in first_party if module_file(m, root)}
+    return set().union(*map(_with_packages, found))
+
+
+@functools.cache
+def _imports_of(path: Path, root: Path) -> frozenset[str]:
+    return frozenset(imported_modules(path, root))
+
+
+def module_closure(*modules: str, root: Path | None = None) -> list[Path]:
+    """The source files of first-party `modules` and of every first-party module they import,
+    directly or not, inside functions too, with the packages above each, sorted."""
+    root = (root or SOURCE_ROOT).resolve()
+    wrong = [m for m in modules if m.split(".")[0] not in FIRST_PARTY]
+    if wrong:
+        raise ValueError(f"not first-party modules: {', '.join(wrong)}")
+    files: dict[str, Path] = {}
+    pending = set().union(*map(_with_packages, modules))
+    while pending:
+        module = pending.pop()
+        path = module_file(module, root)
+        if path is None:
+            raise ModuleNotFoundError(f"{module} has no source under {root}")
+        files[module] = path
+        pending |= _imports_of(path, root) - files.keys()
+    return sorted(files.values())
+
+
+@functools.cache
+def _source_version(modules: tuple[str, ...], root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in module_closure(*modules, root=root):
+        file_digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest.update(f"{path.relative_to(root).as_posix()} {file_digest}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def source_version(*modules: str, root: Path | None = None) -> str:
+    """A code version: the digest of the files of `module_closure(*modules)` (their paths
+    under `root` and their contents), the entry modules of what an asset runs. Read as files,
+    never imported: versioning `training.model` must not load torch. Computed once per process
+    and root, like the code the process runs."""
+    return _source_version(tuple(sorted(set(modules))), (root or SOURCE_ROOT).resolve())

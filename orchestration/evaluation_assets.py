@@ -10,9 +10,13 @@ import math
 
 import dagster as dg
 
+from core.versioning import source_version
 from training.tracking import configure_tracking, run_url
 
 FACE_CHECK = "face_similarity_above_threshold"
+# The entry modules of the asset's code version: this module, and the served model's code file
+# (`serving.registry.MODEL_CODE`), which MLflow runs when the asset loads the trained model.
+EVALUATION_CODE_MODULES = (__name__, "serving.logged_model")
 
 
 def logged_model_uri(run_id: str, experiment_id: str) -> str:
@@ -57,7 +61,7 @@ def face_similarity_check(similarity: float, threshold: float | None) -> dg.Asse
     required_resource_keys={"data", "params"},
     group_name="training",
     kinds={"mlflow"},
-    code_version="2",
+    code_version=source_version(*EVALUATION_CODE_MODULES),
 )
 def evaluation(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """The trained model's identity, pose, prompt and colour metrics on the validation

@@ -7,7 +7,6 @@ records what it made: the MLflow run, the dataset version, the final losses.
 """
 
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -19,28 +18,21 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-import training
-from assets.stage import files_version
 from core.io import write_json
-from core.versioning import LOCK_FILE, dvc_md5, locked_md5
+from core.versioning import LOCK_FILE, dvc_md5, locked_md5, source_version
 from orchestration.kubernetes import TrainingJob, TrainingJobFailed, submit_training
 from orchestration.params import Params
 from training.outputs import FINAL_DIR, METRICS_FILE, RUN_FILE
 from training.tracking import run_url
 
 LOSS_CHECK = "loss_decreases"
-TRAINING_DIR = Path(training.__file__).parent
 BUILD_FILE = "build.json"  # beside final/: the dataset, params and code it was trained from
-# The model asset's code version: the training code (read as files, in module-name order:
-# importing `training.model` to find it would load torch into every step process) and its
-# command line.
-TRAINING_CODE_VERSION = files_version(
-    *sorted(
-        (p for p in TRAINING_DIR.rglob("*.py") if p.name != "__init__.py"),
-        key=lambda p: p.relative_to(TRAINING_DIR).with_suffix("").as_posix().replace("/", "."),
-    ),
-    Path(importlib.util.find_spec("orchestration.cli.train").origin),
-)
+TRAIN_MODULE = "orchestration.cli.train"  # `cameo train`, which the model asset runs
+# The entry modules of each asset's code version: this module, and the command the asset runs
+# as its own process (the same code a Kubernetes Job runs), which it does not import.
+FEATURES_CODE_MODULES = (__name__, "orchestration.cli.features")
+MODEL_CODE_MODULES = (__name__, TRAIN_MODULE)
+MODEL_CODE_VERSION = source_version(*MODEL_CODE_MODULES)
 FEATURES_CHECK = "features_cover_the_dataset"
 
 
@@ -114,7 +106,7 @@ def loss_check(metrics: dict[str, float]) -> dg.AssetCheckResult:
     required_resource_keys={"data", "params"},
     group_name="training",
     kinds={"pytorch", "safetensors"},
-    code_version="1",
+    code_version=source_version(*FEATURES_CODE_MODULES),
     check_specs=[
         dg.AssetCheckSpec(
             FEATURES_CHECK,
@@ -164,7 +156,7 @@ def features(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     required_resource_keys={"data", "params"},
     group_name="training",
     kinds={"pytorch", "mlflow"},
-    code_version=TRAINING_CODE_VERSION,
+    code_version=MODEL_CODE_VERSION,
     check_specs=[
         dg.AssetCheckSpec(
             LOSS_CHECK,
@@ -195,7 +187,7 @@ def model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             "dataset_md5": md5,
             "params": params.values.training.model_dump(mode="json"),
             "profile": params.values.profile,
-            "code_version": TRAINING_CODE_VERSION,
+            "code_version": MODEL_CODE_VERSION,
         }
         current = local_output / BUILD_FILE
         trained = (local_output / FINAL_DIR / CHECKPOINT_INFO).is_file()
@@ -216,7 +208,7 @@ def model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         job = run_training_job(params.path, params.values, training_args, context.log)
         output_dir = Path(job.output_dir)
     else:
-        command = [sys.executable, "-m", "orchestration.cli.train", "--params", params.path]
+        command = [sys.executable, "-m", TRAIN_MODULE, "--params", params.path]
         run_training("training", [*command, *training_args], dict(os.environ), context.log)
         output_dir = local_output
         write_json(build, current)

@@ -10,8 +10,18 @@ import yaml
 from click.testing import CliRunner
 
 from assets.frames import frames_check
-from assets.stage import code_version, incomplete_stage, profile_kinds, read_status
+from assets.stage import (
+    STAGE_INPUTS,
+    code_version,
+    incomplete_stage,
+    profile_kinds,
+    read_status,
+    stages_to_build,
+)
+from assets.triplets import TRIPLETS_CODE_MODULES
+from core import versioning
 from core.layout import DataLayout
+from core.versioning import FIRST_PARTY, source_version
 from orchestration.cli.main import main
 from orchestration.definitions import (
     CHECKS,
@@ -21,7 +31,7 @@ from orchestration.definitions import (
     build_resources,
     defs,
 )
-from tests.conftest import PARAMS
+from tests.conftest import PARAMS, REPO
 from tests.test_dagster_pipeline import materialize
 
 
@@ -85,6 +95,40 @@ def test_tables_publish_row_count_and_column_schema(built):
         assert columns, asset
     frames_columns = materialized(instance, "frames").metadata["dagster/column_schema"]
     assert [c.name for c in frames_columns.schema.columns][:2] == ["movie", "frame_idx"]
+
+
+def test_code_a_stage_runs_only_indirectly_makes_it_and_every_later_stage_stale(
+    built, tmp_path: Path, monkeypatch
+):
+    """perception/face_batch.py is imported inside a function of perception/faces.py: a change
+    to it alone makes faces, every stage after it and the dataset out of date. Before the
+    tests that re-materialise a stage (which withdraws the records downstream of it)."""
+    root, _ = built
+    layout = DataLayout(root)
+    values = build_resources(str(root), str(PARAMS), "tiny")["params"].values
+    video = layout.movie("sample")
+    graph = defs.resolve_asset_graph()
+    for stage in STAGE_INPUTS:  # the records name the code versions Dagster shows
+        recorded = read_status(layout, stage, "sample")["code_version"]
+        assert recorded == graph.get(dg.AssetKey(stage)).code_version, stage
+    assert stages_to_build(layout, "sample", video, values, "triplets") == []
+    dataset_version = source_version(*TRIPLETS_CODE_MODULES)
+
+    # The source as a copy with the change: the repository stays as it is.
+    source = tmp_path / "source"
+    for package in FIRST_PARTY:
+        for path in (REPO / package).rglob("*.py"):
+            copy = source / path.relative_to(REPO)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, copy)
+    with (source / "perception" / "face_batch.py").open("a") as f:
+        f.write("# changed\n")
+    monkeypatch.setattr(versioning, "SOURCE_ROOT", source)
+
+    stale = incomplete_stage(layout, "sample", video, values)
+    assert stale == ("faces", "built by an earlier version of its code")
+    assert stages_to_build(layout, "sample", video, values, "triplets") == list(STAGE_INPUTS)[1:]
+    assert source_version(*TRIPLETS_CODE_MODULES) != dataset_version
 
 
 def test_unchanged_output_keeps_its_data_version(built):

@@ -1,54 +1,75 @@
-"""dvc.yaml's deps cannot drift from the code: each stage lists every first-party package that
-its command loads, so `dvc repro` reruns a stage whenever code it runs has changed."""
+"""Code versions cannot drift from the code: every asset's code version is the digest of what
+its entry modules import (`core.versioning.source_version`), the stage records use the same,
+and dvc.yaml's deps cover it: each stage lists the folders of every file that its command and
+the assets it materialises import, so `dvc repro` reruns a stage whenever code it runs has
+changed."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
+import tomllib
 
+import click
+import dagster as dg
 import yaml
 
+from assets.stage import STAGE_INPUTS, code_version, stage_modules
+from assets.triplets import TRIPLETS_CODE_MODULES
+from core.versioning import module_closure, source_version
+from orchestration.cli.main import main
+from orchestration.definitions import defs
+from orchestration.evaluation_assets import EVALUATION_CODE_MODULES
+from orchestration.training_assets import FEATURES_CODE_MODULES, MODEL_CODE_MODULES
 from tests.conftest import REPO
 
-FIRST_PARTY = ("core", "perception", "assets", "training", "serving", "orchestration")
-# A stage's command → the modules that command runs: its click module, and what that module
-# imports when the command runs (the CLI imports its heavy parts lazily).
-CLI = ["orchestration.cli.main", "orchestration.params"]
-ENTRY_POINTS = {
-    "cameo dataset build": [*CLI, "orchestration.cli.dataset", "orchestration.definitions"],
-    # `cameo materialize` runs the training assets, which run `cameo features build` and
-    # `cameo train` as their own processes.
-    "cameo materialize": [
-        *CLI,
-        "orchestration.cli.materialize",
-        "orchestration.definitions",
-        "orchestration.cli.features",
-        "orchestration.cli.train",
-        "training.loop",
-        "serving.registry",
-    ],
+# Every asset → the entry modules of its code version.
+CODE_MODULES = {
+    **{stage: stage_modules(stage) for stage in STAGE_INPUTS},
+    "triplets": TRIPLETS_CODE_MODULES,
+    "features": FEATURES_CODE_MODULES,
+    "model": MODEL_CODE_MODULES,
+    "evaluation": EVALUATION_CODE_MODULES,
+}
+# dvc.yaml's stages → the assets their command materialises.
+DVC_STAGE_ASSETS = {
+    "dataset": [*STAGE_INPUTS, "triplets"],
+    "features": ["features"],
+    "train": ["model"],
 }
 
 
-def loaded_packages(modules: list[str]) -> set[str]:
-    """The first-party top-level packages that importing `modules` loads, in a fresh process."""
-    code = (
-        "import importlib, json, sys\n"
-        f"for name in {modules!r}: importlib.import_module(name)\n"
-        "top = {n.split('.')[0] for n in sys.modules}\n"
-        f"print(json.dumps(sorted(top & set({FIRST_PARTY!r}))))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
-    )
-    return set(json.loads(result.stdout.splitlines()[-1]))
+def command_modules(command: str) -> list[str]:
+    """The modules a `cameo ...` command line runs: the console script's, and the one defining
+    the command's function (the CLI imports the rest of what a command runs inside it)."""
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    program, *words = command.split()
+    entry = scripts[program].partition(":")[0]
+    found: click.Command = main
+    for word in words:
+        if not isinstance(found, click.Group) or word.startswith("-"):
+            break
+        found = found.commands[word]
+    return [entry, found.callback.__module__]
 
 
-def test_every_stage_depends_on_the_packages_its_command_runs():
+def test_asset_code_versions_and_stage_records_digest_what_their_entry_modules_import():
+    graph = defs.resolve_asset_graph()
+    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == set(CODE_MODULES)
+    for name, modules in CODE_MODULES.items():
+        assert graph.get(dg.AssetKey(name)).code_version == source_version(*modules), name
+    for stage in STAGE_INPUTS:  # what a stage's record says it was built by
+        assert code_version(stage) == graph.get(dg.AssetKey(stage)).code_version, stage
+
+
+def test_every_stage_depends_on_the_code_its_command_runs():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert set(stages) == set(DVC_STAGE_ASSETS)
     for name, stage in stages.items():
-        (command,) = [c for c in ENTRY_POINTS if stage["cmd"].startswith(c)]
-        deps = {str(dep) for dep in stage["deps"]}
-        missing = loaded_packages(ENTRY_POINTS[command]) - deps
+        entries = command_modules(stage["cmd"])
+        entries += [m for asset in DVC_STAGE_ASSETS[name] for m in CODE_MODULES[asset]]
+        deps = [REPO / str(dep) for dep in stage["deps"]]
+        missing = {
+            path.relative_to(REPO).parts[0]
+            for path in module_closure(*entries, root=REPO)
+            if not any(path.is_relative_to(dep) for dep in deps)
+        }
         assert not missing, f"dvc.yaml stage {name} runs code from {sorted(missing)}: add them"

@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-import ast
-
+from core.versioning import FIRST_PARTY, imported_modules
 from tests.conftest import REPO
 
 # What each package may import of the others (README, Layout).
@@ -21,19 +20,11 @@ MAX_LINES = 500  # longer modules say why in their opening comment
 
 def first_party_imports(path) -> set[str]:
     """Top-level first-party packages a module imports, at module level or inside functions."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
-        else:
-            continue
-        found |= {name.split(".")[0] for name in names} & set(ALLOWED)
-    return found
+    return {module.split(".")[0] for module in imported_modules(path, REPO)}
 
 
 def test_imports_point_down_the_layout():
+    assert set(ALLOWED) == set(FIRST_PARTY)
     wrong = []
     for package, allowed in ALLOWED.items():
         for path in sorted((REPO / package).rglob("*.py")):
