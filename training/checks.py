@@ -52,10 +52,12 @@ def check_inputs(
     data_root: str | Path | None,
     models_dir: str | Path | None,
     lock_file: str | Path | None,
+    features_required: bool = True,
 ) -> str:
     """What `train` needs before any work, checked without loading a model: the triplets and
     their version, the buckets, the pretrained weights' folders, the features of that dataset
-    version. Returns the dataset md5."""
+    version (unless not `features_required`: `train` builds what is missing). Returns the
+    dataset md5."""
     layout = DataLayout.from_env(data_root)
     manifest = load_manifest(layout.triplets_dir)
     md5 = dataset_version(layout.triplets_dir, Path(lock_file) if lock_file else None)
@@ -72,7 +74,7 @@ def check_inputs(
         ]
         if missing:
             raise TrainingError(f"not in the models directory {models_dir}: {', '.join(missing)}")
-    if params.features:
+    if params.features and features_required:
         FeatureDataset(
             manifest, layout.features_dir / features_id(params, models_dir), buckets, md5
         )

@@ -154,6 +154,19 @@ def build_features(
     return index
 
 
+def why_unusable(store: Path, buckets: Sequence[tuple[int, int]], dataset_md5: str) -> str | None:
+    """Why `store` does not hold the features of dataset `dataset_md5` in `buckets` (missing,
+    of another dataset version, of other buckets); None when it does."""
+    if not (store / INDEX).is_file():
+        return f"no features at {store}"
+    built = json.loads((store / INDEX).read_text())
+    if built["dataset_md5"] != dataset_md5:
+        return f"{store} holds the features of dataset {built['dataset_md5']}, not of {dataset_md5}"
+    if built["buckets"] != [list(b) for b in buckets]:
+        return f"{store} was built for other buckets"
+    return None
+
+
 class FeatureDataset(torch.utils.data.Dataset):
     """Samples of a manifest (or a split of it) read from a feature store, memory-mapped.
 
@@ -167,18 +180,12 @@ class FeatureDataset(torch.utils.data.Dataset):
         buckets: Sequence[tuple[int, int]],
         dataset_md5: str,
     ) -> None:
-        rerun = "run `dvc repro features` (or `cameo features build`)"
-        if not (store / INDEX).is_file():
-            raise FileNotFoundError(f"no features at {store}: {rerun}")
-        built = json.loads((store / INDEX).read_text())
-        if built["dataset_md5"] != dataset_md5:
+        unusable = why_unusable(store, buckets, dataset_md5)
+        if unusable is not None:
             raise FileNotFoundError(
-                f"{store} holds the features of dataset {built['dataset_md5']}, not of "
-                f"{dataset_md5}: {rerun}"
+                f"{unusable}: run `dvc repro features` (or `cameo features build`)"
             )
-        if built["buckets"] != [list(b) for b in buckets]:
-            raise FileNotFoundError(f"{store} was built for other buckets: {rerun}")
-        index = built["samples"]
+        index = json.loads((store / INDEX).read_text())["samples"]
         self.store = store
         self.triplet_ids = list(manifest["triplet_id"])
         self.entries = [index[t] for t in self.triplet_ids]

@@ -70,7 +70,13 @@ from training.denoising import Denoiser, FrozenEncoders, denoising_loss, validat
 from training.distributed import init_distributed, peak_memory_mb
 from training.evaluate import FULL, Evaluator, ValidationSample
 from training.evaluation_log import log_evaluation
-from training.features import FeatureDataset, StoredFeatures, features_id
+from training.features import (
+    FeatureDataset,
+    StoredFeatures,
+    features_id,
+    precompute,
+    why_unusable,
+)
 from training.model import (
     CONFIGS,
     CheckpointInfo,
@@ -126,6 +132,7 @@ def train(
     on_finished: Callable[[Path], None] | None = None,
     priors: Priors | None = None,
     evaluation: EvaluationParams | None = None,
+    build_missing_features: bool = True,
 ) -> TrainingResult:
     """Train to `params.max_steps` optimiser steps (`stop_after`: leave earlier, resumable).
 
@@ -134,10 +141,10 @@ def train(
     inside the MLflow run (the command line logs and registers the model there). At every
     validation step rank 0 scores the model on the first `validation_samples` validation
     triplets with the scorers of `priors` (default: `profile`'s with default settings) and
-    `evaluation` (default: its defaults).
+    `evaluation` (default: its defaults). With `params.features`, features missing or stale
+    are built first (`build_missing_features`, what `cameo features build` runs), else refused.
     """
     env = init_distributed(timedelta(seconds=params.collective_timeout_s))
-    torch.manual_seed(params.seed)
     output_dir = Path(params.output_dir).resolve()
     layout = DataLayout.from_env(data_root)
 
@@ -169,6 +176,16 @@ def train(
             state["losses"], None, env.rank, 0, finished=True,
         )  # fmt: skip
 
+    # The features stage, where it is missing or stale: rank 0 builds it while the others wait.
+    # Before the seed: loading the encoders must draw nothing from the run's random stream.
+    features_store = layout.features_dir / features_id(params, models_dir)
+    if params.features and build_missing_features:
+        if env.is_main and (unusable := why_unusable(features_store, buckets, md5)):
+            print(f"{unusable}: building them", file=sys.stderr, flush=True)
+            precompute(params, data_root, models_dir, show_progress)
+        env.barrier()
+    torch.manual_seed(params.seed)
+
     # -- Model: frozen base, trainable identity branches and Pose-IdentityNet --------------------
     config = CONFIGS[params.config]
     components = base_components(config, models_dir, params.seed, params.trust_remote_code)
@@ -194,11 +211,10 @@ def train(
 
     # The encoders' outputs: read from the features stage, or computed every step.
     if params.features:
-        store = layout.features_dir / features_id(params, models_dir)
         encoders = StoredFeatures(dtype)
 
         def dataset_of(rows: pd.DataFrame) -> torch.utils.data.Dataset:
-            return FeatureDataset(rows, store, buckets, md5)
+            return FeatureDataset(rows, features_store, buckets, md5)
     else:
         encoders = FrozenEncoders(components, dtype)
 

@@ -54,6 +54,12 @@ if TYPE_CHECKING:
     is_flag=True,
     help="Train on data/triplets even when dvc.lock does not version it.",
 )
+@click.option(
+    "--no-build-features",
+    is_flag=True,
+    help="Stop with an error where the features stage is missing or stale, instead of "
+    "building it first (as `cameo features build` does).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option(
     "--check",
@@ -93,6 +99,7 @@ def train_command(
     output_dir: str | None,
     lock: str,
     unlocked: bool,
+    no_build_features: bool,
     no_progress: bool,
     check: bool,
     dry_run: bool,
@@ -105,6 +112,9 @@ def train_command(
     Several GPUs: torchrun --nproc-per-node N -m orchestration.cli.train [same options]. On a
     cluster: `cameo train --submit k8s [same options]`; the params file becomes the cluster's
     cameo-params ConfigMap, the other options go to the Job's training command.
+
+    Features missing or stale (right after `cameo dataset build`) are built first, by rank 0
+    while the other ranks wait; --no-build-features refuses instead.
     """
     from core.params import ParamsError
     from orchestration.params import load_params
@@ -139,7 +149,9 @@ def train_command(
     lock_file = None if unlocked else lock
     try:
         if check:
-            md5 = check_inputs(training, data_root, models_dir, lock_file)
+            md5 = check_inputs(
+                training, data_root, models_dir, lock_file, features_required=no_build_features
+            )
             click.echo(f"ready to train on dataset {md5}")
             return None
         result = train(
@@ -155,6 +167,7 @@ def train_command(
             on_finished=None if no_register else register_model(values, models_dir),
             priors=values.priors(models_dir),
             evaluation=values.evaluation,
+            build_missing_features=not no_build_features,
         )
     except (TrainingError, ParamsError, FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")

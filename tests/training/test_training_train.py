@@ -305,12 +305,18 @@ def torchrun_two_processes(triplets_root: Path, tmp_path: Path, **overrides) -> 
     return [(tmp_path / f"rank{rank}.txt").read_text().split() for rank in (0, 1)]
 
 
-def test_torchrun_two_processes_stay_in_sync(triplets_root, tmp_path):
+def test_torchrun_two_processes_stay_in_sync(tmp_path):
     """With DDP's static graph (the trainable set is the same every step; without gradient
-    accumulation, which it refuses)."""
-    rank0, rank1 = torchrun_two_processes(triplets_root, tmp_path, ddp={"static_graph": True})
+    accumulation, which it refuses), on triplets without features: rank 0 builds them while
+    rank 1 waits."""
+    from training.features import INDEX
+
+    root = write_triplets(tmp_path / "data")
+    rank0, rank1 = torchrun_two_processes(root, tmp_path, ddp={"static_graph": True})
     assert rank0[0] == "2" and rank0[:2] == rank1[:2]
     assert (tmp_path / "checkpoints" / "final" / "cameo_checkpoint.json").is_file()
+    (store,) = (root / "features").iterdir()
+    assert len(json.loads((store / INDEX).read_text())["samples"]) == 6
 
 
 def test_ddp_options_and_a_sharded_optimizer_keep_the_ranks_in_sync(triplets_root, tmp_path):
@@ -366,6 +372,38 @@ def test_validation_is_sharded_and_capped_under_a_short_collective_timeout(tmp_p
     assert client.get_metric_history(run.info.run_id, "eval/saturation_ratio")
 
 
+def test_train_builds_missing_features_unless_told_not_to(tmp_path):
+    """Right after the dataset build (triplets, no features) `cameo train` builds the features
+    first, with a progress bar, then trains; with --no-build-features it stops with the
+    features stage's error instead."""
+    from click.testing import CliRunner
+
+    from orchestration.cli.train import train_command
+    from training.features import INDEX
+
+    root = write_triplets(tmp_path / "data")
+    values = yaml.safe_load((REPO / "params.yaml").read_text())
+    tiny = values["profiles"]["tiny"]["training"]
+    tiny["portable_cpu_kernels"] = False  # torch is loaded in this process already
+    tiny["validation_samples"] = 0  # no evaluation: the test is about the features
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(values))
+    options = [
+        "--params", str(params_file), "--profile", "tiny", "--data", str(root), "--unlocked",
+        "--no-register", "--output-dir", str(tmp_path / "out"), "--steps", "2",
+    ]  # fmt: skip
+    refused = CliRunner().invoke(train_command, [*options, "--no-build-features", "--no-progress"])
+    assert refused.exit_code == 1
+    assert "no features at" in refused.output and "cameo features build" in refused.output
+    assert not (root / "features").exists()
+    trained = CliRunner().invoke(train_command, options)
+    assert trained.exit_code == 0, trained.output
+    assert re.search(r"features: 100%.*6/6", trained.stderr)
+    assert "trained 2 steps" in trained.stdout
+    (store,) = (root / "features").iterdir()
+    assert len(json.loads((store / INDEX).read_text())["samples"]) == 6
+
+
 def test_dataset_version_must_match_dvc_lock(triplets_root, tmp_path):
     md5 = dvc_md5(triplets_root / "triplets")
     lock = tmp_path / "dvc.lock"
@@ -413,13 +451,14 @@ def test_bad_buckets_and_foreign_resume_are_refused(triplets_root, tmp_path):
                 show_progress=False,
                 resume=True,
             )
-    # Features built for other buckets are refused, naming the stage to rerun.
+    # Features built for other buckets are refused where not rebuilt, naming the stage to rerun.
     with pytest.raises(FileNotFoundError, match=r"other buckets.*dvc repro features"):
         train(
             tiny_params(tmp_path / "other", buckets="64,64"),
             data_root=triplets_root,
             lock_file=None,
             show_progress=False,
+            build_missing_features=False,
         )
 
 
