@@ -13,6 +13,7 @@ import errno
 import json
 import random
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,6 +105,14 @@ def newest_verified(output_dir: Path, say: Callable[[str], None]) -> Path | None
             "with another output_dir, or remove them"
         )
     return None
+
+
+def choose_checkpoint(output_dir: Path) -> tuple[Path | None, str | None]:
+    """The checkpoint to resume from, or the reason to refuse (for rank 0 to broadcast)."""
+    try:
+        return newest_verified(output_dir, lambda line: print(line, file=sys.stderr)), None
+    except TrainingError as error:
+        return None, str(error)
 
 
 def tensor_bytes(value: Any) -> int:

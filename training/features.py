@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,9 @@ from safetensors.torch import save_file
 
 from core.io import atomic_path, write_json
 from core.versioning import dvc_md5
-from training.data import BucketBatchSampler, TripletDataset, collate
+from training.data import BucketBatchSampler, TripletDataset, collate, resolve_buckets
 from training.denoising import ENCODED, FrozenEncoders
+from training.distributed import Distributed
 from training.model import BODY_ENCODER_DIR, CONFIGS, SDXL_INPAINT_DIR
 from training.params import TrainingParams
 
@@ -243,7 +245,7 @@ def precompute(
     from tqdm import tqdm
 
     from core.layout import DataLayout
-    from training.data import load_manifest, resolve_buckets
+    from training.data import load_manifest
     from training.model import base_components
     from training.precision import PrecisionPolicy
 
@@ -274,3 +276,25 @@ def precompute(
             progress=bar.update,
         )
     return store, index
+
+
+def ensure_features(
+    params: TrainingParams,
+    data_root: str | Path | None,
+    models_dir: str | Path | None,
+    dataset_md5: str,
+    env: Distributed,
+    show_progress: bool = False,
+) -> None:
+    """Where the feature store of `params` does not hold dataset `dataset_md5`'s features
+    (missing, stale), build it as `cameo features build` does (`precompute`): rank 0 builds
+    while the other ranks wait."""
+    from core.layout import DataLayout
+
+    if env.is_main:
+        store = DataLayout.from_env(data_root).features_dir / features_id(params, models_dir)
+        unusable = why_unusable(store, resolve_buckets(params.buckets), dataset_md5)
+        if unusable is not None:
+            print(f"{unusable}: building them", file=sys.stderr, flush=True)
+            precompute(params, data_root, models_dir, show_progress)
+    env.barrier()

@@ -44,7 +44,7 @@ from training.acceleration import (
 )
 from training.checkpoint import (
     checkpoints,
-    newest_verified,
+    choose_checkpoint,
     rng_state,
     save_final,
     save_training_checkpoint,
@@ -70,13 +70,7 @@ from training.denoising import Denoiser, FrozenEncoders, denoising_loss, validat
 from training.distributed import init_distributed, peak_memory_mb
 from training.evaluate import FULL, Evaluator, ValidationSample
 from training.evaluation_log import log_evaluation
-from training.features import (
-    FeatureDataset,
-    StoredFeatures,
-    features_id,
-    precompute,
-    why_unusable,
-)
+from training.features import FeatureDataset, StoredFeatures, ensure_features, features_id
 from training.model import (
     CONFIGS,
     CheckpointInfo,
@@ -90,15 +84,6 @@ from training.params import EvaluationParams, TrainingParams
 from training.pipeline import CharacterInpaintPipeline
 from training.precision import PrecisionPolicy
 from training.run_log import RunLog, bound_tracking_calls, say_on_stderr
-
-
-def choose_checkpoint(output_dir: Path) -> tuple[Path | None, str | None]:
-    """The checkpoint to resume from, or the reason to refuse (for rank 0 to broadcast)."""
-    try:
-        return newest_verified(output_dir, lambda line: print(line, file=sys.stderr)), None
-    except TrainingError as error:
-        return None, str(error)
-
 
 # ---------------------------------------------------------------------------------------------
 # The loop
@@ -176,14 +161,10 @@ def train(
             state["losses"], None, env.rank, 0, finished=True,
         )  # fmt: skip
 
-    # The features stage, where it is missing or stale: rank 0 builds it while the others wait.
-    # Before the seed: loading the encoders must draw nothing from the run's random stream.
-    features_store = layout.features_dir / features_id(params, models_dir)
+    # Features missing or stale are built first, before the seed: loading the encoders to
+    # build them must draw nothing from the run's random stream.
     if params.features and build_missing_features:
-        if env.is_main and (unusable := why_unusable(features_store, buckets, md5)):
-            print(f"{unusable}: building them", file=sys.stderr, flush=True)
-            precompute(params, data_root, models_dir, show_progress)
-        env.barrier()
+        ensure_features(params, data_root, models_dir, md5, env, show_progress)
     torch.manual_seed(params.seed)
 
     # -- Model: frozen base, trainable identity branches and Pose-IdentityNet --------------------
@@ -211,10 +192,11 @@ def train(
 
     # The encoders' outputs: read from the features stage, or computed every step.
     if params.features:
+        store = layout.features_dir / features_id(params, models_dir)
         encoders = StoredFeatures(dtype)
 
         def dataset_of(rows: pd.DataFrame) -> torch.utils.data.Dataset:
-            return FeatureDataset(rows, features_store, buckets, md5)
+            return FeatureDataset(rows, store, buckets, md5)
     else:
         encoders = FrozenEncoders(components, dtype)
 
