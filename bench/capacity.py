@@ -14,13 +14,11 @@ import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-if TYPE_CHECKING:
-    from bench.dataset_gpu import Figure
+from bench.dataset_gpu_figures import PROMPT_TOKENS, Figure
 
 SECTION = "Capacity plan: the article's corpus"
 
@@ -108,8 +106,6 @@ def _caption_speed(caption: Figure) -> float:
 def caption_gflop(caption: Figure, vision: Figure, tiles: int) -> float:
     """GFLOP of one caption of an image cut into `tiles` tiles (as `bench/dataset_gpu.py`
     counts it: the tiles through the vision tower, 2 FLOPs per language weight per token)."""
-    from bench.dataset_gpu import PROMPT_TOKENS
-
     tokens = PROMPT_TOKENS + tiles * 256 + caption.new_tokens
     return tiles * vision.gflop_per_item + 2 * caption.language_params * tokens / 1e9
 

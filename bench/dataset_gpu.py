@@ -47,33 +47,13 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench import standins
+from bench.dataset_gpu_figures import PROMPT_TOKENS, Figure
 from core.params import apply_profile
 from perception.params import CaptionsParams, FacesParams, MasksParams, PosesParams
 
 SECTION = "Dataset stages (GPU)"
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 FRAME = (720, 1280)  # (height, width) of a frame that SAM sees
-PROMPT_TOKENS = 320  # the caption template (perception/prompts/caption_v1.txt) in InternLM2 tokens
-
-
-@dataclass
-class Figure:
-    """One network's counted size and cost, and its measured throughput (None: not measured)."""
-
-    key: str  # detector, recogniser, sam, sam_encoder, pose, caption, vision
-    stage: str
-    network: str
-    unit: str  # what one item is: frame, face, crop, image, tile
-    batch: int
-    params: int
-    weight_bytes: int
-    gflop_per_item: float
-    per_second: float | None = None
-    dtype: str = "float16"  # what the row runs in on CUDA
-    # Captions: the language tower's parameters, tokens generated and tiles per caption.
-    language_params: int = 0
-    new_tokens: int = 0
-    tiles: int = 0
 
 
 def count(build: Callable[[], torch.nn.Module], run: Callable[[Any], Any]) -> tuple[int, int, int]:

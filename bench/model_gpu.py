@@ -35,7 +35,7 @@ import re
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,129 +43,29 @@ import diffusers
 import torch
 import torch.nn.functional as F
 from diffusers import EulerDiscreteScheduler
-from torch.utils.flop_counter import FlopCounterMode
 
+from bench import model_gpu_inference
+from bench.model_gpu_render import render
+from bench.model_gpu_run import (
+    BODY_TOKENS,
+    LEVERS,
+    Lever,
+    Results,
+    Run,
+    Timing,
+    counted_flops,
+    synchronize,
+    timed,
+)
 from bench.report import REPORT, write_section
 from training.acceleration import REPEATED_BLOCKS, accelerate
 from training.denoising import Denoiser
-from training.model import SDXL, TINY, ModelConfig, build_components, trainable_parameters
+from training.model import SDXL, TINY, build_components, trainable_parameters
 from training.params import Acceleration
 from training.precision import PrecisionPolicy
 from training.text import MAX_PROMPT_TOKENS, byte_level_tokenizer
 
 SECTION = "Model (GPU): speed levers and the diffusers peer"
-BUDGET_GIB = 80 * 10**9 / 2**30  # the article's 80 GB H100s
-# Dense bf16 tensor-core peaks from the datasheets (TFLOP/s), by a part of the device name.
-DATASHEET_BF16_TFLOPS = {
-    "H200": 989.0,
-    "H100 80GB HBM3": 989.0,  # SXM
-    "H100 NVL": 835.0,
-    "H100 PCIe": 756.0,
-    "A100": 312.0,
-    "L40S": 362.0,
-}
-
-
-@dataclass(frozen=True)
-class Run:
-    """What one run measures, and at which size."""
-
-    config: ModelConfig
-    size: int  # image side in pixels
-    body_tokens: int  # body-encoder tokens per sample (InternViT: 32 x 32 patches + CLS)
-    device: torch.device
-    steps: int  # timed training steps (median)
-    warmup: int  # untimed training steps first (the first also compiles)
-    batches: tuple[int, ...]  # of the best combination
-    matmul: int  # side of the ceiling's square matmul
-    inference_steps: int
-    inference_runs: int
-    smoke: bool
-
-
-@dataclass(frozen=True)
-class Lever:
-    """One configuration of the training step."""
-
-    name: str
-    acceleration: Acceleration = field(default_factory=Acceleration)
-    pure_bf16: bool = False
-    batch: int = 1
-
-
-LEVERS = (
-    Lever("today"),
-    Lever("channels_last", Acceleration(channels_last=True)),
-    Lever("cudnn_benchmark", Acceleration(cudnn_benchmark=True)),
-    Lever("flash attention", Acceleration(attention_backend="flash")),
-    Lever("cuDNN attention", Acceleration(attention_backend="cudnn")),
-    Lever("regional compile", Acceleration(compile=True)),
-    Lever("pure bf16", pure_bf16=True),
-)
-
-
-@dataclass
-class Timing:
-    """One configuration's figures; `error` says why there are none (out of memory, no
-    kernel for this device)."""
-
-    lever: Lever
-    seconds: float | None = None  # median step
-    first_seconds: float | None = None  # the first step, compile included
-    peak_gib: float | None = None
-    flops: float | None = None  # per step, counted eagerly
-    error: str | None = None
-
-    @property
-    def per_sample(self) -> float | None:
-        return None if self.seconds is None else self.seconds / self.lever.batch
-
-    @property
-    def compile_seconds(self) -> float | None:
-        if self.seconds is None or not self.lever.acceleration.compile:
-            return None
-        return self.first_seconds - self.seconds
-
-    @property
-    def tflops(self) -> float | None:
-        return None if self.seconds is None else self.flops / self.seconds / 1e12
-
-
-@dataclass
-class Results:
-    """Everything measured so far; `render` shows the rest as pending."""
-
-    device_name: str | None = None
-    ceiling_tflops: float | None = None
-    training: list[Timing] = field(default_factory=list)
-    best: list[Timing] = field(default_factory=list)
-    breakdown: dict[str, float] | None = None  # seconds per step by kernel kind
-    busy: float | None = None  # share of the profiled time the GPU computes
-    inference: dict[str, Any] | None = None  # bench.model_gpu_inference.measure
-
-    @property
-    def peak_tflops(self) -> float | None:
-        name = self.device_name or ""
-        return next((v for k, v in DATASHEET_BF16_TFLOPS.items() if k in name), None)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], Any], device: torch.device) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
-def counted_flops(fn: Callable[[], Any]) -> float:
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return float(counter.get_total_flops())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,8 +281,6 @@ def build(run: Run) -> dict[str, Any]:
 
 def measure(run: Run, flush: Callable[[Results], None]) -> Results:
     """Every part in order, `flush`ing the results after each."""
-    from bench import model_gpu_inference
-
     results = Results(torch.cuda.get_device_name() if run.device.type == "cuda" else "CPU")
     results.ceiling_tflops = matmul_ceiling(run)
     flush(results)
@@ -411,8 +309,6 @@ def measure(run: Run, flush: Callable[[Results], None]) -> Results:
 
 
 def main(argv: list[str] | None = None) -> Results:
-    from bench.model_gpu_render import render
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny config on CPU (tests)")
     parser.add_argument("--report", type=Path, default=None, help=f"default: {REPORT.name}")
@@ -425,7 +321,7 @@ def main(argv: list[str] | None = None) -> Results:
     run = Run(
         config=TINY if args.smoke else SDXL,
         size=64 if args.smoke else 1024,
-        body_tokens=5 if args.smoke else 1025,
+        body_tokens=5 if args.smoke else BODY_TOKENS,
         device=torch.device("cuda" if cuda else "cpu"),
         steps=1 if args.smoke else args.steps,
         warmup=1 if args.smoke else args.warmup,

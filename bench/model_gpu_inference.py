@@ -25,7 +25,7 @@ import PIL.Image
 import torch
 from diffusers import StableDiffusionXLControlNetInpaintPipeline
 
-from bench.model_gpu import Run, counted_flops, timed
+from bench.model_gpu_run import Run, counted_flops, timed
 from training.params import Acceleration
 from training.pipeline import CharacterInpaintPipeline
 

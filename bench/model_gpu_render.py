@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from bench.model_gpu import BUDGET_GIB, LEVERS, Results, Run, Timing
+from bench.model_gpu_run import BUDGET_GIB, LEVERS, Results, Run, Timing
 
 PENDING = "pending"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler
 
-from bench.model_gpu import BODY_TOKENS
+from bench.model_gpu_run import BODY_TOKENS
 from bench.report import write_section
 from core.layout import DataLayout
 from core.versioning import dvc_md5

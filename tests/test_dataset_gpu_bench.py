@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bench import capacity, dataset_gpu
+from bench.dataset_gpu_figures import Figure
 
 torch.set_num_threads(1)
 
@@ -38,13 +39,13 @@ def test_figures_saved_on_one_machine_are_reported_on_another(tmp_path: Path) ->
 
 
 @pytest.fixture(scope="module")
-def full_size() -> list[dataset_gpu.Figure]:
+def full_size() -> list[Figure]:
     """The full-size figures counted on the meta device, throughput not measured."""
     run = dataset_gpu.Run("full", "cpu", False, repeats=1, warmup=0, tiles=9, new_tokens=200)
     return dataset_gpu.measure(run)
 
 
-def test_full_size_counts(full_size: list[dataset_gpu.Figure]) -> None:
+def test_full_size_counts(full_size: list[Figure]) -> None:
     by_key = {f.key: f for f in full_size}
     assert all(f.per_second is None for f in full_size)
     # Published sizes: SAM ViT-H 641M, ArcFace R100 65M, InternVL2-26B about 25B parameters.
@@ -60,7 +61,7 @@ def gpu_cells(plan: str) -> list[str]:
     return [cells[2] for cells in rows if len(cells) == 9 and cells[1][0].isdigit()]
 
 
-def test_plan_labels_estimates_and_measurements(full_size: list[dataset_gpu.Figure]) -> None:
+def test_plan_labels_estimates_and_measurements(full_size: list[Figure]) -> None:
     estimated = gpu_cells(capacity.plan(full_size))
     assert len(estimated) == 4 and all(cell.endswith("(estimated)") for cell in estimated)
     measured = gpu_cells(capacity.plan([replace(f, per_second=100.0) for f in full_size]))
