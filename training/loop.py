@@ -71,6 +71,7 @@ from training.distributed import init_distributed, peak_memory_mb
 from training.evaluate import FULL, Evaluator, ValidationSample
 from training.evaluation_log import log_evaluation
 from training.features import FeatureDataset, StoredFeatures, ensure_features, features_id
+from training.forward_digests import ForwardDigestsRequest, recording_forward_digests
 from training.model import (
     CONFIGS,
     CheckpointInfo,
@@ -118,6 +119,7 @@ def train(
     priors: Priors | None = None,
     evaluation: EvaluationParams | None = None,
     build_missing_features: bool = True,
+    forward_digests: ForwardDigestsRequest | None = None,
 ) -> TrainingResult:
     """Train to `params.max_steps` optimiser steps (`stop_after`: leave earlier, resumable).
 
@@ -128,6 +130,8 @@ def train(
     triplets with the scorers of `priors` (default: `profile`'s with default settings) and
     `evaluation` (default: its defaults). With `params.features`, features missing or stale
     are built first (`build_missing_features`, what `cameo features build` runs), else refused.
+    `forward_digests`: record (or compare with a recording) the digest of every module's output
+    in the first step of a run from step 0, on rank 0 (`training.forward_digests`).
     """
     env = init_distributed(timedelta(seconds=params.collective_timeout_s))
     output_dir = Path(params.output_dir).resolve()
@@ -347,7 +351,10 @@ def train(
                 skip_sync = denoiser.no_sync() if env.world_size > 1 and not sync else nullcontext()
                 if sync and env.world_size > 1:
                     master.gradients_to_model()
-                with skip_sync, precision.autocast(env.device):
+                # The first step of a fresh run, layer by layer, where asked (rank 0).
+                watched = forward_digests is not None and env.is_main and step == micro == 0
+                digests = recording_forward_digests(model) if watched else nullcontext()
+                with skip_sync, precision.autocast(env.device), digests as recorded:
                     loss = denoising_loss(
                         denoiser,
                         scheduler,
@@ -360,6 +367,9 @@ def train(
                         params.snr_gamma,
                     )
                     (loss / accumulation).backward()
+                if watched:
+                    recorded.loss = loss.item()
+                    forward_digests.settle(recorded)
                 micro += 1
                 consumed += 1
                 samples += len(batch["triplet_id"])

@@ -60,6 +60,18 @@ if TYPE_CHECKING:
     help="Stop with an error where the features stage is missing or stale, instead of "
     "building it first (as `cameo features build` does).",
 )
+@click.option(
+    "--record-forward-digests",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the digest of every module's output in the first training step to this file "
+    "(to compare machines layer by layer).",
+)
+@click.option(
+    "--compare-forward-digests",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Compare the first training step with a --record-forward-digests file; stop naming "
+    "the first module whose output differs.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option(
     "--check",
@@ -100,6 +112,8 @@ def train_command(
     lock: str,
     unlocked: bool,
     no_build_features: bool,
+    record_forward_digests: Path | None,
+    compare_forward_digests: Path | None,
     no_progress: bool,
     check: bool,
     dry_run: bool,
@@ -144,9 +158,18 @@ def train_command(
     import torch.distributed as dist
 
     from training.checks import TrainingError, check_inputs
+    from training.forward_digests import ForwardDigestsRequest
     from training.loop import train
 
     lock_file = None if unlocked else lock
+    if record_forward_digests and compare_forward_digests:
+        sys.exit("error: --record-forward-digests or --compare-forward-digests, not both")
+    forward_digests = None
+    if record_forward_digests or compare_forward_digests:
+        forward_digests = ForwardDigestsRequest(
+            record_forward_digests or compare_forward_digests,
+            compare=compare_forward_digests is not None,
+        )
     try:
         if check:
             md5 = check_inputs(
@@ -168,6 +191,7 @@ def train_command(
             priors=values.priors(models_dir),
             evaluation=values.evaluation,
             build_missing_features=not no_build_features,
+            forward_digests=forward_digests,
         )
     except (TrainingError, ParamsError, FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")
