@@ -133,7 +133,8 @@ class TrainingBench:
             for block in module.modules():
                 if isinstance(block, REPEATED_BLOCKS):
                     block._compiled_call_impl = None
-        accelerate(acceleration, self.unet, self.controlnet)
+        backend = {"compile_backend": self.run.compile_backend}
+        accelerate(acceleration.model_copy(update=backend), self.unet, self.controlnet)
 
     def step(self, lever: Lever) -> tuple[Callable[[], None], Callable[[], None]]:
         """The step of `lever`, and what undoes its pure-bf16 casts afterwards."""

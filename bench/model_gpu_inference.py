@@ -155,6 +155,7 @@ def measure(components: dict[str, Any], run: Run, training_best: Acceleration) -
         cudnn_benchmark=True,
         attention_backend=training_best.attention_backend,
         compile=True,
+        compile_backend=run.compile_backend,
     )
     ours.enable_acceleration(levers)
     first = timed(calls["ours"]["pil"], run.device)  # compiles the whole call's shapes

@@ -14,7 +14,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from training.model import ModelConfig
-from training.params import Acceleration
+from training.params import Acceleration, CompileBackend
 
 BODY_TOKENS = 1025  # body-encoder tokens per sample at full size (InternViT: 32 x 32 patches + CLS)
 BUDGET_GIB = 80 * 10**9 / 2**30  # the article's 80 GB H100s
@@ -44,6 +44,13 @@ class Run:
     inference_steps: int
     inference_runs: int
     smoke: bool
+
+    @property
+    def compile_backend(self) -> CompileBackend:
+        """The smoke run checks code paths, not kernels: it traces the compiled blocks without
+        generating code (inductor's C++ builds dominated the suite; tests/training/
+        test_acceleration.py checks inductor's numbers)."""
+        return "aot_eager" if self.smoke else "inductor"
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from training.distributed import Distributed
 from training.model import parameter_groups
-from training.params import Acceleration, DDPOptions, TrainingParams
+from training.params import Acceleration, CompileBackend, DDPOptions, TrainingParams
 
 ATTENTION_BACKENDS = {
     "flash": SDPBackend.FLASH_ATTENTION,
@@ -50,7 +50,7 @@ def attention(backend: str) -> AbstractContextManager:
     return nullcontext() if backend == "default" else sdpa_kernel(ATTENTION_BACKENDS[backend])
 
 
-def compile_repeated_blocks(module: torch.nn.Module) -> int:
+def compile_repeated_blocks(module: torch.nn.Module, backend: CompileBackend = "inductor") -> int:
     """`torch.compile` each repeated block of `module` in place; returns how many. The compile
     itself happens at each block's first call (a warm-up pays it)."""
     blocks = [block for block in module.modules() if isinstance(block, REPEATED_BLOCKS)]
@@ -60,7 +60,7 @@ def compile_repeated_blocks(module: torch.nn.Module) -> int:
     # so one graph per block is the bound.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(blocks))
     for block in blocks:
-        block.compile()
+        block.compile(backend=backend)
     return len(blocks)
 
 
@@ -72,7 +72,7 @@ def accelerate(acceleration: Acceleration, *modules: torch.nn.Module) -> None:
         if acceleration.channels_last:
             module.to(memory_format=torch.channels_last)
         if acceleration.compile:
-            compile_repeated_blocks(module)
+            compile_repeated_blocks(module, acceleration.compile_backend)
 
 
 def distributed_model(

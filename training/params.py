@@ -17,6 +17,10 @@ ModelConfigName = Literal["sdxl", "tiny"]  # training.model.CONFIGS
 AblationName = Literal["inpainting", "face", "face_body", "full"]  # training.evaluate.ABLATIONS
 # torch.nn.attention.SDPBackend members by name; "default": PyTorch chooses per call.
 AttentionBackend = Literal["default", "flash", "cudnn", "efficient", "math"]
+# torch.compile backends: inductor generates fused kernels; aot_eager traces the same graphs
+# (forward and backward) and runs them eagerly, with no code generation: for bisecting a
+# compile problem, and for runs that check code paths rather than speed (a CPU smoke run).
+CompileBackend = Literal["inductor", "aot_eager"]
 
 
 class Acceleration(Section):
@@ -32,6 +36,7 @@ class Acceleration(Section):
     # torch.compile of the repeated transformer and ResNet blocks only (regional): every
     # bucket shape compiles a block once, not the whole model.
     compile: bool = False
+    compile_backend: CompileBackend = "inductor"
 
 
 class DDPOptions(Section):
