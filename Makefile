@@ -52,10 +52,11 @@ demo: $(STAMP)
 	cameo serve-check
 	cameo lineage models:/cameo-inpaint@champion
 
-# The suite on two workers (a test file per worker), then the `serial` tests alone.
+# The suite on two workers (a file, or the serving folder, per worker: tests/conftest.py), then
+# the `serial` tests, which time servers against short limits, alone.
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -m "not serial" -n 2 --dist loadfile
+	$(PY) -m pytest -m "not serial" -n 2 --dist loadgroup
 	$(PY) -m pytest -m serial
 
 lint: $(STAMP)

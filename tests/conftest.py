@@ -21,17 +21,37 @@ os.environ.update(
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
 
-# `make test` runs the suite on two workers (pytest-xdist, a file per worker), then these
-# alone: they time servers against short limits (2 s tracking calls, request timeouts), which
-# a busy second core makes miss, or number registered versions in the order of their files.
-SERIAL = ("serving/", "test_production_storage.py", "training/test_tracking_outage.py")
+# `make test` runs the suite on two workers (pytest-xdist, `--dist loadgroup`), then the
+# `serial` tests alone: they time servers against short limits (2 s tracking calls, request
+# timeouts), which a busy second core makes miss.
+SERIAL = (
+    "serving/test_serving_limits.py",
+    "serving/test_serving_load.py",
+    "training/test_tracking_outage.py",
+)
+# The serving tests share one tracking store, checkpoint and server (tests/serving/conftest.py)
+# and number registered versions in the order of their files: one worker runs them all.
+SHARED_SESSION = ("serving/",)
+
+
+def xdist_group(path: str) -> str:
+    """The unit a worker runs whole: a file (its module fixtures are built once), or a folder
+    whose files share session fixtures."""
+    return next((folder for folder in SHARED_SESSION if path.startswith(folder)), path)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the serial tests; give the others their worker group, the groups holding a slow
+    test first (a long group started last would keep one worker busy alone at the end)."""
+    groups = {}
     for item in items:
         path = Path(item.path).relative_to(REPO / "tests").as_posix()
         if path.startswith(SERIAL):
             item.add_marker(pytest.mark.serial)
+        groups[item] = xdist_group(path)
+        item.add_marker(pytest.mark.xdist_group(groups[item]))
+    slow_groups = {groups[item] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: groups[item] not in slow_groups)  # stable: file order kept
 
 
 @pytest.fixture(autouse=True, scope="session")
