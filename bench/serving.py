@@ -3,6 +3,8 @@
 - HTTP round trip through the scoring server (`serving.app`) vs in-process `predict` of the
   same loaded model version and the same request, alternately in one run, as a ratio
   (goal <= 1.10: the endpoint should cost little beyond the model);
+- the README's serving example on the tiny model: one 640 x 360 frame at the profile's 2 steps,
+  HTTP round trip and in-process `predict`, beside a 128 x 72 one (25 times fewer pixels);
 - the request payload per 1024 x 1024 image (base64 PNG / JPEG in MLflow's JSON).
 
 `python bench/serving.py` (also part of `make bench`).
@@ -17,7 +19,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -28,6 +33,7 @@ from bench.report import write_section
 from serving.client import InpaintClient, demo_inputs, make_row, predict_in_process, request_body
 
 THREADS = "1"  # server and in-process alike: the same compute on both sides of the ratio
+TINY_STEPS = {"num_inference_steps": 2}  # the tiny profile's default (params.yaml)
 
 
 def tiny_model_uri(root: Path) -> str:
@@ -48,7 +54,10 @@ def tiny_model_uri(root: Path) -> str:
     return f"models:/{REGISTERED_MODEL}/{model.registered_model_version}"
 
 
-def bench_round_trip(repeats: int = 7) -> str:
+@contextmanager
+def served_tiny_model() -> Iterator[tuple[Any, InpaintClient]]:
+    """A tiny model version loaded in-process and behind the scoring server, torch on THREADS
+    threads on both sides."""
     import mlflow
     import torch
 
@@ -57,21 +66,37 @@ def bench_round_trip(repeats: int = 7) -> str:
     torch.set_num_threads(int(THREADS))
     with tempfile.TemporaryDirectory() as tmp:
         uri = tiny_model_uri(Path(tmp))
-        model = mlflow.pyfunc.load_model(uri)
-        rows = [make_row(*demo_inputs())]
         env = {"OMP_NUM_THREADS": THREADS, "MKL_NUM_THREADS": THREADS}
         with ModelServer(uri, env=env) as server:
-            client = InpaintClient(server.url)
-            client.predict(rows)  # warm both sides
-            predict_in_process(model, rows)
-            http_s, local_s = [], []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                client.predict(rows)
-                http_s.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                predict_in_process(model, rows)
-                local_s.append(time.perf_counter() - t)
+            yield mlflow.pyfunc.load_model(uri), InpaintClient(server.url)
+
+
+def alternating_seconds(
+    model: Any,
+    client: InpaintClient,
+    rows: list[dict[str, Any]],
+    params: dict[str, Any] | None,
+    repeats: int,
+) -> tuple[list[float], list[float]]:
+    """Seconds of the HTTP round trip and of in-process `predict` of the same request,
+    alternately, after one untimed call of each."""
+    client.predict(rows, params)
+    predict_in_process(model, rows, params)
+    http_s, local_s = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        client.predict(rows, params)
+        http_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        predict_in_process(model, rows, params)
+        local_s.append(time.perf_counter() - t)
+    return http_s, local_s
+
+
+def bench_round_trip(repeats: int = 7) -> str:
+    with served_tiny_model() as (model, client):
+        rows = [make_row(*demo_inputs())]
+        http_s, local_s = alternating_seconds(model, client, rows, None, repeats)
     steps = model.metadata.get_params_schema().to_dict()
     default_steps = next(p["default"] for p in steps if p["name"] == "num_inference_steps")
     ratios = [h / p for h, p in zip(http_s, local_s, strict=True)]
@@ -87,6 +112,32 @@ def bench_round_trip(repeats: int = 7) -> str:
         f"**Ratio HTTP / in-process (median of per-repeat ratios): "
         f"{statistics.median(ratios):.3f}** (each: {', '.join(f'{r:.3f}' for r in ratios)}; "
         "goal <= 1.10)\n"
+    )
+
+
+def bench_frame(repeats: int = 3) -> str:
+    """The README's serving example (one 640x360 frame at 2 steps) beside a 128x72 request."""
+    sizes = {"640x360": (640, 360), "128x72": (128, 72)}
+    with served_tiny_model() as (model, client):
+        timed = {
+            label: alternating_seconds(
+                model, client, [make_row(*demo_inputs(*size))], TINY_STEPS, repeats
+            )
+            for label, size in sizes.items()
+        }
+    lines = [
+        f"| {label} | {statistics.median(local_s):.2f} | {statistics.median(http_s):.2f} |"
+        for label, (http_s, local_s) in timed.items()
+    ]
+    frame, small = (statistics.median(timed[label][0]) for label in sizes)
+    return (
+        "Tiny model, the README's serving example: one 640x360 request (demo inputs: a "
+        "gradient base, a centred mask, the astronaut as reference) at the tiny profile's 2 "
+        f"steps, beside a 128x72 one (25 times fewer pixels); torch on {THREADS} thread, "
+        f"{repeats} alternating repeats after one untimed call, medians.\n\n"
+        "| request | in-process `predict`, s | HTTP round trip, s |\n|---|---|---|\n"
+        + "\n".join(lines)
+        + f"\n\nThe 640x360 round trip takes {frame / small:.1f} times the 128x72 one.\n"
     )
 
 
@@ -131,6 +182,7 @@ def bench_payload() -> str:
 
 def main() -> None:
     write_section("Serving: HTTP round trip vs in-process predict", bench_round_trip())
+    write_section("Serving: one 640x360 frame (tiny)", bench_frame())
     write_section("Serving: request payload per 1024x1024 image", bench_payload())
 
 

@@ -122,6 +122,9 @@ def serve(
     env[SERVED_MODEL_ENV] = json.dumps(asdict(served))
     env[SERVER_LIMITS_ENV] = json.dumps(asdict(ServerLimits(timeout_s, max_waiting)))
     env[MLFLOW_TIMEOUT_ENV] = str(timeout_s + BACKSTOP_S)
+    # torch's OpenMP threads spin between operations by default: on cores that other processes
+    # share, a 640x360 tiny request then took 24 s on two threads instead of 3.5 s.
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     print(
         f"serving {served.label} ({model_uri}) at http://{host}:{port}: {workers} worker(s), "
         f"each computing one request with up to {max_waiting} waiting; timeout {timeout_s} s",

@@ -177,15 +177,19 @@ def predict_in_process(
     return [InpaintResult.from_row(row) for row in predictions.to_dict("records")]
 
 
-def demo_inputs(side: int = 64) -> tuple[PIL.Image.Image, PIL.Image.Image, PIL.Image.Image, str]:
-    """A base image, its mask, a reference with a face the tiny profile's detector finds
-    (scikit-image's astronaut) and a prompt: the smallest complete request."""
+def demo_inputs(
+    width: int = 64, height: int | None = None
+) -> tuple[PIL.Image.Image, PIL.Image.Image, PIL.Image.Image, str]:
+    """A base image (`height` defaults to `width`), its mask, a reference with a face the tiny
+    profile's detector finds (scikit-image's astronaut) and a prompt: by default the smallest
+    complete request."""
     from skimage import data
 
-    y, x = np.mgrid[0:side, 0:side]
-    base = np.stack([x * 255 // side, y * 255 // side, np.full_like(x, 128)], axis=-1)
-    mask = np.zeros((side, side), np.uint8)
-    mask[side // 8 : 7 * side // 8, side // 4 : 3 * side // 4] = 255
+    height = width if height is None else height
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 // width, y * 255 // height, np.full_like(x, 128)], axis=-1)
+    mask = np.zeros((height, width), np.uint8)
+    mask[height // 8 : 7 * height // 8, width // 4 : 3 * width // 4] = 255
     reference = PIL.Image.fromarray(data.astronaut()).resize((160, 160))
     prompt = "an astronaut in a white suit in front of a flag, photographed from the waist up"
     return PIL.Image.fromarray(base.astype(np.uint8)), PIL.Image.fromarray(mask), reference, prompt

@@ -120,7 +120,7 @@ def server(logged) -> Iterator[ModelServer]:
 @pytest.fixture(scope="session")
 def limited_server(logged) -> Iterator[ModelServer]:
     """A server with a short timeout and one waiting place, for the timeout and load tests: a
-    64x64 request at 2 steps takes well under a second, one at 256x256 seconds a step."""
+    64x64 request at 2 steps takes well under a second, one at 512x512 about a second a step."""
     settings = ServingParams(timeout_s=5, max_waiting=1)
     with ModelServer(logged.model_uri, settings=settings, env=ONE_THREAD) as server:
         yield server

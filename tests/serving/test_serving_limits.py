@@ -12,8 +12,8 @@ from conftest import FAST, request_log
 
 from serving.client import make_row, request_body
 
-# 100 steps at 256x256 take minutes on the tiny model (seconds a step): far past the 5 s
-# timeout, so only a stopped computation ends within STOP_S.
+# 100 steps at 512x512 take minutes on the tiny model (about a second a step): far past the
+# 5 s timeout, so only a stopped computation ends within STOP_S.
 LONG = {"num_inference_steps": 100}
 STOP_S = 60  # generous for a loaded machine: one step and the answer
 NORMAL_S = 60  # the same for a normal request, which takes about a second
@@ -22,7 +22,7 @@ NORMAL_S = 60  # the same for a normal request, which takes about a second
 @pytest.fixture(scope="module")
 def long_row(scene):
     base, mask, reference, prompt = scene
-    return make_row(base.resize((256, 256)), mask.resize((256, 256)), reference, prompt)
+    return make_row(base.resize((512, 512)), mask.resize((512, 512)), reference, prompt)
 
 
 def post(server, body, request_id: str, timeout_s: float = 120) -> requests.Response:

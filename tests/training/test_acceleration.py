@@ -27,13 +27,13 @@ TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
 
 
 def _inputs(batch: int = 2) -> tuple[Any, ...]:
-    """One batch of the tiny denoiser's inputs (64² images, 32² latents)."""
+    """One batch of the tiny denoiser's inputs (64² images, 8² latents)."""
     generator = torch.Generator().manual_seed(0)
 
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=generator)
 
-    latent = 32
+    latent = 8
     return (
         randn(batch, 4, latent, latent),
         torch.tensor([10, 500][:batch]),

@@ -115,7 +115,7 @@ def _training_inputs(batch: int = 2, size: int = 16) -> dict[str, torch.Tensor]:
         "time_ids": torch.tensor([[32.0, 32, 0, 0, 32, 32]] * batch),
         "face_embeds": randn(batch, 512),
         "body_features": randn(batch, 17, TINY.body_resampler.embed_dims),
-        "pose_image": torch.rand(batch, 3, 2 * size, 2 * size, generator=generator),
+        "pose_image": torch.rand(batch, 3, 8 * size, 8 * size, generator=generator),
     }
 
 

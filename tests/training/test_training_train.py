@@ -422,7 +422,7 @@ def test_dataset_version_must_match_dvc_lock(triplets_root, tmp_path):
 
 
 def test_bad_buckets_and_foreign_resume_are_refused(triplets_root, tmp_path):
-    with pytest.raises(ValueError, match="multiple of 4"):
+    with pytest.raises(ValueError, match="multiple of 16"):
         train(
             tiny_params(tmp_path / "out", buckets="50,50"),
             data_root=triplets_root,
