@@ -15,8 +15,8 @@ the request. Here, in each uvicorn worker:
   served, in the worker's model thread;
 - a request whose timeout (`serving.timeout_s`) passes is answered 504 at once, and one whose
   client goes away is dropped; either way its work stops: a waiting request leaves the queue,
-  a running one stops after its denoising step (`serving.model.ServedPipeline`), and its place
-  is free again when its work has stopped;
+  a running one stops at the model's next check, between two operations of its networks if
+  need be (`serving.model.RequestStop`), and its place is free again when its work has stopped;
 - every request is logged: id (the client's `X-Request-Id`, else a new one, echoed in the
   response), status, rows, bytes, time waited, time computed, denoising steps, and the error.
 """
@@ -232,8 +232,8 @@ class Invocations:
             call.finished = time.monotonic()
 
     def _stop(self, call: Call, reason: str) -> None:
-        """Stop the request's work: out of the queue if it has not started, else after the
-        step in progress (the model checks `call.request`)."""
+        """Stop the request's work: out of the queue if it has not started, else at the
+        model's next check of `call.request` (`serving.model.RequestStop`)."""
         call.request.cancel(reason)
         assert call.future is not None
         call.future.cancel()
@@ -266,7 +266,7 @@ class Invocations:
     def _timeout_message(self) -> str:
         return (
             f"timeout: no answer within {self.limits.timeout_s:g} s (serving.timeout_s); the "
-            "request's work is stopped: send fewer steps, rows or pixels, or retry later"
+            "request's work is being stopped: send fewer steps, rows or pixels, or retry later"
         )
 
     def _answer(

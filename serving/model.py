@@ -9,8 +9,8 @@ Errors a client can fix become MLflow's INVALID_PARAMETER_VALUE (HTTP 400) with 
 message that starts with the field; anything else becomes INTERNAL_ERROR (500).
 
 Behind the scoring server (`serving.endpoint`), the request being computed can be cancelled (its
-timeout passed, its client went away): the model checks it before each row and after each
-denoising step, and stops with `RequestCancelled`.
+timeout passed, its client went away): `RequestStop` stops its work at the next module of its
+networks or the next stage, with `RequestCancelled`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ from serving.served import (
     ServedModel,
     ServedRequest,
 )
+from training.acceleration import REPEATED_BLOCKS
 from training.model import FACE_EMBED_DIM, components_from_checkpoint
 from training.params import Acceleration
 from training.pipeline import CharacterInpaintPipeline, PaintSettings
@@ -63,35 +65,87 @@ CHECKPOINT_ARTIFACT = "checkpoint"
 SETTINGS_METADATA = "served_settings"
 
 
-class _CheckedSteps:
-    """The denoising loop's progress bar, checking the served request after every step."""
+class RequestStop:
+    """Stops the work on a served request soon after its cancellation (timeout passed, client
+    gone), whatever stage it is in:
 
-    def __init__(self, bar: Any, request: ServedRequest) -> None:
-        self._bar = bar
-        self._request = request
+    - between stages: `check` before the face, pose, painting and identity-score stages;
+    - after each denoising step: as the pipeline's `callback_on_step_end` it counts the step
+      for the request's log line and, once the request is cancelled, sets the pipeline's
+      `interrupt` (diffusers' own stop);
+    - inside a step, and inside the text, body and VAE encoders and the decoder: while
+      `inside_networks` is entered, a forward pre-hook on the networks' modules raises
+      `RequestCancelled`.
 
-    def __enter__(self) -> _CheckedSteps:
-        self._bar.__enter__()
-        return self
+    The work is stopped from inside the worker's model thread, not by replacing the worker
+    process when it overruns: a new process would load the model again (minutes for `full`)
+    before the next request could start. Raising from a hook unwinds the pipeline call safely:
+    it keeps nothing across calls that a half-done call leaves wrong (adapter scales and
+    timesteps are set per call, the VAE's upcast is undone in a `finally`). What no hook
+    stops is the one operation in progress when the request is cancelled: milliseconds on a
+    GPU; on CPU, in the tiny profile, up to about a second at 1024x1024 and more beyond (the
+    README's Serving section has the figures). The face and pose stages run outside the
+    networks (ONNX Runtime, scikit-image) and are bracketed by `check`.
 
-    def __exit__(self, *exc: object) -> None:
-        self._bar.__exit__(*exc)
+    Outside the scoring server (in-process `predict`) there is no request: nothing cancels, and
+    it does nothing."""
 
-    def update(self, n: int = 1) -> None:
-        self._bar.update(n)
-        self._request.steps += n
-        self._request.check()
+    def __init__(self, request: ServedRequest | None) -> None:
+        self.request = request
+
+    def check(self) -> None:
+        if self.request is not None:
+            self.request.check()
+
+    def __call__(
+        self,
+        pipe: CharacterInpaintPipeline,
+        step: int,
+        timestep: torch.Tensor,
+        tensors: dict[str, torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        if self.request is not None:
+            self.request.steps += 1
+            if self.request.should_stop():
+                pipe._interrupt = True
+        return tensors
+
+    def _stop_if_cancelled(self, module: torch.nn.Module, args: tuple) -> None:
+        self.check()
+
+    @contextmanager
+    def inside_networks(
+        self, pipe: CharacterInpaintPipeline, acceleration: Acceleration
+    ) -> Iterator[None]:
+        """Hooks on every module of the pipeline's networks while entered. With
+        `acceleration.compile` the compiled blocks (`training.acceleration.REPEATED_BLOCKS`)
+        get none, inside or on them: dynamo would trace the hook into their graphs."""
+        if self.request is None:
+            yield
+            return
+        compiled = REPEATED_BLOCKS if acceleration.compile else ()
+        networks = [c for c in pipe.components.values() if isinstance(c, torch.nn.Module)]
+        handles = [
+            module.register_forward_pre_hook(self._stop_if_cancelled)
+            for network in networks
+            for module in _modules_outside(network, compiled)
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
-class ServedPipeline(CharacterInpaintPipeline):
-    """The pipeline as the served model runs it: a request cancelled by the scoring server stops
-    after the denoising step in progress. `CharacterInpaintPipeline` takes no step callback; its
-    loop advances its progress bar once per step, so that is where the request is checked."""
-
-    def progress_bar(self, iterable: Any = None, total: int | None = None) -> Any:
-        bar = super().progress_bar(iterable, total)
-        request = CURRENT_REQUEST.get()
-        return bar if request is None else _CheckedSteps(bar, request)
+def _modules_outside(
+    module: torch.nn.Module, blocks: tuple[type, ...]
+) -> Iterator[torch.nn.Module]:
+    """`module` and its submodules, leaving out `blocks` and everything inside them."""
+    if isinstance(module, blocks):
+        return
+    yield module
+    for child in module.children():
+        yield from _modules_outside(child, blocks)
 
 
 def build_pipeline(
@@ -99,13 +153,13 @@ def build_pipeline(
     priors: Priors,
     trust_remote_code: bool,
     acceleration: Acceleration,
-) -> ServedPipeline:
+) -> CharacterInpaintPipeline:
     """The inference pipeline of a checkpoint with the face analyzer and pose extractor of
     `priors`; `trust_remote_code` is params.yaml's `training.trust_remote_code` (see
     `training.model.load_body_encoder`). `full` runs in float16 on the GPU where there is one.
     `acceleration` is `serving.acceleration`; with its `compile` the pipeline is warmed up here,
     so the server pays the compile time before it answers /ping."""
-    pipe = ServedPipeline(
+    pipe = CharacterInpaintPipeline(
         **components_from_checkpoint(checkpoint, priors.models_dir, trust_remote_code),
         face_analyzer=priors.face_analyzer(),
         pose_extractor=priors.pose_extractor(),
@@ -285,11 +339,18 @@ class CameoInpaintModel(mlflow.pyfunc.PythonModel):
                 rows.append(decode_row(record, self.serving))
             except RequestError as e:
                 raise _invalid(e, index, len(records)) from None
-        request = CURRENT_REQUEST.get()
+        stop = RequestStop(CURRENT_REQUEST.get())
         with self._lock:
             try:
-                return pd.DataFrame(self._run(rows, inference, request), columns=OUTPUT_COLUMNS)
-            except (mlflow.MlflowException, RequestCancelled):
+                with stop.inside_networks(self.pipeline, self.serving.acceleration):
+                    results = self._run(rows, inference, stop)
+                return pd.DataFrame(results, columns=OUTPUT_COLUMNS)
+            except RequestCancelled as e:
+                # Its traceback holds the stopped call's frames and their tensors (30 MB at
+                # 512x512) for as long as the exception lives: the server keeps it with the
+                # request until the garbage collector breaks their cycle.
+                raise e.with_traceback(None) from None
+            except mlflow.MlflowException:
                 raise
             except Exception as e:
                 raise mlflow.MlflowException(
@@ -297,7 +358,7 @@ class CameoInpaintModel(mlflow.pyfunc.PythonModel):
                 ) from e  # INTERNAL_ERROR: 500
 
     def _run(
-        self, rows: list[InpaintInputs], inference: InferenceParams, request: ServedRequest | None
+        self, rows: list[InpaintInputs], inference: InferenceParams, stop: RequestStop
     ) -> list[dict[str, Any]]:
         pipe = self.pipeline
         # Conditions of every row first: a row without a face or pose fails the request before
@@ -308,6 +369,7 @@ class CameoInpaintModel(mlflow.pyfunc.PythonModel):
             try:
                 embedding = row.face_embedding
                 if embedding is None:
+                    stop.check()
                     try:
                         embedding = pipe.encode_face(row.reference)
                     except ValueError as e:
@@ -318,6 +380,7 @@ class CameoInpaintModel(mlflow.pyfunc.PythonModel):
                 # With the ControlNet off no pose conditions the output: none is returned.
                 pose = row.pose if inference.controlnet_scale != 0 else None
                 if pose is None and inference.controlnet_scale != 0:
+                    stop.check()
                     try:
                         pose = PIL.Image.fromarray(pipe.extract_pose(row.base, row.inside))
                     except ValueError as e:
@@ -330,8 +393,7 @@ class CameoInpaintModel(mlflow.pyfunc.PythonModel):
 
         results = []
         for row, (embedding, pose, seconds) in zip(rows, conditions, strict=True):
-            if request is not None:
-                request.check()
+            stop.check()
             row_started = time.perf_counter()
             settings = PaintSettings(
                 face_scale=inference.face_scale,
@@ -350,7 +412,9 @@ class CameoInpaintModel(mlflow.pyfunc.PythonModel):
                 pose,
                 settings,
                 negative_prompt=row.negative_prompt,
+                callback_on_step_end=stop,
             )
+            stop.check()
             score = identity_score(pipe.face_analyzer, embedding, output, row.inside)
             returned_pose = pose if inference.return_pose else None
             results.append(

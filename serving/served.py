@@ -49,7 +49,8 @@ class RequestCancelled(Exception):
 @dataclass
 class ServedRequest:
     """One request a worker computes. The endpoint cancels it (timeout, client gone); the model
-    checks it between rows and between denoising steps, so abandoned work stops within a step."""
+    checks it between its stages and between the modules of its networks
+    (`serving.model.RequestStop`), so abandoned work stops between two operations."""
 
     id: str
     deadline: float  # time.monotonic() after which nobody waits for the answer
@@ -66,13 +67,19 @@ class ServedRequest:
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
 
-    def check(self) -> None:
-        """Raise RequestCancelled when cancelled or past the deadline."""
+    def should_stop(self) -> bool:
+        """Whether it is cancelled; past its deadline it is cancelled now, as a timeout."""
         if not self._cancelled.is_set() and time.monotonic() > self.deadline:
             self.cancel("timeout")
-        if self._cancelled.is_set():
+        return self._cancelled.is_set()
+
+    def check(self) -> None:
+        """Raise RequestCancelled when cancelled or past the deadline."""
+        if self.should_stop():
             raise RequestCancelled(self.reason)
 
 
 # The request the current thread computes; None outside the scoring server (in-process predict).
+# MLflow's `PyFuncModel.predict` carries only data and params, so this is how the request
+# reaches the model's `predict`, which hands it on explicitly.
 CURRENT_REQUEST: ContextVar[ServedRequest | None] = ContextVar("cameo_request", default=None)

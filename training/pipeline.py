@@ -3,12 +3,14 @@
 The sampling loop is SDXL inpainting's (it reuses `StableDiffusionXLInpaintPipeline`'s latent,
 mask and time-id helpers, so with every identity scale at 0 it reproduces that pipeline), with
 the denoiser replaced by `training.model.predict_noise`: Pose-IdentityNet on the face tokens and
-the pose image, then the 9-channel U-Net with the face (ICA1) and body (ICA2) branches.
+the pose image, then the 9-channel U-Net with the face (ICA1) and body (ICA2) branches. Like
+diffusers' SDXL pipelines it takes `callback_on_step_end` and stops early when its `interrupt`
+is set.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -22,6 +24,7 @@ from diffusers import (
     StableDiffusionXLInpaintPipeline,
     UNet2DConditionModel,
 )
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.stable_diffusion_xl.pipeline_output import StableDiffusionXLPipelineOutput
 from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_inpaint import (
@@ -41,6 +44,15 @@ if TYPE_CHECKING:
 # Takes the base image with everything but the target character blanked (RGB uint8, H×W×3) and
 # returns the drawing of its 133 whole-body keypoints (RGB, same size).
 PoseExtractor = Callable[[np.ndarray], "np.ndarray | PIL.Image.Image"]
+
+# diffusers' `callback_on_step_end`: called as (pipeline, step index, timestep, the tensors named
+# in `callback_on_step_end_tensor_inputs`) after each denoising step; returns the tensors to go
+# on with.
+StepEndCallback = (
+    Callable[[DiffusionPipeline, int, torch.Tensor, dict[str, torch.Tensor]], dict[str, Any]]
+    | PipelineCallback
+    | MultiPipelineCallbacks
+)
 
 
 def _to_pil(image: PIL.Image.Image | np.ndarray, mode: str) -> PIL.Image.Image:
@@ -211,6 +223,8 @@ class CharacterInpaintPipeline(StableDiffusionXLInpaintPipeline):
         generator: torch.Generator | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        callback_on_step_end: StepEndCallback | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> StableDiffusionXLPipelineOutput | tuple:
         """Inpaint the character of `reference_image` into the white region of `mask_image`.
 
@@ -227,9 +241,22 @@ class CharacterInpaintPipeline(StableDiffusionXLInpaintPipeline):
         the nearest smaller multiple of the VAE factor and resized back). Pixels outside the
         mask are the base image's, unchanged. `output_type` is "pil", "np" (uint8 H×W×3) or
         "latent" (the final latents, before decoding and compositing).
+
+        `callback_on_step_end` runs after each denoising step, as in diffusers' SDXL pipelines,
+        with the tensors named in `callback_on_step_end_tensor_inputs` (any of
+        `_callback_tensor_inputs`); what it returns replaces them. Setting `pipe._interrupt =
+        True` there skips the remaining steps, and the latents so far are decoded.
         """
         if output_type not in ("pil", "np", "latent"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'latent', not {output_type!r}")
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs: {sorted(unknown)} are not among "
+                f"{self._callback_tensor_inputs}"
+            )
         base = _to_pil(image, "RGB")
         mask = _to_pil(mask_image, "L")
         if base.size != mask.size:
@@ -321,11 +348,15 @@ class CharacterInpaintPipeline(StableDiffusionXLInpaintPipeline):
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, 0.0)
 
         set_adapter_scales(self.unet, face_scale, body_scale)
+        self._num_timesteps = len(timesteps)
+        self._interrupt = False
         with (
             attention(self.attention_backend),
             self.progress_bar(total=num_inference_steps) as progress_bar,
         ):
-            for t in timesteps:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
                 model_input = torch.cat([latents] * 2) if do_cfg else latents
                 model_input = self.scheduler.scale_model_input(model_input, t)
                 noise_pred = predict_noise(
@@ -349,6 +380,28 @@ class CharacterInpaintPipeline(StableDiffusionXLInpaintPipeline):
                 latents = self.scheduler.step(
                     noise_pred, t, latents, **extra_step_kwargs, return_dict=False
                 )[0]
+                if callback_on_step_end is not None:
+                    # The names are those of StableDiffusionXLInpaintPipeline's loop.
+                    step_tensors = {
+                        "latents": latents,
+                        "prompt_embeds": prompt_embeds,
+                        "add_text_embeds": pooled,
+                        "add_time_ids": time_ids,
+                        "mask": mask_latents,
+                        "masked_image_latents": masked_image_latents,
+                    }
+                    outputs = callback_on_step_end(
+                        self,
+                        i,
+                        t,
+                        {name: step_tensors[name] for name in callback_on_step_end_tensor_inputs},
+                    )
+                    latents = outputs.pop("latents", latents)
+                    prompt_embeds = outputs.pop("prompt_embeds", prompt_embeds)
+                    pooled = outputs.pop("add_text_embeds", pooled)
+                    time_ids = outputs.pop("add_time_ids", time_ids)
+                    mask_latents = outputs.pop("mask", mask_latents)
+                    masked_image_latents = outputs.pop("masked_image_latents", masked_image_latents)
                 progress_bar.update()
 
         if output_type == "latent":
@@ -370,11 +423,12 @@ class CharacterInpaintPipeline(StableDiffusionXLInpaintPipeline):
         vae_dtype = self.vae.dtype
         if needs_upcasting:
             self.vae.to(dtype=torch.float32)
-        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
-        image = self.vae.decode(latents, return_dict=False)[0]
-        if needs_upcasting:
-            self.vae.to(dtype=vae_dtype)
-        return image
+        try:
+            latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+            return self.vae.decode(latents, return_dict=False)[0]
+        finally:  # also when a stopped call raises inside the VAE: the next call needs float16
+            if needs_upcasting:
+                self.vae.to(dtype=vae_dtype)
 
     def paint(
         self,
@@ -386,8 +440,10 @@ class CharacterInpaintPipeline(StableDiffusionXLInpaintPipeline):
         pose: PIL.Image.Image | None,
         settings: PaintSettings,
         negative_prompt: str | None = None,
+        callback_on_step_end: StepEndCallback | None = None,
     ) -> PIL.Image.Image:
-        """One output image: the call the served model and the evaluation both make."""
+        """One output image: the call the served model and the evaluation both make;
+        `callback_on_step_end` as in `__call__` (with the latents)."""
         return self(
             image=base,
             mask_image=mask,
@@ -396,5 +452,6 @@ class CharacterInpaintPipeline(StableDiffusionXLInpaintPipeline):
             negative_prompt=negative_prompt,
             face_embedding=face_embedding,
             pose_image=pose,
+            callback_on_step_end=callback_on_step_end,
             **asdict(settings),
         ).images[0]

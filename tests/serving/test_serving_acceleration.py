@@ -4,15 +4,17 @@ model, apply at load, and with `compile` the warm-up compiles before the server 
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import pytest
 import torch
 
 from perception.priors import Priors
-from serving.model import build_pipeline
+from serving.model import RequestStop, build_pipeline
 from serving.params import ServingParams
 from serving.schema import ServingConfig
+from serving.served import RequestCancelled, ServedRequest
 from training.acceleration import REPEATED_BLOCKS
 from training.model import FACE_EMBED_DIM
 from training.params import Acceleration
@@ -49,6 +51,17 @@ def test_compile_warms_up_at_load_and_paints_the_same(checkpoint, scene, caplog)
         "num_inference_steps": 2,
         "output_type": "latent",
     }
-    torch.testing.assert_close(
-        fast(**arguments).images, eager(**arguments).images, rtol=1e-4, atol=1e-4
-    )
+    expected = eager(**arguments).images
+    torch.testing.assert_close(fast(**arguments).images, expected, rtol=1e-4, atol=1e-4)
+
+    # A served request's stop hooks stay out of the compiled blocks, and still stop it.
+    request = ServedRequest("compiled", deadline=math.inf)
+    stop = RequestStop(request)
+    with stop.inside_networks(fast, levers):
+        assert not any(block._forward_pre_hooks for block in blocks)
+        painted = fast(**arguments, callback_on_step_end=stop).images
+        torch.testing.assert_close(painted, expected, rtol=1e-4, atol=1e-4)
+        request.cancel("timeout")
+        with pytest.raises(RequestCancelled):
+            fast(**arguments)
+    assert request.steps == 2

@@ -1,6 +1,7 @@
-"""A request past its timeout, or abandoned by its client, stops its work within a step (its
-log line comes when its work has ended), and the next request is answered as usual (the server
-with a 5 s timeout, `limited_server`)."""
+"""A request past its timeout, or abandoned by its client, stops its work within about a second,
+inside a denoising step if need be (its log line comes when its work has ended), and the next
+request is answered as usual (the servers with a 5 s and a 2 s timeout, `limited_server` and
+`short_timeout_server`)."""
 
 from __future__ import annotations
 
@@ -8,21 +9,30 @@ import time
 
 import pytest
 import requests
-from conftest import FAST, request_log
+from conftest import FAST, SHORT_TIMEOUT_S, request_log
 
 from serving.client import make_row, request_body
 
 # 100 steps at 512x512 take minutes on the tiny model (about a second a step): far past the
 # 5 s timeout, so only a stopped computation ends within STOP_S.
 LONG = {"num_inference_steps": 100}
-STOP_S = 60  # generous for a loaded machine: one step and the answer
+STOP_S = 60  # generous for a loaded machine: the stop and the answer
 NORMAL_S = 60  # the same for a normal request, which takes about a second
+# One step at 768x768: past `short_timeout_server`'s 2 s in its VAE encoding or its step, whose
+# longest single operation takes about 0.7 s on two shared cores.
+ONE_STEP = {"num_inference_steps": 1}
+ONE_LONG_STEP_SIDE = 768
+STOPPED_WITHIN_S = 1.5  # about a second after the deadline: that operation and the unwinding
+
+
+def resized_row(scene, side: int) -> dict:
+    base, mask, reference, prompt = scene
+    return make_row(base.resize((side, side)), mask.resize((side, side)), reference, prompt)
 
 
 @pytest.fixture(scope="module")
 def long_row(scene):
-    base, mask, reference, prompt = scene
-    return make_row(base.resize((512, 512)), mask.resize((512, 512)), reference, prompt)
+    return resized_row(scene, 512)
 
 
 def post(server, body, request_id: str, timeout_s: float = 120) -> requests.Response:
@@ -68,3 +78,22 @@ def test_a_request_whose_client_went_away_is_stopped(limited_server, long_row, g
     normal = post(limited_server, request_body([good_row], FAST), "after-abandoned")
     assert normal.status_code == 200, normal.text[:300]
     assert time.monotonic() - started < NORMAL_S
+
+
+def test_a_request_is_stopped_inside_its_step_and_the_next_one_is_served(
+    short_timeout_server, scene, good_row
+):
+    server = short_timeout_server
+    long_step = request_body([resized_row(scene, ONE_LONG_STEP_SIDE)], ONE_STEP)
+    long = post(server, long_step, "one-long-step")
+    assert long.status_code == 504, long.text[:300]
+    assert "the request's work is being stopped" in long.json()["message"]
+
+    normal = post(server, request_body([good_row], ONE_STEP), "next")
+    assert normal.status_code == 200, normal.text[:300]
+
+    stopped = logged(server, "one-long-step")
+    assert stopped["stopped"] == "'timeout'" and stopped["steps"] == "0", stopped["line"]
+    overrun = float(stopped["wait_s"]) + float(stopped["run_s"]) - SHORT_TIMEOUT_S
+    assert overrun < STOPPED_WITHIN_S, stopped["line"]
+    assert logged(server, "next")["status"] == "200"

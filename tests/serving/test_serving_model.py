@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -21,6 +22,7 @@ from serving.client import make_row, predict_in_process
 from serving.manifest import check_base_models, record_base_models
 from serving.registry import log_model, model_versions
 from serving.schema import RequestError, ServingConfig, decode_image
+from serving.served import CURRENT_REQUEST, RequestCancelled, ServedRequest
 from training.grid import inpaint_grid
 from training.tracking import CHAMPION, REGISTERED_MODEL
 
@@ -158,6 +160,27 @@ def test_given_pose_and_embedding_skip_extraction(pyfunc_model, scene):
     [other] = predict_in_process(pyfunc_model, [row], {**FAST, "controlnet_scale": 0.0})
     assert other.pose is None
     assert not np.array_equal(np.asarray(result.image), np.asarray(other.image))
+
+
+def test_a_request_cancelled_inside_a_step_stops_there_and_leaves_no_hooks(pyfunc_model, good_row):
+    pipe = pyfunc_model.unwrap_python_model().pipeline
+    request = ServedRequest("cancelled", deadline=math.inf)
+
+    def client_goes_away(module, args):  # as the endpoint does, between ControlNet and U-Net
+        request.cancel("the client went away")
+
+    handle = pipe.unet.register_forward_pre_hook(client_goes_away)
+    token = CURRENT_REQUEST.set(request)
+    try:
+        with pytest.raises(RequestCancelled, match="the client went away"):
+            predict_in_process(pyfunc_model, [good_row], FAST)
+    finally:
+        CURRENT_REQUEST.reset(token)
+        handle.remove()
+    assert request.steps == 0
+    networks = (pipe.unet, pipe.controlnet, pipe.vae, pipe.text_encoder, pipe.body_encoder)
+    assert not any(module._forward_pre_hooks for net in networks for module in net.modules())
+    assert predict_in_process(pyfunc_model, [good_row], FAST)[0].image.size == (64, 64)
 
 
 def test_client_errors_are_invalid_parameter_value(pyfunc_model, scene):

@@ -117,6 +117,33 @@ def test_any_bucket_works_and_pixels_outside_the_mask_are_unchanged(tiny, height
     assert (image[scene.inside] != base[scene.inside]).any()
 
 
+def test_step_end_callback_sees_each_step_and_interrupt_stops_the_loop(tiny, scene):
+    pipe = _pipeline(tiny)
+    seen = []
+
+    def stop_after_first(pipe, step, timestep, tensors):
+        seen.append((step, tensors["latents"].clone()))
+        pipe._interrupt = True
+        return tensors
+
+    latents = _run(pipe, scene, output_type="latent", callback_on_step_end=stop_after_first)
+    assert [step for step, _ in seen] == [0] and pipe.interrupt and pipe.num_timesteps == 3
+    torch.testing.assert_close(latents, seen[0][1], rtol=0, atol=0)
+
+    def replace_latents(pipe, step, timestep, tensors):
+        return {"latents": torch.zeros_like(tensors["latents"])}
+
+    zeros = _run(pipe, scene, output_type="latent", callback_on_step_end=replace_latents)
+    assert not pipe.interrupt and not zeros.any()
+    with pytest.raises(ValueError, match="pooled"):
+        _run(
+            pipe,
+            scene,
+            callback_on_step_end=replace_latents,
+            callback_on_step_end_tensor_inputs=["pooled"],
+        )
+
+
 def test_np_output_is_uint8(tiny, scene):
     images = _run(_pipeline(tiny), scene, output_type="np", num_inference_steps=1)
     assert images.dtype == np.uint8 and images.shape == (1, *np.asarray(scene.base).shape)
