@@ -1,11 +1,19 @@
-"""Bit-identical tiny training on every x86-64 CPU, proven on one machine: ATen's kernel choice
-is what differs between CPUs (`ATEN_CPU_CAPABILITY` makes this machine pick as an AVX2-only or
-a baseline CPU would); with `training.portable_cpu_kernels` every choice gives the same bytes,
-without it they differ (so the test can fail)."""
+"""Bit-identical tiny training on every x86-64 CPU.
+
+On this machine: ATen's kernel choice is what differs between CPUs (`ATEN_CPU_CAPABILITY`
+makes this machine pick as an AVX2-only or a baseline CPU would); with
+`training.portable_cpu_kernels` every choice gives the same bytes, without it they differ (so
+the test can fail), and no oneDNN kernel runs (oneDNN also sizes its blocks from the cache).
+Across machines: every portable run compares its first step, module by module, with the
+digests committed in `forward_digests.json` (recorded on the CPU it names); on another CPU a
+difference fails here, naming the first module whose output differs. Record them anew after
+a change of the tiny model or the test triplets with CAMEO_RECORD_FORWARD_DIGESTS=1.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -15,15 +23,21 @@ import pytest
 import yaml
 from test_training_train import REPO, _env
 
+from tests.triplets import write_triplets
+
 FLAGS = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
 CAPABILITIES = ["default"] + [
     c for c, flag in (("avx2", "avx2"), ("avx512", "avx512f")) if flag in FLAGS
 ]
+REFERENCE = Path(__file__).with_name("forward_digests.json")
+RECORD = os.environ.get("CAMEO_RECORD_FORWARD_DIGESTS") == "1"
 
 
 def trained_bytes(triplets_root: Path, tmp_path: Path, capability: str, portable: bool) -> str:
-    """The sha256 of a 2-step tiny run's trained weights, trained as a CPU of `capability`."""
+    """The sha256 of a 2-step tiny run's trained weights, trained as a CPU of `capability`;
+    a portable run's first step is compared with (or recorded as) the reference digests."""
     values = yaml.safe_load((REPO / "params.yaml").read_text())
+    # The encoders run inside the portable process (stored features would be this one's).
     values["profiles"]["tiny"]["training"].update(
         portable_cpu_kernels=portable, features=False, validate_every=100, validation_samples=0
     )
@@ -36,6 +50,9 @@ def trained_bytes(triplets_root: Path, tmp_path: Path, capability: str, portable
         "--data", str(triplets_root), "--unlocked", "--no-progress", "--no-register",
         "--output-dir", str(out),
     ]  # fmt: skip
+    if portable:
+        record = RECORD and capability == "default"
+        command += [f"--{'record' if record else 'compare'}-forward-digests", str(REFERENCE)]
     env = {
         **_env(triplets_root, tmp_path),
         "ATEN_CPU_CAPABILITY": capability,
@@ -52,10 +69,14 @@ def trained_bytes(triplets_root: Path, tmp_path: Path, capability: str, portable
 
 
 @pytest.mark.skipif(len(CAPABILITIES) < 2, reason="this CPU offers only ATen's default kernels")
-def test_portable_kernels_train_the_same_bytes_on_every_cpu(triplets_root, tmp_path):
-    """Five runs: every capability portable, the default and the widest native; two at a
-    time (each is one thread)."""
+def test_portable_kernels_train_the_same_bytes_on_every_cpu(tmp_path):
+    """Five runs: every capability portable (each compared with the reference), the default
+    and the widest native; two at a time (each is one thread)."""
+    triplets_root = write_triplets(tmp_path / "data")
     runs = [(c, True) for c in CAPABILITIES] + [("default", False), (CAPABILITIES[-1], False)]
+    if RECORD:  # the reference first, then the others compare with it
+        (tmp_path / "record").mkdir()
+        trained_bytes(triplets_root, tmp_path / "record", "default", True)
     with ThreadPoolExecutor(max_workers=2) as pool:
         trained = pool.map(lambda run: trained_bytes(triplets_root, tmp_path, *run), runs)
         digests = dict(zip(runs, trained, strict=True))
@@ -63,3 +84,46 @@ def test_portable_kernels_train_the_same_bytes_on_every_cpu(triplets_root, tmp_p
     assert len(set(portable.values())) == 1, portable
     native = {c: digest for (c, kernels), digest in digests.items() if not kernels}
     assert len(set(native.values())) == 2, "the CPUs' own kernels agree here: nothing is shown"
+
+
+# One forward and backward pass of the tiny denoiser and a VAE encoding under oneDNN's
+# verbose mode, which prints a line for every primitive it executes.
+ONEDNN_PROBE = """
+import sys
+from training.cpu_kernels import pin_cpu_kernels
+if sys.argv[1] == "portable":
+    pin_cpu_kernels()
+import torch
+from training.model import TINY, build_components, predict_noise
+components = build_components(TINY, seed=0)
+noise = torch.Generator().manual_seed(0)
+def randn(*shape):
+    return torch.randn(*shape, generator=noise)
+time_ids = torch.tensor([[64.0, 96, 0, 0, 64, 96]] * 2)
+inputs = (  # latents of a 32x48 image (the VAE downsamples by 8), its pose drawing
+    randn(2, 4, 4, 6), torch.tensor([10, 500]), (randn(2, 1, 4, 6) > 0).float(),
+    randn(2, 4, 4, 6), randn(2, 154, 64), randn(2, 32), time_ids,
+    randn(2, 512), randn(2, 17, 32), torch.rand(2, 3, 32, 48, generator=noise),
+)
+with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+    predict_noise(components["unet"], components["controlnet"], *inputs).sum().backward()
+    components["vae"].encode(torch.rand(1, 3, 32, 32))
+"""
+
+
+def test_portable_kernels_run_no_onednn_primitive():
+    """Portable: oneDNN executes nothing; native (the control): it runs the convolutions."""
+    executed = {}
+    for mode in ("portable", "native"):
+        done = subprocess.run(
+            [sys.executable, "-c", ONEDNN_PROBE, mode],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        executed[mode] = [line for line in done.stdout.splitlines() if ",primitive,exec," in line]
+    assert not executed["portable"], executed["portable"][:3]
+    assert any(",convolution," in line for line in executed["native"])
