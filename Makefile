@@ -47,7 +47,7 @@ demo: $(STAMP)
 	cameo dataset summary
 	cameo model promote latest
 	cameo materialize evaluation
-	cameo train --learning-rate 3e-4 --run-name lr-3e-4 --output-dir checkpoints/lr-3e-4 \
+	cameo train --learning-rate 1e-3 --run-name lr-1e-3 --output-dir checkpoints/lr-1e-3 \
 		--no-register --no-progress
 	cameo serve-check
 	cameo lineage models:/cameo-inpaint@champion
