@@ -18,7 +18,7 @@ import yaml
 from mlflow import MlflowClient
 from test_training_train import REPO, _env, _free_port
 
-STEPS = 60
+STEPS = 200  # outlasts a restart of the server: the tiny model takes tens of ms a step
 
 
 class TrackingServer:
