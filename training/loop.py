@@ -1,6 +1,5 @@
 """Training (article section 3.2.5): frozen SDXL inpainting, trainable identity branches and
-Pose-IdentityNet, on the DVC-versioned triplets, logged to MLflow, resumable. The file is
-longer than 500 lines because `train` is, and it reads best whole.
+Pose-IdentityNet, on the DVC-versioned triplets, logged to MLflow, resumable.
 
 One launcher line for every scale (plain torch.distributed, DDP; gloo on CPU, NCCL on GPU):
 
@@ -11,7 +10,7 @@ One launcher line for every scale (plain torch.distributed, DDP; gloo on CPU, NC
 
 Every tunable is the `training` section of params.yaml (`training.params.TrainingParams`).
 Read `train` top to bottom: data, model, optimiser, resume, MLflow, the loop, checkpoints, the
-end.
+end. The file is longer than 500 lines because that one function is, and it reads best whole.
 """
 
 from __future__ import annotations
