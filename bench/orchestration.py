@@ -44,7 +44,7 @@ from core.layout import DataLayout
 from orchestration.production import PostgresServer, dagster_home
 from orchestration.resources import DataResource
 from orchestration.sensors import movie_sensor
-from serving.server import free_port
+from serving.server import ServerStartError, free_port, wait_until_answering
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
@@ -207,16 +207,11 @@ class Webserver:
             command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.url}/server_info", timeout=2)
-                return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError("dagster-webserver did not start") from None
-                time.sleep(0.5)
+        try:
+            wait_until_answering("dagster-webserver", f"{self.url}/server_info", self.process, 180)
+        except ServerStartError:
+            self.stop()
+            raise
 
     def query(self, query: str, variables: dict) -> dict:
         request = urllib.request.Request(

@@ -20,15 +20,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import requests
 import yaml
 
-from serving.server import free_port
+from serving.server import ServerStartError, free_port, wait_until_answering
 
 K8S = Path(__file__).resolve().parents[1] / "k8s"
 DAGSTER_VALUES = K8S / "dagster" / "values.yaml"
@@ -264,16 +262,14 @@ class TrackingServer:
             self.process = subprocess.Popen(
                 self.command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited:\n{self.log_path.read_text()[-3000:]}")
-            with contextlib.suppress(requests.ConnectionError):
-                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            time.sleep(0.3)
-        self.stop()
-        raise TimeoutError(f"mlflow server did not answer /health within {wait_s} s")
+        try:
+            wait_until_answering(
+                "mlflow server", f"{self.url}/health", self.process, wait_s, self.log_path
+            )
+        except ServerStartError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -64,7 +64,32 @@ def serve_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 class ServerStartError(RuntimeError):
-    """The server exited, or did not answer /ping in time: its last log line, and the log."""
+    """A server exited, or did not answer in time: its last log line, and the log."""
+
+
+def wait_until_answering(
+    name: str, url: str, process: subprocess.Popen, wait_s: float, log: Path | None = None
+) -> None:
+    """Return once GET `url` of the server `name` (running in `process`) answers 200. A refused
+    connection or a slow answer (a busy machine: the server may still be importing) counts as
+    not yet; `ServerStartError` once `process` exits or `wait_s` passes, with the last line of
+    `log`. Stopping the process is left to the caller."""
+
+    def log_line() -> str:
+        if log is None or not log.is_file():
+            return ""
+        lines = log.read_text(errors="replace").splitlines()
+        return f": {lines[-1] if lines else '(empty log)'} (log: {log})"
+
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerStartError(f"{name} exited with {process.returncode}{log_line()}")
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(url, timeout=10).status_code == 200:
+                return
+        time.sleep(0.3)
+    raise ServerStartError(f"{name}: no answer from {url} within {wait_s} s{log_line()}")
 
 
 class ModelServer:
@@ -116,23 +141,14 @@ class ModelServer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stop() ends uvicorn with it
             )
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ServerStartError(
-                    f"the model server exited with {self.process.returncode}: "
-                    f"{self.log_tail(1)} (log: {self.log_path})"
-                )
-            try:
-                if requests.get(f"{self.url}/ping", timeout=2).status_code == 200:
-                    return self
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise ServerStartError(
-            f"no answer to /ping within {wait_s} s: {self.log_tail(1)} (log: {self.log_path})"
-        )
+        try:
+            wait_until_answering(
+                "the model server", f"{self.url}/ping", self.process, wait_s, self.log_path
+            )
+        except ServerStartError:
+            self.stop()
+            raise
+        return self
 
     def stop(self, grace_s: float = 15.0) -> None:
         """SIGTERM the process group (uvicorn and its workers), SIGKILL what is left of it

@@ -16,6 +16,8 @@ os.environ.update(
     MPLCONFIGDIR=str(_STATE / "matplotlib"),
     DAGSTER_HOME=str(_STATE / "dagster"),
     CAMEO_PROFILE="tiny",
+    # The tests' MLflow servers start no job runners, as in production (k8s/mlflow).
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +42,8 @@ def xdist_group(path: str) -> str:
     return next((folder for folder in SHARED_SESSION if path.startswith(folder)), path)
 
 
+# First: xdist's own hook reads the `xdist_group` markers into the node ids it schedules by.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark the serial tests; give the others their worker group, the groups holding a slow
     test first (a long group started last would keep one worker busy alone at the end)."""
@@ -52,6 +56,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         item.add_marker(pytest.mark.xdist_group(groups[item]))
     slow_groups = {groups[item] for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: groups[item] not in slow_groups)  # stable: file order kept
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Refuse to run ungrouped: a pytest/xdist pair that drops the group from the node ids
+    (pytest-dev/pytest-xdist#1386) spreads a file over both workers, each building its module
+    fixtures again."""
+    if session.config.getvalue("loadgroup") and not all("@" in i.nodeid for i in session.items):
+        raise pytest.UsageError(
+            "--dist loadgroup did not group the tests: this pytest-xdist does not support this "
+            "pytest (pyproject.toml pins the pair)"
+        )
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -2,10 +2,8 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import dagster as dg
 import pytest
 
 from orchestration.definitions import STAGE_NAMES
+from serving.server import free_port, wait_until_answering
 from tests.conftest import REPO
 
 BIN = Path(sys.executable).parent
@@ -50,12 +49,6 @@ def test_one_partition_rematerialises_from_the_dagster_cli(instance_env):
     with dg.DagsterInstance.from_config(instance_env["DAGSTER_HOME"]) as instance:
         event = instance.get_latest_materialization_event(dg.AssetKey("frames"))
     assert event is not None and event.asset_materialization.partition == "sample"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # Since the tiny VAE downsamples by 8, a 2-step tiny run can fail the model asset's loss check
@@ -121,15 +114,7 @@ def test_ui_shows_assets_partitions_and_blocking_checks(instance_env, trained):
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/server_info", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "webserver did not start"
-                assert server.poll() is None, "webserver exited"
-                time.sleep(0.5)
+        wait_until_answering("dagster-webserver", f"{url}/server_info", server, 120)
         query = (
             "{ assetNodes { assetKey { path } partitionKeys "
             "assetMaterializations(limit: 1) { runId } "

@@ -9,15 +9,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 from conftest import precompute_features, write_triplets
 
-from serving.server import free_port
+from serving.server import free_port, wait_until_answering
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parents[2]
@@ -120,14 +118,7 @@ def mlflow_ui(evaluated_run) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert process.poll() is None, "mlflow server exited"
-            try:
-                if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.5)
+        wait_until_answering("mlflow server", f"{url}/health", process, 120)
         yield url
     finally:
         os.killpg(process.pid, signal.SIGTERM)

@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
 from mlflow import MlflowClient
-from test_training_train import REPO, _env, _free_port
+from test_training_train import REPO, _env
+
+from serving.server import free_port, wait_until_answering
 
 STEPS = 200  # outlasts a restart of the server: the tiny model takes tens of ms a step
 
@@ -25,7 +26,7 @@ class TrackingServer:
     """`mlflow server` on a SQLite store and a local artifact folder, killed by its group."""
 
     def __init__(self, root: Path) -> None:
-        self.root, self.port, self.process = root, _free_port(), None
+        self.root, self.port, self.process = root, free_port(), None
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
@@ -38,15 +39,7 @@ class TrackingServer:
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, "mlflow server exited"
-            try:
-                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                time.sleep(0.3)
-        raise TimeoutError("mlflow server did not answer /health")
+        wait_until_answering("mlflow server", f"{self.url}/health", self.process, 120)
 
     def kill(self) -> None:
         os.killpg(self.process.pid, signal.SIGKILL)

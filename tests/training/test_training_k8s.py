@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_training_train import REPO, _env, _free_port
+from test_training_train import REPO, _env
 
 from orchestration.cli.train import train_command
 from orchestration.kubernetes import render_training_job
 from orchestration.params import load_params
+from serving.server import free_port
 from training.checkpoint import checkpoints
 from training.outputs import RUN_FILE, STATE_FILE
 
@@ -39,7 +40,7 @@ def test_indexed_job_torchrun_line_trains_on_two_nodes(triplets_root, tmp_path):
     (train,) = job["spec"]["template"]["spec"]["containers"]
     assert train["command"] == ["torchrun"]
 
-    port = _free_port()
+    port = free_port()
     pod_env = {e["name"]: e["value"] for e in train["env"] if "value" in e}
     processes = []
     for index in range(NODES):

@@ -7,7 +7,6 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from safetensors.torch import load_file
 from core.params import ParamsError
 from core.versioning import dvc_md5
 from orchestration.params import load_params
+from serving.server import free_port
 from training.checkpoint import checkpoints
 from training.checks import TrainingError
 from training.data import (
@@ -274,12 +274,6 @@ def test_killed_run_resumes_to_the_same_weights(triplets_root, tmp_path):
     _assert_same_weights(tmp_path / "straight" / "final", out / "final")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def torchrun_two_processes(triplets_root: Path, tmp_path: Path, **overrides) -> list[list[str]]:
     """`tests/training/ddp_train.py` on 2 CPU processes (gloo); each rank's line, split."""
@@ -292,7 +286,7 @@ def torchrun_two_processes(triplets_root: Path, tmp_path: Path, **overrides) -> 
             "--master-addr",
             "127.0.0.1",
             "--master-port",
-            str(_free_port()),
+            str(free_port()),
             str(REPO / "tests" / "training" / "ddp_train.py"),
             str(tmp_path),
             json.dumps(overrides),
