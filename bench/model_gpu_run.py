@@ -132,7 +132,12 @@ def timed(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def counted_flops(fn: Callable[[], Any]) -> float:
-    with FlopCounterMode(display=False) as counter:
+def flops_by_module(fn: Callable[[], Any]) -> dict[str, float]:
+    """FLOPs of one call of `fn`: in all (`Global`) and per outermost module class called."""
+    with FlopCounterMode(display=False, depth=1) as counter:
         fn()
-    return float(counter.get_total_flops())
+    return {name: float(sum(ops.values())) for name, ops in counter.get_flop_counts().items()}
+
+
+def counted_flops(fn: Callable[[], Any]) -> float:
+    return flops_by_module(fn)["Global"]

@@ -62,7 +62,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Refuse to run ungrouped: a pytest/xdist pair that drops the group from the node ids
     (pytest-dev/pytest-xdist#1386) spreads a file over both workers, each building its module
     fixtures again."""
-    if session.config.getvalue("loadgroup") and not all("@" in i.nodeid for i in session.items):
+    if session.config.getoption("loadgroup", False) and not all(
+        "@" in i.nodeid for i in session.items
+    ):
         raise pytest.UsageError(
             "--dist loadgroup did not group the tests: this pytest-xdist does not support this "
             "pytest (pyproject.toml pins the pair)"
