@@ -42,8 +42,9 @@ class Part:
 
 def slowest_tests(log: str) -> list[tuple[float, str]]:
     """(seconds, "when test") of every --durations line of a pytest log, slowest first."""
+    # xdist's loadgroup appends "@<group>" to each test id: left out.
     found = [
-        (float(m["seconds"]), f"{m['when']} {m['test']}")
+        (float(m["seconds"]), f"{m['when']} {m['test'].rsplit('@', 1)[0]}")
         for m in map(DURATION.match, log.splitlines())
         if m
     ]

@@ -81,12 +81,12 @@ def cameo(stack: dict, *args: str) -> str:
 @pytest.fixture(scope="module")
 def builds(stack: dict) -> dict[str, list[subprocess.CompletedProcess]]:
     """Three `cameo dataset build` at once on one Postgres instance: two of the whole dataset
-    on data root a, one of the frames and faces on b."""
+    on data root a, one of the frames on b."""
     args = ["--params", stack["params"], "--profile", "tiny"]
     commands = [
         ("a", ["--data", str(stack["a"])]),
         ("a", ["--data", str(stack["a"])]),
-        ("b", ["--data", str(stack["b"]), "--until", "faces"]),
+        ("b", ["--data", str(stack["b"]), "--until", "frames"]),
     ]
     started = [
         (name, subprocess.Popen(
