@@ -260,7 +260,7 @@ def test_killed_run_resumes_to_the_same_weights(triplets_root, tmp_path):
     params_file.write_text(yaml.safe_dump(values))
     command = [
         sys.executable, "-m", "orchestration.cli.train", "--params", str(params_file),
-        "--unlocked", "--no-progress", "--output-dir", str(out), "--steps", "6",
+        "--unlocked", "--no-progress", "--no-register", "--output-dir", str(out), "--steps", "6",
     ]  # fmt: skip
     env = _env(triplets_root, tmp_path)
     process = subprocess.Popen([*command], env=env, cwd=tmp_path, start_new_session=True)
