@@ -15,7 +15,7 @@ from training.tracking import configure_tracking, run_url
 
 FACE_CHECK = "face_similarity_above_threshold"
 # The entry modules of the asset's code version: this module, and the served model's code file
-# (`serving.registry.MODEL_CODE`), which MLflow runs when the asset loads the trained model.
+# (`serving.artifacts.MODEL_CODE`), which MLflow runs when the asset loads the trained model.
 EVALUATION_CODE_MODULES = (__name__, "serving.logged_model")
 
 

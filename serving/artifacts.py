@@ -4,20 +4,34 @@ location and the first missing or short file, instead of a loader's traceback.
 
 `log_model` records the size of every checkpoint file it logs (`checkpoint_files` in the
 model's metadata); versions logged before that are checked for the files inference reads.
+
+Loading a version logged from code runs its code file: a version whose code file is not this
+installation's `serving/logged_model.py` (byte for byte), or that brings code of its own
+(`code_paths`, another loader), is refused before anything runs it, and `cameo model promote`
+refuses to point an alias at it. Whoever can register a version cannot make the serving pods
+run code of their choosing.
 """
 
 from __future__ import annotations
 
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import mlflow
+from mlflow.models.model import MODEL_CODE_PATH
 
+from core.versioning import sha256
 from serving.model import CHECKPOINT_ARTIFACT
 from training.model import ADAPTER_FILES, CHECKPOINT_INFO, CONTROLNET_DIR
 from training.tracking import registered_version
 
 MLMODEL = "MLmodel"
+# The model's code file (models-from-code): loading a version runs it, no pickle involved.
+MODEL_CODE = Path(__file__).resolve().parent / "logged_model.py"
+# The pyfunc loader of models logged from code; any other runs what the version names.
+CODE_LOADER = "mlflow.pyfunc.loaders.code_model"
 # Where MLflow's pyfunc puts an `artifacts={name: path}` entry inside the model's folder.
 ARTIFACTS_DIR = "artifacts"
 # What inference reads of a checkpoint, for versions whose metadata lists no files.
@@ -30,7 +44,23 @@ INFERENCE_FILES = (
 
 
 class ModelArtifactsError(Exception):
-    """A logged model whose artifacts are gone or incomplete; the message is one line."""
+    """A logged model whose artifacts are gone, incomplete or carry foreign code; the message is
+    one line."""
+
+
+def installed_commit() -> str | None:
+    """The git commit of this installation's code (None outside a git checkout, e.g. the
+    image)."""
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=MODEL_CODE.parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -96,4 +126,39 @@ def check_model_artifacts(model_uri: str) -> ModelLocation:
             raise ModelArtifactsError(
                 f"{where}: {stored} has {root[stored]} bytes, {size} were logged"
             )
+    check_model_code(model_uri, location)
     return location
+
+
+def check_model_code(model_uri: str, location: ModelLocation) -> None:
+    """Raise ModelArtifactsError unless the version's code file is this installation's
+    `serving/logged_model.py` and the version names no other code (`code_paths`, a loader of
+    its own). Versions pickled before models-from-code have no code file: `cameo model list`
+    shows them for logging again."""
+    info = mlflow.models.get_model_info(model_uri)
+    flavor = info.flavors.get("python_function", {})
+    if MODEL_CODE_PATH not in flavor:
+        return
+    where = f"{location.label}: artifacts at {location.artifact_uri}"
+    if flavor.get("loader_module") != CODE_LOADER or flavor.get("code"):
+        raise ModelArtifactsError(
+            f"{where} load through {flavor.get('loader_module')} with code paths "
+            f"{flavor.get('code')}, not only {CODE_LOADER}: refusing to run code it brings"
+        )
+    name = PurePosixPath(str(flavor[MODEL_CODE_PATH])).name
+    with tempfile.TemporaryDirectory() as tmp:
+        logged = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{location.artifact_uri}/{name}", dst_path=tmp
+            )
+        )
+        logged_digest = sha256(logged)
+    installed_digest = sha256(MODEL_CODE)
+    if logged_digest != installed_digest:
+        logged_commit = (info.metadata or {}).get("code_version") or "unknown"
+        raise ModelArtifactsError(
+            f"{where}: its code file {name} (sha256 {logged_digest[:12]}, logged at commit "
+            f"{logged_commit}) is not this installation's {MODEL_CODE.name} (sha256 "
+            f"{installed_digest[:12]}, commit {installed_commit() or 'unknown'}): refusing to "
+            "run code it was not built with; log its checkpoint again (`cameo model log`)"
+        )

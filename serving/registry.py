@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata
@@ -21,7 +20,13 @@ import pandas as pd
 from mlflow.models.model import ModelInfo
 
 from core.versioning import sha256
-from serving.artifacts import checkpoint_files
+from serving.artifacts import (
+    MODEL_CODE,
+    check_model_code,
+    checkpoint_files,
+    installed_commit,
+    locate_model,
+)
 from serving.client import demo_inputs, make_row
 from serving.manifest import record_base_models
 from serving.model import CHECKPOINT_ARTIFACT, SETTINGS_METADATA
@@ -42,8 +47,6 @@ PROFILE_CONFIGS = {"tiny": "tiny", "full": "sdxl"}  # the model config each prof
 MODEL_NAME = "model"  # the logged model's name inside its run
 # The model metadata each registered version is also tagged with (searchable in the registry).
 VERSION_TAGS = ("training_run_id", "dataset_md5", "checkpoint_step", "profile", "weights_sha256")
-# The model's code file (models-from-code): loading a version runs it, no pickle involved.
-MODEL_CODE = Path(__file__).resolve().parent / "logged_model.py"
 # What the model imports at load and predict time, pinned to the versions it was logged with.
 _REQUIREMENTS = (
     "mlflow",
@@ -73,20 +76,6 @@ def _pip_requirements() -> list[str]:
         except metadata.PackageNotFoundError:
             continue
     return pinned
-
-
-def _code_version() -> str | None:
-    """The git commit of the code logging the model (the model runs the installed package)."""
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def _copy_checkpoint(source: Path, target: Path) -> None:
@@ -191,7 +180,7 @@ def log_model(
         "checkpoint_step": info.step,
         "model_config": info.config,
         "profile": profile,
-        "code_version": _code_version(),
+        "code_version": installed_commit(),
         "weights_sha256": weights_digest or weights_sha256(checkpoint_dir),
         # Here, not as `model_config`, which MLflow also logs as run params (~30 of them).
         SETTINGS_METADATA: served_settings,
@@ -276,7 +265,8 @@ def model_versions(name: str = REGISTERED_MODEL) -> list[ModelVersion]:
 
 def promote(version: str | int, alias: str = CHAMPION, name: str = REGISTERED_MODEL) -> str | None:
     """Point `alias` at `version` ("latest": the newest registered); return the version it
-    pointed at before (to roll back to)."""
+    pointed at before (to roll back to). ModelArtifactsError, before the alias moves, for a
+    version whose code file is not this installation's."""
     client = mlflow.MlflowClient()
     if version == "latest":
         found = client.search_model_versions(f"name='{name}'")
@@ -284,6 +274,8 @@ def promote(version: str | int, alias: str = CHAMPION, name: str = REGISTERED_MO
             raise mlflow.MlflowException(f"no version of {name} is registered: train one first")
         version = max(int(v.version) for v in found)
     client.get_model_version(name, str(version))  # fails with MLflow's message if unknown
+    uri = f"models:/{name}/{version}"
+    check_model_code(uri, locate_model(uri))  # an alias never points at foreign code
     try:
         previous = str(client.get_model_version_by_alias(name, alias).version)
     except mlflow.MlflowException:

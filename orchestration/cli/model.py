@@ -109,11 +109,15 @@ def model_list() -> None:
 def model_promote(version: str, alias: str) -> None:
     """Point the alias (what `make serve` serves) at VERSION (a number, or `latest`);
     promoting the previous version again rolls back."""
+    from serving.artifacts import ModelArtifactsError
     from serving.registry import promote
     from training.tracking import REGISTERED_MODEL, configure_tracking
 
     configure_tracking()
-    previous = promote(version, alias)
+    try:
+        previous = promote(version, alias)
+    except ModelArtifactsError as error:
+        raise click.ClickException(str(error)) from None
     if version == "latest":
         import mlflow
 

@@ -86,6 +86,47 @@ def test_a_version_missing_one_weights_file(tracking, logged, checkpoint, tmp_pa
         assert str(folder) in line and f"lack {missing}" in line, line
 
 
+@pytest.mark.slow
+def test_a_version_whose_code_file_was_replaced_is_refused_before_it_runs(
+    tracking, logged, checkpoint, tmp_path
+):
+    """Whoever may register a version edits its code file: the server refuses to load it, in
+    one line naming both digests, and `cameo model promote` leaves the alias where it was;
+    the edited code never runs."""
+    import mlflow
+
+    version, folder = _registered_copy(checkpoint)
+    ran = tmp_path / "ran"
+    code = folder / "logged_model.py"
+    code.write_text(f"{code.read_text()}\nopen({str(ran)!r}, 'w').close()\n")
+    uri = f"models:/{REGISTERED_MODEL}/{version}"
+    line = _serve_fails_in_one_line(uri)
+    assert f"{REGISTERED_MODEL} version {version}" in line, line
+    assert "is not this installation's logged_model.py" in line and "refusing" in line, line
+    client = mlflow.MlflowClient()
+    champion = client.get_model_version_by_alias(REGISTERED_MODEL, "champion").version
+    line = _fails_in_one_line(["model", "promote", version])
+    assert f"{REGISTERED_MODEL} version {version}" in line and "refusing" in line, line
+    assert client.get_model_version_by_alias(REGISTERED_MODEL, "champion").version == champion
+    assert not ran.exists()
+
+
+def test_a_version_bringing_code_paths_is_refused(tracking, logged, checkpoint):
+    """MLflow puts a version's `code_paths` first on sys.path at load (they could shadow any
+    module); cameo logs none, so a version naming some is refused."""
+    import yaml
+
+    from serving.artifacts import ModelArtifactsError, check_model_artifacts
+
+    version, folder = _registered_copy(checkpoint)
+    mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
+    mlmodel["flavors"]["python_function"]["code"] = "code"
+    (folder / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+    with pytest.raises(ModelArtifactsError, match="refusing to run code it brings") as error:
+        check_model_artifacts(f"models:/{REGISTERED_MODEL}/{version}")
+    assert "\n" not in str(error.value)
+
+
 def test_a_truncated_weights_file_is_named_with_its_sizes(tracking, logged, checkpoint):
     from serving.artifacts import ModelArtifactsError, check_model_artifacts
 
