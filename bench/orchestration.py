@@ -44,7 +44,7 @@ from core.layout import DataLayout
 from orchestration.production import PostgresServer, dagster_home
 from orchestration.resources import DataResource
 from orchestration.sensors import movie_sensor
-from serving.server import ServerStartError, free_port, wait_until_answering
+from serving.server import free_port, wait_until_answering
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
@@ -207,11 +207,9 @@ class Webserver:
             command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
-        try:
-            wait_until_answering("dagster-webserver", f"{self.url}/server_info", self.process, 180)
-        except ServerStartError:
-            self.stop()
-            raise
+        wait_until_answering(
+            "dagster-webserver", f"{self.url}/server_info", self.process, 180, stop=self.stop
+        )
 
     def query(self, query: str, variables: dict) -> dict:
         request = urllib.request.Request(

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from serving.server import ServerStartError, free_port, wait_until_answering
+from serving.server import free_port, wait_until_answering
 
 K8S = Path(__file__).resolve().parents[1] / "k8s"
 DAGSTER_VALUES = K8S / "dagster" / "values.yaml"
@@ -262,13 +262,9 @@ class TrackingServer:
             self.process = subprocess.Popen(
                 self.command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        try:
-            wait_until_answering(
-                "mlflow server", f"{self.url}/health", self.process, wait_s, self.log_path
-            )
-        except ServerStartError:
-            self.stop()
-            raise
+        wait_until_answering(
+            "mlflow server", f"{self.url}/health", self.process, wait_s, self.log_path, self.stop
+        )
         return self
 
     def stop(self) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import mlflow
-from mlflow.models.model import MODEL_CODE_PATH
+from mlflow.models.model import MODEL_CODE_PATH, ModelInfo
 
 from core.versioning import sha256
 from serving.model import CHECKPOINT_ARTIFACT
@@ -116,8 +116,8 @@ def check_model_artifacts(model_uri: str) -> ModelLocation:
     where = f"{location.label}: artifacts at {location.artifact_uri}"
     if MLMODEL not in root:
         raise ModelArtifactsError(f"{where} lack {MLMODEL} (the folder is gone or emptied)")
-    metadata = mlflow.models.get_model_info(model_uri).metadata or {}
-    expected = metadata.get("checkpoint_files") or dict.fromkeys(INFERENCE_FILES)
+    info = mlflow.models.get_model_info(model_uri)
+    expected = (info.metadata or {}).get("checkpoint_files") or dict.fromkeys(INFERENCE_FILES)
     for path, size in expected.items():
         stored = f"{ARTIFACTS_DIR}/{CHECKPOINT_ARTIFACT}/{path}"
         if stored not in root:
@@ -126,16 +126,15 @@ def check_model_artifacts(model_uri: str) -> ModelLocation:
             raise ModelArtifactsError(
                 f"{where}: {stored} has {root[stored]} bytes, {size} were logged"
             )
-    check_model_code(model_uri, location)
+    check_model_code(info, location)
     return location
 
 
-def check_model_code(model_uri: str, location: ModelLocation) -> None:
+def check_model_code(info: ModelInfo, location: ModelLocation) -> None:
     """Raise ModelArtifactsError unless the version's code file is this installation's
     `serving/logged_model.py` and the version names no other code (`code_paths`, a loader of
     its own). Versions pickled before models-from-code have no code file: `cameo model list`
     shows them for logging again."""
-    info = mlflow.models.get_model_info(model_uri)
     flavor = info.flavors.get("python_function", {})
     if MODEL_CODE_PATH not in flavor:
         return

@@ -275,7 +275,8 @@ def promote(version: str | int, alias: str = CHAMPION, name: str = REGISTERED_MO
         version = max(int(v.version) for v in found)
     client.get_model_version(name, str(version))  # fails with MLflow's message if unknown
     uri = f"models:/{name}/{version}"
-    check_model_code(uri, locate_model(uri))  # an alias never points at foreign code
+    # An alias never points at foreign code.
+    check_model_code(mlflow.models.get_model_info(uri), locate_model(uri))
     try:
         previous = str(client.get_model_version_by_alias(name, alias).version)
     except mlflow.MlflowException:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import requests
@@ -68,12 +68,17 @@ class ServerStartError(RuntimeError):
 
 
 def wait_until_answering(
-    name: str, url: str, process: subprocess.Popen, wait_s: float, log: Path | None = None
+    name: str,
+    url: str,
+    process: subprocess.Popen,
+    wait_s: float,
+    log: Path | None = None,
+    stop: Callable[[], None] | None = None,
 ) -> None:
     """Return once GET `url` of the server `name` (running in `process`) answers 200. A refused
     connection or a slow answer (a busy machine: the server may still be importing) counts as
-    not yet; `ServerStartError` once `process` exits or `wait_s` passes, with the last line of
-    `log`. Stopping the process is left to the caller."""
+    not yet; once `process` exits or `wait_s` passes, `stop()` (what is left of the server),
+    then `ServerStartError` with the last line of `log`."""
 
     def log_line() -> str:
         if log is None or not log.is_file():
@@ -84,12 +89,17 @@ def wait_until_answering(
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise ServerStartError(f"{name} exited with {process.returncode}{log_line()}")
+            failure = f"{name} exited with {process.returncode}"
+            break
         with contextlib.suppress(requests.RequestException):
             if requests.get(url, timeout=10).status_code == 200:
                 return
         time.sleep(0.3)
-    raise ServerStartError(f"{name}: no answer from {url} within {wait_s} s{log_line()}")
+    else:
+        failure = f"{name}: no answer from {url} within {wait_s} s"
+    if stop is not None:
+        stop()
+    raise ServerStartError(f"{failure}{log_line()}")
 
 
 class ModelServer:
@@ -128,9 +138,6 @@ class ModelServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
     def start(self, wait_s: float = 180.0) -> ModelServer:
         """Start the server and return once /ping answers 200 (loading the model included)."""
         with self.log_path.open("ab") as log:
@@ -141,13 +148,9 @@ class ModelServer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stop() ends uvicorn with it
             )
-        try:
-            wait_until_answering(
-                "the model server", f"{self.url}/ping", self.process, wait_s, self.log_path
-            )
-        except ServerStartError:
-            self.stop()
-            raise
+        wait_until_answering(
+            "the model server", f"{self.url}/ping", self.process, wait_s, self.log_path, self.stop
+        )
         return self
 
     def stop(self, grace_s: float = 15.0) -> None:
