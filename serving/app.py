@@ -27,7 +27,6 @@ import logging
 import os
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import click
 
@@ -105,9 +104,11 @@ def create_app():
 def serve(
     model_uri: str, host: str, port: int, timeout_s: int, workers: int, max_waiting: int
 ) -> None:
-    """Check, resolve and download the model, then replace this process with uvicorn (so that
-    the PID a caller holds is the server's)."""
+    """Check, resolve and download the model, then run uvicorn in this process (so that the PID
+    a caller holds is the server's, and the libraries imported here are not imported again; a
+    second worker and more are uvicorn's own processes)."""
     import mlflow
+    import uvicorn
 
     from serving.artifacts import check_model_artifacts
     from training.tracking import configure_tracking
@@ -116,25 +117,24 @@ def serve(
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # no download bars in the log
     check_model_artifacts(model_uri)  # a gone or partial version: one line, not uvicorn's trace
     served = resolve_model(model_uri)
-    path = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
-    env = dict(os.environ)
-    env[MODEL_PATH_ENV] = path
-    env[SERVED_MODEL_ENV] = json.dumps(asdict(served))
-    env[SERVER_LIMITS_ENV] = json.dumps(asdict(ServerLimits(timeout_s, max_waiting)))
-    env[MLFLOW_TIMEOUT_ENV] = str(timeout_s + BACKSTOP_S)
-    # torch's OpenMP threads spin between operations by default: on cores that other processes
-    # share, a 640x360 tiny request then took 24 s on two threads instead of 3.5 s.
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ[MODEL_PATH_ENV] = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
+    os.environ[SERVED_MODEL_ENV] = json.dumps(asdict(served))
+    os.environ[SERVER_LIMITS_ENV] = json.dumps(asdict(ServerLimits(timeout_s, max_waiting)))
+    os.environ[MLFLOW_TIMEOUT_ENV] = str(timeout_s + BACKSTOP_S)
     print(
         f"serving {served.label} ({model_uri}) at http://{host}:{port}: {workers} worker(s), "
         f"each computing one request with up to {max_waiting} waiting; timeout {timeout_s} s",
         flush=True,
     )
-    uvicorn = str(Path(sys.executable).parent / "uvicorn")
-    command = [uvicorn, "--factory", "serving.app:create_app", "--host", host]
-    command += ["--port", str(port), "--workers", str(workers)]
-    command += ["--log-level", "warning", "--no-access-log"]  # serving.endpoint logs requests
-    os.execve(uvicorn, command, env)
+    uvicorn.run(
+        "serving.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,  # serving.endpoint logs requests
+    )
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -166,6 +166,10 @@ def main(
     model_uri: str, host: str, port: int, timeout: int, workers: int, max_waiting: int
 ) -> None:
     """Serve a cameo-inpaint model over HTTP (MLflow's scoring protocol)."""
+    # Before torch is imported, whose OpenMP reads it once: its threads spin between operations
+    # by default, and on cores that other processes share a 640x360 tiny request then took 24 s
+    # on two threads instead of 3.5 s.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import mlflow
 
     from serving.artifacts import ModelArtifactsError

@@ -1,6 +1,8 @@
 """Shared fixtures: tool state in temp dirs, telemetry off, one torch thread, the sample movie."""
 
+import fcntl
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -81,13 +83,25 @@ def _one_torch_thread():
 
 
 @pytest.fixture(scope="session")
-def sample_root(tmp_path_factory) -> Path:
-    """A data root holding the sample movie, its ground truth and the sample single images
-    (written once per session)."""
+def sample_root(tmp_path_factory, worker_id: str) -> Path:
+    """A data root holding the sample movie, its ground truth and the sample single images.
+    Writing them takes half a minute (x264 without its CPU-specific code): the first worker
+    of the run writes them once, and each worker copies them into a root of its own (tests
+    build into it)."""
     from assets.sample_movie import write_sample_movie, write_sample_singles
     from core.layout import DataLayout
 
+    # Under xdist each worker's base temp dir lies in the run's; alone, the base is the run's.
+    run_tmp = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        run_tmp = run_tmp.parent
+    written = run_tmp / "sample-inputs"
+    with open(run_tmp / "sample-inputs.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (written / ".complete").exists():
+            write_sample_movie(DataLayout(written))
+            write_sample_singles(DataLayout(written))
+            (written / ".complete").touch()
     root = tmp_path_factory.mktemp("data")
-    write_sample_movie(DataLayout(root))
-    write_sample_singles(DataLayout(root))
+    shutil.copytree(written, root, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".complete"))
     return root

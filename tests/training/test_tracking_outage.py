@@ -19,7 +19,10 @@ from test_training_train import REPO, _env
 
 from serving.server import free_port, wait_until_answering
 
-STEPS = 200  # outlasts a restart of the server: the tiny model takes tens of ms a step
+# The tiny model takes tens of ms a step: a short outage's run outlasts a restart of the
+# server; a long outage's needs only to go on after the server is killed.
+SHORT_OUTAGE_STEPS = 200
+LONG_OUTAGE_STEPS = 60
 
 
 class TrackingServer:
@@ -55,7 +58,7 @@ def server(tmp_path):
         server.kill()
 
 
-def start_training(triplets_root: Path, tmp_path: Path, server: TrackingServer):
+def start_training(triplets_root: Path, tmp_path: Path, server: TrackingServer, steps: int):
     values = yaml.safe_load((REPO / "params.yaml").read_text())
     values["profiles"]["tiny"]["training"].update(
         tracking_timeout_s=2, checkpoint_every=40, validate_every=1000
@@ -65,7 +68,7 @@ def start_training(triplets_root: Path, tmp_path: Path, server: TrackingServer):
     command = [
         sys.executable, "-m", "orchestration.cli.train", "--params", str(params),
         "--data", str(triplets_root), "--unlocked", "--no-progress",
-        "--output-dir", str(tmp_path / "out"), "--steps", str(STEPS),
+        "--output-dir", str(tmp_path / "out"), "--steps", str(steps),
     ]  # fmt: skip
     env = {**_env(triplets_root, tmp_path), "MLFLOW_TRACKING_URI": server.url}
     process = subprocess.Popen(
@@ -95,7 +98,7 @@ def loss_steps(server: TrackingServer, run_id: str) -> list[int]:
 def test_a_long_outage_ends_in_one_line_and_cameo_relog_logs_the_rest(
     triplets_root, tmp_path, server
 ):
-    process, env = start_training(triplets_root, tmp_path, server)
+    process, env = start_training(triplets_root, tmp_path, server, LONG_OUTAGE_STEPS)
     run_id = wait_for_losses(server, 3)
     server.kill()
     _, err = process.communicate(timeout=600)
@@ -114,14 +117,14 @@ def test_a_long_outage_ends_in_one_line_and_cameo_relog_logs_the_rest(
     )  # fmt: skip
     assert relogged.returncode == 0, relogged.stderr
     assert "cameo model log --checkpoint" in relogged.stdout
-    assert loss_steps(server, run_id) == list(range(1, STEPS + 1))
+    assert loss_steps(server, run_id) == list(range(1, LONG_OUTAGE_STEPS + 1))
     artifacts = MlflowClient(server.url).list_artifacts(run_id, "checkpoint")
     assert any(a.path == "checkpoint/pose_identitynet" for a in artifacts)
     assert not unlogged.exists()
 
 
 def test_a_short_outage_is_logged_when_the_server_is_back(triplets_root, tmp_path, server):
-    process, _ = start_training(triplets_root, tmp_path, server)
+    process, _ = start_training(triplets_root, tmp_path, server, SHORT_OUTAGE_STEPS)
     run_id = wait_for_losses(server, 3)
     server.kill()
     time.sleep(1)
@@ -131,6 +134,6 @@ def test_a_short_outage_is_logged_when_the_server_is_back(triplets_root, tmp_pat
     assert f"warning: MLflow at {server.url} is not answering" in err
     assert f"MLflow at {server.url} answers again" in err
     assert "did not answer" not in err and not (tmp_path / "out" / "unlogged.json").exists()
-    assert loss_steps(server, run_id) == list(range(1, STEPS + 1))
+    assert loss_steps(server, run_id) == list(range(1, SHORT_OUTAGE_STEPS + 1))
     versions = MlflowClient(server.url).search_model_versions("name='cameo-inpaint'")
     assert len(versions) == 1
