@@ -29,12 +29,14 @@ import sys
 from dataclasses import asdict
 
 import click
+from fastapi import Request  # at module level: FastAPI resolves the route's annotations here
 
 from serving.params import ServingParams
 from serving.served import (
     MODEL_PATH_ENV,
     SERVED_MODEL_ENV,
     SERVER_LIMITS_ENV,
+    SERVING_TOKEN_ENV,
     ServedModel,
     ServerLimits,
 )
@@ -79,7 +81,7 @@ def create_app():
     from fastapi.responses import JSONResponse
     from mlflow.pyfunc import scoring_server
 
-    from serving.endpoint import Invocations
+    from serving.endpoint import BEARER_CHALLENGE, UNAUTHORIZED, Invocations, authorized
 
     _log_to_stderr()
     served = ServedModel(**json.loads(os.environ[SERVED_MODEL_ENV]))
@@ -87,12 +89,15 @@ def create_app():
     # The perception libraries print each model file they load (rtmlib): not the server's news.
     with contextlib.redirect_stdout(io.StringIO()):
         model = mlflow.pyfunc.load_model(os.environ[MODEL_PATH_ENV])
+    token = os.environ.get(SERVING_TOKEN_ENV) or None
     app = scoring_server.init(model)
-    Invocations(model, limits).add_to(app)
+    Invocations(model, limits, token).add_to(app)
     app.router.routes = [r for r in app.router.routes if getattr(r, "path", "") != "/version"]
 
     @app.get("/version")
-    async def version() -> JSONResponse:
+    async def version(request: Request) -> JSONResponse:
+        if not authorized(request, token):
+            return JSONResponse({"message": UNAUTHORIZED}, 401, BEARER_CHALLENGE)
         return JSONResponse(
             {**asdict(served), "model_version": served.label, "mlflow": mlflow.__version__}
         )
@@ -101,9 +106,7 @@ def create_app():
     return app
 
 
-def serve(
-    model_uri: str, host: str, port: int, timeout_s: int, workers: int, max_waiting: int
-) -> None:
+def serve(model_uri: str, host: str, port: int, workers: int, limits: ServerLimits) -> None:
     """Check, resolve and download the model, then run uvicorn in this process (so that the PID
     a caller holds is the server's, and the libraries imported here are not imported again; a
     second worker and more are uvicorn's own processes)."""
@@ -119,11 +122,13 @@ def serve(
     served = resolve_model(model_uri)
     os.environ[MODEL_PATH_ENV] = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
     os.environ[SERVED_MODEL_ENV] = json.dumps(asdict(served))
-    os.environ[SERVER_LIMITS_ENV] = json.dumps(asdict(ServerLimits(timeout_s, max_waiting)))
-    os.environ[MLFLOW_TIMEOUT_ENV] = str(timeout_s + BACKSTOP_S)
+    os.environ[SERVER_LIMITS_ENV] = json.dumps(asdict(limits))
+    os.environ[MLFLOW_TIMEOUT_ENV] = str(round(limits.timeout_s) + BACKSTOP_S)
+    token = "bearer token required" if os.environ.get(SERVING_TOKEN_ENV) else "no token"
     print(
         f"serving {served.label} ({model_uri}) at http://{host}:{port}: {workers} worker(s), "
-        f"each computing one request with up to {max_waiting} waiting; timeout {timeout_s} s",
+        f"each computing one request with up to {limits.max_waiting} waiting; timeout "
+        f"{limits.timeout_s:g} s; bodies up to {limits.max_request_mb} MB; {token}",
         flush=True,
     )
     uvicorn.run(
@@ -162,10 +167,25 @@ def serve(
     show_default=True,
     help="requests a worker holds waiting behind the one it computes; more get 503",
 )
+@click.option(
+    "--max-request-mb",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.max_request_mb,
+    show_default=True,
+    help="larger request bodies get 413 before they are read",
+)
 def main(
-    model_uri: str, host: str, port: int, timeout: int, workers: int, max_waiting: int
+    model_uri: str,
+    host: str,
+    port: int,
+    timeout: int,
+    workers: int,
+    max_waiting: int,
+    max_request_mb: int,
 ) -> None:
-    """Serve a cameo-inpaint model over HTTP (MLflow's scoring protocol)."""
+    """Serve a cameo-inpaint model over HTTP (MLflow's scoring protocol). With
+    $CAMEO_SERVING_TOKEN set, /invocations and /version answer only requests that send it as
+    `Authorization: Bearer <token>`; /ping and /health stay open for probes."""
     # Before torch is imported, whose OpenMP reads it once: its threads spin between operations
     # by default, and on cores that other processes share a 640x360 tiny request then took 24 s
     # on two threads instead of 3.5 s.
@@ -175,7 +195,7 @@ def main(
     from serving.artifacts import ModelArtifactsError
 
     try:
-        serve(model_uri, host, port, timeout, workers, max_waiting)
+        serve(model_uri, host, port, workers, ServerLimits(timeout, max_waiting, max_request_mb))
     except (mlflow.MlflowException, OSError, ModelArtifactsError) as e:  # one line
         sys.exit(f"error: cannot serve {model_uri}: {' '.join(str(e).split())}")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 import PIL.Image
 
 from serving.schema import encode_image, image_from_base64
+from serving.served import SERVING_TOKEN_ENV
 
 ImageLike = str | Path | PIL.Image.Image | np.ndarray
 REQUEST_FORMATS = ("dataframe_split", "dataframe_records", "inputs")
@@ -127,12 +129,16 @@ def error_message(text: str) -> str:
 class InpaintClient:
     """The HTTP endpoint of the scoring server (`cameo serve`, `make serve`)."""
 
-    def __init__(self, url: str, timeout_s: float = 600.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 600.0, token: str | None = None) -> None:
+        """`token`: the server's bearer token; default $CAMEO_SERVING_TOKEN, if set."""
         import requests
 
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self._session = requests.Session()
+        token = token or os.environ.get(SERVING_TOKEN_ENV)
+        if token:
+            self._session.headers["Authorization"] = f"Bearer {token}"
 
     def ping(self) -> bool:
         import requests

@@ -6,6 +6,9 @@ new thread, lets a request that timed out compute to its end while later ones qu
 unbounded, drops unknown columns and params with a warning, and answers errors with a dump of
 the request. Here, in each uvicorn worker:
 
+- with a token set ($CAMEO_SERVING_TOKEN), a request without `Authorization: Bearer <token>`
+  is answered 401 before anything else; a body larger than `serving.max_request_mb` is
+  answered 413 before it is read (its declared length, else as it streams in);
 - one request computes and up to `serving.max_waiting` wait; more are answered 503 at once,
   with `Retry-After` (about one request's run time);
 - unknown keys, params and columns are refused with 400 naming the closest valid one, before any
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import math
@@ -49,6 +53,46 @@ CLIENT_GONE = 499  # logged only (nginx's "client closed request"): nobody reads
 _MLFLOW_ECHO = re.compile(
     r"^Failed to enforce schema of data '.*' with schema '.*'\. Error: ", re.DOTALL
 )
+
+
+class BodyTooLarge(Exception):
+    """A request body over the server's limit, found before or while reading it."""
+
+
+def authorized(request: Request, token: str | None) -> bool:
+    """Whether the request sends the server's bearer token (always, where none is set)."""
+    if token is None:
+        return True
+    scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+    # In constant time: how much of a guess matched must not show in the answer's timing.
+    return scheme.lower() == "bearer" and hmac.compare_digest(sent.strip().encode(), token.encode())
+
+
+BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="cameo"'}
+UNAUTHORIZED = (
+    "authorization: this server requires `Authorization: Bearer <token>` with its token "
+    "(CAMEO_SERVING_TOKEN); none was sent, or another"
+)
+
+
+def declared_length(request: Request) -> int:
+    """The body's Content-Length (0 where it declares none, or no number)."""
+    declared = request.headers.get("content-length", "").strip()
+    return int(declared) if declared.isdigit() else 0
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request's body, refused (BodyTooLarge) as soon as it is known to exceed
+    `max_bytes`: by its Content-Length before a byte is read, else as it streams in."""
+    if declared_length(request) > max_bytes:
+        raise BodyTooLarge(declared_length(request))
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise BodyTooLarge(size)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def one_line(message: str) -> str:
@@ -121,13 +165,15 @@ async def _client_gone(request: Request) -> None:
 class Invocations:
     """The `/invocations` route of one worker, around a loaded pyfunc model."""
 
-    def __init__(self, model: Any, limits: ServerLimits) -> None:
+    def __init__(self, model: Any, limits: ServerLimits, token: str | None = None) -> None:
+        """`token`: the bearer token requests must send (None: no token is asked for)."""
         from mlflow.pyfunc import scoring_server
 
         self._parse_data = scoring_server.infer_and_parse_data
         self._to_json = scoring_server.predictions_to_json
         self.model = model
         self.limits = limits
+        self.token = token
         self.schema = RequestSchema.from_signature(model.metadata.signature)
         self.input_schema = model.metadata.get_input_schema()
         self.admission = Admission(limits.max_waiting)
@@ -147,8 +193,14 @@ class Invocations:
         call = Call(
             request=ServedRequest(request_id, deadline=arrived + self.limits.timeout_s),
             arrived=arrived,
-            size=int(request.headers.get("content-length") or 0),
+            size=declared_length(request),
         )
+        if not authorized(request, self.token):
+            return self._answer(
+                call, 401, "UNAUTHENTICATED", UNAUTHORIZED, headers=BEARER_CHALLENGE
+            )
+        if call.size > self.limits.max_request_bytes:
+            return self._answer(call, 413, "RESOURCE_EXHAUSTED", self._too_large(call.size))
         if not self.admission.enter():
             retry = self.admission.retry_after()
             message = (
@@ -165,7 +217,11 @@ class Invocations:
     async def _admitted(self, call: Call, request: Request) -> Response:
         from mlflow.exceptions import MlflowException
 
-        body = await request.body()
+        try:
+            body = await read_body(request, self.limits.max_request_bytes)
+        except BodyTooLarge as e:
+            (call.size,) = e.args
+            return self._answer(call, 413, "RESOURCE_EXHAUSTED", self._too_large(call.size))
         call.size = len(body)
         mime = request.headers.get("content-type", "").partition(";")[0].strip()
         if mime != "application/json":
@@ -263,6 +319,13 @@ class Invocations:
             message = one_line(f"internal error: {type(e).__name__}: {e}")
             return self._answer(call, 500, "INTERNAL_ERROR", message)
 
+    def _too_large(self, size: int) -> str:
+        return (
+            f"body: at least {size / 1e6:.1f} MB, over this server's limit of "
+            f"{self.limits.max_request_mb} MB (serving.max_request_mb): send fewer rows or "
+            "smaller images (JPEG for photographs)"
+        )
+
     def _timeout_message(self) -> str:
         return (
             f"timeout: no answer within {self.limits.timeout_s:g} s (serving.timeout_s); the "
@@ -277,6 +340,7 @@ class Invocations:
         message: str,
         content: str | None = None,
         retry_after: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Response:
         """The response, logged now unless the model thread still has the request (then when
         its work ends)."""
@@ -287,7 +351,7 @@ class Invocations:
             content = json.dumps(
                 {"error_code": error_code, "message": message, "request_id": call.request.id}
             )
-        headers = {"X-Request-Id": call.request.id}
+        headers = {**(headers or {}), "X-Request-Id": call.request.id}
         if retry_after is not None:
             headers["Retry-After"] = str(retry_after)
         return Response(content, status, headers, media_type="application/json")

@@ -1,7 +1,7 @@
 """The `serving` section of params.yaml: request limits, the scoring server's settings, and
 each inference param's default and range. The limits and params travel with the logged model
-(`serving.schema.ServingConfig`); `timeout_s`, `workers` and `max_waiting` are the server's
-(`cameo serve` passes them to `serving.app`)."""
+(`serving.schema.ServingConfig`); `timeout_s`, `workers`, `max_waiting` and `max_request_mb`
+are the server's (`cameo serve` passes them to `serving.app`)."""
 
 from __future__ import annotations
 
@@ -58,6 +58,9 @@ class ServingParams(Section):
     timeout_s: int = Field(300, ge=1)
     workers: int = Field(1, ge=1)
     max_waiting: int = Field(2, ge=0)
+    # A request body larger than this is refused (413) before it is read. A row carries three
+    # images: at max_pixels, as PNG of a photograph, about 30 MB in base64; four rows fit.
+    max_request_mb: int = Field(128, ge=1)
     verify_checksums: bool = True
     # The U-Net's and the ControlNet's speed levers; with `compile`, the server compiles at
     # start (a warm-up painting) before /ping answers healthy.

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 MODEL_PATH_ENV = "CAMEO_MODEL_PATH"
 SERVED_MODEL_ENV = "CAMEO_SERVED_MODEL"
 SERVER_LIMITS_ENV = "CAMEO_SERVER_LIMITS"
+# The bearer token clients must send, when set (in Kubernetes, from the Secret
+# cameo-serving-token); the server and `serving.client` read it.
+SERVING_TOKEN_ENV = "CAMEO_SERVING_TOKEN"
 
 
 @dataclass(frozen=True)
@@ -35,11 +38,17 @@ class ServedModel:
 
 @dataclass(frozen=True)
 class ServerLimits:
-    """How much one worker takes on: the request timeout (`serving.timeout_s`) and how many
-    requests may wait behind the one it computes (`serving.max_waiting`)."""
+    """How much one worker takes on: the request timeout (`serving.timeout_s`), how many
+    requests may wait behind the one it computes (`serving.max_waiting`), and the largest body
+    it reads (`serving.max_request_mb`)."""
 
     timeout_s: float
     max_waiting: int
+    max_request_mb: int
+
+    @property
+    def max_request_bytes(self) -> int:
+        return self.max_request_mb * 1_000_000
 
 
 class RequestCancelled(Exception):

@@ -29,28 +29,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def serve_command(
-    model_uri: str, host: str, port: int, timeout_s: int, workers: int, max_waiting: int
-) -> list[str]:
+def serve_command(model_uri: str, host: str, port: int, settings: ServingParams) -> list[str]:
     """The scoring server's command line (`serving.app`): the request timeout, the workers (one
-    per GPU) and the requests each holds waiting, from params.yaml's `serving` section."""
+    per GPU), the requests each holds waiting and the largest body, from params.yaml's
+    `serving` section."""
     return [
-        sys.executable,
-        "-m",
-        "serving.app",
-        "--model",
-        model_uri,
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--timeout",
-        str(timeout_s),
-        "--workers",
-        str(workers),
-        "--max-waiting",
-        str(max_waiting),
-    ]
+        sys.executable, "-m", "serving.app", "--model", model_uri, "--host", host,
+        "--port", str(port), "--timeout", str(settings.timeout_s),
+        "--workers", str(settings.workers), "--max-waiting", str(settings.max_waiting),
+        "--max-request-mb", str(settings.max_request_mb),
+    ]  # fmt: skip
 
 
 def serve_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -120,14 +108,7 @@ class ModelServer:
         self.model_uri = model_uri
         self.host = host
         self.port = port or free_port(host)
-        self.command = serve_command(
-            model_uri,
-            host,
-            self.port,
-            settings.timeout_s,
-            settings.workers,
-            settings.max_waiting,
-        )
+        self.command = serve_command(model_uri, host, self.port, settings)
         self._env = serve_env(env)
         fd, log = tempfile.mkstemp(prefix="cameo-serve-", suffix=".log")
         os.close(fd)

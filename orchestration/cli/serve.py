@@ -41,6 +41,12 @@ def serving_params(params_path: str, profile: str | None = None) -> ServingParam
     type=int,
     help="Requests each worker holds waiting (more get 503); default: serving.max_waiting.",
 )
+@click.option(
+    "--max-request-mb",
+    default=None,
+    type=int,
+    help="Larger bodies get 413 before they are read; default: serving.max_request_mb.",
+)
 @params_option
 def serve(
     model_uri: str | None,
@@ -49,23 +55,26 @@ def serve(
     workers: int | None,
     timeout: int | None,
     max_waiting: int | None,
+    max_request_mb: int | None,
     params_path: str,
 ) -> None:
     """Serve the model over HTTP (MLflow's scoring protocol; /version names the model version),
-    in the foreground; Ctrl-C stops it."""
+    in the foreground; Ctrl-C stops it. With $CAMEO_SERVING_TOKEN set, clients must send it
+    as `Authorization: Bearer <token>` (`cameo inpaint` and `serve-check` do)."""
     from serving.server import serve_command, serve_env
     from training.tracking import configure_tracking
 
     configure_tracking()
-    config = serving_params(params_path)
-    command = serve_command(
-        model_uri or champion_uri(),
-        host,
-        port,
-        timeout or config.timeout_s,
-        workers or config.workers,
-        config.max_waiting if max_waiting is None else max_waiting,
+    given = {
+        "timeout_s": timeout,
+        "workers": workers,
+        "max_waiting": max_waiting,
+        "max_request_mb": max_request_mb,
+    }
+    config = serving_params(params_path).updated(
+        "serving", **{name: value for name, value in given.items() if value is not None}
     )
+    command = serve_command(model_uri or champion_uri(), host, port, config)
     os.execve(command[0], command, serve_env())
 
 
