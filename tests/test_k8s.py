@@ -215,11 +215,42 @@ def test_mlflow_store_comes_from_configmap_or_secret():
     assert not any(o["kind"] == "Secret" for overlay in OVERLAYS for o in rendered(overlay))
 
 
+@requires_kubectl
+def test_every_mlflow_client_signs_in_with_its_own_account():
+    """The server runs cameo-auth; each pod that talks to it has its service's account of
+    TRACKING_ACCOUNTS, its password from the Secret cameo-mlflow-accounts; the promoters are
+    accounts too."""
+    from training.tracking_auth import PROMOTERS_ENV, TRACKING_ACCOUNTS
+
+    deployment = next(o for o in rendered("mlflow") if o["kind"] == "Deployment")
+    (server,) = pod_spec(deployment)["containers"]
+    assert server["args"][:2] == ["--app-name", "cameo-auth"]
+    (settings,) = [o["data"] for o in rendered("mlflow") if PROMOTERS_ENV in o.get("data", {})]
+    promoters = settings[PROMOTERS_ENV].split(",")
+    assert promoters and set(promoters) <= set(TRACKING_ACCOUNTS)
+    dagster = yaml.safe_load((K8S / "dagster" / "values.yaml").read_text())
+    clients = [
+        (name, c["env"]) for name, obj in workloads() for c in containers(obj)
+        if name != "mlflow"
+    ] + [("dagster", dagster["dagster-user-deployments"]["deployments"][0]["env"])]  # fmt: skip
+    signed_in = set()
+    for name, env in clients:
+        env = {e["name"]: e for e in env}
+        if "MLFLOW_TRACKING_URI" not in env:
+            continue
+        username = env["MLFLOW_TRACKING_USERNAME"]["value"]
+        password = env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert username in TRACKING_ACCOUNTS, name
+        assert password == {"name": "cameo-mlflow-accounts", "key": username}, name
+        signed_in.add(username)
+    assert signed_in == {"cameo-training", "cameo-serving", "cameo-dagster"}
+
+
 def test_dagster_values_run_the_code_location_on_kubernetes():
     values = yaml.safe_load((K8S / "dagster" / "values.yaml").read_text())
     deployment = values["dagster-user-deployments"]["deployments"][0]
     assert deployment["dagsterApiGrpcArgs"] == ["-m", "orchestration.definitions"]
-    env = {e["name"]: e["value"] for e in deployment["env"]}
+    env = {e["name"]: e.get("value") for e in deployment["env"]}
     assert env["CAMEO_ENV"] == "k8s"
     mounts = {m["mountPath"] for m in deployment["volumeMounts"]}
     assert {env["CAMEO_DATA"], env["CAMEO_MODELS"], str(Path(env["CAMEO_PARAMS"]).parent)} <= mounts

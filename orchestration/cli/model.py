@@ -1,5 +1,5 @@
-"""`cameo model log|list|promote|summary`: the registered model `cameo-inpaint` and the
-architecture's size."""
+"""`cameo model log|list|promote|summary|accounts`: the registered model `cameo-inpaint`, the
+architecture's size, and the tracking server's accounts."""
 
 from __future__ import annotations
 
@@ -126,6 +126,29 @@ def model_promote(version: str, alias: str) -> None:
     if previous is not None and previous != version:
         click.echo(f"roll back with: cameo model promote {previous} --alias {alias}")
     click.echo("a running server keeps the version it loaded: restart it (make serve)")
+
+
+@model.command("accounts")
+@click.option(
+    "--passwords-dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="One file per account, named after it, holding its password (a mounted Secret).",
+)
+def model_accounts(passwords_dir: Path) -> None:
+    """As the tracking server's admin (MLFLOW_TRACKING_USERNAME/PASSWORD), create or update the
+    services' accounts of `mlflow server --app-name cameo-auth` and their permissions; run it
+    again after changing a password (training/tracking_auth.py)."""
+    from training.tracking_auth import TRACKING_ACCOUNTS, create_accounts
+
+    missing = [name for name in TRACKING_ACCOUNTS if not (passwords_dir / name).is_file()]
+    if missing:
+        raise click.ClickException(f"no password file in {passwords_dir} for {missing}")
+    passwords = {name: (passwords_dir / name).read_text().strip() for name in TRACKING_ACCOUNTS}
+    create_accounts(passwords)
+    for name, permissions in TRACKING_ACCOUNTS.items():
+        granted = ", ".join(f"{kind} {level}" for kind, level in permissions.items())
+        click.echo(f"{name}: {granted or 'reads only'}")
 
 
 @model.command("summary")
