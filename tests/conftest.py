@@ -1,5 +1,6 @@
 """Shared fixtures: tool state in temp dirs, telemetry off, one torch thread, the sample movie."""
 
+import atexit
 import fcntl
 import os
 import shutil
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 _STATE = Path(tempfile.mkdtemp(prefix="cameo-test-state-"))
+atexit.register(shutil.rmtree, _STATE, ignore_errors=True)
 os.environ.update(
     DAGSTER_DISABLE_TELEMETRY="1",
     MLFLOW_DISABLE_TELEMETRY="true",
