@@ -11,10 +11,12 @@ bench/orchestration.py run the chain on it.
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -32,6 +34,9 @@ K8S = Path(__file__).resolve().parents[1] / "k8s"
 DAGSTER_VALUES = K8S / "dagster" / "values.yaml"
 MLFLOW_DEPLOYMENT = K8S / "mlflow" / "deployment.yaml"
 MLFLOW_KUSTOMIZATION = K8S / "mlflow" / "kustomization.yaml"
+MLFLOW_AUTH_CONFIG = K8S / "mlflow" / "basic_auth.ini"
+# The accounts' store in production: a database of its own beside the runs' (the ini in a Secret).
+MLFLOW_AUTH_DATABASE = "mlflow_auth"
 # The Secret's backend store URI names this role and database (k8s/mlflow/kustomization.yaml).
 MLFLOW_DATABASE = "mlflow"
 MLFLOW_SCHEME = "postgresql+psycopg2"
@@ -233,9 +238,22 @@ def mlflow_configmap() -> dict[str, str]:
     return dict(literal.split("=", 1) for literal in generator["literals"])
 
 
+def mlflow_auth_config(database_uri: str, path: Path) -> Path:
+    """k8s/mlflow/basic_auth.ini with its accounts' store at `database_uri`, written to `path`
+    (what production puts in a Secret instead of the ConfigMap)."""
+    config = configparser.ConfigParser()
+    config.read(MLFLOW_AUTH_CONFIG)
+    config["mlflow"]["database_uri"] = database_uri
+    with path.open("w") as file:
+        config.write(file)
+    return path
+
+
 class TrackingServer:
-    """`mlflow server` as k8s/mlflow deploys it, with the production Secret's PostgreSQL
-    backend store on `server` and artifacts under `artifacts`; stopped by its process group."""
+    """`mlflow server` as k8s/mlflow deploys it (`cameo-auth`: accounts, and only promoters move
+    aliases), with the production Secrets' PostgreSQL stores on `server` (runs, and accounts)
+    and artifacts under `artifacts`; stopped by its process group. `admin`: the admin's user
+    name and password, which create the services' accounts (`cameo model accounts`)."""
 
     def __init__(self, server: PostgresServer, artifacts: Path, password: str = "mlflow") -> None:
         self.port = free_port()
@@ -251,6 +269,16 @@ class TrackingServer:
             "MLFLOW_BACKEND_STORE_URI": backend,
             "MLFLOW_ARTIFACTS_DESTINATION": str(artifacts),
             "MLFLOW_ALLOWED_HOSTS": f"{hosts},127.0.0.1:{self.port}",
+        }
+        server.create_database(MLFLOW_AUTH_DATABASE, password)
+        accounts = server.url(MLFLOW_AUTH_DATABASE, password, MLFLOW_AUTH_DATABASE, MLFLOW_SCHEME)
+        config = mlflow_auth_config(accounts, artifacts.parent / "basic_auth.ini")
+        self.admin = ("admin", secrets.token_hex(16))
+        # The Secret cameo-mlflow-auth's keys, as the Deployment's env reads them.
+        self.env |= {
+            "MLFLOW_AUTH_CONFIG_PATH": str(config),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": self.admin[1],
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32),
         }
         self.command = mlflow_server_command(self.env, self.port)
         self.log_path = artifacts.parent / "mlflow-server.log"

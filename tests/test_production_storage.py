@@ -1,7 +1,9 @@
 """The production storage, for real: a throwaway PostgreSQL server holds Dagster's instance (as
-k8s/dagster/values.yaml configures it) and MLflow's tracking store (k8s/mlflow's server
-command with the production Secret's backend), and the chain runs on it: concurrent dataset
-builds, features, a tiny training run with its registration, serving and `cameo lineage`."""
+k8s/dagster/values.yaml configures it) and MLflow's tracking and account stores (k8s/mlflow's
+server command, `cameo-auth`, with the production Secrets' backends), and the chain runs on
+it, each command signed in with its service's account as on the cluster: concurrent dataset
+builds, features, a tiny training run with its registration (training), the promotion
+(promoter), serving and `cameo lineage` (serving)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from core.versioning import dvc_md5
 from orchestration.production import PostgresServer, PostgresUnavailable, TrackingServer
 from orchestration.production import dagster_home as production_dagster_home
 from tests.conftest import PARAMS
+from training.tracking_auth import TRACKING_ACCOUNTS
 
 pytestmark = pytest.mark.slow
 CAMEO = str(Path(sys.executable).parent / "cameo")
@@ -67,13 +70,30 @@ def stack(postgres: PostgresServer, sample_root: Path, tmp_path_factory) -> Iter
             "OMP_NUM_THREADS": "1",
             "MKL_NUM_THREADS": "1",
         }
-        yield {"tmp": tmp, "env": env, "params": str(params), **roots}
+        stack = {"tmp": tmp, "env": env, "params": str(params), **roots}
+        # The Secret cameo-mlflow-accounts, mounted as files; the admin creates the accounts.
+        (passwords := tmp / "mlflow-accounts").mkdir()
+        for name in TRACKING_ACCOUNTS:
+            (passwords / name).write_text(f"{name}-password")
+        stack["passwords"] = passwords
+        cameo(stack, "model", "accounts", "--passwords-dir", str(passwords), as_=tracking.admin)
+        env["MLFLOW_TRACKING_USERNAME"] = "cameo-dagster"
+        env["MLFLOW_TRACKING_PASSWORD"] = account_password(stack, "cameo-dagster")
+        yield stack
 
 
-def cameo(stack: dict, *args: str) -> str:
-    done = subprocess.run(
-        [CAMEO, *args], cwd=stack["tmp"], env=stack["env"], capture_output=True, text=True
-    )
+def account_password(stack: dict, account: str) -> str:
+    return (stack["passwords"] / account).read_text()
+
+
+def cameo(stack: dict, *args: str, as_: tuple[str, str] | str | None = None) -> str:
+    """`cameo *args`, signed in to MLflow as the account `as_` (a service's name, or a user
+    name and password; default: Dagster's, as the dataset builds)."""
+    env = stack["env"]
+    if as_ is not None:
+        username, password = (as_, account_password(stack, as_)) if isinstance(as_, str) else as_
+        env = {**env, "MLFLOW_TRACKING_USERNAME": username, "MLFLOW_TRACKING_PASSWORD": password}
+    done = subprocess.run([CAMEO, *args], cwd=stack["tmp"], env=env, capture_output=True, text=True)
     assert done.returncode == 0, f"cameo {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -128,13 +148,18 @@ def test_the_chain_runs_on_the_production_storage(builds, stack: dict):
     cameo(stack, "features", "build", "--params", params, "--data", data, "--no-progress")
     trained = cameo(
         stack, "train", "--params", params, "--data", data, "--unlocked", "--steps", "2",
-        "--output-dir", str(stack["tmp"] / "checkpoints"), "--no-progress",
+        "--output-dir", str(stack["tmp"] / "checkpoints"), "--no-progress", as_="cameo-training",
     )  # fmt: skip
     assert "registered 1 of cameo-inpaint" in trained
-    cameo(stack, "model", "promote", "latest")
-    served = cameo(stack, "serve-check", "--data", data, "--params", params, "--steps", "2")
+    cameo(stack, "model", "promote", "latest", as_="cameo-promoter")
+    served = cameo(
+        stack, "serve-check", "--data", data, "--params", params, "--steps", "2",
+        as_="cameo-serving",
+    )  # fmt: skip
     assert "answers /ping" in served and (stack["a"] / "serving" / "output.png").is_file()
-    lineage = json.loads(cameo(stack, "lineage", "models:/cameo-inpaint@champion", "--json"))
+    lineage = json.loads(
+        cameo(stack, "lineage", "models:/cameo-inpaint@champion", "--json", as_="cameo-serving")
+    )
     assert lineage["dataset_md5"] == dvc_md5(stack["a"] / "triplets")
     assert lineage["commits"] == []  # trained --unlocked: no commit records this dataset
     with dg.DagsterInstance.from_config(stack["env"]["DAGSTER_HOME"]) as instance:
