@@ -33,16 +33,10 @@ MODEL = REGISTERED_MODEL
 @contextlib.contextmanager
 def account(url: str, username: str, password: str) -> Iterator[MlflowClient]:
     """MLflow's client sending this account's credentials (as the pods' Secrets set them)."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-    os.environ.update(MLFLOW_TRACKING_USERNAME=username, MLFLOW_TRACKING_PASSWORD=password)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_USERNAME", username)
+        patch.setenv("MLFLOW_TRACKING_PASSWORD", password)
         yield MlflowClient(url)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def as_admin(url: str, function: Callable, *args: Any) -> None:
