@@ -1,7 +1,7 @@
 """Face detection and identity embeddings.
 
 `full`: insightface `FaceAnalysis` (antelopev2: SCRFD detector + ArcFace recognition) from a
-local model folder in insightface's layout. `tiny`: scikit-image's bundled LBP frontal-face
+local model folder in insightface's layout. `tiny`: OpenCV's bundled Haar frontal-face
 cascade and a fixed random projection of the face's HOG descriptor, offline on CPU. Both
 return the same `DetectedFace` records with L2-normed 512-d embeddings: the embedding that
 conditions the model.
@@ -201,20 +201,26 @@ class InsightFaceAnalyzer(FaceAnalyzer):
 
 
 class TinyFaceAnalyzer(FaceAnalyzer):
-    """Offline stand-in: LBP cascade boxes and a deterministic HOG-projection descriptor.
+    """Offline stand-in: Haar cascade boxes and a deterministic HOG-projection descriptor.
 
     The descriptor separates the distinct faces of the sample movie; it is a wiring
     component, not a face recogniser.
     """
 
     crop_side = 64
-    min_neighbors = 6  # raw cascade hits a box needs; fewer lets textures through
+    # OpenCV's `alt2` frontal-face cascade at a 1.1 scale step, 5 raw hits per kept box: on the
+    # sample movie's 37 sampled frames it finds all 44 faces with no other box, in a fifth of
+    # the time of scikit-image's LBP cascade (which also boxed 4 textures).
+    cascade_file = "haarcascade_frontalface_alt2.xml"
+    scale_factor = 1.1
+    min_neighbors = 5
 
     def __init__(self, min_face_px: int = 24, seed: int = 0) -> None:
-        from skimage import data
-        from skimage.feature import Cascade
+        import cv2
 
-        self._cascade = Cascade(data.lbp_frontal_face_cascade_filename())
+        self._cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / self.cascade_file))
+        if self._cascade.empty():
+            raise RuntimeError(f"OpenCV could not read its {self.cascade_file}")
         self._min_face_px = min_face_px
         hog_dim = len(self._hog(np.zeros((self.crop_side, self.crop_side), np.float32)))
         rng = np.random.default_rng(seed)
@@ -242,15 +248,14 @@ class TinyFaceAnalyzer(FaceAnalyzer):
         height, width = gray.shape
         if min(height, width) < self._min_face_px:
             return []
-        boxes = self._cascade.detect_multi_scale(
-            img=gray,
-            scale_factor=1.2,
-            step_ratio=1,
-            min_size=(self._min_face_px, self._min_face_px),
-            max_size=(min(height, width), min(height, width)),
-            min_neighbor_number=self.min_neighbors,
+        boxes = self._cascade.detectMultiScale(
+            np.round(gray * 255).astype(np.uint8),
+            scaleFactor=self.scale_factor,
+            minNeighbors=self.min_neighbors,
+            minSize=(self._min_face_px, self._min_face_px),
         )
-        xywh = [(box["c"], box["r"], box["width"], box["height"]) for box in boxes]
+        # Sorted: OpenCV's worker threads may list the same boxes in another order.
+        xywh = sorted(tuple(int(v) for v in box) for box in boxes)
         faces = []
         for x, y, w, h in _suppress_nested(xywh):
             bbox = np.array([x, y, x + w, y + h], dtype=np.float32)
