@@ -5,6 +5,7 @@ import fcntl
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,30 @@ os.environ.update(
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
+
+_EMPTY_TRACKING_STORE = _STATE / "empty-tracking-store" / "mlruns.db"
+_EMPTY_TRACKING_STORE_LOCK = threading.Lock()
+
+
+def tracking_store(folder: Path) -> str:
+    """The URI of a SQLite MLflow store in `folder` (its `mlruns.db`), for a test to use. A new
+    one starts as a copy of an empty store MLflow created once in this process: creating a
+    store runs MLflow's schema migrations, seconds each, and the tests make dozens."""
+    with _EMPTY_TRACKING_STORE_LOCK:
+        if not _EMPTY_TRACKING_STORE.exists():
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+            _EMPTY_TRACKING_STORE.parent.mkdir(parents=True)
+            partial = _EMPTY_TRACKING_STORE.with_suffix(".partial")
+            artifacts = _EMPTY_TRACKING_STORE.parent / "artifacts"
+            SqlAlchemyStore(f"sqlite:///{partial}", str(artifacts)).engine.dispose()
+            partial.rename(_EMPTY_TRACKING_STORE)
+    store = Path(folder) / "mlruns.db"
+    if not store.exists():
+        store.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_EMPTY_TRACKING_STORE, store)
+    return f"sqlite:///{store}"
+
 
 # `make test` runs the suite on two workers (pytest-xdist, `--dist loadgroup`), then the
 # `serial` tests alone: they time servers against short limits (2 s tracking calls, request

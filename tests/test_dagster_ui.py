@@ -12,7 +12,7 @@ import pytest
 
 from orchestration.definitions import STAGE_NAMES
 from serving.server import free_port, wait_until_answering
-from tests.conftest import REPO
+from tests.conftest import REPO, tracking_store
 
 BIN = Path(sys.executable).parent
 
@@ -71,7 +71,7 @@ def trained(instance_env, tmp_path_factory) -> dict[str, str]:
     values["profiles"]["tiny"]["evaluation"]["samples"] = 1
     params = tmp / "params.yaml"
     params.write_text(yaml.safe_dump(values))
-    env = {**instance_env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlruns.db'}"}
+    env = {**instance_env, "MLFLOW_TRACKING_URI": tracking_store(tmp)}
     command = [BIN / "cameo", "materialize", "--params", str(params), "--data", str(data)]
     outputs = {}
     for name, assets in (("first", ["features", "model", "evaluation"]), ("again", ["model"])):

@@ -15,6 +15,7 @@ import torch
 from serving.client import demo_inputs, make_row
 from serving.params import ServingParams
 from serving.server import ModelServer
+from tests.conftest import tracking_store
 from training.model import ADAPTER_FILES, TINY, CheckpointInfo, build_components, save_checkpoint
 
 DATASET_MD5 = "0123456789abcdef0123456789abcdef.dir"
@@ -48,7 +49,7 @@ def tracking(tmp_path_factory) -> Iterator[str]:
 
     root = tmp_path_factory.mktemp("mlflow")
     previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlruns.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_store(root)
     yield configure_tracking(root)
     if previous is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from tiny_scene import Scene
 
+from tests.conftest import tracking_store
 from tests.triplets import write_triplets
 from training.model import TINY, build_components
 
@@ -25,7 +26,7 @@ def _one_thread() -> None:
 def temp_tracking(tmp_path, monkeypatch) -> None:
     """MLflow in a SQLite store of the test's temp dir, which is also the working directory
     (artifacts and git lookups stay there)."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_store(tmp_path))
     monkeypatch.chdir(tmp_path)
 
 

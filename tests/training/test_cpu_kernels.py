@@ -23,6 +23,7 @@ import pytest
 import yaml
 from test_training_train import REPO, _env
 
+from tests.conftest import tracking_store
 from tests.triplets import write_triplets
 
 FLAGS = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
@@ -56,7 +57,7 @@ def trained_bytes(triplets_root: Path, tmp_path: Path, capability: str, portable
     env = {
         **_env(triplets_root, tmp_path),
         "ATEN_CPU_CAPABILITY": capability,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{out}.db",  # a store per run: they run side by side
+        "MLFLOW_TRACKING_URI": tracking_store(out),  # a store per run: they run side by side
     }
     done = subprocess.run(
         command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600

@@ -20,6 +20,7 @@ from core.versioning import dvc_md5
 from orchestration.cli.main import main as cameo
 from orchestration.environment import DAGSTER_YAML
 from orchestration.lineage import LineageError, checkout, trace
+from tests.conftest import tracking_store
 from training.tracking import REGISTERED_MODEL
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,7 +99,7 @@ def history(tmp_path_factory) -> dict:
     dagster_home.mkdir()
     (dagster_home / "dagster.yaml").write_text(DAGSTER_YAML)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlruns.db'}")
+        patch.setenv("MLFLOW_TRACKING_URI", tracking_store(tmp))
         patch.setenv("DAGSTER_HOME", str(dagster_home))
         patch.setenv("PYTHONPATH", str(REPO))  # the build script imports assets
         for version, seed in (("a", 1), ("b", 2)):

@@ -16,6 +16,7 @@ import pytest
 from conftest import precompute_features, write_triplets
 
 from serving.server import free_port, wait_until_answering
+from tests.conftest import tracking_store
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parents[2]
@@ -57,7 +58,7 @@ def evaluated_run(tmp_path_factory) -> Iterator[tuple[str, str, str]]:
 
     root = tmp_path_factory.mktemp("ui")
     previous_uri, previous_cwd = os.environ.get("MLFLOW_TRACKING_URI"), Path.cwd()
-    uri = f"sqlite:///{root / 'mlruns.db'}"
+    uri = tracking_store(root)
     os.environ["MLFLOW_TRACKING_URI"] = uri
     os.chdir(root)
     torch.set_num_threads(1)

@@ -19,13 +19,14 @@ from orchestration.evaluation_assets import (
     face_similarity_check,
 )
 from orchestration.training_assets import FEATURES_CHECK, LOSS_CHECK, features, model
+from tests.conftest import tracking_store
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def params_file(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_store(tmp_path))
     values = yaml.safe_load((REPO / "params.yaml").read_text())
     values["training"]["output_dir"] = str(tmp_path / "checkpoints")
     path = tmp_path / "params.yaml"

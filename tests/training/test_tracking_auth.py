@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from serving.server import free_port, wait_until_answering
+from tests.conftest import tracking_store
 from training.tracking import REGISTERED_MODEL
 from training.tracking_auth import PROMOTERS_ENV, TRACKING_ACCOUNTS, create_accounts
 
@@ -67,7 +68,7 @@ def server(tmp_path_factory) -> Iterator[str]:
     }
     command = [
         str(Path(sys.executable).parent / "mlflow"), "server", "--app-name", "cameo-auth",
-        "--backend-store-uri", f"sqlite:///{root / 'mlruns.db'}",
+        "--backend-store-uri", tracking_store(root),
         "--artifacts-destination", str(root / "artifacts"),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip

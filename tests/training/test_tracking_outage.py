@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 from test_training_train import REPO, _env
 
 from serving.server import free_port, wait_until_answering
+from tests.conftest import tracking_store
 
 # The tiny model takes tens of ms a step: a short outage's run outlasts a restart of the
 # server; a long outage's needs only to go on after the server is killed.
@@ -35,7 +36,7 @@ class TrackingServer:
     def start(self) -> None:
         mlflow = str(Path(sys.executable).parent / "mlflow")
         command = [
-            mlflow, "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlruns.db'}",
+            mlflow, "server", "--backend-store-uri", tracking_store(self.root),
             "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
             "--port", str(self.port), "--workers", "1",
         ]  # fmt: skip

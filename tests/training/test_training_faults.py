@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from test_training_train import REPO, tiny_params
 
 from orchestration.cli.train import train_command
+from tests.conftest import tracking_store
 from training.checkpoint import MANIFEST, checkpoints, disk_errors
 from training.checks import TrainingError
 from training.loop import train
@@ -70,7 +71,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("faults")
     root = precompute_features(write_triplets(tmp / "data"))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlruns.db'}")
+        patch.setenv("MLFLOW_TRACKING_URI", tracking_store(tmp))
         patch.chdir(tmp)
         torch.set_num_threads(1)
         _train(root, tmp / "out", steps=4)

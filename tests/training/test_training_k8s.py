@@ -17,6 +17,7 @@ from orchestration.cli.train import train_command
 from orchestration.kubernetes import render_training_job
 from orchestration.params import load_params
 from serving.server import free_port
+from tests.conftest import tracking_store
 from training.checkpoint import checkpoints
 from training.outputs import RUN_FILE, STATE_FILE
 
@@ -55,7 +56,7 @@ def test_indexed_job_torchrun_line_trains_on_two_nodes(triplets_root, tmp_path):
             "CAMEO_PARAMS": str(REPO / "params.yaml"),
             "CAMEO_DATA": str(triplets_root),
             "CAMEO_CHECKPOINTS": str(tmp_path / "checkpoints"),
-            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}",
+            "MLFLOW_TRACKING_URI": tracking_store(tmp_path),
             "HOME": str(tmp_path),
         }
         command = node_command(train, env)

@@ -23,6 +23,7 @@ from core.params import ParamsError
 from core.versioning import dvc_md5
 from orchestration.params import load_params
 from serving.server import free_port
+from tests.conftest import tracking_store
 from training.checkpoint import checkpoints
 from training.checks import TrainingError
 from training.data import (
@@ -238,7 +239,7 @@ def _env(triplets_root: Path, tmp_path: Path) -> dict[str, str]:
         "CAMEO_PROFILE": "tiny",
         "OMP_NUM_THREADS": "1",  # the same arithmetic as this process (one torch thread)
         "PYTHONPATH": str(REPO),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}",
+        "MLFLOW_TRACKING_URI": tracking_store(tmp_path),
     }
 
 
@@ -359,7 +360,7 @@ def test_validation_is_sharded_and_capped_under_a_short_collective_timeout(tmp_p
         load_manifest(root / "triplets"), overrides["validation_fraction"], 0
     )
     assert len(validation) >= 3 * overrides["validation_max_samples"]
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    client = MlflowClient(tracking_store(tmp_path))
     (run,) = client.search_runs([client.get_experiment_by_name("cameo").experiment_id])
     history = client.get_metric_history(run.info.run_id, "val/samples")
     assert [(samples.step, samples.value) for samples in history] == [(0, 2), (2, 2)]
