@@ -29,6 +29,9 @@ def params_file(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_store(tmp_path))
     values = yaml.safe_load((REPO / "params.yaml").read_text())
     values["training"]["output_dir"] = str(tmp_path / "checkpoints")
+    # Half the tiny run, no validation samples: enough steps for the loss check (as the
+    # Dagster UI test trains).
+    values["profiles"]["tiny"]["training"].update(max_steps=12, validation_samples=0)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(values))
     return path
