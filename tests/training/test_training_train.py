@@ -300,20 +300,6 @@ def torchrun_two_processes(triplets_root: Path, tmp_path: Path, **overrides) -> 
     return [(tmp_path / f"rank{rank}.txt").read_text().split() for rank in (0, 1)]
 
 
-def test_torchrun_two_processes_stay_in_sync(tmp_path):
-    """With DDP's static graph (the trainable set is the same every step; without gradient
-    accumulation, which it refuses), on triplets without features: rank 0 builds them while
-    rank 1 waits."""
-    from training.features import INDEX
-
-    root = write_triplets(tmp_path / "data")
-    rank0, rank1 = torchrun_two_processes(root, tmp_path, ddp={"static_graph": True})
-    assert rank0[0] == "2" and rank0[:2] == rank1[:2]
-    assert (tmp_path / "checkpoints" / "final" / "cameo_checkpoint.json").is_file()
-    (store,) = (root / "features").iterdir()
-    assert len(json.loads((store / INDEX).read_text())["samples"]) == 6
-
-
 def test_ddp_options_and_a_sharded_optimizer_keep_the_ranks_in_sync(triplets_root, tmp_path):
     """Gradients as bucket views, small buckets and ZeroRedundancyOptimizer on 2 CPU ranks,
     under pure bf16 with 2 accumulated micro-steps (summed in float32, one bf16
@@ -341,24 +327,32 @@ def test_ddp_options_and_a_sharded_optimizer_keep_the_ranks_in_sync(triplets_roo
     assert len(state["optimizer"]["state"]) == len(trainable)
 
 
-def test_validation_is_sharded_and_capped_under_a_short_collective_timeout(tmp_path):
-    """8 validation identities, a cap of 2: each of 2 ranks computes val/loss on its 1 sample
-    (not rank 0 on all of them while the other waits), with every collective bounded by 60 s,
-    and the 5-panel evaluation on rank 0 under the same precision policy."""
+def test_two_ranks_stay_in_sync_and_shard_a_capped_validation(tmp_path):
+    """Two ranks under DDP's static graph (the trainable set is the same every step; without
+    gradient accumulation, which it refuses), on triplets without features: rank 0 builds
+    them while rank 1 waits, and the weights stay identical. 16 identities, a validation cap
+    of 2: each rank computes val/loss on its 1 sample (not rank 0 on all of them while the
+    other waits), with every collective bounded by 60 s, and the 5-panel evaluation on rank 0
+    under the same precision policy."""
     from mlflow.tracking import MlflowClient
 
-    root = precompute_features(write_triplets(tmp_path / "data", identities=16))
+    from training.features import INDEX
+
+    root = write_triplets(tmp_path / "data", identities=16)
     overrides = {
+        "ddp": {"static_graph": True},
         "validation_fraction": 0.5,
         "validation_max_samples": 2,
         "validate_every": 2,
         "collective_timeout_s": 60,
     }
     rank0, rank1 = torchrun_two_processes(root, tmp_path, **overrides)
-    assert rank0[:2] == rank1[:2] and (rank0[2], rank1[2]) == ("1", "1")
-    _, validation = split_by_identity(
-        load_manifest(root / "triplets"), overrides["validation_fraction"], 0
-    )
+    assert rank0[0] == "2" and rank0[:2] == rank1[:2] and (rank0[2], rank1[2]) == ("1", "1")
+    assert (tmp_path / "checkpoints" / "final" / "cameo_checkpoint.json").is_file()
+    manifest = load_manifest(root / "triplets")
+    (store,) = (root / "features").iterdir()
+    assert len(json.loads((store / INDEX).read_text())["samples"]) == len(manifest)
+    _, validation = split_by_identity(manifest, overrides["validation_fraction"], 0)
     assert len(validation) >= 3 * overrides["validation_max_samples"]
     client = MlflowClient(tracking_store(tmp_path))
     (run,) = client.search_runs([client.get_experiment_by_name("cameo").experiment_id])
