@@ -9,7 +9,7 @@ from bench import cpu_kernels, dataset, identity, serving, train
 
 if __name__ == "__main__":
     dataset.main()
-    identity.main()
+    identity.main([])
     train.main()
     cpu_kernels.main()
     serving.main()
