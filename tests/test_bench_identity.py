@@ -1,0 +1,31 @@
+"""`bench/identity.py`'s detector comparison on a few frames of the sample movie, so that the
+benchmark cannot rot; no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.identity import bench_detector, decode, true_faces
+from core.layout import DataLayout
+from orchestration.params import load_params
+from perception.priors import Priors
+from tests.conftest import PARAMS
+
+
+def test_the_detector_comparison_counts_against_the_ground_truth(sample_root: Path):
+    layout = DataLayout(sample_root)
+    truth = json.loads(layout.ground_truth("sample").read_text())
+    dlib = Priors("tiny", faces=load_params(PARAMS, "tiny").faces).dlib_faces()
+    # Five frames of five shots: one with no one, one with two people, three with one.
+    frames = decode(layout.movies_dir / "sample.mp4", 400)
+    faces = true_faces(truth, dlib)
+    report = bench_detector(frames, faces)
+    expected = sum(len(faces[i]) for i in frames)
+    assert f"({len(frames)} frames of 640x360, {expected} faces in the ground truth)" in report
+    rows = [line for line in report.splitlines() if line.startswith("| ") and "---" not in line]
+    ours, peer = (line.strip("|").split("|") for line in rows[1:])
+    assert "the tiny profile's" in ours[0] and "the peer" in peer[0]
+    real, _, missed = (int(cell) for cell in ours[1:4])
+    assert real + missed == expected and real >= expected - 1
+    assert "OpenCV's cascade takes x" in report
