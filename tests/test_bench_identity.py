@@ -16,11 +16,12 @@ from tests.conftest import PARAMS
 def test_the_detector_comparison_counts_against_the_ground_truth(sample_root: Path):
     layout = DataLayout(sample_root)
     truth = json.loads(layout.ground_truth("sample").read_text())
-    dlib = Priors("tiny", faces=load_params(PARAMS, "tiny").faces).dlib_faces()
+    params = load_params(PARAMS, "tiny").faces
+    dlib = Priors("tiny", faces=params).dlib_faces()
     # Five frames of five shots: one with no one, one with two people, three with one.
     frames = decode(layout.movies_dir / "sample.mp4", 400)
     faces = true_faces(truth, dlib)
-    report = bench_detector(frames, faces)
+    report = bench_detector(frames, faces, params.min_face_px)
     expected = sum(len(faces[i]) for i in frames)
     assert f"({len(frames)} frames of 640x360, {expected} faces in the ground truth)" in report
     rows = [line for line in report.splitlines() if line.startswith("| ") and "---" not in line]
