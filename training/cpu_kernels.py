@@ -39,8 +39,14 @@ def pin_cpu_kernels() -> bool:
         )
         return False
     os.environ.update(PORTABLE_CPU_KERNELS)
+    route_around_onednn()
+    return True
+
+
+def route_around_onednn() -> None:
+    """No oneDNN or NNPACK kernel in this process: their convolutions and matrix products run
+    as ATen's im2col and MKL's GEMM (unlike the variables, this can be set at any time)."""
     import torch
 
     torch.backends.mkldnn.enabled = False
     torch.backends.nnpack.set_flags(False)
-    return True

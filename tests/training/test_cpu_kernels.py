@@ -87,44 +87,48 @@ def test_portable_kernels_train_the_same_bytes_on_every_cpu(tmp_path):
     assert len(set(native.values())) == 2, "the CPUs' own kernels agree here: nothing is shown"
 
 
-# One forward and backward pass of the tiny denoiser and a VAE encoding under oneDNN's
-# verbose mode, which prints a line for every primitive it executes.
-ONEDNN_PROBE = """
-import sys
-from training.cpu_kernels import pin_cpu_kernels
-if sys.argv[1] == "portable":
-    pin_cpu_kernels()
-import torch
-from training.model import TINY, build_components, predict_noise
-components = build_components(TINY, seed=0)
-noise = torch.Generator().manual_seed(0)
-def randn(*shape):
-    return torch.randn(*shape, generator=noise)
-time_ids = torch.tensor([[64.0, 96, 0, 0, 64, 96]] * 2)
-inputs = (  # latents of a 32x48 image (the VAE downsamples by 8), its pose drawing
-    randn(2, 4, 4, 6), torch.tensor([10, 500]), (randn(2, 1, 4, 6) > 0).float(),
-    randn(2, 4, 4, 6), randn(2, 154, 64), randn(2, 32), time_ids,
-    randn(2, 512), randn(2, 17, 32), torch.rand(2, 3, 32, 48, generator=noise),
-)
-with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
-    predict_noise(components["unet"], components["controlnet"], *inputs).sum().backward()
-    components["vae"].encode(torch.rand(1, 3, 32, 32))
-"""
+def onednn_primitives_executed(capfd: pytest.CaptureFixture) -> list[str]:
+    """oneDNN's verbose lines (one per primitive it executes) of one forward and backward
+    pass of the tiny denoiser and a VAE encoding, in this process."""
+    import torch
+
+    from training.model import TINY, build_components, predict_noise
+
+    components = build_components(TINY, seed=0)
+    noise = torch.Generator().manual_seed(0)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=noise)
+
+    time_ids = torch.tensor([[64.0, 96, 0, 0, 64, 96]] * 2)
+    inputs = (  # latents of a 32x48 image (the VAE downsamples by 8), its pose drawing
+        randn(2, 4, 4, 6), torch.tensor([10, 500]), (randn(2, 1, 4, 6) > 0).float(),
+        randn(2, 4, 4, 6), randn(2, 154, 64), randn(2, 32), time_ids,
+        randn(2, 512), randn(2, 17, 32), torch.rand(2, 3, 32, 48, generator=noise),
+    )  # fmt: skip
+    capfd.readouterr()
+    with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+        predict_noise(components["unet"], components["controlnet"], *inputs).sum().backward()
+        components["vae"].encode(torch.rand(1, 3, 32, 32))
+    return [line for line in capfd.readouterr().out.splitlines() if ",primitive,exec," in line]
 
 
-def test_portable_kernels_run_no_onednn_primitive():
-    """Portable: oneDNN executes nothing; native (the control): it runs the convolutions."""
-    executed = {}
-    for mode in ("portable", "native"):
-        done = subprocess.run(
-            [sys.executable, "-c", ONEDNN_PROBE, mode],
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        executed[mode] = [line for line in done.stdout.splitlines() if ",primitive,exec," in line]
-    assert not executed["portable"], executed["portable"][:3]
-    assert any(",convolution," in line for line in executed["native"])
+def test_portable_kernels_run_no_onednn_primitive(capfd):
+    """Portable (what `pin_cpu_kernels` sets once its variables are set): oneDNN executes
+    nothing; native (the control): it runs the convolutions. The flags are this process's
+    again afterwards."""
+    import torch
+
+    from training.cpu_kernels import route_around_onednn
+
+    onednn = torch.backends.mkldnn.enabled
+    try:
+        with torch.backends.nnpack.flags(enabled=True):
+            torch.backends.mkldnn.enabled = True
+            native = onednn_primitives_executed(capfd)
+            route_around_onednn()
+            portable = onednn_primitives_executed(capfd)
+    finally:
+        torch.backends.mkldnn.enabled = onednn
+    assert not portable, portable[:3]
+    assert any(",convolution," in line for line in native)
