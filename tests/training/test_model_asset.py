@@ -11,6 +11,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from core.versioning import dvc_md5
+from orchestration.cli.materialize import describe
 from orchestration.definitions import STAGES, build_resources
 from orchestration.evaluation_assets import (
     FACE_CHECK,
@@ -89,6 +90,13 @@ def test_model_and_evaluation_assets_train_score_and_record_the_run(
     assert run.data.tags["dataset_md5"] == metadata["dataset_md5"].value
     assert f"/runs/{run.info.run_id}?workflowType=machine_learning" in metadata["mlflow_run"].value
     assert (tmp_path / "checkpoints" / "final" / "cameo_checkpoint.json").is_file()
+
+    # Materialised again with nothing changed, the model is current: the same run, no training.
+    again = _materialize(triplets_root, params_file, [model], instance)
+    [event] = again.get_asset_materialization_events()
+    reused = {key: value.value for key, value in event.materialization.metadata.items()}
+    assert reused["reused"] and reused["mlflow_run_id"] == metadata["mlflow_run_id"].value
+    assert describe("model", reused).startswith("current, not retrained: MLflow run")
 
 
 def test_model_asset_fails_with_the_cause(tmp_path, params_file):
