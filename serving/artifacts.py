@@ -23,10 +23,10 @@ import mlflow
 from mlflow.models.model import MODEL_CODE_PATH, ModelInfo
 
 from core.versioning import sha256
-from serving.model import CHECKPOINT_ARTIFACT
 from training.model import ADAPTER_FILES, CHECKPOINT_INFO, CONTROLNET_DIR
 from training.tracking import registered_version
 
+CHECKPOINT_ARTIFACT = "checkpoint"  # the artifact the checkpoint is logged as
 MLMODEL = "MLmodel"
 # The model's code file (models-from-code): loading a version runs it, no pickle involved.
 MODEL_CODE = Path(__file__).resolve().parent / "logged_model.py"

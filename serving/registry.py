@@ -21,6 +21,7 @@ from mlflow.models.model import ModelInfo
 
 from core.versioning import sha256
 from serving.artifacts import (
+    CHECKPOINT_ARTIFACT,
     MODEL_CODE,
     check_model_code,
     checkpoint_files,
@@ -29,7 +30,7 @@ from serving.artifacts import (
 )
 from serving.client import demo_inputs, make_row
 from serving.manifest import record_base_models
-from serving.model import CHECKPOINT_ARTIFACT, SETTINGS_METADATA
+from serving.model import SETTINGS_METADATA
 from serving.params import ServedSettings
 from serving.schema import ServingConfig
 from training.model import (
