@@ -101,19 +101,27 @@ class ModelServer:
         host: str = "127.0.0.1",
         port: int | None = None,
         env: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
     ) -> None:
         """`settings`: the `serving` section whose timeout, workers and queue the server gets
-        (default: params.yaml's defaults)."""
+        (default: params.yaml's defaults). `log_path`: where the server's output goes, kept;
+        without it, a temp file removed when a server that answered stops (a failed start's
+        error names its log, which then stays)."""
         settings = settings or ServingParams()
         self.model_uri = model_uri
         self.host = host
         self.port = port or free_port(host)
         self.command = serve_command(model_uri, host, self.port, settings)
         self._env = serve_env(env)
-        fd, log = tempfile.mkstemp(prefix="cameo-serve-", suffix=".log")
-        os.close(fd)
-        self.log_path = Path(log)
+        self._temporary_log = log_path is None
+        if log_path is None:
+            fd, log = tempfile.mkstemp(prefix="cameo-serve-", suffix=".log")
+            os.close(fd)
+            log_path = Path(log)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_path
         self.process: subprocess.Popen | None = None
+        self._answered = False
 
     @property
     def url(self) -> str:
@@ -132,13 +140,19 @@ class ModelServer:
         wait_until_answering(
             "the model server", f"{self.url}/ping", self.process, wait_s, self.log_path, self.stop
         )
+        self._answered = True
         return self
 
     def stop(self, grace_s: float = 15.0) -> None:
         """SIGTERM the process group (uvicorn and its workers), SIGKILL what is left of it
-        after `grace_s`."""
+        after `grace_s`; then remove a temporary log of a server that answered."""
         if self.process is None:
             return
+        self._stop_group(grace_s)
+        if self._temporary_log and self._answered:
+            self.log_path.unlink(missing_ok=True)
+
+    def _stop_group(self, grace_s: float) -> None:
         group = self.process.pid
         try:
             os.killpg(group, signal.SIGTERM)

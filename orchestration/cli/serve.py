@@ -188,7 +188,8 @@ def serve_check(
         click.echo(f"request: demo inputs (no dataset under {layout.triplets_dir})")
     params = {"num_inference_steps": num_inference_steps} if num_inference_steps else {}
     config = serving_params(params_path)
-    server = ModelServer(checked_model(model_uri), settings=config)
+    out_dir = layout.root / "serving"
+    server = ModelServer(checked_model(model_uri), settings=config, log_path=out_dir / "server.log")
     click.echo(f"serving {server.model_uri} at {server.url} (log: {server.log_path})")
     try:
         with server:
@@ -199,7 +200,6 @@ def serve_check(
     except (ServerStartError, ServingError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"server stopped (pid {server.process.pid})")
-    out_dir = layout.root / "serving"
     write_result(
         result, out_dir / "output.png", out_dir / "grid.png", base, mask, reference, prompt
     )

@@ -30,6 +30,7 @@ def guarded_server(logged) -> Iterator[ModelServer]:
     env = {**ONE_THREAD, SERVING_TOKEN_ENV: TOKEN}
     with ModelServer(logged.model_uri, settings=settings, env=env) as server:
         yield server
+    assert not server.log_path.exists()  # a temporary log goes with a server that answered
 
 
 def post(server: ModelServer, body: bytes | Iterator[bytes], headers: dict[str, str]):

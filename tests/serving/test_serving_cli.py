@@ -135,3 +135,6 @@ def test_serve_check_serves_calls_and_stops(tracking, logged, tmp_path):
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert PIL.Image.open(tmp_path / "serving" / "output.png").size == (64, 64)
     assert f"wrote {tmp_path / 'serving' / 'grid.png'}" in output
+    # The server's log stays beside the result, named when the server starts.
+    log = tmp_path / "serving" / "server.log"
+    assert f"(log: {log})" in output and " ready" in log.read_text()

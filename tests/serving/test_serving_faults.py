@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from conftest import retrained
 
 from orchestration.cli.main import main
-from serving.server import serve_env
+from serving.server import ModelServer, ServerStartError, serve_env
 from training.model import ADAPTER_FILES, CONTROLNET_DIR
 from training.tracking import REGISTERED_MODEL
 
@@ -145,6 +145,17 @@ def test_a_truncated_weights_file_is_named_with_its_sizes(tracking, logged, chec
 def test_an_unknown_version_is_one_line(tracking, logged, tmp_path):
     line = _fails_in_one_line(["serve-check", "--model", f"models:/{REGISTERED_MODEL}/999"])
     assert line.startswith(f"Error: models:/{REGISTERED_MODEL}/999:")
+
+
+def test_a_server_that_did_not_start_names_its_log_and_keeps_it(tracking, logged):
+    """(A server that answered removes its temporary log when it stops: `guarded_server`.)"""
+    server = ModelServer(f"models:/{REGISTERED_MODEL}/999", env={"OMP_NUM_THREADS": "1"})
+    with pytest.raises(ServerStartError) as failed:
+        server.start(wait_s=120)
+    assert "the model server exited with 1" in str(failed.value)
+    assert f"(log: {server.log_path})" in str(failed.value)
+    assert f"models:/{REGISTERED_MODEL}/999" in server.log_path.read_text()
+    server.log_path.unlink()
 
 
 def test_weights_registered_before_point_to_their_version(tracking, logged, checkpoint, tmp_path):
