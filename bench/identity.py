@@ -166,7 +166,7 @@ class ScikitImageCascade:
     """scikit-image's bundled LBP frontal-face cascade, as the tiny profile ran it before
     (scale step 1.2, 6 raw hits per box, nested boxes dropped): the peer."""
 
-    def __init__(self, min_face_px: int = 24) -> None:
+    def __init__(self, min_face_px: int) -> None:
         from skimage import data
         from skimage.feature import Cascade
 

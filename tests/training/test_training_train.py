@@ -273,8 +273,10 @@ def test_killed_run_resumes_to_the_same_weights(triplets_root, tmp_path, monkeyp
     process.wait()
     assert checkpoints(out), "no checkpoint was written before the kill"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
-    resumed = train(
-        tiny_params(out, max_steps=6, checkpoint_every=1, portable_cpu_kernels=False),
+    resumed = train(  # the killed command's params, --output-dir and --steps
+        load_params(params_file, "tiny").training.updated(
+            "training", output_dir=str(out), max_steps=6
+        ),
         data_root=triplets_root,
         lock_file=None,
         show_progress=False,
