@@ -53,12 +53,11 @@ def tracking_store(folder: Path) -> str:
 
 
 # `make test` runs the suite on two workers (pytest-xdist, `--dist loadgroup`), then the
-# `serial` tests alone: they time servers against short limits (2 s tracking calls, request
-# timeouts), which a busy second core makes miss.
+# `serial` tests alone: they time the scoring server against short request timeouts, which a
+# busy second core makes miss.
 SERIAL = (
     "serving/test_serving_limits.py",
     "serving/test_serving_load.py",
-    "training/test_tracking_outage.py",
 )
 # The serving tests share one tracking store, checkpoint and server (tests/serving/conftest.py)
 # and number registered versions in the order of their files: one worker runs them all.

@@ -2,8 +2,8 @@
 k8s/dagster/values.yaml configures it) and MLflow's tracking and account stores (k8s/mlflow's
 server command, `cameo-auth`, with the production Secrets' backends), and the chain runs on
 it, each command signed in with its service's account as on the cluster: concurrent dataset
-builds, features, a tiny training run with its registration (training), the promotion
-(promoter), serving and `cameo lineage` (serving)."""
+builds, a tiny training run building its features and registering its model (training), the
+promotion (promoter), serving and `cameo lineage` (serving)."""
 
 from __future__ import annotations
 
@@ -145,7 +145,6 @@ def test_concurrent_builds_keep_one_build_per_data_dir(builds, stack: dict):
 
 def test_the_chain_runs_on_the_production_storage(builds, stack: dict):
     data, params = str(stack["a"]), stack["params"]
-    cameo(stack, "features", "build", "--params", params, "--data", data, "--no-progress")
     trained = cameo(
         stack, "train", "--params", params, "--data", data, "--unlocked", "--steps", "2",
         "--output-dir", str(stack["tmp"] / "checkpoints"), "--no-progress", as_="cameo-training",

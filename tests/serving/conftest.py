@@ -21,7 +21,7 @@ from training.model import ADAPTER_FILES, TINY, CheckpointInfo, build_components
 DATASET_MD5 = "0123456789abcdef0123456789abcdef.dir"
 # Few steps keep each request well under a second on the tiny model.
 FAST = {"num_inference_steps": 2}
-SHORT_TIMEOUT_S = 2  # `short_timeout_server`'s
+LIMITED_TIMEOUT_S = 2  # `limited_server`'s
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 _REQUEST_LINE = re.compile(r"request id=(?P<id>\S+) status=(?P<status>\d+) (?P<rest>.*)$")
 
@@ -121,19 +121,11 @@ def server(logged) -> Iterator[ModelServer]:
 
 @pytest.fixture(scope="session")
 def limited_server(logged) -> Iterator[ModelServer]:
-    """A server with a short timeout and one waiting place, for the timeout and load tests: a
-    64x64 request at 2 steps takes well under a second, one at 512x512 about a second a step."""
-    settings = ServingParams(timeout_s=5, max_waiting=1)
-    with ModelServer(logged.model_uri, settings=settings, env=ONE_THREAD) as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def short_timeout_server(logged) -> Iterator[ModelServer]:
-    """A server whose 2 s timeout falls inside the first step of a 768x768 request (its VAE
-    encoding and one step take about 5 s), while a 64x64 one-step request takes a fraction of
-    a second."""
-    settings = ServingParams(timeout_s=SHORT_TIMEOUT_S, max_waiting=1)
+    """A server with a 2 s timeout and one waiting place, for the timeout and load tests: a 64x64
+    request at 2 steps takes a fraction of a second, one at 512x512 about a second a step, and
+    the first step of one at 768x768 (its VAE encoding and one step: about 5 s) outlasts the
+    timeout."""
+    settings = ServingParams(timeout_s=LIMITED_TIMEOUT_S, max_waiting=1)
     with ModelServer(logged.model_uri, settings=settings, env=ONE_THREAD) as server:
         yield server
 

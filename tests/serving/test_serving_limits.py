@@ -1,7 +1,6 @@
 """A request past its timeout, or abandoned by its client, stops its work within about a second,
 inside a denoising step if need be (its log line comes when its work has ended), and the next
-request is answered as usual (the servers with a 5 s and a 2 s timeout, `limited_server` and
-`short_timeout_server`)."""
+request is answered as usual (`limited_server`, whose timeout is 2 s)."""
 
 from __future__ import annotations
 
@@ -9,16 +8,16 @@ import time
 
 import pytest
 import requests
-from conftest import FAST, SHORT_TIMEOUT_S, request_log
+from conftest import FAST, LIMITED_TIMEOUT_S, request_log
 
 from serving.client import make_row, request_body
 
 # 100 steps at 512x512 take minutes on the tiny model (about a second a step): far past the
-# 5 s timeout, so only a stopped computation ends within STOP_S.
+# 2 s timeout, so only a stopped computation ends within STOP_S.
 LONG = {"num_inference_steps": 100}
 STOP_S = 60  # generous for a loaded machine: the stop and the answer
 NORMAL_S = 60  # the same for a normal request, which takes about a second
-# One step at 768x768: past `short_timeout_server`'s 2 s in its VAE encoding or its step, whose
+# One step at 768x768: past the 2 s timeout in its VAE encoding or its step, whose
 # longest single operation takes about 0.7 s on two shared cores.
 ONE_STEP = {"num_inference_steps": 1}
 ONE_LONG_STEP_SIDE = 768
@@ -55,7 +54,8 @@ def test_a_request_past_its_timeout_gets_504_and_the_next_is_answered(
     long = post(limited_server, request_body([long_row], LONG), "past-timeout")
     assert long.status_code == 504, long.text[:300]
     message = long.json()["message"]
-    assert message.startswith("timeout: no answer within 5 s (serving.timeout_s)")
+    expected = f"timeout: no answer within {LIMITED_TIMEOUT_S} s (serving.timeout_s)"
+    assert message.startswith(expected)
     stopped = logged(limited_server, "past-timeout")
     assert stopped["status"] == "504" and stopped["stopped"] == "'timeout'"
     assert int(stopped["steps"]) < LONG["num_inference_steps"]
@@ -81,9 +81,9 @@ def test_a_request_whose_client_went_away_is_stopped(limited_server, long_row, g
 
 
 def test_a_request_is_stopped_inside_its_step_and_the_next_one_is_served(
-    short_timeout_server, scene, good_row
+    limited_server, scene, good_row
 ):
-    server = short_timeout_server
+    server = limited_server
     long_step = request_body([resized_row(scene, ONE_LONG_STEP_SIDE)], ONE_STEP)
     long = post(server, long_step, "one-long-step")
     assert long.status_code == 504, long.text[:300]
@@ -94,6 +94,6 @@ def test_a_request_is_stopped_inside_its_step_and_the_next_one_is_served(
 
     stopped = logged(server, "one-long-step")
     assert stopped["stopped"] == "'timeout'" and stopped["steps"] == "0", stopped["line"]
-    overrun = float(stopped["wait_s"]) + float(stopped["run_s"]) - SHORT_TIMEOUT_S
+    overrun = float(stopped["wait_s"]) + float(stopped["run_s"]) - LIMITED_TIMEOUT_S
     assert overrun < STOPPED_WITHIN_S, stopped["line"]
     assert logged(server, "next")["status"] == "200"

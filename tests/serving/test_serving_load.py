@@ -1,5 +1,5 @@
 """8 clients for 20 s against a worker that holds 2 requests (one computing, one waiting), with a
-5 s timeout: the queue stays full, and every request gets an answer (200, 400, 503 with
+2 s timeout: the queue stays full, and every request gets an answer (200, 400, 503 with
 Retry-After, or 504) and a log line; none is lost, the server's memory stays bounded."""
 
 from __future__ import annotations
