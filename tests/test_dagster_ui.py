@@ -52,12 +52,11 @@ def test_one_partition_rematerialises_from_the_dagster_cli(instance_env):
 
 
 @pytest.fixture(scope="module")
-def trained(instance_env, tmp_path_factory) -> str:
+def trained(instance_env, tmp_path_factory) -> dict:
     """`cameo materialize features model evaluation` on this instance, as `make demo` runs the
     training side (12 tiny steps on synthetic triplets, MLflow in a temp store: the two
     buckets alternate, so fewer steps compare one bucket's loss with the other's in the
-    loss check); its output. (A current model materialised again is not retrained:
-    tests/training/test_model_asset.py.)"""
+    loss check): its output, data root, params file and tracking URI."""
     import yaml
 
     from tests.triplets import write_triplets
@@ -71,18 +70,90 @@ def trained(instance_env, tmp_path_factory) -> str:
     values["profiles"]["tiny"]["evaluation"]["samples"] = 1
     params = tmp / "params.yaml"
     params.write_text(yaml.safe_dump(values))
-    env = {**instance_env, "MLFLOW_TRACKING_URI": tracking_store(tmp)}
+    tracking_uri = tracking_store(tmp)
+    env = {**instance_env, "MLFLOW_TRACKING_URI": tracking_uri}
     command = [BIN / "cameo", "materialize", "--params", str(params), "--data", str(data)]
     done = subprocess.run(
         [*command, "features", "model", "evaluation"],
         cwd=tmp, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+    return {
+        "stdout": done.stdout, "data": data, "params": params, "tracking_uri": tracking_uri,
+        "checkpoints": tmp / "checkpoints",
+    }  # fmt: skip
 
 
-def test_training_materialises_in_dagster(trained):
-    assert "model: trained" in trained and "evaluation: models:/" in trained
+def test_training_materialises_in_dagster_and_a_current_model_is_not_retrained(
+    instance_env, trained
+):
+    """The features, model and evaluation assets pass their checks and record the training's
+    MLflow run; materialised again with nothing changed, the model is current: the same run,
+    no training."""
+    from mlflow.tracking import MlflowClient
+
+    from core.versioning import dvc_md5
+    from orchestration.cli.materialize import describe
+    from orchestration.definitions import STAGES, build_resources
+    from orchestration.evaluation_assets import (
+        FACE_CHECK,
+        evaluation,
+        face_similarity_above_threshold,
+    )
+    from orchestration.training_assets import FEATURES_CHECK, LOSS_CHECK, features, model
+
+    assert "model: trained" in trained["stdout"] and "evaluation: models:/" in trained["stdout"]
+    with dg.DagsterInstance.from_config(instance_env["DAGSTER_HOME"]) as instance:
+        checks = {
+            name: instance.get_latest_asset_check_evaluation_record(
+                dg.AssetCheckKey(dg.AssetKey(asset), name)
+            ).evaluation
+            for asset, name in (
+                ("features", FEATURES_CHECK), ("model", LOSS_CHECK), ("evaluation", FACE_CHECK)
+            )
+        }  # fmt: skip
+        events = {
+            name: instance.get_latest_materialization_event(
+                dg.AssetKey(name)
+            ).asset_materialization.metadata
+            for name in ("features", "model", "evaluation")
+        }
+    assert checks[FEATURES_CHECK].passed, checks[FEATURES_CHECK].description
+    assert checks[LOSS_CHECK].passed, checks[LOSS_CHECK].description
+    assert checks[FACE_CHECK].passed and checks[FACE_CHECK].description.startswith("off")
+    assert events["features"]["triplets"].value == 6
+    metadata, scored = events["model"], events["evaluation"]
+    assert scored["mlflow_run_id"].value == metadata["mlflow_run_id"].value
+    assert "| full " in scored["ablations"].value and "| ground_truth " in scored["ablations"].value
+    # The calibrations' identity is recorded beside the model's, or why it could not be (no
+    # NaN: here the model paints noise, and a triplet's frames may show no face dlib finds).
+    for row_metric in ("ground_truth/face_similarity", "paste/face_copy_paste"):
+        assert (row_metric in scored) != (f"not_scored_eval/{row_metric}" in scored), row_metric
+    assert scored["model_uri"].value.startswith("models:/m-")
+    run = MlflowClient(tracking_uri=trained["tracking_uri"]).get_run(
+        metadata["mlflow_run_id"].value
+    )
+    assert run.info.status == "FINISHED"
+    assert metadata["dataset_md5"].value == dvc_md5(trained["data"] / "triplets")
+    assert run.data.tags["dataset_md5"] == metadata["dataset_md5"].value
+    assert f"/runs/{run.info.run_id}?workflowType=machine_learning" in metadata["mlflow_run"].value
+    assert (trained["checkpoints"] / "final" / "cameo_checkpoint.json").is_file()
+
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        dg.DagsterInstance.from_config(instance_env["DAGSTER_HOME"]) as instance,
+    ):
+        patch.setenv("MLFLOW_TRACKING_URI", trained["tracking_uri"])
+        again = dg.materialize(
+            [*STAGES, features, model, evaluation, face_similarity_above_threshold],
+            selection=[model],
+            instance=instance,
+            resources=build_resources(str(trained["data"]), str(trained["params"]), "tiny"),
+        )
+    [event] = again.get_asset_materialization_events()
+    reused = {key: value.value for key, value in event.materialization.metadata.items()}
+    assert reused["reused"] and reused["mlflow_run_id"] == metadata["mlflow_run_id"].value
+    assert describe("model", reused).startswith("current, not retrained: MLflow run")
 
 
 def test_ui_shows_assets_partitions_and_blocking_checks(instance_env, trained):
