@@ -50,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
 SIZES = (300, 1200)
 SAMPLE_RUNS = 3
+REPEATS = 5  # timings of a step's work, an import or a query: their median
 SHORT = (replace(SHOTS[0], frames=60),)  # Grace Hopper alone: frames 0 and 50 kept
 STAGES = ("frames", "faces")
 ASSET_PAGE = """query AssetPage($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) {
@@ -154,7 +155,7 @@ def build_through_dagster(
     return walls
 
 
-def own_work(video: Path, repeats: int = 5) -> float:
+def own_work(video: Path, repeats: int) -> float:
     """Median seconds of the frames and faces stages' functions on `video` in this process,
     the face models loaded once beforehand."""
     from assets.faces import detect_faces
@@ -176,7 +177,7 @@ def own_work(video: Path, repeats: int = 5) -> float:
     return statistics.median(seconds)
 
 
-def code_location_import(repeats: int = 3) -> float:
+def code_location_import(repeats: int) -> float:
     """Median seconds of a fresh interpreter importing the code location, as every step
     process of the multiprocess executor does before its step."""
     command = [sys.executable, "-c", "import orchestration.definitions"]
@@ -222,7 +223,7 @@ class Webserver:
             raise RuntimeError(f"GraphQL errors: {answer['errors']}")
         return answer["data"]
 
-    def timed_query(self, query: str, variables: dict, repeats: int = 5) -> tuple[float, dict]:
+    def timed_query(self, query: str, variables: dict, repeats: int) -> tuple[float, dict]:
         """Median seconds of `repeats` answers, after one that warms the server's caches."""
         data = self.query(query, variables)
         seconds = [timed(self.query, query, variables)[0] for _ in range(repeats)]
@@ -234,8 +235,11 @@ class Webserver:
         self.process.wait(timeout=30)
 
 
-def measure(n: int, sample_runs: int = SAMPLE_RUNS, work_dir: Path | None = None) -> Figures:
-    """Every figure at N partitions, on a fresh PostgreSQL server and data root."""
+def measure(
+    n: int, sample_runs: int = SAMPLE_RUNS, work_dir: Path | None = None, repeats: int = REPEATS
+) -> Figures:
+    """Every figure at N partitions, on a fresh PostgreSQL server and data root; each timing of
+    a step's work, an import or a query the median of `repeats`."""
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp, PostgresServer() as server:
         root = Path(tmp) / "data"
@@ -262,13 +266,15 @@ def measure(n: int, sample_runs: int = SAMPLE_RUNS, work_dir: Path | None = None
                     instance, sample[1::2], executor_params("in_process", Path(tmp))
                 )
                 runless_s = record_materializations(instance, keys[len(sample) :])
-            work_s = own_work(layout.movies_dir / f"{keys[0]}.mp4")
-            import_s = code_location_import()
+            work_s = own_work(layout.movies_dir / f"{keys[0]}.mp4", repeats)
+            import_s = code_location_import(repeats)
             webserver = Webserver({**os.environ})
             try:
                 variables = {"key": {"path": ["faces"]}}
-                asset_s, asset = webserver.timed_query(ASSET_PAGE, variables)
-                partitions_s, partitions = webserver.timed_query(PARTITIONS_PAGE, variables)
+                asset_s, asset = webserver.timed_query(ASSET_PAGE, variables, repeats)
+                partitions_s, partitions = webserver.timed_query(
+                    PARTITIONS_PAGE, variables, repeats
+                )
             finally:
                 webserver.stop()
             node = partitions["assetNodeOrError"]

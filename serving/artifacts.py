@@ -28,6 +28,8 @@ from training.tracking import registered_version
 
 CHECKPOINT_ARTIFACT = "checkpoint"  # the artifact the checkpoint is logged as
 MLMODEL = "MLmodel"
+# The key of the model's metadata (its MLmodel file) that holds what `load_context` needs.
+SETTINGS_METADATA = "served_settings"
 # The model's code file (models-from-code): loading a version runs it, no pickle involved.
 MODEL_CODE = Path(__file__).resolve().parent / "logged_model.py"
 # The pyfunc loader of models logged from code; any other runs what the version names.

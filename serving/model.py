@@ -35,7 +35,7 @@ import torch
 from perception.faces import identity_score
 from perception.params import FacesParams, PosesParams
 from perception.priors import Priors
-from serving.artifacts import CHECKPOINT_ARTIFACT
+from serving.artifacts import CHECKPOINT_ARTIFACT, SETTINGS_METADATA
 from serving.manifest import check_base_models
 from serving.schema import (
     IMAGE_COLUMNS,
@@ -58,9 +58,6 @@ from training.acceleration import REPEATED_BLOCKS
 from training.model import FACE_EMBED_DIM, components_from_checkpoint
 from training.params import Acceleration
 from training.pipeline import CharacterInpaintPipeline, PaintSettings
-
-# The key of the model's metadata (its MLmodel file) that holds what `load_context` needs.
-SETTINGS_METADATA = "served_settings"
 
 
 class RequestStop:

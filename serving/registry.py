@@ -23,6 +23,7 @@ from core.versioning import sha256
 from serving.artifacts import (
     CHECKPOINT_ARTIFACT,
     MODEL_CODE,
+    SETTINGS_METADATA,
     check_model_code,
     checkpoint_files,
     installed_commit,
@@ -30,7 +31,6 @@ from serving.artifacts import (
 )
 from serving.client import demo_inputs, make_row
 from serving.manifest import record_base_models
-from serving.model import SETTINGS_METADATA
 from serving.params import ServedSettings
 from serving.schema import ServingConfig
 from training.model import (

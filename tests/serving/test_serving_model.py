@@ -63,7 +63,7 @@ def test_round_trip_log_load_predict(logged, pyfunc_model, scene, good_row):
 
 
 def test_the_serving_settings_are_the_models_metadata_not_run_params(logged, pyfunc_model):
-    from serving.model import SETTINGS_METADATA
+    from serving.artifacts import SETTINGS_METADATA
 
     settings = pyfunc_model.metadata.metadata[SETTINGS_METADATA]
     assert settings["profile"] == "tiny"
@@ -96,7 +96,8 @@ def test_a_version_pickled_before_still_loads_and_is_listed_for_relogging(
     from click.testing import CliRunner
 
     from orchestration.cli.main import main
-    from serving.model import SETTINGS_METADATA, CameoInpaintModel
+    from serving.artifacts import SETTINGS_METADATA
+    from serving.model import CameoInpaintModel
 
     # What log_model did before models-from-code: the same model and files, cloudpickled.
     local = Path(mlflow.artifacts.download_artifacts(logged.model_uri))

@@ -6,9 +6,10 @@
 - `loading`: checkpoints and the pretrained weights in the models directory.
 
 Everything public is re-exported here, so `from training.model import X` works for any of them.
-A name's module is imported when the name is first used (PEP 562), so the file names and
-sizes of `config` come without diffusers (ten seconds of imports): `cameo serve` checks a
-version's files before it loads anything heavy.
+A name's module is imported when the name is first used (PEP 562), so the file names, sizes
+and checkpoint record of `config` come without diffusers (ten seconds of imports): `cameo
+serve` checks a version's files, and `cameo model promote` moves an alias, without loading
+anything heavy.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
         SDXL,
         SDXL_INPAINT_DIR,
         TINY,
+        CheckpointInfo,
         ModelConfig,
         ResamplerConfig,
     )
@@ -58,7 +60,6 @@ if TYPE_CHECKING:
         save_adapters,
     )
     from training.model.loading import (
-        CheckpointInfo,
         base_components,
         components_from_checkpoint,
         load_body_encoder,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 BRANCHES = ("face", "body")  # order of the image branches in every processor and projection
@@ -24,6 +25,25 @@ INSTANTID_DIR = "InstantID"  # ControlNetModel/ (IdentityNet) and ip-adapter.bin
 BODY_ENCODER_DIR = "InternViT-300M-448px"  # transformers layout
 INSTANTID_CONTROLNET = "ControlNetModel"
 INSTANTID_ADAPTER = "ip-adapter.bin"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """`cameo_checkpoint.json`: what a checkpoint was trained on, enough to rebuild the frozen
+    base it belongs to (`components_from_checkpoint`) and to trace it to its run and data."""
+
+    config: str  # a ModelConfig name
+    base_seed: int = 0  # configs without pretrained weights (tiny): the seed of the random base
+    step: int = 0
+    run_id: str | None = None  # the MLflow run that trained it
+    dataset_md5: str | None = None  # the DVC md5 of data/triplets it was trained on
+
+    @classmethod
+    def read(cls, directory: str | Path) -> CheckpointInfo:
+        path = Path(directory) / CHECKPOINT_INFO
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory} is not a cameo checkpoint (no {CHECKPOINT_INFO})")
+        return cls(**json.loads(path.read_text()))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ layout of the adapters from `convert`.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,31 +38,13 @@ from training.model.config import (
     INSTANTID_DIR,
     SDXL,
     SDXL_INPAINT_DIR,
+    CheckpointInfo,
     ModelConfig,
 )
 from training.model.convert import load_adapter_state_dict, load_adapters, save_adapters
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoints: both adapters (IP-Adapter files) + the ControlNet (diffusers layout)
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """`cameo_checkpoint.json`: what a checkpoint was trained on, enough to rebuild the frozen
-    base it belongs to (`components_from_checkpoint`) and to trace it to its run and data."""
-
-    config: str  # a ModelConfig name
-    base_seed: int = 0  # configs without pretrained weights (tiny): the seed of the random base
-    step: int = 0
-    run_id: str | None = None  # the MLflow run that trained it
-    dataset_md5: str | None = None  # the DVC md5 of data/triplets it was trained on
-
-    @classmethod
-    def read(cls, directory: str | Path) -> CheckpointInfo:
-        path = Path(directory) / CHECKPOINT_INFO
-        if not path.is_file():
-            raise FileNotFoundError(f"{directory} is not a cameo checkpoint (no {CHECKPOINT_INFO})")
-        return cls(**json.loads(path.read_text()))
 
 
 def save_checkpoint(
