@@ -286,7 +286,6 @@ def test_killed_run_resumes_to_the_same_weights(triplets_root, tmp_path, monkeyp
     _assert_same_weights(tmp_path / "straight" / "final", out / "final")
 
 
-@pytest.mark.slow
 def torchrun_two_processes(triplets_root: Path, tmp_path: Path, **overrides) -> list[list[str]]:
     """`tests/training/ddp_train.py` on 2 CPU processes (gloo); each rank's line, split."""
     torchrun = Path(sys.executable).parent / "torchrun"
