@@ -53,10 +53,12 @@ demo: $(STAMP)
 	cameo lineage models:/cameo-inpaint@champion
 
 # The suite on two workers (a file, or the serving folder, per worker: tests/conftest.py), then
-# the `serial` tests, which time servers against short limits, alone.
+# the `serial` tests, which time servers against short limits, alone. The workers take the
+# groups in the order tests/conftest.py gives them (slow ones first), not xdist's default of
+# the groups with most tests first, which left the long two-test files for the end.
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -m "not serial" -n 2 --dist loadgroup
+	$(PY) -m pytest -m "not serial" -n 2 --dist loadgroup --no-loadscope-reorder
 	$(PY) -m pytest -m serial
 
 lint: $(STAMP)

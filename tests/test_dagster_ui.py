@@ -14,6 +14,7 @@ from orchestration.definitions import STAGE_NAMES
 from serving.server import free_port, wait_until_answering
 from tests.conftest import REPO, tracking_store
 
+pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 
 

@@ -74,6 +74,7 @@ def trained_bytes(triplets_root: Path, tmp_path: Path, capability: str, portable
     return digest.hexdigest()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(len(CAPABILITIES) < 2, reason="this CPU offers only ATen's default kernels")
 def test_portable_kernels_train_the_same_bytes_on_every_cpu(tmp_path):
     """Three runs, two at a time (each is one thread): portable asking for the widest kernels,

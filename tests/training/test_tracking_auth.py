@@ -26,6 +26,7 @@ from tests.conftest import tracking_store
 from training.tracking import REGISTERED_MODEL
 from training.tracking_auth import PROMOTERS_ENV, TRACKING_ACCOUNTS, create_accounts
 
+pytestmark = pytest.mark.slow
 ADMIN = ("admin", "admin-password-0a1b")
 PASSWORDS = {name: f"{name}-password" for name in TRACKING_ACCOUNTS}
 MODEL = REGISTERED_MODEL
