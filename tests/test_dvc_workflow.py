@@ -5,10 +5,13 @@ import json
 import os
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from assets.sample_movie import SHOTS, write_sample_movie
+from core.layout import DataLayout
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -97,8 +100,10 @@ def back_to_the_commit(repo: Path, env: dict[str, str]) -> None:
     run(repo, "dvc", "checkout", *DATASET, env=env)
 
 
-def test_one_more_movie_builds_only_that_movie(built: Path, env):
-    shutil.copy(built / "data/movies/sample.mp4", built / "data/movies/second.mp4")
+def test_one_more_movie_builds_only_that_movie(built: Path, env, tmp_path: Path):
+    # A short movie (one shot of 60 frames): what is built is the new movie's, however long.
+    second = write_sample_movie(DataLayout(tmp_path), "second", (replace(SHOTS[0], frames=60),))
+    shutil.copy(second, built / "data/movies/second.mp4")
     first = (built / "data/frames/sample.status.json").read_text()
     run(built, "dvc", "add", "data/movies", env=env)
     out = run(built, "dvc", "repro", "dataset", env=env)
