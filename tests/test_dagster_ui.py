@@ -95,13 +95,10 @@ def test_training_materialises_in_dagster_and_a_current_model_is_not_retrained(
 
     from core.versioning import dvc_md5
     from orchestration.cli.materialize import describe
-    from orchestration.definitions import STAGES, build_resources
-    from orchestration.evaluation_assets import (
-        FACE_CHECK,
-        evaluation,
-        face_similarity_above_threshold,
-    )
-    from orchestration.training_assets import FEATURES_CHECK, LOSS_CHECK, features, model
+    from orchestration.definitions import build_resources
+    from orchestration.evaluation_assets import FACE_CHECK
+    from orchestration.runs import materialize
+    from orchestration.training_assets import FEATURES_CHECK, LOSS_CHECK
 
     assert "model: trained" in trained["stdout"] and "evaluation: models:/" in trained["stdout"]
     with dg.DagsterInstance.from_config(instance_env["DAGSTER_HOME"]) as instance:
@@ -145,14 +142,10 @@ def test_training_materialises_in_dagster_and_a_current_model_is_not_retrained(
         dg.DagsterInstance.from_config(instance_env["DAGSTER_HOME"]) as instance,
     ):
         patch.setenv("MLFLOW_TRACKING_URI", trained["tracking_uri"])
-        again = dg.materialize(
-            [*STAGES, features, model, evaluation, face_similarity_above_threshold],
-            selection=[model],
-            instance=instance,
-            resources=build_resources(str(trained["data"]), str(trained["params"]), "tiny"),
-        )
-    [event] = again.get_asset_materialization_events()
-    reused = {key: value.value for key, value in event.materialization.metadata.items()}
+        resources = build_resources(str(trained["data"]), str(trained["params"]), "tiny")
+        again = materialize("training_job", ["model"], instance, resources)  # `cameo materialize`
+    assert again.success, again.message
+    reused = again.metadata["model"]
     assert reused["reused"] and reused["mlflow_run_id"] == metadata["mlflow_run_id"].value
     assert describe("model", reused).startswith("current, not retrained: MLflow run")
 
