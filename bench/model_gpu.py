@@ -239,7 +239,7 @@ def kind_of(name: str) -> str:
     return next((kind for kind, pattern in KINDS if re.search(pattern, lower)), "other")
 
 
-def profile_breakdown(step: Callable[[], None], run: Run, steps: int = 3) -> tuple[dict, float]:
+def profile_breakdown(step: Callable[[], None], run: Run) -> tuple[dict, float]:
     """Seconds per step by kind of kernel (CPU: of operator), and the GPU's busy share."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
@@ -250,7 +250,7 @@ def profile_breakdown(step: Callable[[], None], run: Run, steps: int = 3) -> tup
     synchronize(run.device)
     with profile(activities=activities) as trace:
         start = time.perf_counter()
-        for _ in range(steps):
+        for _ in range(run.profiled_steps):
             step()
         synchronize(run.device)
         wall = time.perf_counter() - start
@@ -258,10 +258,10 @@ def profile_breakdown(step: Callable[[], None], run: Run, steps: int = 3) -> tup
     for event in trace.key_averages():
         # CUDA: the kernels themselves (an operator's device time is its kernels' again).
         if cuda and event.device_type == DeviceType.CUDA:
-            seconds[kind_of(event.key)] += event.self_device_time_total / 1e6 / steps
+            seconds[kind_of(event.key)] += event.self_device_time_total / 1e6 / run.profiled_steps
         elif not cuda and event.key.startswith("aten::"):
-            seconds[kind_of(event.key)] += event.self_cpu_time_total / 1e6 / steps
-    busy = sum(seconds.values()) * steps / wall if cuda else float("nan")
+            seconds[kind_of(event.key)] += event.self_cpu_time_total / 1e6 / run.profiled_steps
+    busy = sum(seconds.values()) * run.profiled_steps / wall if cuda else float("nan")
     return seconds, min(busy, 1.0)
 
 
@@ -326,6 +326,7 @@ def main(argv: list[str] | None = None) -> Results:
         device=torch.device("cuda" if cuda else "cpu"),
         steps=1 if args.smoke else args.steps,
         warmup=1 if args.smoke else args.warmup,
+        profiled_steps=1 if args.smoke else 3,
         batches=(1, 2) if args.smoke else (1, 2, 4),
         matmul=256 if args.smoke else 8192,
         inference_steps=2 if args.smoke else args.inference_steps,

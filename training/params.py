@@ -19,8 +19,9 @@ AblationName = Literal["inpainting", "face", "face_body", "full"]  # training.ev
 AttentionBackend = Literal["default", "flash", "cudnn", "efficient", "math"]
 # torch.compile backends: inductor generates fused kernels; aot_eager traces the same graphs
 # (forward and backward) and runs them eagerly, with no code generation: for bisecting a
-# compile problem, and for runs that check code paths rather than speed (a CPU smoke run).
-CompileBackend = Literal["inductor", "aot_eager"]
+# compile problem; eager stops after dynamo's capture (graph breaks and recompiles show, no
+# backward is traced): for runs that check code paths rather than speed (a CPU smoke run).
+CompileBackend = Literal["inductor", "aot_eager", "eager"]
 
 
 class Acceleration(Section):
