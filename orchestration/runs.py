@@ -13,7 +13,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-# The stage names, in order (orchestration.definitions.STAGE_NAMES; a test keeps them equal).
+# The stage names, in order (orchestration.dataset_definitions.STAGE_NAMES; a test keeps them
+# equal).
 STAGE_CHOICES = (
     "frames",
     "faces",
@@ -77,27 +78,28 @@ def materialize_stages(
     tags: dict[str, str] | None = None,
 ) -> PartitionOutcome:
     """Materialise, on `instance`, the per-movie `stages` (with their checks) of partition
-    `movie` in a `movie_job` run, or (movie None) the dataset in a `triplets_job` run."""
+    `movie` in a `movie_job` run, or (movie None) the dataset in a `triplets_job` run; with the
+    dataset's definitions alone (the build loads no training code)."""
+    from orchestration.dataset_definitions import build_dataset_definitions
+
     job = "triplets_job" if movie is None else "movie_job"
-    return materialize(job, stages, instance, resources, movie, log_level, tags)
+    defs = build_dataset_definitions(resources)
+    return materialize(defs, job, stages, instance, movie, log_level, tags)
 
 
 def materialize(
+    defs,
     job_name: str,
     assets: list[str],
     instance,
-    resources: dict,
     partition: str | None = None,
     log_level: str = "WARNING",
     tags: dict[str, str] | None = None,
 ) -> PartitionOutcome:
-    """Materialise `assets` (with their checks) of `job_name` on `instance`, as the UI would;
-    the outcome names the run, or each failure's cause in one line."""
+    """Materialise `assets` (with their checks) of `defs`'s job `job_name` on `instance`, as
+    the UI would; the outcome names the run, or each failure's cause in one line."""
     import dagster as dg
 
-    from orchestration.definitions import build_definitions
-
-    defs = build_definitions(resources)
     job = defs.resolve_job_def(job_name)
     result = job.execute_in_process(
         instance=instance,

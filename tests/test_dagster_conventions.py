@@ -23,14 +23,8 @@ from core import versioning
 from core.layout import DataLayout
 from core.versioning import FIRST_PARTY, source_version
 from orchestration.cli.main import main
-from orchestration.definitions import (
-    CHECKS,
-    MOVIE_STAGES,
-    STAGES,
-    build_definitions,
-    build_resources,
-    defs,
-)
+from orchestration.dataset_definitions import CHECKS, MOVIE_STAGES, STAGES, build_resources
+from orchestration.definitions import build_definitions, defs
 from tests.conftest import PARAMS, REPO
 from tests.test_dagster_pipeline import materialize
 

@@ -16,14 +16,14 @@ from assets.sample_movie import compare_with_truth
 from assets.triplets import dvc_md5, triplets
 from core.layout import DataLayout
 from orchestration.cli.main import main
-from orchestration.definitions import (
+from orchestration.dataset_definitions import (
     CHECKS,
     MOVIE_STAGES,
     STAGE_NAMES,
     STAGES,
     build_resources,
-    defs,
 )
+from orchestration.definitions import defs
 from orchestration.params import load_params
 from orchestration.resources import DataResource
 from orchestration.runs import STAGE_CHOICES

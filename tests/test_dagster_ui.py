@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from orchestration.definitions import STAGE_NAMES
+from orchestration.dataset_definitions import STAGE_NAMES
 from serving.server import free_port, wait_until_answering
 from tests.conftest import REPO, tracking_store
 
@@ -95,7 +95,7 @@ def test_training_materialises_in_dagster_and_a_current_model_is_not_retrained(
 
     from core.versioning import dvc_md5
     from orchestration.cli.materialize import describe
-    from orchestration.definitions import build_resources
+    from orchestration.definitions import build_definitions, build_resources
     from orchestration.evaluation_assets import FACE_CHECK
     from orchestration.runs import materialize
     from orchestration.training_assets import FEATURES_CHECK, LOSS_CHECK
@@ -143,7 +143,8 @@ def test_training_materialises_in_dagster_and_a_current_model_is_not_retrained(
     ):
         patch.setenv("MLFLOW_TRACKING_URI", trained["tracking_uri"])
         resources = build_resources(str(trained["data"]), str(trained["params"]), "tiny")
-        again = materialize("training_job", ["model"], instance, resources)  # `cameo materialize`
+        # As `cameo materialize model` runs it.
+        again = materialize(build_definitions(resources), "training_job", ["model"], instance)
     assert again.success, again.message
     reused = again.metadata["model"]
     assert reused["reused"] and reused["mlflow_run_id"] == metadata["mlflow_run_id"].value

@@ -37,7 +37,7 @@ from core.params import ParamsError, ParamsRoot, Section
 from core.params import load_params as load_schema
 from core.versioning import dvc_md5
 from orchestration.cli.main import main
-from orchestration.definitions import STAGES, build_resources
+from orchestration.dataset_definitions import STAGES, build_resources
 from orchestration.params import Params, load_params
 from orchestration.resources import DataResource, ParamsResource, PerceptionResource
 from orchestration.runs import fail_interrupted_runs, failure_message

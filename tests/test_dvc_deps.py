@@ -7,6 +7,7 @@ changed."""
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 
 import click
 import dagster as dg
@@ -14,7 +15,7 @@ import yaml
 
 from assets.stage import STAGE_INPUTS, code_version, stage_modules
 from assets.triplets import TRIPLETS_CODE_MODULES
-from core.versioning import module_closure, source_version
+from core.versioning import FIRST_PARTY, module_closure, source_version
 from orchestration.cli.main import main
 from orchestration.definitions import defs
 from orchestration.evaluation_assets import EVALUATION_CODE_MODULES
@@ -47,7 +48,7 @@ def command_modules(command: str) -> list[str]:
     for word in words:
         if not isinstance(found, click.Group) or word.startswith("-"):
             break
-        found = found.commands[word]
+        found = found.get_command(click.Context(found), word)
     return [entry, found.callback.__module__]
 
 
@@ -60,16 +61,48 @@ def test_asset_code_versions_and_stage_records_digest_what_their_entry_modules_i
         assert code_version(stage) == graph.get(dg.AssetKey(stage)).code_version, stage
 
 
+def stage_code(stage: dict, name: str) -> list[Path]:
+    """The source files a dvc.yaml stage's process loads: its command's and its assets'."""
+    entries = command_modules(stage["cmd"])
+    entries += [m for asset in DVC_STAGE_ASSETS[name] for m in CODE_MODULES[asset]]
+    return module_closure(*entries, root=REPO)
+
+
 def test_every_stage_depends_on_the_code_its_command_runs():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert set(stages) == set(DVC_STAGE_ASSETS)
     for name, stage in stages.items():
-        entries = command_modules(stage["cmd"])
-        entries += [m for asset in DVC_STAGE_ASSETS[name] for m in CODE_MODULES[asset]]
+        loaded = stage_code(stage, name)
         deps = [REPO / str(dep) for dep in stage["deps"]]
         missing = {
-            path.relative_to(REPO).parts[0]
-            for path in module_closure(*entries, root=REPO)
+            path.relative_to(REPO).as_posix()
+            for path in loaded
             if not any(path.is_relative_to(dep) for dep in deps)
         }
-        assert not missing, f"dvc.yaml stage {name} runs code from {sorted(missing)}: add them"
+        assert not missing, f"dvc.yaml stage {name} runs {sorted(missing)}: add them to its deps"
+        # And no code dep the process never loads: a change there would rerun the stage.
+        unused = [
+            dep.relative_to(REPO).as_posix()
+            for dep in deps
+            if dep.relative_to(REPO).parts[0] in FIRST_PARTY
+            and not any(path.is_relative_to(dep) for path in loaded)
+        ]
+        assert not unused, f"dvc.yaml stage {name} depends on {unused}, which it never loads"
+
+
+def test_the_dataset_build_loads_no_training_or_serving_code():
+    """`cameo dataset build` reads params.yaml's training and serving sections' schema, and
+    nothing else of those packages: a training change leaves DVC's dataset stage current."""
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["dataset"]
+    loaded = {
+        path.relative_to(REPO).as_posix()
+        for path in stage_code(stage, "dataset")
+        if path.relative_to(REPO).parts[0] in ("training", "serving")
+    }
+    assert loaded == {
+        "training/__init__.py",
+        "training/params.py",
+        "serving/__init__.py",
+        "serving/params.py",
+    }
+    assert not {"training", "serving"} & set(stage["deps"])

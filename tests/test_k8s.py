@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from core.params import ParamsError
-from orchestration.definitions import executor_for
+from orchestration.dataset_definitions import executor_for
 from orchestration.kubernetes import KubernetesParams, image_reference, render_training_job
 from orchestration.params import ExecutorParams, load_params
 from orchestration.production import dagster_instance_config

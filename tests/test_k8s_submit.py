@@ -24,7 +24,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from orchestration.definitions import STAGES, build_resources
+from orchestration.dataset_definitions import STAGES, build_resources
 from orchestration.kubernetes import (
     JOB_NAME_LABEL,
     KubernetesParams,

@@ -83,7 +83,7 @@ def build(
     from assets.stage import recorded_warnings, stages_to_build
     from core.layout import BuildLockedError, DataLayout
     from core.params import ParamsError
-    from orchestration.definitions import build_resources
+    from orchestration.dataset_definitions import build_resources
     from orchestration.params import load_params
     from orchestration.resources import MissingModelsError
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from orchestration.cli.options import checked_model, data_option, params_option
+from orchestration.cli.options import data_option, params_option
+from orchestration.cli.registered_model import checked_model
 from orchestration.runs import one_line
 
 

@@ -34,15 +34,15 @@ def materialize_command(
     import dagster as dg
 
     from core.layout import DataLayout
-    from orchestration.definitions import build_resources
+    from orchestration.definitions import build_definitions, build_resources
     from orchestration.runs import materialize
 
     layout = DataLayout.from_env(data_root)
-    resources = build_resources(str(layout.root), params_path, profile or "")
+    defs = build_definitions(build_resources(str(layout.root), params_path, profile or ""))
     log_level = "INFO" if verbose else "CRITICAL"
     tags = {"cameo/data": str(layout.root)}
     outcome = materialize(
-        "training_job", list(assets), dg.DagsterInstance.get(), resources, None, log_level, tags
+        defs, "training_job", list(assets), dg.DagsterInstance.get(), None, log_level, tags
     )
     for name, metadata in outcome.metadata.items():
         click.echo(f"{name}: {describe(name, metadata)}")

@@ -44,23 +44,3 @@ models_option = click.option(
 )
 
 image_path = click.Path(exists=True, dir_okay=False, path_type=Path)
-
-
-def champion_uri() -> str:
-    """The default of --model: the champion of the registered model."""
-    from training.tracking import CHAMPION, REGISTERED_MODEL
-
-    return f"models:/{REGISTERED_MODEL}@{CHAMPION}"
-
-
-def checked_model(model_uri: str | None) -> str:
-    """--model (default: the champion), its artifacts checked first, so that a version whose
-    files are gone or partial fails in one line (version, artifact location, missing file)."""
-    from serving.artifacts import ModelArtifactsError, check_model_artifacts
-
-    uri = model_uri or champion_uri()
-    try:
-        check_model_artifacts(uri)
-    except ModelArtifactsError as error:
-        raise click.ClickException(str(error)) from None
-    return uri

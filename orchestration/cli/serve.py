@@ -8,13 +8,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from orchestration.cli.options import (
-    champion_uri,
-    checked_model,
-    data_option,
-    image_path,
-    params_option,
-)
+from orchestration.cli.options import data_option, image_path, params_option
+from orchestration.cli.registered_model import champion_uri, checked_model
 
 if TYPE_CHECKING:
     from serving.params import ServingParams

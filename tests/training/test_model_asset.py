@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from orchestration.definitions import STAGES, build_resources
+from orchestration.dataset_definitions import STAGES, build_resources
 from orchestration.evaluation_assets import (
     evaluation,
     face_similarity_above_threshold,
