@@ -3,7 +3,8 @@ ablations, logged into the training run (`training.evaluation_log.evaluate_logge
 same code as `cameo evaluate`), and a blocking check on face similarity.
 
 The check reads what the asset recorded, so it can be re-run alone from the UI; its threshold
-is params.yaml's `evaluation.min_face_similarity` (null, as in the `tiny` profile: off).
+is params.yaml's `evaluation.min_face_similarity` (null, as in the `tiny` profile: the check
+warns that it judged nothing).
 """
 
 import math
@@ -37,16 +38,20 @@ def logged_model_uri(run_id: str, experiment_id: str) -> str:
 
 
 def face_similarity_check(similarity: float, threshold: float | None) -> dg.AssetCheckResult:
-    """Passes when the full model's mean face similarity reaches `threshold` (None: off)."""
+    """Passes when the full model's mean face similarity reaches `threshold`. With no threshold
+    (None) nothing was judged: a warning that says so (yellow in the UI, blocking nothing),
+    never a green pass."""
+    found = "no face found in any output" if math.isnan(similarity) else f"{similarity:.3f}"
     if threshold is None:
         return dg.AssetCheckResult(
             check_name=FACE_CHECK,
-            passed=True,
-            description="off: evaluation.min_face_similarity is null in this profile",
+            passed=False,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=f"not checked: evaluation.min_face_similarity is null in this profile "
+            f"(mean face similarity {found})",
             metadata={"face_similarity": similarity},
         )
     passed = math.isfinite(similarity) and similarity >= threshold
-    found = "no face found in any output" if math.isnan(similarity) else f"{similarity:.3f}"
     return dg.AssetCheckResult(
         check_name=FACE_CHECK,
         passed=passed,
@@ -119,7 +124,7 @@ def evaluation(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
 @dg.asset_check(asset=evaluation, name=FACE_CHECK, blocking=True, required_resource_keys={"params"})
 def face_similarity_above_threshold(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
     """The full model's mean face similarity on the validation triplets is at least
-    `evaluation.min_face_similarity` (off where that is null)."""
+    `evaluation.min_face_similarity` (a warning, not a pass, where that is null)."""
     event = context.instance.get_latest_materialization_event(evaluation.key)
     if event is None or event.asset_materialization is None:
         return dg.AssetCheckResult(passed=False, description="evaluation was never materialised")

@@ -109,11 +109,15 @@ def materialize(
         tags={"cameo/source": "cli", **(tags or {})},
         run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
     )
-    failed_checks = [
-        f"check {e.asset_key.to_user_string()}.{e.check_name} failed: {e.description}"
-        for e in result.get_asset_check_evaluations()
-        if not e.passed
-    ]
+    # A check failing at WARN severity blocks nothing: a warning, not a failure of the run.
+    failed_checks, check_warnings = [], []
+    for e in result.get_asset_check_evaluations():
+        if not e.passed:
+            check = f"check {e.asset_key.to_user_string()}.{e.check_name}"
+            if e.severity == dg.AssetCheckSeverity.WARN:
+                check_warnings.append(f"{check}: {e.description}")
+            else:
+                failed_checks.append(f"{check} failed: {e.description}")
     step_errors = [
         failure_message(e)
         for e in result.all_events
@@ -122,7 +126,7 @@ def materialize(
         # A failed blocking check is reported below, with its description.
         and e.event_specific_data.error.cls_name != "DagsterAssetCheckFailedError"
     ]
-    warnings = [
+    warnings = check_warnings + [
         str(m.materialization.metadata["warning"].value)
         for m in result.get_asset_materialization_events()
         if m.materialization.metadata.get("warning") and m.materialization.metadata["warning"].value

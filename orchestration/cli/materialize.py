@@ -46,6 +46,8 @@ def materialize_command(
     )
     for name, metadata in outcome.metadata.items():
         click.echo(f"{name}: {describe(name, metadata)}")
+    for warning in outcome.warnings:
+        click.echo(f"warning: {warning}")
     if not outcome.success:
         sys.exit(f"FAILED {outcome.movie}: {outcome.message}")
     click.echo(f"ok {outcome.movie}: {outcome.message} (make ui to see it)")

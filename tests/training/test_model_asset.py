@@ -30,10 +30,13 @@ def test_model_asset_fails_with_the_cause(tmp_path, monkeypatch):
     assert "no dataset at" in message and "dvc repro dataset" in message
 
 
-def test_face_similarity_check_fails_below_the_threshold_and_without_a_face():
+def test_face_similarity_check_fails_below_the_threshold_and_without_a_face_and_warns_when_off():
     assert face_similarity_check(0.45, 0.3).passed
     below = face_similarity_check(0.2, 0.3)
     assert not below.passed and "0.200, threshold 0.3" in below.description
     none = face_similarity_check(float("nan"), 0.3)
     assert not none.passed and "no face found" in none.description
-    assert face_similarity_check(float("nan"), None).passed
+    # No threshold: a warning that nothing was judged, which blocks nothing; never a pass.
+    off = face_similarity_check(float("nan"), None)
+    assert not off.passed and off.severity == dg.AssetCheckSeverity.WARN
+    assert off.description.startswith("not checked: evaluation.min_face_similarity is null")
