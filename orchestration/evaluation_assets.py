@@ -12,6 +12,7 @@ import math
 import dagster as dg
 
 from core.versioning import source_version
+from orchestration.training_assets import REGISTERED_MODEL_KEYS
 from training.tracking import configure_tracking, run_url
 
 FACE_CHECK = "face_similarity_above_threshold"
@@ -82,7 +83,10 @@ def evaluation(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     trained = context.instance.get_latest_materialization_event(dg.AssetKey("model"))
     if trained is None or trained.asset_materialization is None:
         raise dg.Failure(description="model was never materialised: train first")
-    training_run = str(trained.asset_materialization.metadata["mlflow_run_id"].value)
+    recorded = trained.asset_materialization.metadata
+    training_run = str(recorded["mlflow_run_id"].value)
+    # The registered version the model asset recorded: what a user looks for first.
+    registered = {key: recorded[key] for key in REGISTERED_MODEL_KEYS if key in recorded}
     configure_tracking()
     experiment_id = mlflow.get_run(training_run).info.experiment_id
     model_uri = logged_model_uri(training_run, experiment_id)
@@ -101,6 +105,7 @@ def evaluation(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         metadata={
             "mlflow_run_id": run_id,
             "mlflow_run": dg.MetadataValue.url(run_url(experiment_id, run_id)),
+            **registered,
             "model_uri": model_uri,
             "ablations": dg.MetadataValue.md(table.to_markdown(index=False, floatfmt=".3f")),
             "samples": len(result.samples) // max(len(table), 1),

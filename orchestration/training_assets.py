@@ -23,7 +23,7 @@ from core.versioning import LOCK_FILE, dvc_md5, locked_md5, source_version
 from orchestration.kubernetes import TrainingJob, TrainingJobFailed, submit_training
 from orchestration.params import Params
 from training.outputs import FINAL_DIR, METRICS_FILE, RUN_FILE
-from training.tracking import run_url
+from training.tracking import configure_tracking, model_version_url, run_url
 
 LOSS_CHECK = "loss_decreases"
 BUILD_FILE = "build.json"  # beside final/: the dataset, params and code it was trained from
@@ -34,6 +34,8 @@ FEATURES_CODE_MODULES = (__name__, "orchestration.cli.features")
 MODEL_CODE_MODULES = (__name__, TRAIN_MODULE)
 MODEL_CODE_VERSION = source_version(*MODEL_CODE_MODULES)
 FEATURES_CHECK = "features_cover_the_dataset"
+# The metadata naming the registered version (`registered_model_metadata`), also the evaluation's.
+REGISTERED_MODEL_KEYS = ("registered_model", "registered_model_page")
 
 
 def features_check(manifest: pd.DataFrame, store: Path, index: dict) -> dg.AssetCheckResult:
@@ -215,6 +217,31 @@ def model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     return model_result(output_dir, reused=False)
 
 
+def registered_model_metadata(checkpoint: Path) -> dict[str, str | dg.MetadataValue]:
+    """The registered version of `cameo-inpaint` holding these weights (`cameo train`
+    registers each new set), with its aliases now and its page in the MLflow UI; nothing where
+    none does (trained with --no-register). The model stays materialised when MLflow cannot
+    say: the metadata then says why."""
+    from mlflow.exceptions import MlflowException
+
+    from serving.registry import registered_weights, weights_sha256
+
+    name_key, page_key = REGISTERED_MODEL_KEYS
+    try:
+        configure_tracking()
+        version = registered_weights(weights_sha256(checkpoint))
+    except MlflowException as error:
+        return {name_key: f"unknown: MLflow did not answer ({error.message})"}
+    if version is None:
+        return {}
+    aliases = "".join(f" @{alias}" for alias in version.aliases)
+    page = model_version_url(version.name, version.version)
+    return {
+        name_key: f"{version.name}/{version.version}{aliases}",
+        page_key: dg.MetadataValue.url(page),
+    }
+
+
 def model_result(output_dir: Path, reused: bool) -> dg.MaterializeResult:
     """The `model` materialisation of the training recorded in `output_dir`."""
     result = {
@@ -225,6 +252,7 @@ def model_result(output_dir: Path, reused: bool) -> dg.MaterializeResult:
         metadata={
             "mlflow_run_id": result["run_id"],
             "mlflow_run": dg.MetadataValue.url(run_url(result["experiment_id"], result["run_id"])),
+            **registered_model_metadata(output_dir / FINAL_DIR),
             "dataset_md5": result["dataset_md5"],
             "steps": result["step"],
             "loss_first": result["loss_first"],

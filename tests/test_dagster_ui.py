@@ -100,7 +100,9 @@ def test_training_materialises_in_dagster_and_a_current_model_is_not_retrained(
     from orchestration.runs import materialize
     from orchestration.training_assets import FEATURES_CHECK, LOSS_CHECK
 
-    assert "model: trained" in trained["stdout"] and "evaluation: models:/" in trained["stdout"]
+    out = trained["stdout"]
+    assert "model: trained" in out and ", registered as cameo-inpaint/1\n" in out
+    assert "evaluation: cameo-inpaint/1 (models:/m-" in out
     with dg.DagsterInstance.from_config(instance_env["DAGSTER_HOME"]) as instance:
         checks = {
             name: instance.get_latest_asset_check_evaluation_record(
@@ -121,10 +123,7 @@ def test_training_materialises_in_dagster_and_a_current_model_is_not_retrained(
     # The tiny profile sets no face-similarity threshold: a warning, not a green pass.
     face = checks[FACE_CHECK]
     assert not face.passed and face.severity == dg.AssetCheckSeverity.WARN
-    assert (
-        face.description.startswith("not checked")
-        and "warning: check evaluation." in (trained["stdout"])
-    )
+    assert face.description.startswith("not checked") and "warning: check evaluation." in out
     assert events["features"]["triplets"].value == 6
     metadata, scored = events["model"], events["evaluation"]
     assert scored["mlflow_run_id"].value == metadata["mlflow_run_id"].value
@@ -134,6 +133,11 @@ def test_training_materialises_in_dagster_and_a_current_model_is_not_retrained(
     for row_metric in ("ground_truth/face_similarity", "paste/face_copy_paste"):
         assert (row_metric in scored) != (f"not_scored_eval/{row_metric}" in scored), row_metric
     assert scored["model_uri"].value.startswith("models:/m-")
+    # The registered version (not only the logged model's id), with its page, on both.
+    for recorded in (metadata, scored):
+        assert recorded["registered_model"].value == "cameo-inpaint/1"
+        page = recorded["registered_model_page"].value
+        assert page.endswith("/#/models/cameo-inpaint/versions/1")
     run = MlflowClient(tracking_uri=trained["tracking_uri"]).get_run(
         metadata["mlflow_run_id"].value
     )

@@ -100,17 +100,27 @@ def log_run_definition(
         mlflow.log_input(triplets_dataset(rows, triplets_dir, name, md5), context=context)
 
 
+def mlflow_ui() -> str:
+    """Where users open the MLflow UI: `$CAMEO_MLFLOW_UI`, else the tracking server itself when
+    MLFLOW_TRACKING_URI is one (it serves the UI), else `make mlflow-ui`'s address."""
+    tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
+    served = tracking.rstrip("/") if tracking.startswith(("http://", "https://")) else None
+    return os.environ.get("CAMEO_MLFLOW_UI") or served or "http://127.0.0.1:5000"
+
+
 def experiment_url(experiment_id: str) -> str:
-    """The experiment's runs table in the MLflow UI at `$CAMEO_MLFLOW_UI` (default: `make
-    mlflow-ui`'s), in model-training mode."""
-    ui = os.environ.get("CAMEO_MLFLOW_UI", "http://127.0.0.1:5000")
-    return f"{ui}/#/experiments/{experiment_id}/runs?{TRAINING_MODE}"
+    """The experiment's runs table in the MLflow UI (`mlflow_ui`), in model-training mode."""
+    return f"{mlflow_ui()}/#/experiments/{experiment_id}/runs?{TRAINING_MODE}"
 
 
 def run_url(experiment_id: str, run_id: str) -> str:
     """The run's page in the MLflow UI, in model-training mode."""
-    ui = os.environ.get("CAMEO_MLFLOW_UI", "http://127.0.0.1:5000")
-    return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_MODE}"
+    return f"{mlflow_ui()}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_MODE}"
+
+
+def model_version_url(name: str, version: str) -> str:
+    """A registered model version's page in the MLflow UI."""
+    return f"{mlflow_ui()}/#/models/{name}/versions/{version}"
 
 
 def registered_version(uri: str, client: Any = None) -> Any:

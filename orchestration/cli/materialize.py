@@ -57,10 +57,13 @@ def describe(asset: str, metadata: dict) -> str:
     """What one materialisation made, in the terms a user reads first."""
     if asset == "features":
         return f"{metadata['triplets']} triplets in {Path(str(metadata['store']))}"
+    registered = metadata.get("registered_model")
     if asset == "model":
         state = "current, not retrained" if metadata.get("reused") else "trained"
         return (
             f"{state}: MLflow run {metadata['mlflow_run_id']}, {metadata['steps']} steps, "
             f"loss {metadata['loss_first']:.4f} -> {metadata['loss_last']:.4f}"
+            + (f", registered as {registered}" if registered else "")
         )
-    return f"{metadata['model_uri']} scored\n{metadata['ablations']}"
+    scored = f"{registered} ({metadata['model_uri']})" if registered else metadata["model_uri"]
+    return f"{scored} scored\n{metadata['ablations']}"

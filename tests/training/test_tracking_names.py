@@ -14,6 +14,7 @@ from training.tracking import (
     configure_tracking,
     experiment_url,
     flatten_params,
+    model_version_url,
     run_url,
 )
 
@@ -39,6 +40,19 @@ def test_links_open_the_ui_in_model_training_mode(monkeypatch):
     assert run_url("3", "abc") == (
         "http://mlflow:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
     )
+    assert model_version_url("cameo-inpaint", "2") == (
+        "http://mlflow:5000/#/models/cameo-inpaint/versions/2"
+    )
+
+
+def test_links_follow_the_tracking_server_unless_the_ui_is_set(monkeypatch):
+    monkeypatch.delenv("CAMEO_MLFLOW_UI", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://mlflow.studio.example/")
+    assert run_url("3", "abc").startswith("https://mlflow.studio.example/#/experiments/3/")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlruns.db")  # a file: `make mlflow-ui`
+    assert run_url("3", "abc").startswith("http://127.0.0.1:5000/#/")
+    monkeypatch.setenv("CAMEO_MLFLOW_UI", "http://mlflow:5000")
+    assert experiment_url("3").startswith("http://mlflow:5000/#/")
 
 
 def test_params_are_flattened_with_one_separator():
