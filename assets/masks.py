@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from assets.quality import check_result
-from assets.stage import MovieStage, movie_asset, movie_check
+from assets.stage import MovieStage, movie_asset, movie_check, skipped_metadata
 from core.io import atomic_path, load_rgb, read_table, save_image, write_table
 from perception.params import MasksParams
 from perception.segmentation import best_person_box
@@ -172,12 +172,11 @@ def masks(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.Materializ
             characters_df, layout.root, tmp_dir, perception.segmenter(), detector, params
         )
     write_table(df, layout.table("masks", movie))
-    skipped = df[df["status"] != "ok"]
     return dg.MaterializeResult(
         metadata={
             "masks": len(df),
             "usable": int((df["status"] == "ok").sum()),
-            "skipped": dg.MetadataValue.json(skipped["skip_reason"].value_counts().to_dict()),
+            **skipped_metadata(df),
             "prompt": "point+box" if params.person_box_prompt else "point",
             "mean_area_fraction": float(df["area_fraction"].mean()) if len(df) else 0.0,
             "table": dg.MetadataValue.path(str(layout.table("masks", movie))),

@@ -11,7 +11,7 @@ import pandas as pd
 
 from assets.contact_sheet import markdown_preview, pose_contact_sheet
 from assets.quality import check_result
-from assets.stage import MovieStage, movie_asset, movie_check
+from assets.stage import MovieStage, movie_asset, movie_check, skipped_metadata
 from core.io import atomic_path, load_rgb, read_table, save_image, write_table
 from perception.params import PosesParams
 from perception.pose import NUM_KEYPOINTS, draw_openpose, extract_poses
@@ -128,9 +128,7 @@ def poses(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.Materializ
     write_table(df, layout.table("poses", movie))
     metadata = {
         "poses": int((df["status"] == "ok").sum()),
-        "skipped": dg.MetadataValue.json(
-            df.loc[df["status"] != "ok", "skip_reason"].value_counts().to_dict()
-        ),
+        **skipped_metadata(df),
         "table": dg.MetadataValue.path(str(layout.table("poses", movie))),
     }
     for cid, sheet in sheets.items():

@@ -233,6 +233,13 @@ def table_metadata(path: Path) -> dict[str, Any]:
     }
 
 
+def skipped_metadata(df: Any) -> dict[str, dg.MetadataValue]:
+    """A stage table's skipped rows counted by reason, as Dagster metadata; nothing when no row
+    was skipped, so the UI shows no empty `skipped {}`."""
+    reasons = df.loc[df["status"] != "ok", "skip_reason"].value_counts().to_dict()
+    return {"skipped": dg.MetadataValue.json(reasons)} if reasons else {}
+
+
 def output_version(layout: DataLayout, stage: str, movie: str) -> dg.DataVersion:
     """The data version of a stage's output for one movie: the md5s of its table and of its
     folder of images."""

@@ -120,6 +120,21 @@ def test_characters_carry_a_contact_sheet(built, sample_root: Path):
     assert metadata["preview"].value.startswith("![contact sheet](data:image/jpeg;base64,")
 
 
+def test_skip_counts_are_shown_only_where_rows_were_skipped(built, sample_root: Path):
+    layout = DataLayout(sample_root)
+    for stage in ("masks", "poses"):
+        (event,) = [
+            e for e in built.get_asset_materialization_events() if e.asset_key.path == [stage]
+        ]
+        table = pd.read_parquet(layout.table(stage, "sample"))
+        reasons = table.loc[table["status"] != "ok", "skip_reason"].value_counts().to_dict()
+        shown = event.materialization.metadata.get("skipped")
+        if reasons:
+            assert shown.value == reasons, stage
+        else:
+            assert shown is None, stage  # no empty `skipped {}` in the UI
+
+
 def test_characters_match_the_ground_truth(built, sample_root: Path):
     layout = DataLayout(sample_root)
     characters = pd.read_parquet(layout.table("characters", "sample"))

@@ -14,6 +14,7 @@ from assets.masks import MasksParams, mask_skip_reason, segment_character
 from assets.params import TripletsParams
 from assets.references import ReferencesParams, segment_reference
 from assets.sample_movie import _portrait
+from assets.stage import skipped_metadata
 from assets.triplets import (
     check_triplets,
     dvc_md5,
@@ -298,3 +299,11 @@ def test_a_pair_of_two_people_is_dropped_and_fails_the_identity_check(tmp_path: 
     lenient = TripletsParams(max_mismatched_fraction=1.0)
     *_, result = identity_checked(tmp_path / "lenient", MIS_GROUPED, dlib, lenient)
     assert "identity_similarity" not in result.description
+
+
+def test_skip_counts_are_metadata_only_when_something_was_skipped():
+    table = pd.DataFrame(
+        {"status": ["ok", "skipped", "skipped"], "skip_reason": ["", "too small", "too small"]}
+    )
+    assert skipped_metadata(table)["skipped"].value == {"too small": 2}
+    assert skipped_metadata(table[table["status"] == "ok"]) == {}
