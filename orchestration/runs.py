@@ -106,7 +106,8 @@ def materialize(
         partition_key=partition,
         asset_selection=[dg.AssetKey(name) for name in assets],
         raise_on_error=False,
-        tags={"cameo/source": "cli", **(tags or {})},
+        # The assets in the tags: the runs list tells a features run from a model run.
+        tags={"cameo/source": "cli", "cameo/assets": ",".join(assets), **(tags or {})},
         run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
     )
     # A check failing at WARN severity blocks nothing: a warning, not a failure of the run.

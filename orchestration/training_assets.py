@@ -60,13 +60,18 @@ def run_training(
     the Dagster log; a failure raises with the command's last lines (the error names its
     cause)."""
     tail: deque[str] = deque(maxlen=20)
+    # MLflow's artifact progress bars would fill the run's log (the command's own are off).
+    env = {**env, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     with subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as process:
         assert process.stdout is not None
         for line in process.stdout:
-            tail.append(line.rstrip())
-            log.info(line.rstrip())
+            # What a terminal would show of a redrawn line; no empty entries in the log.
+            shown = line.rstrip().rpartition("\r")[2].strip()
+            if shown:
+                tail.append(shown)
+                log.info(shown)
     if process.returncode != 0:
         cause = tail[-1] if tail else "no output"
         raise dg.Failure(

@@ -160,6 +160,19 @@ def test_training_materialises_in_dagster_and_a_current_model_is_not_retrained(
     assert reused["reused"] and reused["mlflow_run_id"] == metadata["mlflow_run_id"].value
     assert describe("model", reused).startswith("current, not retrained: MLflow run")
 
+    # The runs list tells the runs apart by their assets; the training's log is its lines,
+    # without progress bars or empty entries.
+    with dg.DagsterInstance.from_config(instance_env["DAGSTER_HOME"]) as instance:
+        by_assets = {
+            run.tags["cameo/assets"]: run
+            for run in instance.get_runs(dg.RunsFilter(job_name="training_job"))
+        }
+        assert set(by_assets) == {"features,model,evaluation", "model"}
+        logs = instance.all_logs(by_assets["features,model,evaluation"].run_id)
+    lines = [entry.user_message for entry in logs if entry.dagster_event is None]
+    assert any(line.startswith("trained 12 steps on dataset") for line in lines), lines
+    assert all(line.strip() and "Downloading artifacts" not in line for line in lines)
+
 
 def test_ui_shows_assets_partitions_and_blocking_checks(instance_env, trained):
     port = free_port()
