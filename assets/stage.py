@@ -34,6 +34,7 @@ from typing import Any
 
 import dagster as dg
 
+from assets.columns import column_description
 from assets.params import DatasetParams
 from assets.partitions import movie_partitions
 from assets.steps import GPU_STEP_TAGS
@@ -219,13 +220,15 @@ def describe_error(e: BaseException) -> str:
     return " ".join(f"{type(e).__name__}: {e}".split())
 
 
-def table_metadata(path: Path) -> dict[str, Any]:
-    """Dagster's row count and column schema of a parquet table (read from its footer)."""
+def table_metadata(path: Path, stage: str) -> dict[str, Any]:
+    """Dagster's row count and column schema of `stage`'s parquet table (read from its
+    footer), each column with its description (`assets.columns`)."""
     import pyarrow.parquet as pq
 
     footer = pq.read_metadata(path)
     columns = [
-        dg.TableColumn(field.name, str(field.type)) for field in footer.schema.to_arrow_schema()
+        dg.TableColumn(field.name, str(field.type), column_description(stage, field.name))
+        for field in footer.schema.to_arrow_schema()
     ]
     return {
         "dagster/row_count": footer.num_rows,
@@ -314,7 +317,7 @@ def movie_asset(
                 record["warning"] = warning
             write_json({**record, "status": STAGE_STATUS_BUILT}, layout.stage_status(name, movie))
             return dg.MaterializeResult(
-                metadata={**result.metadata, **table_metadata(layout.table(name, movie))},
+                metadata={**result.metadata, **table_metadata(layout.table(name, movie), name)},
                 data_version=output_version(layout, name, movie),
             )
 

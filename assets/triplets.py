@@ -474,7 +474,7 @@ def triplets(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             "manifest": dg.MetadataValue.path(str(layout.triplets_dir / "manifest.parquet")),
             "contact_sheet": dg.MetadataValue.path(str(sheet_path)),
             "preview": dg.MetadataValue.md(markdown_preview(sheet)),
-            **table_metadata(layout.triplets_dir / "manifest.parquet"),
+            **table_metadata(layout.triplets_dir / "manifest.parquet", "triplets"),
         },
         data_version=dg.DataVersion(version),
     )

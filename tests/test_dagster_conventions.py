@@ -23,7 +23,13 @@ from core import versioning
 from core.layout import DataLayout
 from core.versioning import FIRST_PARTY, source_version
 from orchestration.cli.main import main
-from orchestration.dataset_definitions import CHECKS, MOVIE_STAGES, STAGES, build_resources
+from orchestration.dataset_definitions import (
+    CHECKS,
+    MOVIE_STAGES,
+    STAGE_NAMES,
+    STAGES,
+    build_resources,
+)
 from orchestration.definitions import build_definitions, defs
 from tests.conftest import PARAMS, REPO
 from tests.test_dagster_pipeline import materialize
@@ -80,13 +86,17 @@ def test_kinds_follow_the_profile(monkeypatch):
     assert profile_kinds({"numpy"}) == {"numpy"}
 
 
-def test_tables_publish_row_count_and_column_schema(built):
+def test_tables_publish_row_count_and_described_column_schema(built):
     _, instance = built
-    for asset in ("frames", "faces", "characters", "masks", "poses", "captions", "triplets"):
+    for asset in STAGE_NAMES:
         metadata = materialized(instance, asset).metadata
         assert metadata["dagster/row_count"].value >= 0
-        columns = [c.name for c in metadata["dagster/column_schema"].schema.columns]
+        columns = metadata["dagster/column_schema"].schema.columns
         assert columns, asset
+        undescribed = [c.name for c in columns if not c.description]
+        assert not undescribed, f"{asset}: describe {undescribed} in assets/columns.py"
+    masks = materialized(instance, "masks").metadata["dagster/column_schema"].schema.columns
+    assert next(c for c in masks if c.name == "prompt").description.startswith("the segmenter")
     frames_columns = materialized(instance, "frames").metadata["dagster/column_schema"]
     assert [c.name for c in frames_columns.schema.columns][:2] == ["movie", "frame_idx"]
 
