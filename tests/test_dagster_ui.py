@@ -196,8 +196,10 @@ def test_ui_shows_assets_partitions_and_blocking_checks(instance_env, trained):
         wait_until_answering("dagster-webserver", f"{url}/server_info", server, 120)
         query = (
             "{ assetNodes { assetKey { path } partitionKeys "
-            "assetMaterializations(limit: 1) { runId } "
-            "assetChecksOrError { ... on AssetChecks { checks { name blocking } } } } }"
+            "assetMaterializations(limit: 1) { runId "
+            "metadataEntries { label ... on TextMetadataEntry { text } } } "
+            "assetChecksOrError { ... on AssetChecks { checks { name blocking "
+            "executionForLatestMaterialization { status evaluation { severity } } } } } } }"
         )
         request = urllib.request.Request(
             f"{url}/graphql",
@@ -213,21 +215,32 @@ def test_ui_shows_assets_partitions_and_blocking_checks(instance_env, trained):
     features = by_name.pop("features")
     model, evaluation = by_name.pop("model"), by_name.pop("evaluation")
     assert model["partitionKeys"] == evaluation["partitionKeys"] == features["partitionKeys"] == []
-    assert features["assetChecksOrError"]["checks"] == [
-        {"name": "features_cover_the_dataset", "blocking": True}
-    ]
-    assert model["assetChecksOrError"]["checks"] == [{"name": "loss_decreases", "blocking": True}]
-    assert evaluation["assetChecksOrError"]["checks"] == [
-        {"name": "face_similarity_above_threshold", "blocking": True}
-    ]
-    # What `cameo materialize` did shows in the UI: the training side is materialised.
+    checks = {
+        name: [(c["name"], c["blocking"]) for c in node["assetChecksOrError"]["checks"]]
+        for name, node in (("features", features), ("model", model), ("evaluation", evaluation))
+    }
+    assert checks == {
+        "features": [("features_cover_the_dataset", True)],
+        "model": [("loss_decreases", True)],
+        "evaluation": [("face_similarity_above_threshold", True)],
+    }
+    # The check the tiny profile switches off shows as a warning (yellow), not as passed.
+    (face,) = evaluation["assetChecksOrError"]["checks"]
+    latest = face["executionForLatestMaterialization"]
+    assert latest["status"] == "FAILED" and latest["evaluation"]["severity"] == "WARN"
+    # What `cameo materialize` did shows in the UI: the training side is materialised, the
+    # model and its evaluation naming the registered version.
     for node in (features, model, evaluation):
         assert len(node["assetMaterializations"]) == 1, node
+    for node in (model, evaluation):
+        (materialization,) = node["assetMaterializations"]
+        texts = {e["label"]: e.get("text") for e in materialization["metadataEntries"]}
+        assert texts["registered_model"] == "cameo-inpaint/1", texts
     for name, node in by_name.items():
         # Every stage is per movie but the dataset, which gathers all of them.
         assert node["partitionKeys"] == ([] if name == "triplets" else ["sample"])
-        assert node["assetChecksOrError"]["checks"] == [
-            {"name": f"{name}_expectations", "blocking": True}
+        assert [(c["name"], c["blocking"]) for c in node["assetChecksOrError"]["checks"]] == [
+            (f"{name}_expectations", True)
         ]
 
 
