@@ -27,6 +27,7 @@ import logging
 import os
 import sys
 from dataclasses import asdict
+from http import HTTPStatus
 
 import click
 from fastapi import Request  # at module level: FastAPI resolves the route's annotations here
@@ -80,6 +81,7 @@ def create_app():
     import mlflow
     from fastapi.responses import JSONResponse
     from mlflow.pyfunc import scoring_server
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from serving.endpoint import BEARER_CHALLENGE, UNAUTHORIZED, Invocations, authorized
 
@@ -92,7 +94,26 @@ def create_app():
     token = os.environ.get(SERVING_TOKEN_ENV) or None
     app = scoring_server.init(model)
     Invocations(model, limits, token).add_to(app)
-    app.router.routes = [r for r in app.router.routes if getattr(r, "path", "") != "/version"]
+    replaced = ("/version", "/ping", "/health")
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", "") not in replaced]
+
+    @app.get("/ping")
+    @app.get("/health")
+    async def ping() -> JSONResponse:
+        return JSONResponse({"status": "ok"})  # MLflow's answers "\n", labelled JSON
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        """Routing errors (an unknown path, GET /invocations) in the shape of every other
+        error: an MLflow error code and a message saying what to send instead."""
+        message = f"{request.method} {request.url.path}: {error.detail}"
+        allowed = {k.lower(): v for k, v in (error.headers or {}).items()}.get("allow")
+        if allowed:
+            message += f"; this path answers {allowed}"
+            if request.url.path == "/invocations":
+                message += " with a JSON body in MLflow's scoring format"
+        body = {"error_code": HTTPStatus(error.status_code).name, "message": message}
+        return JSONResponse(body, error.status_code, error.headers)
 
     @app.get("/version")
     async def version(request: Request) -> JSONResponse:

@@ -40,12 +40,27 @@ def test_a_started_server_says_what_it_serves_and_that_it_is_ready_and_nothing_e
 
 def test_health_and_version(server):
     for path in ("/ping", "/health"):
-        assert requests.get(server.url + path, timeout=5).status_code == 200
+        answer = requests.get(server.url + path, timeout=5)
+        assert answer.status_code == 200 and answer.json() == {"status": "ok"}
     version = requests.get(server.url + "/version", timeout=5).json()
     assert version["mlflow"] == mlflow.__version__
     assert version["model_uri"] == server.model_uri  # the champion alias ...
     assert version["model_version"] == f"cameo-inpaint/{version['version']}"  # ... resolved
     assert version["name"] == "cameo-inpaint" and version["run_id"] and version["model_id"]
+
+
+def test_a_wrong_method_or_path_answers_in_the_shape_of_every_other_error(server):
+    wrong_method = requests.get(server.url + "/invocations", timeout=5)
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert wrong_method.json() == {
+        "error_code": "METHOD_NOT_ALLOWED",
+        "message": "GET /invocations: Method Not Allowed; this path answers POST with a JSON "
+        "body in MLflow's scoring format",
+    }
+    unknown = requests.post(server.url + "/invocation", json={}, timeout=5)
+    assert unknown.status_code == 404
+    assert unknown.json() == {"error_code": "NOT_FOUND", "message": "POST /invocation: Not Found"}
+    assert requests.get(server.url + "/ping", timeout=5).status_code == 200  # still serving
 
 
 def test_each_response_names_the_served_version(server, logged, good_row):
