@@ -264,11 +264,14 @@ def train(
     if env.is_main:
         import mlflow
 
-        from training.tracking import configure_tracking, log_run_definition
+        from training.tracking import configure_tracking, default_run_name, log_run_definition
 
         bound_tracking_calls(params.tracking_timeout_s)
         tracking_uri = configure_tracking()
-        mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
+        if run_id is None:
+            mlflow.start_run(run_name=run_name or default_run_name(profile, params, md5))
+        else:
+            mlflow.start_run(run_id=run_id)
         run_id = mlflow.active_run().info.run_id
         run_log = RunLog(run_id, tracking_uri, params.tracking_timeout_s, say_on_stderr)
         print(f"MLflow run {run_id}", flush=True)  # read by the Kubernetes submission

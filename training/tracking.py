@@ -73,6 +73,12 @@ def triplets_dataset(rows: pd.DataFrame, source: Path, name: str, md5: str) -> A
         )
 
 
+def default_run_name(profile: str, params: TrainingParams, md5: str) -> str:
+    """A training run's name when none is given: what it trained, readable in the runs list
+    (MLflow's own would be a random `serious-shrew-317`)."""
+    return f"{profile} lr {params.learning_rate:g} {params.max_steps} steps data {md5[:8]}"
+
+
 def log_run_definition(
     params: TrainingParams,
     config: ModelConfig,

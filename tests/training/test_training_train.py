@@ -148,6 +148,8 @@ def test_training_run_is_logged_to_mlflow(triplets_root, tmp_path):
     assert result.step == 4 and len(result.losses) == 4
     client = MlflowClient()
     run = client.get_run(result.run_id)
+    md5 = dvc_md5(triplets_root / "triplets")
+    assert run.info.run_name == f"tiny lr {params.learning_rate:g} 4 steps data {md5[:8]}"
     assert run.data.params["training.config"] == "tiny"
     assert run.data.params["model.config"] == "tiny"
     assert run.data.params["training.cfg_dropout.face"] == str(params.cfg_dropout.face)
