@@ -2,8 +2,9 @@
 `evaluate_logged_model`, which scores a logged model and logs into the run that trained it.
 
 Metrics `eval/<metric>` (the model) and `eval/<row>/<metric>` (each calibration and ablation),
-those scored only: the tag `evaluation.not_scored` and the ablation table's `not_scored` column
-say which are missing and why. Figures: the model's, one per validation triplet and step, as
+those scored only: the artifact `evaluation/not_scored.json` says which are missing and why,
+the tag `evaluation.not_scored` sums it up in a line, and the ablation table's `not_scored`
+column names them per row. Figures: the model's, one per validation triplet and step, as
 the image `grid/<triplet>` (`Panels.card`, legible in the run's card), and every row's full
 sheet as the artifact `grids/step-<step>/<triplet>-<row>.png`.
 """
@@ -21,6 +22,19 @@ from training.evaluate import FULL, Evaluation, Evaluator, ValidationSample
 from training.params import EvaluationParams, TrainingParams
 
 NOT_SCORED_TAG = "evaluation.not_scored"
+NOT_SCORED_FILE = "evaluation/not_scored.json"
+TAG_CHARS = 250  # what the run page shows of a tag without cutting it
+
+
+def not_scored_summary(unscored: dict[str, str]) -> str:
+    """One short line for the tag: how many metrics have no value, which, and where the
+    reasons are."""
+    metrics = sorted({key.rsplit("/", 1)[1] for key in unscored})
+    tail = f" (reasons: {NOT_SCORED_FILE})"
+    line = f"{len(unscored)} not scored: {', '.join(metrics)}"
+    if len(line) + len(tail) > TAG_CHARS:
+        line = line[: TAG_CHARS - len(tail) - 1] + "…"
+    return line + tail
 
 
 def log_evaluation(
@@ -40,21 +54,24 @@ def log_evaluation(
 
     mlflow.log_metrics(evaluation.metrics(), step=step, model_id=model_id, dataset=dataset)
     unscored = evaluation.unscored()
+    mlflow.log_dict(unscored, NOT_SCORED_FILE)  # the latest evaluation's, empty or not
     if unscored:
-        reasons = "; ".join(f"{key}: {why}" for key, why in unscored.items())
-        mlflow.set_tag(NOT_SCORED_TAG, reasons)
+        mlflow.set_tag(NOT_SCORED_TAG, not_scored_summary(unscored))
     elif NOT_SCORED_TAG in mlflow.get_run(mlflow.active_run().info.run_id).data.tags:
         mlflow.delete_tag(NOT_SCORED_TAG)  # an earlier evaluation's, not this one's
-    # `grids` is in the order of the sample rows: one per (row, triplet).
+    # `grids` is in the order of the sample rows: one per (row, triplet). The tables start
+    # with the columns that say which row is which (the step first: both are appended to).
     sheets = [panels.sheet() for _, _, panels in evaluation.grids]
-    samples = evaluation.samples.assign(grid=sheets, step=step)
+    samples = evaluation.samples.assign(grid=sheets)
+    samples.insert(0, "step", step)
     mlflow.log_table(samples, "evaluation/samples.json")
     summary = evaluation.summary()
     summary["not_scored"] = [
         ", ".join(key.rsplit("/", 1)[1] for key in unscored if key.split("/")[1] == row)
         for row in summary.ablation
     ]
-    mlflow.log_table(summary.assign(step=step), "evaluation/ablations.json")
+    summary.insert(0, "step", step)
+    mlflow.log_table(summary, "evaluation/ablations.json")
     mlflow.log_dict(evaluation.notes, "evaluation/notes.json")
     for (row, triplet_id, panels), sheet in zip(evaluation.grids, sheets, strict=True):
         mlflow.log_image(sheet, artifact_file=f"grids/step-{step}/{triplet_id}-{row}.png")
