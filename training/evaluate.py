@@ -397,15 +397,17 @@ class Evaluator:
         ablations: Sequence[str] | None = None,
         inference_steps: int | None = None,
         seed: int = 0,
+        calibrate: bool = True,
     ) -> Evaluation:
-        """Score the calibration rows, then repaint every sample under every ablation (same
-        seed: only the scales differ) and score the outputs."""
+        """Score the calibration rows (unless `calibrate` is off: they do not depend on the
+        model, and a training run scores them once), then repaint every sample under every
+        ablation (same seed: only the scales differ) and score the outputs."""
         ablations = list(ablations or self.params.ablations)
         rows, grids = [], []
         for sample in samples:
             identities = self.identities(sample)
             condition = self.conditioning_pose(sample)
-            outputs = self.calibrations(sample)
+            outputs = self.calibrations(sample) if calibrate else {}
             for name in ablations:
                 scales = ABLATIONS[name]
                 settings = PaintSettings(

@@ -325,6 +325,7 @@ def train(
                         ablations=[FULL],
                         inference_steps=params.validation_inference_steps,
                         seed=params.seed,
+                        calibrate=step == 0,  # model-independent: once per run, at its start
                     )
                 run_log.call(
                     f"evaluation at step {step}", log_evaluation, evaluation_result, step=step
