@@ -73,6 +73,23 @@ def triplets_dataset(rows: pd.DataFrame, source: Path, name: str, md5: str) -> A
         )
 
 
+# The `training` params logged as MLflow params; the rest are in TRAINING_CONFIG_FILE.
+HEADLINE_PARAMS = (
+    "config",
+    "learning_rate",
+    "body_learning_rate",
+    "lr_scheduler",
+    "max_steps",
+    "batch_size",
+    "gradient_accumulation_steps",
+    "mixed_precision",
+    "seed",
+    "validation_fraction",
+    "buckets",
+)
+TRAINING_CONFIG_FILE = "training_config.json"
+
+
 def default_run_name(profile: str, params: TrainingParams, md5: str) -> str:
     """A training run's name when none is given: what it trained, readable in the runs list
     (MLflow's own would be a random `serious-shrew-317`)."""
@@ -88,14 +105,18 @@ def log_run_definition(
     triplets_dir: Path,
     md5: str,
 ) -> None:
-    """What a training run is, logged once at its step 0: the `training` params, the model
-    config, the optimiser class that ran (not only the one asked for: `use_8bit_adam`), `tags`,
-    and the training and validation splits as MLflow datasets."""
+    """What a training run is, logged once at its step 0: the headline `training` params as
+    params (what runs are compared by; the UI's image cards list them) and all of them as
+    `training_config.json`, the model config, the optimiser class that ran (not only the one
+    asked for: `use_8bit_adam`), `tags`, and the training and validation splits as MLflow
+    datasets."""
     import json
 
     import mlflow
 
-    mlflow.log_params(flatten_params("training", params.model_dump()))
+    values = params.model_dump(mode="json")
+    mlflow.log_params(flatten_params("training", {key: values[key] for key in HEADLINE_PARAMS}))
+    mlflow.log_dict(values, TRAINING_CONFIG_FILE)
     optimizer_name = f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"
     mlflow.log_params({"model.config": config.name, "optimizer.class": optimizer_name})
     mlflow.log_dict(json.loads(config.to_json()), "model_config.json")

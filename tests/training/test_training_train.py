@@ -45,6 +45,7 @@ from training.model import (
 )
 from training.outputs import STATE_FILE
 from training.params import TrainingParams
+from training.tracking import HEADLINE_PARAMS, TRAINING_CONFIG_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("temp_tracking")
@@ -153,7 +154,12 @@ def test_training_run_is_logged_to_mlflow(triplets_root, tmp_path):
     assert run.info.run_name == f"tiny lr {params.learning_rate:g} 4 steps data {md5[:8]}"
     assert run.data.params["training.config"] == "tiny"
     assert run.data.params["model.config"] == "tiny"
-    assert run.data.params["training.cfg_dropout.face"] == str(params.cfg_dropout.face)
+    # Headline params as params (about ten: what runs are compared by), the rest as a file.
+    assert {
+        key.removeprefix("training.") for key in run.data.params if key.startswith("training.")
+    } == set(HEADLINE_PARAMS)
+    config = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{TRAINING_CONFIG_FILE}")
+    assert config == params.model_dump(mode="json")
     assert run.data.tags["dataset_md5"] == dvc_md5(triplets_root / "triplets")
     assert run.data.tags["world_size"] == "1"
     assert run.data.tags["effective_batch_size"] == "1"
