@@ -100,7 +100,7 @@ class TrainingResult:
     losses: list[float]
     model: Denoiser | None  # the trained U-Net and ControlNet of this rank (None: finished)
     rank: int  # of this process in its torchrun launch
-    validation_shard: int  # validation samples this rank computes val/loss on
+    validation_shard: int  # validation samples this rank computes valid/loss on
     finished: bool = False  # resumed a run that had already reached its max_steps
 
 
@@ -218,7 +218,7 @@ def train(
         num_workers=params.num_workers,
         pin_memory=on_gpu,
     )
-    # val/loss: every rank its shard of one fixed, capped subset of the validation identities.
+    # valid/loss: every rank its shard of one fixed, capped subset of the validation identities.
     validation_shard = validation_rows.head(params.validation_max_samples).iloc[
         env.rank :: env.world_size
     ]
@@ -308,13 +308,13 @@ def train(
             )
 
         def validate() -> None:
-            """val/loss of the model as it is now (every rank its shard of the subset), then
+            """valid/loss of the model as it is now (every rank its shard of the subset), then
             rank 0 scores it as `cameo evaluate` does, under the step's precision policy."""
             val_loss, val_samples = validation_loss(
                 model, scheduler, encoders, validation_loader, env, precision, params.seed
             )
             if run_log is not None:
-                run_log.log_metrics({"val/loss": val_loss, "val/samples": val_samples}, step=step)
+                run_log.log_metrics({"valid/loss": val_loss, "valid/samples": val_samples}, step=step)
             if evaluator is not None:
                 pipe = CharacterInpaintPipeline(**components)
                 pipe.set_progress_bar_config(disable=True)

@@ -102,7 +102,7 @@ class TrainingParams(Section):
     keep_checkpoints: int = Field(3, ge=1)
     validate_every: int = Field(1000, ge=1)
     validation_samples: int = Field(4, ge=0)  # triplets drawn as 5-panel grids (rank 0)
-    # val/loss: the first N validation triplets, sharded over the ranks, the same every time
+    # valid/loss: the first N validation triplets, sharded over the ranks, the same every time
     validation_max_samples: int = Field(256, ge=1)
     collective_timeout_s: int = Field(1800, ge=1)  # a rank waiting longer fails the job
     # The longest one MLflow call may hold training up; the tracking server being away for

@@ -187,7 +187,7 @@ def test_the_run_page_lists_the_metrics_by_group(browser, mlflow_ui, evaluated_r
     monkeypatch.setenv("CAMEO_MLFLOW_UI", mlflow_ui)
     page = _open(browser, run_url(experiment_id, run_id))
     page.get_by_text("train/loss", exact=True).first.wait_for()
-    for metric in ("val/loss", "eval/face_found", "eval/full/saturation_ratio"):
+    for metric in ("valid/loss", "eval/face_found", "eval/full/saturation_ratio"):
         assert page.get_by_text(metric, exact=True).count() == 1, metric
     # Params: one separator, and none of the served model's settings.
     page.get_by_text("training.learning_rate", exact=True).first.wait_for()

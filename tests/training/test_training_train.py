@@ -180,8 +180,8 @@ def test_training_run_is_logged_to_mlflow(triplets_root, tmp_path):
     first = client.get_metric_history(run.info.run_id, "train/first_step_s")
     assert [m.step for m in first] == [1] and first[0].value > 0
     # Validation at step 0 (the untrained model) and every `validate_every` steps.
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")] == [0, 2, 4]
-    assert {m.split("/")[0] for m in run.data.metrics} == {"train", "val", "eval"}
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "valid/loss")] == [0, 2, 4]
+    assert {m.split("/")[0] for m in run.data.metrics} == {"train", "valid", "eval"}
     # Scored at each validation, or named with the reason it could not be (no NaN is logged).
     not_scored = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{NOT_SCORED_FILE}")
     for metric in ("face_similarity", "face_found", "pck_body", "pck_face", "saturation_ratio"):
@@ -350,7 +350,7 @@ def test_two_ranks_stay_in_sync_and_shard_a_capped_validation(tmp_path):
     """Two ranks under DDP's static graph (the trainable set is the same every step; without
     gradient accumulation, which it refuses), on triplets without features: rank 0 builds
     them while rank 1 waits, and the weights stay identical. 16 identities, a validation cap
-    of 2: each rank computes val/loss on its 1 sample (not rank 0 on all of them while the
+    of 2: each rank computes valid/loss on its 1 sample (not rank 0 on all of them while the
     other waits), with every collective bounded by 60 s, and the 5-panel evaluation on rank 0
     under the same precision policy."""
     from mlflow.tracking import MlflowClient
@@ -375,7 +375,7 @@ def test_two_ranks_stay_in_sync_and_shard_a_capped_validation(tmp_path):
     assert len(validation) >= 3 * overrides["validation_max_samples"]
     client = MlflowClient(tracking_store(tmp_path))
     (run,) = client.search_runs([client.get_experiment_by_name("cameo").experiment_id])
-    history = client.get_metric_history(run.info.run_id, "val/samples")
+    history = client.get_metric_history(run.info.run_id, "valid/samples")
     assert [(samples.step, samples.value) for samples in history] == [(0, 2), (2, 2)]
     assert client.get_metric_history(run.info.run_id, "eval/saturation_ratio")
 
@@ -523,7 +523,7 @@ def test_bf16_policy_trains_and_validates(triplets_root, tmp_path):
     assert {p.dtype for p in trainable.values()} == {torch.float32}
     frozen = [p for p in unet.parameters() if not p.requires_grad]
     assert frozen and {p.dtype for p in frozen} == {torch.bfloat16}
-    history = MlflowClient().get_metric_history(result.run_id, "val/loss")
+    history = MlflowClient().get_metric_history(result.run_id, "valid/loss")
     assert [m.step for m in history] == [0, 2] and all(math.isfinite(m.value) for m in history)
     assert MlflowClient().get_metric_history(result.run_id, "eval/saturation_ratio")
 
