@@ -314,7 +314,8 @@ def train(
                 model, scheduler, encoders, validation_loader, env, precision, params.seed
             )
             if run_log is not None:
-                run_log.log_metrics({"valid/loss": val_loss, "valid/samples": val_samples}, step=step)
+                validation = {"valid/loss": val_loss, "valid/samples": val_samples}
+                run_log.log_metrics(validation, step=step)
             if evaluator is not None:
                 pipe = CharacterInpaintPipeline(**components)
                 pipe.set_progress_bar_config(disable=True)
