@@ -11,7 +11,10 @@ from __future__ import annotations
 import difflib
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import dagster as dg
 
 # The stage names, in order (orchestration.dataset_definitions.STAGE_NAMES; a test keeps them
 # equal).
@@ -72,7 +75,7 @@ def failure_message(event) -> str:
 def materialize_stages(
     movie: str | None,
     stages: list[str],
-    instance,
+    instance: dg.DagsterInstance,
     resources: dict,
     log_level: str = "WARNING",
     tags: dict[str, str] | None = None,
@@ -88,10 +91,10 @@ def materialize_stages(
 
 
 def materialize(
-    defs,
+    defs: dg.Definitions,
     job_name: str,
     assets: list[str],
-    instance,
+    instance: dg.DagsterInstance,
     partition: str | None = None,
     log_level: str = "WARNING",
     tags: dict[str, str] | None = None,
