@@ -244,13 +244,13 @@ def profile_breakdown(step: Callable[[], None], run: Run) -> tuple[dict, float]:
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    cuda = run.device.type == "cuda"
+    cuda, steps = run.device.type == "cuda", run.profiled_steps
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     step()  # outside the trace: lazy allocations, autotuning
     synchronize(run.device)
     with profile(activities=activities) as trace:
         start = time.perf_counter()
-        for _ in range(run.profiled_steps):
+        for _ in range(steps):
             step()
         synchronize(run.device)
         wall = time.perf_counter() - start
@@ -258,10 +258,10 @@ def profile_breakdown(step: Callable[[], None], run: Run) -> tuple[dict, float]:
     for event in trace.key_averages():
         # CUDA: the kernels themselves (an operator's device time is its kernels' again).
         if cuda and event.device_type == DeviceType.CUDA:
-            seconds[kind_of(event.key)] += event.self_device_time_total / 1e6 / run.profiled_steps
+            seconds[kind_of(event.key)] += event.self_device_time_total / 1e6 / steps
         elif not cuda and event.key.startswith("aten::"):
-            seconds[kind_of(event.key)] += event.self_cpu_time_total / 1e6 / run.profiled_steps
-    busy = sum(seconds.values()) * run.profiled_steps / wall if cuda else float("nan")
+            seconds[kind_of(event.key)] += event.self_cpu_time_total / 1e6 / steps
+    busy = sum(seconds.values()) * steps / wall if cuda else float("nan")
     return seconds, min(busy, 1.0)
 
 

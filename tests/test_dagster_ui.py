@@ -95,7 +95,8 @@ def test_training_materialises_in_dagster_and_a_current_model_is_not_retrained(
 
     from core.versioning import dvc_md5
     from orchestration.cli.materialize import describe
-    from orchestration.definitions import build_definitions, build_resources
+    from orchestration.dataset_definitions import build_resources
+    from orchestration.definitions import build_definitions
     from orchestration.evaluation_assets import FACE_CHECK
     from orchestration.runs import materialize
     from orchestration.training_assets import FEATURES_CHECK, LOSS_CHECK

@@ -143,6 +143,23 @@ def _open(browser, url: str):
     return page
 
 
+def _grid_cards(browser, mlflow_ui: str, evaluated_run, monkeypatch):
+    """The run's "Model metrics" tab, searched down to its `grid/` image cards."""
+    from training.tracking import run_url
+
+    _, experiment_id, run_id = evaluated_run
+    monkeypatch.setenv("CAMEO_MLFLOW_UI", mlflow_ui)
+    page = _open(browser, run_url(experiment_id, run_id).replace("?", "/model-metrics?"))
+    page.get_by_placeholder("Search metric charts").fill("grid/")
+    return page
+
+
+def _wait_until_loaded(page, image) -> None:
+    page.wait_for_function(
+        "image => image.complete && image.naturalWidth > 0", arg=image.element_handle()
+    )
+
+
 def test_the_experiment_opens_on_its_training_runs(browser, mlflow_ui, evaluated_run, monkeypatch):
     """Tagged as model training; the link cameo prints opens the runs table, in MLflow's
     model-training mode, not the GenAI pages (traces overview, judges, prompts)."""
@@ -198,12 +215,7 @@ def test_a_grid_reads_in_the_run_card(browser, mlflow_ui, evaluated_run, monkeyp
     """The model's figure of a validation triplet, one per step, in the `grid` section: the
     card opens on step 0 (the untrained model), and its figure fills the card (about 200 px
     square), not a strip a few pixels high, at every step."""
-    from training.tracking import run_url
-
-    _, experiment_id, run_id = evaluated_run
-    monkeypatch.setenv("CAMEO_MLFLOW_UI", mlflow_ui)
-    page = _open(browser, run_url(experiment_id, run_id).replace("?", "/model-metrics?"))
-    page.get_by_placeholder("Search metric charts").fill("grid/")
+    page = _grid_cards(browser, mlflow_ui, evaluated_run, monkeypatch)
     slider = page.get_by_role("slider").first
     slider.wait_for()
     # The card's step slider spans the validation steps.
@@ -216,9 +228,7 @@ def test_a_grid_reads_in_the_run_card(browser, mlflow_ui, evaluated_run, monkeyp
             box.press("Tab")
         image = page.locator(f"img[src*='get-artifact'][src*='grid~'][src*='step%2B{step}%2B']")
         image.first.wait_for()
-        page.wait_for_function(
-            "image => image.complete && image.naturalWidth > 0", arg=image.first.element_handle()
-        )
+        _wait_until_loaded(page, image.first)
         size = image.first.bounding_box()
         assert size["width"] >= 150 and size["height"] >= 100, (step, size)
 
@@ -256,17 +266,10 @@ def test_the_grid_picture_is_visible_in_its_card_at_default_settings(
 ):
     """What a user sees, not the image element's box (which keeps its size while the card
     clips it): the element at the picture's centre is the picture itself."""
-    from training.tracking import run_url
-
-    _, experiment_id, run_id = evaluated_run
-    monkeypatch.setenv("CAMEO_MLFLOW_UI", mlflow_ui)
-    page = _open(browser, run_url(experiment_id, run_id).replace("?", "/model-metrics?"))
-    page.get_by_placeholder("Search metric charts").fill("grid/")
+    page = _grid_cards(browser, mlflow_ui, evaluated_run, monkeypatch)
     image = page.locator("img[src*='get-artifact'][src*='grid~']").first
     image.wait_for()
-    page.wait_for_function(
-        "image => image.complete && image.naturalWidth > 0", arg=image.element_handle()
-    )
+    _wait_until_loaded(page, image)
     shown = image.evaluate(
         """image => {
             const box = image.getBoundingClientRect();
