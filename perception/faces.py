@@ -158,8 +158,9 @@ class InsightFaceAnalyzer(FaceAnalyzer):
         model_dir = Path(model_dir)
         if not any(model_dir.glob("*.onnx")):
             raise FileNotFoundError(
-                f"no insightface ONNX models in {model_dir}: unpack antelopev2 there "
-                "(scrfd_10g_bnkps.onnx and glintr100.onnx at least)"
+                f"no insightface ONNX models in {model_dir}: `cameo weights download "
+                f"{model_dir.name} --accept-licence {model_dir.name}` puts them there "
+                "(`cameo weights status` lists every missing model)"
             )
         providers = providers or onnx_providers()
         try:

@@ -73,7 +73,11 @@ def check_inputs(
             if not (Path(models_dir) / name).is_dir()
         ]
         if missing:
-            raise TrainingError(f"not in the models directory {models_dir}: {', '.join(missing)}")
+            raise TrainingError(
+                f"not in the models directory {models_dir}: {', '.join(missing)} "
+                f"(`cameo weights status --for train --models {models_dir}` lists what is "
+                "missing, `cameo weights download --for train` downloads it)"
+            )
     if params.features and features_required:
         FeatureDataset(
             manifest, layout.features_dir / features_id(params, models_dir), buckets, md5

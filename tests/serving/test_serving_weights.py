@@ -47,14 +47,15 @@ def _tree(root: Path) -> dict[str, bytes]:
 def test_lock_lists_what_the_loaders_read(full_params):
     entries = read_lock()
     assert list(entries) == list(required_models(full_params))
-    assert all(set(entry) == {"used_by", "sha256"} for entry in entries.values())
+    assert all(entry.source.hub or entry.source.url for entry in entries.values())
+    assert all(entry.files and entry.licence.url for entry in entries.values() if entry.source.url)
 
 
 def test_packed_mirror_fetches_into_an_empty_models_folder(tmp_path, models, full_params):
     lock = tmp_path / "models.lock.yaml"
     shutil.copy(LOCK_FILE, lock)
     digests = pack(models, tmp_path / "mirror", full_params, lock)
-    assert {name: entry["sha256"] for name, entry in read_lock(lock).items()} == digests
+    assert {name: entry.mirror_sha256 for name, entry in read_lock(lock).items()} == digests
 
     target = tmp_path / "claim"
     lines: list[str] = []
