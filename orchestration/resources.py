@@ -77,6 +77,8 @@ class PerceptionResource(dg.ConfigurableResource):
             raise MissingModelsError(
                 f"profile full: {len(missing)} model(s) missing under $CAMEO_MODELS:\n"
                 + "\n".join(f"  - {m}" for m in missing)
+                + "\n`cameo weights status --for dataset` shows them with their licences; "
+                "`cameo weights download --for dataset` downloads them"
             )
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:

@@ -514,6 +514,7 @@ def test_full_profile_lists_every_missing_model_at_once(tmp_path: Path, monkeypa
     )
     assert result.exit_code == 1
     assert "3 model(s) missing" in result.output
+    assert "`cameo weights download --for dataset` downloads them" in result.output
     for setting in ("faces.model", "poses.model", "captions.model"):
         assert setting in result.output
     assert not (root / "frames").exists()

@@ -97,6 +97,12 @@ def test_check_passes_or_names_the_problem_before_any_work(triplets_root, capsys
             ["--check", "--unlocked", "--data", str(triplets_root), "--profile", "full"]
         )
     assert "the sdxl config loads pretrained weights" in str(missing.value.code)
+    with pytest.raises(SystemExit) as absent:
+        train_command.main(
+            ["--check", "--unlocked", "--data", str(triplets_root), "--profile", "full",
+             "--models", str(triplets_root / "no-models")]
+        )  # fmt: skip
+    assert "`cameo weights download --for train` downloads it" in str(absent.value.code)
     with pytest.raises(SystemExit) as unversioned:
         train_command.main(["--check", "--data", str(triplets_root), "--profile", "tiny"])
     assert "does not version" in str(unversioned.value.code)
