@@ -6,7 +6,13 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from core.params import ParamsRoot, Section
-from perception.params import CaptionsParams, FacesParams, MasksParams, PosesParams
+from perception.params import (
+    CaptionsParams,
+    FacesParams,
+    MasksParams,
+    PosesParams,
+    similarity_scale_problem,
+)
 
 
 class ImagesParams(Section):
@@ -59,3 +65,24 @@ class DatasetParams(ParamsRoot):
     captions: CaptionsParams = CaptionsParams()
     references: ReferencesParams = ReferencesParams()
     triplets: TripletsParams = TripletsParams()
+
+    @model_validator(mode="after")
+    def _thresholds_on_their_recognisers_scales(self) -> DatasetParams:
+        # Characters are grouped by faces.recogniser (the profile's is ArcFace in full, a
+        # random descriptor in tiny); the triplets' identity check is always dlib's.
+        grouping = (
+            "dlib"
+            if self.faces.recogniser == "dlib"
+            else {"full": "arcface"}.get(self.profile, self.profile)
+        )
+        problems = [
+            similarity_scale_problem(
+                "characters.similarity_threshold", self.characters.similarity_threshold, grouping
+            ),
+            similarity_scale_problem(
+                "triplets.min_identity_similarity", self.triplets.min_identity_similarity, "dlib"
+            ),
+        ]
+        if any(problems):
+            raise ValueError("; ".join(p for p in problems if p))
+        return self

@@ -110,19 +110,21 @@ def identity_score(
     return None if face is None else cosine(reference_embedding, face.embedding)
 
 
+def face_angle(a: np.ndarray, b: np.ndarray) -> float:
+    """The angle between two face embeddings, in radians (any scale)."""
+    return math.acos(min(max(cosine(a, b), -1.0), 1.0))
+
+
 def copy_paste_score(output: np.ndarray, reference: np.ndarray, target: np.ndarray) -> float:
-    """How much closer the output's face is to the reference than the real target frame's is
-    (WithAnyone's MultiID-Bench): (θ(output, target) - θ(output, reference)) / θ(reference,
-    target), θ the angle between two embeddings. +1: the output is the reference, pasted;
-    -1: the output is the target; 0: halfway. NaN when reference and target coincide."""
-
-    def angle(a: np.ndarray, b: np.ndarray) -> float:
-        return math.acos(min(max(cosine(a, b), -1.0), 1.0))
-
-    span = angle(reference, target)
+    """How much closer the output's face is to the reference than the real target frame's is,
+    as WithAnyone's MultiID-Bench computes it (`arcface_metric.py`): (θ(output, target) -
+    θ(output, reference)) / θ(reference, target), θ the angle between two embeddings. +1: the
+    output is the reference, pasted; -1: the output is the target; 0: halfway, and 0 where
+    reference and target coincide (the benchmark's degenerate case)."""
+    span = face_angle(reference, target)
     if span < 1e-6:
-        return math.nan
-    return (angle(output, target) - angle(output, reference)) / span
+        return 0.0
+    return (face_angle(output, target) - face_angle(output, reference)) / span
 
 
 def _insightface_face(bbox, kps, det_score, embedding) -> DetectedFace:

@@ -6,6 +6,7 @@ The dataset stages, the served pipeline and the evaluation all build their prior
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -13,6 +14,46 @@ from pydantic import Field, model_validator
 from core.params import Section
 
 DEFAULT_POSE_MODEL = "rtmw-dw-x-l_simcc-cocktail14_270e-384x288_20231122.onnx"
+
+
+@dataclass(frozen=True)
+class SimilarityScale:
+    """Where a recogniser's same-person threshold belongs on its cosine scale: a prior until a
+    calibration on labelled faces replaces it."""
+
+    low: float
+    high: float
+    why: str
+
+
+# Each recogniser's own scale. A threshold from another's scale silently merges everyone (dlib
+# at ArcFace's 0.5) or splits everyone (ArcFace at dlib's 0.91): refused before anything runs.
+SIMILARITY_SCALES = {
+    "dlib": SimilarityScale(
+        0.88,
+        0.96,
+        "dlib's descriptors of different people have cosine 0.80-0.91, and its documented "
+        "operating point (Euclidean 0.6) is cosine 0.903-0.928 at their lengths",
+    ),
+    "arcface": SimilarityScale(
+        0.15,
+        0.75,
+        "ArcFace's embeddings of different people have cosine near 0 and of one person "
+        "typically above 0.3; insightface's verification thresholds lie in that gap",
+    ),
+}
+
+
+def similarity_scale_problem(setting: str, threshold: float | None, recogniser: str) -> str | None:
+    """Why `threshold` (for `setting`) is not on `recogniser`'s scale, or None. Recognisers
+    without a scale (the tiny profile's random descriptor) accept any threshold."""
+    scale = SIMILARITY_SCALES.get(recogniser)
+    if threshold is None or scale is None or scale.low <= threshold <= scale.high:
+        return None
+    return (
+        f"{setting} {threshold} is not on {recogniser}'s scale: expected "
+        f"{scale.low}-{scale.high} ({scale.why})"
+    )
 
 
 class DlibParams(Section):

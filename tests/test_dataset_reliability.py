@@ -451,6 +451,28 @@ def test_params_problems_are_listed_together(tmp_path: Path):
         assert expected in message, message
 
 
+def test_a_threshold_from_another_recognisers_scale_is_refused(tmp_path: Path):
+    """dlib scores different people 0.80-0.91: grouping characters with it at ArcFace's 0.5
+    would merge everyone. Each identity threshold is checked against its own recogniser."""
+    dlib = write_params(tmp_path, lambda p: p["faces"].update(recogniser="dlib"))
+    with pytest.raises(ParamsError) as error:
+        load_params(dlib, "full")
+    assert "characters.similarity_threshold 0.5 is not on dlib's scale: expected 0.88-0.96" in (
+        str(error.value)
+    )
+
+    def on_dlibs_scale(p):
+        p["faces"]["recogniser"] = "dlib"
+        p["characters"]["similarity_threshold"] = 0.91
+        p["profiles"]["tiny"]["characters"]["similarity_threshold"] = 0.91
+
+    assert load_params(write_params(tmp_path, on_dlibs_scale), "full").faces.recogniser == "dlib"
+    # The evaluation scored by an insightface folder: ArcFace's scale, not dlib's 0.91.
+    arcface = write_params(tmp_path, lambda p: p["evaluation"].update(face_model="antelopev2"))
+    with pytest.raises(ParamsError, match=r"min_face_similarity 0\.91 is not on arcface.s scale"):
+        load_params(arcface, "full")
+
+
 def test_unknown_profile_is_one_clear_error(tmp_path: Path, monkeypatch):
     monkeypatch.delenv("CAMEO_PROFILE")
     path = write_params(tmp_path, lambda p: p.update(profile="huge"))

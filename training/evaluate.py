@@ -25,12 +25,15 @@ triplet:
 - `saturation_ratio`: mean HSV saturation of the painted region over that of the same region of
   the target. InstantID-style models over-saturate (the article's Fig. 14): above 1 is that.
 
-Calibration rows are scored the same way and need no model: `ground_truth`, the target frame
-itself as the output (what a perfect repainting scores; its sim_ref is the triplet's own
-identity similarity), and `paste`, the reference resized and pasted into the mask's box with
-its face on the target's (what copying the reference scores). Ablations come from the same
-weights by scale: SDXL inpainting alone (every identity scale 0), plus the face branch, plus
-the body branch, plus Pose-IdentityNet (the full model).
+Calibration rows are scored the same way, through the same bucket round trip, and need no
+model: `ground_truth`, the target frame itself as the output (what a perfect repainting scores;
+its sim_ref is the triplet's own identity similarity), and `paste`, the reference resized and
+pasted into the mask's box with its face on the target's (what copying the reference scores).
+Copy-paste is scored only where reference and target are `copy_paste_min_angle` apart in the
+recogniser's space (closer, the ratio is descriptor noise), and aggregated as the benchmark
+does: the mean within 1.5 × IQR (median where that leaves none), beside the median and n.
+Ablations come from the same weights by scale: SDXL inpainting alone (every identity scale 0),
+plus the face branch, plus the body branch, plus Pose-IdentityNet (the full model).
 """
 
 from __future__ import annotations
@@ -51,7 +54,14 @@ from perception.pose import Pose, RTMPoseEstimator, extract_pose, mask_box, mask
 from perception.priors import Priors
 from training.data import Placement, fit_to_bucket, place
 from training.grid import Panels
-from training.metrics import ClipScorer, Identity, identity_scores, pck, saturation_ratio
+from training.metrics import (
+    ClipScorer,
+    Identity,
+    benchmark_mean,
+    identity_scores,
+    pck,
+    saturation_ratio,
+)
 from training.params import EvaluationParams
 from training.pipeline import PaintSettings
 
@@ -88,7 +98,10 @@ METRICS = (*IDENTITY_METRICS, "pck_body", "pck_face", "clip_score", "saturation_
 NEEDS = {
     "face_similarity": "a face in the output and the reference where the faces stage found them",
     "face_similarity_gt": "a face in the output and the target frame",
-    "face_copy_paste": "a face in the output, the reference and the target frame",
+    "face_copy_paste": (
+        "a face in the output, the reference and the target frame, the latter two at least "
+        "evaluation.copy_paste_min_angle apart"
+    ),
     "pck_body": "body keypoints visible in the conditioning pose",
     "pck_face": "face keypoints visible in the conditioning pose",
     "saturation_ratio": "colour in the target's masked region",
@@ -215,9 +228,17 @@ class Evaluation:
         return [c for c in self.samples.columns if c not in ("ablation", "triplet_id")]
 
     def summary(self) -> pd.DataFrame:
-        """Means per row kind, calibrations first, then the ablations: the ablation table."""
+        """Means per row kind, calibrations first, then the ablations: the ablation table.
+        Copy-paste is aggregated as MultiID-Bench does (`benchmark_mean`), beside its median
+        and the number of samples it was scored on."""
         grouped = self.samples.groupby("ablation", sort=False)
         table = grouped[self.metric_names].mean()
+        for name in self.metric_names:
+            if name.startswith("face_copy_paste"):
+                at = table.columns.get_loc(name)
+                table[name] = grouped[name].agg(benchmark_mean)
+                table.insert(at + 1, f"{name}_median", grouped[name].median())
+                table.insert(at + 2, f"{name}_n", grouped[name].count())
         table.insert(0, "samples", grouped.size())
         return table.reset_index()
 
@@ -226,7 +247,7 @@ class Evaluation:
         for each ablation and calibration; only those scored (`unscored` has the others)."""
         flat = {}
         for row in self.summary().to_dict(orient="records"):
-            for metric in self.metric_names:
+            for metric in (c for c in row if c not in ("ablation", "samples")):
                 value = float(row[metric])
                 if math.isnan(value):
                     continue
@@ -360,7 +381,8 @@ class Evaluator:
         recognisers = zip(self.recognisers.values(), self.identity_columns().values(), strict=True)
         for (recogniser, columns), faces in zip(recognisers, identities, strict=True):
             face = face_at(recogniser, output_in_frame, sample.target_face_box)
-            values = identity_scores(face.embedding if face is not None else None, faces)
+            embedding = face.embedding if face is not None else None
+            values = identity_scores(embedding, faces, self.params.copy_paste_min_angle)
             scores |= dict(zip(columns, values, strict=True))
         scores |= {
             "pck_body": math.nan,
@@ -384,10 +406,14 @@ class Evaluator:
         return scores
 
     def calibrations(self, sample: ValidationSample) -> dict[str, tuple[PIL.Image.Image, ...]]:
-        """The calibration rows' outputs, in the bucket and in the frame at its size."""
+        """The calibration rows' outputs, in the bucket and back in the frame: the same round
+        trip as a model's output, so a perfect output scores what the calibration shows."""
         pasted = sample.pasted_reference()
         bucket = fit_to_bucket(pasted, sample.placement, PIL.Image.Resampling.BICUBIC)
-        return {"ground_truth": (sample.base, sample.frame), "paste": (bucket, pasted)}
+        return {
+            "ground_truth": (sample.base, sample.in_frame(sample.base)),
+            "paste": (bucket, sample.in_frame(bucket)),
+        }
 
     @torch.no_grad()
     def evaluate(

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import PIL.Image
 import torch
 
-from perception.faces import copy_paste_score, cosine
+from perception.faces import copy_paste_score, cosine, face_angle
 
 
 def pck(
@@ -62,20 +63,36 @@ class Identity:
     target: np.ndarray | None
 
 
-def identity_scores(output: np.ndarray | None, identity: Identity) -> list[float]:
+def identity_scores(
+    output: np.ndarray | None, identity: Identity, copy_paste_min_angle: float
+) -> list[float]:
     """sim_ref, sim_gt, copy-paste and face found of an output's face embedding (None: no face
-    where the target's is); NaN where a face is missing."""
+    where the target's is); NaN where a face is missing, and copy-paste NaN where reference
+    and target are less than `copy_paste_min_angle` radians apart (the ratio is then noise)."""
     if output is None:
         return [math.nan, math.nan, math.nan, 0.0]
     reference, target = identity.reference, identity.target
+    both = reference is not None and target is not None
     return [
         cosine(output, reference) if reference is not None else math.nan,
         cosine(output, target) if target is not None else math.nan,
         copy_paste_score(output, reference, target)
-        if reference is not None and target is not None
+        if both and face_angle(reference, target) >= copy_paste_min_angle
         else math.nan,
         1.0,
     ]
+
+
+def benchmark_mean(values: pd.Series) -> float:
+    """MultiID-Bench's aggregate (`eval.py`): the mean of the values within 1.5 x IQR of the
+    quartiles, or their median where that leaves none; NaN ignored, NaN if none."""
+    values = values.dropna()
+    if values.empty:
+        return math.nan
+    q1, q3 = values.quantile(0.25), values.quantile(0.75)
+    spread = 1.5 * (q3 - q1)
+    kept = values[(values >= q1 - spread) & (values <= q3 + spread)]
+    return float(kept.mean()) if not kept.empty else float(values.median())
 
 
 class ClipScorer:

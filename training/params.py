@@ -7,11 +7,13 @@ them equal to `training.model.CONFIGS` and `training.evaluate.ABLATIONS`.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from core.params import Section
+from perception.params import similarity_scale_problem
 
 ModelConfigName = Literal["sdxl", "tiny"]  # training.model.CONFIGS
 AblationName = Literal["inpainting", "face", "face_body", "full"]  # training.evaluate.ABLATIONS
@@ -165,3 +167,17 @@ class EvaluationParams(Section):
     )
     # The `evaluation` asset's blocking check; null: off (the tiny profile's random weights).
     min_face_similarity: float | None = None
+    # Copy-paste is scored only where reference and target are this far apart (radians) in
+    # the recogniser's space: resampling or JPEG alone moves dlib's descriptors 0.03-0.20, a
+    # mirror 0.13, a shifted box up to 0.135; two people are about 0.49 apart.
+    copy_paste_min_angle: float = Field(0.2, ge=0.0, le=math.pi)
+
+    @model_validator(mode="after")
+    def _threshold_on_the_recognisers_scale(self) -> EvaluationParams:
+        recogniser = "dlib" if self.face_model == "dlib" else "arcface"  # insightface folders
+        problem = similarity_scale_problem(
+            "evaluation.min_face_similarity", self.min_face_similarity, recogniser
+        )
+        if problem:
+            raise ValueError(problem)
+        return self
