@@ -8,7 +8,7 @@ from __future__ import annotations
 import dagster as dg
 
 from orchestration.dataset_definitions import build_dataset_definitions, build_resources
-from orchestration.evaluation_assets import evaluation, face_similarity_above_threshold
+from orchestration.evaluation_assets import evaluation, identity_kept_without_copying
 from orchestration.training_assets import features, model
 
 training_job = dg.define_asset_job(
@@ -23,7 +23,7 @@ def build_definitions(resources: dict[str, dg.ConfigurableResource]) -> dg.Defin
     """The code location with these resources (the CLI passes its own)."""
     training = dg.Definitions(
         assets=[features, model, evaluation],
-        asset_checks=[face_similarity_above_threshold],
+        asset_checks=[identity_kept_without_copying],
         jobs=[training_job],
     )
     return dg.Definitions.merge(build_dataset_definitions(resources), training)

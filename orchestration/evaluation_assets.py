@@ -1,21 +1,30 @@
 """The `evaluation` asset: the trained model scored on the validation triplets, with its
 ablations, logged into the training run (`training.evaluation_log.evaluate_logged_model`, the
-same code as `cameo evaluate`), and a blocking check on face similarity.
+same code as `cameo evaluate`), and a blocking identity gate that punishes copying.
 
-The check reads what the asset recorded, so it can be re-run alone from the UI; its threshold
-is params.yaml's `evaluation.min_face_similarity` (null, as in the `tiny` profile: the check
-warns that it judged nothing).
+The gate reads what the asset recorded, so it can be re-run alone from the UI. It passes only
+when the full model's outputs have a face (`evaluation.min_face_found`), enough of them keep
+the target's identity (sim_gt at least `evaluation.min_face_similarity` in a share
+`evaluation.min_identity_share` of all outputs: one good face in sixteen is not enough), and
+its copy-paste stays below the `paste` calibration's (copying the reference is not identity).
+With `min_face_similarity` null (the `tiny` profile) it warns that it judged nothing.
 """
 
 import math
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from core.versioning import source_version
 from orchestration.training_assets import REGISTERED_MODEL_KEYS
+from training.params import EvaluationParams
 from training.tracking import configure_tracking, run_url
 
-FACE_CHECK = "face_similarity_above_threshold"
+if TYPE_CHECKING:
+    import pandas as pd
+
+IDENTITY_CHECK = "identity_kept_without_copying"
 # The entry modules of the asset's code version: this module, and the served model's code file
 # (`serving.artifacts.MODEL_CODE`), which MLflow runs when the asset loads the trained model.
 EVALUATION_CODE_MODULES = (__name__, "serving.logged_model")
@@ -38,27 +47,68 @@ def logged_model_uri(run_id: str, experiment_id: str) -> str:
     return f"models:/{models[0].model_id}"
 
 
-def face_similarity_check(similarity: float, threshold: float | None) -> dg.AssetCheckResult:
-    """Passes when the full model's mean face similarity reaches `threshold`. With no threshold
-    (None) nothing was judged: a warning that says so (yellow in the UI, blocking nothing),
-    never a green pass."""
-    found = "no face found in any output" if math.isnan(similarity) else f"{similarity:.3f}"
-    if threshold is None:
+@dataclass(frozen=True)
+class IdentityFigures:
+    """What the gate judges, as the asset records them (NaN: not scored)."""
+
+    face_found: float  # share of the full model's outputs with a face
+    identity_share: float  # share of them whose sim_gt reaches min_face_similarity
+    copy_paste: float  # the full model's copy-paste
+    paste_copy_paste: float  # the `paste` calibration's: what copying the reference scores
+
+
+def identity_share(samples: "pd.DataFrame", threshold: float | None) -> float:
+    """The share of the full model's outputs whose sim_gt reaches `threshold` (an output
+    without a face counts as missing it); NaN without a threshold or outputs."""
+    from training.evaluate import FULL
+
+    full = samples[samples["ablation"] == FULL]
+    if threshold is None or full.empty:
+        return math.nan
+    return float((full["face_similarity_gt"].fillna(-1.0) >= threshold).mean())
+
+
+def identity_gate(figures: IdentityFigures, params: EvaluationParams) -> dg.AssetCheckResult:
+    """Passes when the outputs have faces, keep the target's identity often enough, and copy
+    less than pasting the reference does; each failure names its number. Without a
+    similarity threshold: a warning that nothing was judged (yellow, blocking nothing)."""
+    metadata = {k: float(v) for k, v in asdict(figures).items()}
+    if params.min_face_similarity is None:
         return dg.AssetCheckResult(
-            check_name=FACE_CHECK,
+            check_name=IDENTITY_CHECK,
             passed=False,
             severity=dg.AssetCheckSeverity.WARN,
-            description=f"not checked: evaluation.min_face_similarity is null in this profile "
-            f"(mean face similarity {found})",
-            metadata={"face_similarity": similarity},
+            description="not checked: evaluation.min_face_similarity is null in this profile "
+            f"(faces found in {figures.face_found:.2f} of the outputs)",
+            metadata=metadata,
         )
-    passed = math.isfinite(similarity) and similarity >= threshold
+    failures = []
+    if not figures.face_found >= params.min_face_found:
+        failures.append(
+            f"a face in {figures.face_found:.2f} of the outputs, below {params.min_face_found}"
+        )
+    if not figures.identity_share >= params.min_identity_share:
+        failures.append(
+            f"sim_gt >= {params.min_face_similarity} in {figures.identity_share:.2f} of the "
+            f"outputs, below {params.min_identity_share}"
+        )
+    if figures.copy_paste >= figures.paste_copy_paste:
+        failures.append(
+            f"copy-paste {figures.copy_paste:.3f}, not below the pasted reference's "
+            f"{figures.paste_copy_paste:.3f}: the model copies the reference"
+        )
+    unjudged = math.isnan(figures.copy_paste) or math.isnan(figures.paste_copy_paste)
+    said = "; ".join(failures) or (
+        f"a face in {figures.face_found:.2f} of the outputs, sim_gt >= "
+        f"{params.min_face_similarity} in {figures.identity_share:.2f}, copy-paste "
+        + ("not scored" if unjudged else f"{figures.copy_paste:.3f} below the paste row's")
+    )
     return dg.AssetCheckResult(
-        check_name=FACE_CHECK,
-        passed=passed,
+        check_name=IDENTITY_CHECK,
+        passed=not failures,
         severity=dg.AssetCheckSeverity.ERROR,
-        description=f"mean face similarity {found}, threshold {threshold}",
-        metadata={"face_similarity": similarity, "threshold": threshold},
+        description=said,
+        metadata=metadata,
     )
 
 
@@ -109,6 +159,7 @@ def evaluation(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             "model_uri": model_uri,
             "ablations": dg.MetadataValue.md(table.to_markdown(index=False, floatfmt=".3f")),
             "samples": len(result.samples) // max(len(table), 1),
+            "identity_share": identity_share(result.samples, values.evaluation.min_face_similarity),
             # The model's own (the `full` ablation's) metrics, for the check and the UI.
             **{name: metrics[f"eval/{name}"] for name in METRICS if f"eval/{name}" in metrics},
             # The calibrations' identity: the scale the model's similarity is read against.
@@ -126,14 +177,24 @@ def evaluation(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     )
 
 
-@dg.asset_check(asset=evaluation, name=FACE_CHECK, blocking=True, required_resource_keys={"params"})
-def face_similarity_above_threshold(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    """The full model's mean face similarity on the validation triplets is at least
-    `evaluation.min_face_similarity` (a warning, not a pass, where that is null)."""
+@dg.asset_check(
+    asset=evaluation, name=IDENTITY_CHECK, blocking=True, required_resource_keys={"params"}
+)
+def identity_kept_without_copying(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    """The full model's outputs have faces, keep the target's identity often enough and copy
+    less than pasting the reference (a warning, not a pass, where no threshold is set)."""
     event = context.instance.get_latest_materialization_event(evaluation.key)
     if event is None or event.asset_materialization is None:
         return dg.AssetCheckResult(passed=False, description="evaluation was never materialised")
-    recorded = event.asset_materialization.metadata.get("face_similarity")
-    similarity = float(recorded.value) if recorded is not None else math.nan
-    threshold = context.resources.params.values.evaluation.min_face_similarity
-    return face_similarity_check(similarity, threshold)
+    recorded = event.asset_materialization.metadata
+
+    def figure(key: str) -> float:
+        return float(recorded[key].value) if key in recorded else math.nan
+
+    figures = IdentityFigures(
+        face_found=figure("face_found"),
+        identity_share=figure("identity_share"),
+        copy_paste=figure("face_copy_paste"),
+        paste_copy_paste=figure("paste/face_copy_paste"),
+    )
+    return identity_gate(figures, context.resources.params.values.evaluation)

@@ -97,7 +97,7 @@ def test_training_materialises_in_dagster_and_a_current_model_is_not_retrained(
     from orchestration.cli.materialize import describe
     from orchestration.dataset_definitions import build_resources
     from orchestration.definitions import build_definitions
-    from orchestration.evaluation_assets import FACE_CHECK
+    from orchestration.evaluation_assets import IDENTITY_CHECK
     from orchestration.runs import materialize
     from orchestration.training_assets import FEATURES_CHECK, LOSS_CHECK
 
@@ -110,7 +110,7 @@ def test_training_materialises_in_dagster_and_a_current_model_is_not_retrained(
                 dg.AssetCheckKey(dg.AssetKey(asset), name)
             ).evaluation
             for asset, name in (
-                ("features", FEATURES_CHECK), ("model", LOSS_CHECK), ("evaluation", FACE_CHECK)
+                ("features", FEATURES_CHECK), ("model", LOSS_CHECK), ("evaluation", IDENTITY_CHECK)
             )
         }  # fmt: skip
         events = {
@@ -122,7 +122,7 @@ def test_training_materialises_in_dagster_and_a_current_model_is_not_retrained(
     assert checks[FEATURES_CHECK].passed, checks[FEATURES_CHECK].description
     assert checks[LOSS_CHECK].passed, checks[LOSS_CHECK].description
     # The tiny profile sets no face-similarity threshold: a warning, not a green pass.
-    face = checks[FACE_CHECK]
+    face = checks[IDENTITY_CHECK]
     assert not face.passed and face.severity == dg.AssetCheckSeverity.WARN
     assert face.description.startswith("not checked") and "warning: check evaluation." in out
     assert events["features"]["triplets"].value == 6
@@ -223,7 +223,7 @@ def test_ui_shows_assets_partitions_and_blocking_checks(instance_env, trained):
     assert checks == {
         "features": [("features_cover_the_dataset", True)],
         "model": [("loss_decreases", True)],
-        "evaluation": [("face_similarity_above_threshold", True)],
+        "evaluation": [("identity_kept_without_copying", True)],
     }
     # The check the tiny profile switches off shows as a warning (yellow), not as passed.
     (face,) = evaluation["assetChecksOrError"]["checks"]

@@ -165,8 +165,12 @@ class EvaluationParams(Section):
     ablations: list[AblationName] = Field(
         default_factory=lambda: ["inpainting", "face", "face_body", "full"]
     )
-    # The `evaluation` asset's blocking check; null: off (the tiny profile's random weights).
+    # The `evaluation` asset's identity gate: sim_gt at least this (on the face_model's scale)
+    # in a share min_identity_share of the outputs, a face in min_face_found of them, and
+    # copy-paste below the paste row's. null: off (the tiny profile's random weights).
     min_face_similarity: float | None = None
+    min_identity_share: float = Field(0.5, ge=0.0, le=1.0)
+    min_face_found: float = Field(0.9, ge=0.0, le=1.0)
     # Copy-paste is scored only where reference and target are this far apart (radians) in
     # the recogniser's space: resampling or JPEG alone moves dlib's descriptors 0.03-0.20, a
     # mirror 0.13, a shifted box up to 0.135; two people are about 0.49 apart.
