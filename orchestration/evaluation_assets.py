@@ -157,17 +157,25 @@ def evaluation(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             "mlflow_run": dg.MetadataValue.url(run_url(experiment_id, run_id)),
             **registered,
             "model_uri": model_uri,
-            "ablations": dg.MetadataValue.md(table.to_markdown(index=False, floatfmt=".3f")),
+            # Each identity figure as `mean [95 % interval] n=N`.
+            "ablations": dg.MetadataValue.md(
+                result.readable_summary().to_markdown(index=False, floatfmt=".3f")
+            ),
             "samples": len(result.samples) // max(len(table), 1),
             "identity_share": identity_share(result.samples, values.evaluation.min_face_similarity),
-            # The model's own (the `full` ablation's) metrics, for the check and the UI.
-            **{name: metrics[f"eval/{name}"] for name in METRICS if f"eval/{name}" in metrics},
+            # The model's own (the `full` ablation's) metrics, for the gate and the UI, each
+            # identity figure with its n and 95 % interval.
+            **{
+                key.removeprefix("eval/"): value
+                for key, value in metrics.items()
+                if key.count("/") == 1 and key.removeprefix("eval/").startswith(METRICS)
+            },
             # The calibrations' identity: the scale the model's similarity is read against.
             **{
-                f"{row}/{name}": metrics[f"eval/{row}/{name}"]
-                for row in CALIBRATIONS
-                for name in IDENTITY_METRICS
-                if f"eval/{row}/{name}" in metrics
+                key.removeprefix("eval/"): value
+                for key, value in metrics.items()
+                if key.split("/")[1] in CALIBRATIONS
+                and key.split("/")[-1].startswith(IDENTITY_METRICS)
             },
             **{f"note_{name}": note for name, note in result.notes.items()},
             # What could not be scored (no face found, no keypoint visible), and why.

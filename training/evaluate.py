@@ -58,6 +58,7 @@ from training.metrics import (
     ClipScorer,
     Identity,
     benchmark_mean,
+    bootstrap_interval,
     identity_scores,
     pck,
     saturation_ratio,
@@ -92,15 +93,19 @@ FULL = "full"
 CALIBRATIONS = ("ground_truth", "paste")
 # Per recogniser: sim_ref, sim_gt, the copy-paste score, and whether a face was found.
 IDENTITY_METRICS = ("face_similarity", "face_similarity_gt", "face_copy_paste", "face_found")
+# Those read as figures about identity: each gets its n and a bootstrap interval.
+SCORED_IDENTITY = IDENTITY_METRICS[:3]
+# Scored on movie triplets only: a single's target is its own reference, mirrored.
+MOVIE_ONLY = ("face_similarity_gt", "face_copy_paste")
 METRICS = (*IDENTITY_METRICS, "pck_body", "pck_face", "clip_score", "saturation_ratio")
 # What a metric needs of a sample, without which its score is NaN (face_found, clip_score
 # always have one); `Evaluation.unscored` says so for a metric no sample had it for.
 NEEDS = {
     "face_similarity": "a face in the output and the reference where the faces stage found them",
-    "face_similarity_gt": "a face in the output and the target frame",
+    "face_similarity_gt": "a face in the output and the target frame (movie triplets only)",
     "face_copy_paste": (
         "a face in the output, the reference and the target frame, the latter two at least "
-        "evaluation.copy_paste_min_angle apart"
+        "evaluation.copy_paste_min_angle apart (movie triplets only)"
     ),
     "pck_body": "body keypoints visible in the conditioning pose",
     "pck_face": "face keypoints visible in the conditioning pose",
@@ -118,6 +123,7 @@ class ValidationSample:
     at their own size with the character's face box in each, where identity is scored."""
 
     triplet_id: str
+    source: str  # movie or single (the manifest's column)
     base: PIL.Image.Image  # the ground-truth target frame, in the bucket
     mask: PIL.Image.Image
     pose: PIL.Image.Image
@@ -149,6 +155,7 @@ class ValidationSample:
         unit = np.asarray(row.face_embedding, np.float32)
         return cls(
             triplet_id=row.triplet_id,
+            source=row.source,
             base=fit_to_bucket(frame, placement, bicubic),
             mask=fit_to_bucket(images["target_mask"], placement, nearest),
             pose=fit_to_bucket(images["target_pose"], placement, bicubic),
@@ -221,6 +228,7 @@ class Evaluation:
     samples: pd.DataFrame
     grids: list[tuple[str, str, Panels]]  # (ablation, triplet_id, the 5-panel figure)
     notes: dict[str, str]
+    bootstrap_resamples: int = 1000  # of each identity figure's 95 % interval
 
     @property
     def metric_names(self) -> list[str]:
@@ -229,18 +237,46 @@ class Evaluation:
 
     def summary(self) -> pd.DataFrame:
         """Means per row kind, calibrations first, then the ablations: the ablation table.
-        Copy-paste is aggregated as MultiID-Bench does (`benchmark_mean`), beside its median
-        and the number of samples it was scored on."""
+        Each identity figure (sim_ref, sim_gt, copy-paste, per recogniser) has beside it the
+        number of samples it stands on and its 95 % bootstrap interval (`_n`, `_low`,
+        `_high`); copy-paste is aggregated as MultiID-Bench does (`benchmark_mean`), with its
+        median too."""
         grouped = self.samples.groupby("ablation", sort=False)
         table = grouped[self.metric_names].mean()
         for name in self.metric_names:
-            if name.startswith("face_copy_paste"):
-                at = table.columns.get_loc(name)
+            if not name.startswith(SCORED_IDENTITY):
+                continue
+            statistic = benchmark_mean if name.startswith("face_copy_paste") else pd.Series.mean
+            beside = {f"{name}_n": grouped[name].count()}
+            if statistic is benchmark_mean:
                 table[name] = grouped[name].agg(benchmark_mean)
-                table.insert(at + 1, f"{name}_median", grouped[name].median())
-                table.insert(at + 2, f"{name}_n", grouped[name].count())
+                beside[f"{name}_median"] = grouped[name].median()
+            intervals = grouped[name].agg(
+                lambda values, statistic=statistic: bootstrap_interval(
+                    values, statistic, self.bootstrap_resamples
+                )
+            )
+            beside[f"{name}_low"] = intervals.map(lambda interval: interval[0])
+            beside[f"{name}_high"] = intervals.map(lambda interval: interval[1])
+            at = table.columns.get_loc(name)
+            for offset, (column, values) in enumerate(beside.items(), start=1):
+                table.insert(at + offset, column, values)
         table.insert(0, "samples", grouped.size())
         return table.reset_index()
+
+    def readable_summary(self) -> pd.DataFrame:
+        """The summary as people read it: each identity figure as `mean [low, high] n=N`."""
+        table = self.summary()
+        readable = table[["ablation", "samples", *self.metric_names]].astype(object)
+        for name in self.metric_names:
+            if f"{name}_n" in table:
+                readable[name] = [
+                    _with_interval(
+                        row[name], row[f"{name}_low"], row[f"{name}_high"], row[f"{name}_n"]
+                    )
+                    for row in table.to_dict(orient="records")
+                ]
+        return readable
 
     def metrics(self) -> dict[str, float]:
         """Flat MLflow metrics: `eval/<metric>` for the full model, `eval/<ablation>/<metric>`
@@ -384,6 +420,8 @@ class Evaluator:
             embedding = face.embedding if face is not None else None
             values = identity_scores(embedding, faces, self.params.copy_paste_min_angle)
             scores |= dict(zip(columns, values, strict=True))
+            if sample.source == "single":  # its target is the reference mirrored: no identity test
+                scores |= {c: math.nan for c in columns if c.startswith(MOVIE_ONLY)}
         scores |= {
             "pck_body": math.nan,
             "pck_face": math.nan,
@@ -465,4 +503,11 @@ class Evaluator:
                 )
                 grids.append((name, sample.triplet_id, panels))
         samples_table = pd.DataFrame(rows, columns=["ablation", "triplet_id", *self.columns])
-        return Evaluation(samples_table, grids, dict(self.notes))
+        return Evaluation(samples_table, grids, dict(self.notes), self.params.bootstrap_resamples)
+
+
+def _with_interval(value: float, low: float, high: float, n: float) -> str:
+    if math.isnan(value):
+        return f"- n={int(n)}"
+    interval = "" if math.isnan(low) else f" [{low:.3f}, {high:.3f}]"
+    return f"{value:.3f}{interval} n={int(n)}"

@@ -5,6 +5,7 @@ recogniser's embeddings) and CLIP-T."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,26 @@ def benchmark_mean(values: pd.Series) -> float:
     spread = 1.5 * (q3 - q1)
     kept = values[(values >= q1 - spread) & (values <= q3 + spread)]
     return float(kept.mean()) if not kept.empty else float(values.median())
+
+
+def bootstrap_interval(
+    values: pd.Series,
+    statistic: Callable[[pd.Series], float],
+    resamples: int,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """The percentile bootstrap interval of `statistic` over `values` (NaN dropped): the
+    statistic of `resamples` resamples with replacement, their (1 - level) / 2 quantiles.
+    NaN where fewer than two values leave nothing to resample."""
+    values = values.dropna().reset_index(drop=True)
+    if len(values) < 2 or resamples < 1:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(values), (resamples, len(values)))
+    stats = np.array([statistic(values.iloc[draw]) for draw in draws])
+    tail = (1 - level) / 2
+    return float(np.nanquantile(stats, tail)), float(np.nanquantile(stats, 1 - tail))
 
 
 class ClipScorer:

@@ -175,6 +175,8 @@ class EvaluationParams(Section):
     # the recogniser's space: resampling or JPEG alone moves dlib's descriptors 0.03-0.20, a
     # mirror 0.13, a shifted box up to 0.135; two people are about 0.49 apart.
     copy_paste_min_angle: float = Field(0.2, ge=0.0, le=math.pi)
+    # Resamples of the 95 % bootstrap interval beside every identity figure.
+    bootstrap_resamples: int = Field(1000, ge=0)
 
     @model_validator(mode="after")
     def _threshold_on_the_recognisers_scale(self) -> EvaluationParams:

@@ -55,9 +55,10 @@ def evaluate(model_uri: str | None, data_dir: Path, params_path: str, profile: s
         )
     except (mlflow.MlflowException, FileNotFoundError, ValueError) as e:
         raise click.ClickException(f"cannot evaluate {uri}: {one_line(str(e))}") from None
-    table = evaluation.summary().set_index("ablation")
+    table = evaluation.readable_summary().set_index("ablation")
     click.echo(f"{uri}: {len(evaluation.samples) // len(table)} validation triplets")
-    # Two tables, so each fits a terminal: identity (per recogniser), then pose, prompt, colour.
+    # Two tables, so each fits a terminal: identity (per recogniser; each figure with its 95 %
+    # bootstrap interval and n), then pose, prompt, colour.
     identity = [c for c in table.columns if c.startswith("face_")]
     for columns in (["samples", *identity], [c for c in table.columns if c not in identity]):
         click.echo(table[columns].to_string(float_format=lambda v: f"{v:.3f}"))

@@ -121,6 +121,7 @@ def photo_sample(
     buckets: list[tuple[int, int]] = TINY_BUCKETS,
     box: tuple[int, int, int, int] = (200, 20, 440, 340),
     face_boxes: tuple[list[float], list[float]] | None = None,
+    source: str = "movie",
 ) -> ValidationSample:
     """A validation triplet on disk, read back as the evaluation reads one: `target` placed in
     a 640x360 frame inside `box`, the mask a margin around it; `reference` placed in another
@@ -146,6 +147,7 @@ def photo_sample(
         PIL.Image.fromarray(image).save(tmp_path / f"{name}.png")
     row = SimpleNamespace(
         triplet_id="photo",
+        source=source,
         prompt="a person",
         face_embedding=np.ones(512, np.float32) / np.sqrt(512),
         face_embedding_raw_norm=25.0,
@@ -207,6 +209,17 @@ def test_calibration_rows_take_the_models_path_and_can_fail(evaluator, tmp_path)
     # Measured: -0.79 and +0.56, not -1 and +1: the round trip moves the descriptors.
     assert mismatched["ground_truth"]["face_copy_paste"] < -0.5
     assert mismatched["paste"]["face_copy_paste"] > 0.4
+
+
+def test_a_single_is_scored_on_sim_ref_only(evaluator, tmp_path):
+    """A single's target is its own reference, mirrored: sim_gt and copy-paste would measure
+    the mirror, not identity, so they are not scored there."""
+    astronaut = data.astronaut()
+    mirrored = np.ascontiguousarray(astronaut[:400, 460:60:-1])
+    sample = photo_sample(tmp_path, astronaut, mirrored, [(272, 480)], source="single")
+    truth = score_calibrations(evaluator, sample)["ground_truth"]
+    assert truth["face_found"] == 1.0 and truth["face_similarity"] > 0.9
+    assert math.isnan(truth["face_similarity_gt"]) and math.isnan(truth["face_copy_paste"])
 
 
 def test_an_output_is_scored_in_the_frame_at_its_own_size(evaluator, tmp_path):
@@ -438,5 +451,14 @@ def test_copy_paste_is_aggregated_as_the_benchmark_does():
     assert row["face_copy_paste"] == pytest.approx(0.1425)
     assert row["face_copy_paste_median"] == pytest.approx(0.15)
     assert row["face_copy_paste_n"] == 5 and row["samples"] == 6
+    # Its 95 % bootstrap interval holds it; a fixed seed gives the same interval every time.
+    assert row["face_copy_paste_low"] <= 0.1425 <= row["face_copy_paste_high"]
+    assert evaluation.summary().equals(evaluation.summary())
     metrics = evaluation.metrics()
     assert metrics["eval/face_copy_paste_n"] == 5 and metrics["eval/full/face_copy_paste_median"]
+    assert "eval/face_copy_paste_high" in metrics
+    (readable,) = evaluation.readable_summary().to_dict(orient="records")
+    low, high = row["face_copy_paste_low"], row["face_copy_paste_high"]
+    assert (
+        readable["face_copy_paste"] == f"{row['face_copy_paste']:.3f} [{low:.3f}, {high:.3f}] n=5"
+    )
