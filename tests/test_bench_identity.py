@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.identity import bench_detector, decode, true_faces
+from bench.identity import bench_calibration, bench_detector, decode, true_faces
 from core.layout import DataLayout
 from orchestration.params import load_params
 from perception.priors import Priors
@@ -30,3 +30,10 @@ def test_the_detector_comparison_counts_against_the_ground_truth(sample_root: Pa
     real, _, missed = (int(cell) for cell in ours[1:4])
     assert real + missed == expected and real >= expected - 1
     assert "OpenCV's cascade takes x" in report
+
+
+def test_the_calibration_at_hand_says_how_few_faces_it_stands_on():
+    params = load_params(PARAMS, "tiny").faces
+    report = bench_calibration(Priors("tiny", faces=params).dlib_faces(), 0.91)
+    assert "0 same-person pairs and 36 different-people pairs" in report
+    assert "FNMR cannot be measured" in report and "the smallest FMR this can measure" in report

@@ -58,10 +58,11 @@ from training.metrics import (
     ClipScorer,
     Identity,
     benchmark_mean,
-    bootstrap_interval,
+    figure_spread,
     identity_scores,
     pck,
     saturation_ratio,
+    with_interval,
 )
 from training.params import EvaluationParams
 from training.pipeline import PaintSettings
@@ -244,23 +245,14 @@ class Evaluation:
         grouped = self.samples.groupby("ablation", sort=False)
         table = grouped[self.metric_names].mean()
         for name in self.metric_names:
-            if not name.startswith(SCORED_IDENTITY):
-                continue
-            statistic = benchmark_mean if name.startswith("face_copy_paste") else pd.Series.mean
-            beside = {f"{name}_n": grouped[name].count()}
-            if statistic is benchmark_mean:
-                table[name] = grouped[name].agg(benchmark_mean)
-                beside[f"{name}_median"] = grouped[name].median()
-            intervals = grouped[name].agg(
-                lambda values, statistic=statistic: bootstrap_interval(
-                    values, statistic, self.bootstrap_resamples
-                )
-            )
-            beside[f"{name}_low"] = intervals.map(lambda interval: interval[0])
-            beside[f"{name}_high"] = intervals.map(lambda interval: interval[1])
-            at = table.columns.get_loc(name)
-            for offset, (column, values) in enumerate(beside.items(), start=1):
-                table.insert(at + offset, column, values)
+            if name.startswith(SCORED_IDENTITY):
+                copy_paste = name.startswith("face_copy_paste")
+                if copy_paste:
+                    table[name] = grouped[name].agg(benchmark_mean)
+                beside = figure_spread(grouped[name], copy_paste, self.bootstrap_resamples)
+                at = table.columns.get_loc(name)
+                for offset, (column, values) in enumerate(beside.items(), start=1):
+                    table.insert(at + offset, f"{name}_{column}", values)
         table.insert(0, "samples", grouped.size())
         return table.reset_index()
 
@@ -268,14 +260,11 @@ class Evaluation:
         """The summary as people read it: each identity figure as `mean [low, high] n=N`."""
         table = self.summary()
         readable = table[["ablation", "samples", *self.metric_names]].astype(object)
-        for name in self.metric_names:
-            if f"{name}_n" in table:
-                readable[name] = [
-                    _with_interval(
-                        row[name], row[f"{name}_low"], row[f"{name}_high"], row[f"{name}_n"]
-                    )
-                    for row in table.to_dict(orient="records")
-                ]
+        for name in (n for n in self.metric_names if f"{n}_n" in table):
+            readable[name] = [
+                with_interval(*(row[f"{name}{end}"] for end in ("", "_low", "_high", "_n")))
+                for row in table.to_dict(orient="records")
+            ]
         return readable
 
     def metrics(self) -> dict[str, float]:
@@ -504,10 +493,3 @@ class Evaluator:
                 grids.append((name, sample.triplet_id, panels))
         samples_table = pd.DataFrame(rows, columns=["ablation", "triplet_id", *self.columns])
         return Evaluation(samples_table, grids, dict(self.notes), self.params.bootstrap_resamples)
-
-
-def _with_interval(value: float, low: float, high: float, n: float) -> str:
-    if math.isnan(value):
-        return f"- n={int(n)}"
-    interval = "" if math.isnan(low) else f" [{low:.3f}, {high:.3f}]"
-    return f"{value:.3f}{interval} n={int(n)}"

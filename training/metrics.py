@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,9 @@ import PIL.Image
 import torch
 
 from perception.faces import copy_paste_score, cosine, face_angle
+
+if TYPE_CHECKING:
+    from pandas.api.typing import SeriesGroupBy
 
 
 def pck(
@@ -114,6 +118,27 @@ def bootstrap_interval(
     stats = np.array([statistic(values.iloc[draw]) for draw in draws])
     tail = (1 - level) / 2
     return float(np.nanquantile(stats, tail)), float(np.nanquantile(stats, 1 - tail))
+
+
+def figure_spread(grouped: SeriesGroupBy, benchmark: bool, resamples: int) -> dict[str, pd.Series]:
+    """What stands beside an identity figure per group: its n, its median where it is the
+    benchmark's aggregate (`benchmark`), and its 95 % bootstrap interval (low, high)."""
+    statistic = benchmark_mean if benchmark else pd.Series.mean
+    intervals = grouped.agg(lambda values: bootstrap_interval(values, statistic, resamples))
+    return {
+        "n": grouped.count(),
+        **({"median": grouped.median()} if benchmark else {}),
+        "low": intervals.map(lambda interval: interval[0]),
+        "high": intervals.map(lambda interval: interval[1]),
+    }
+
+
+def with_interval(value: float, low: float, high: float, n: float) -> str:
+    """`0.912 [0.881, 0.940] n=12`; `-` for no value, no interval where there is none."""
+    if math.isnan(value):
+        return f"- n={int(n)}"
+    interval = "" if math.isnan(low) else f" [{low:.3f}, {high:.3f}]"
+    return f"{value:.3f}{interval} n={int(n)}"
 
 
 class ClipScorer:

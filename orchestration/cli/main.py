@@ -29,6 +29,7 @@ COMMANDS = {
     "inpaint": "orchestration.cli.serve:inpaint",
     "serve-check": "orchestration.cli.serve:serve_check",
     "evaluate": "orchestration.cli.evaluate:evaluate",
+    "identity": "orchestration.cli.identity:identity",
     "lineage": "orchestration.cli.lineage:lineage",
 }
 
