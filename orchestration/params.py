@@ -9,12 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from assets.params import DatasetParams
 from core.params import Section
 from core.params import load_params as load_schema
 from orchestration.kubernetes import KubernetesParams
+from perception.params import similarity_scale_problem
 from perception.priors import Priors
 from serving.params import ServedSettings, ServingParams
 from training.params import EvaluationParams, TrainingParams
@@ -41,6 +42,18 @@ class Params(DatasetParams):
     serving: ServingParams = ServingParams()
     kubernetes: KubernetesParams = KubernetesParams()
     executor: ExecutorParams = ExecutorParams()
+
+    @model_validator(mode="after")
+    def _same_person_on_the_profiles_scale(self) -> Params:
+        # The split joins identities by the conditioning embedding: the profile's recogniser.
+        problem = similarity_scale_problem(
+            "training.same_person_similarity",
+            self.training.same_person_similarity,
+            {"full": "arcface"}.get(self.profile, self.profile),
+        )
+        if problem:
+            raise ValueError(problem)
+        return self
 
     def priors(self, models_dir: str | Path | None = None) -> Priors:
         """The perception models these params configure (`full`: under `models_dir`)."""

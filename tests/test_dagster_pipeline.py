@@ -29,6 +29,7 @@ from orchestration.resources import DataResource
 from orchestration.runs import STAGE_CHOICES
 from orchestration.sensors import movie_sensor
 from tests.conftest import PARAMS
+from training.data import person_keys
 
 
 def materialize(
@@ -233,6 +234,12 @@ def test_triplet_dataset_from_the_movie_and_the_singles(dataset, sample_root: Pa
     assert manifest.loc[manifest["source"] == "single", "triplet_id"].tolist() == [
         "single-eileen_collins"
     ]
+    # The single is cropped from the photograph the movie shows Eileen Collins in: one person
+    # with her movie character, so the split keeps the two on one side.
+    tiny = load_params(PARAMS, "tiny").training
+    persons = person_keys(manifest, tiny.same_person_similarity)
+    (joined,) = persons[manifest["source"] == "single"]
+    assert joined.startswith("sample/") and persons.nunique() == len(movie_rows)
     skipped = pd.read_parquet(layout.triplets_dir / "skipped.parquet")
     cat = skipped[skipped["movie"] == "chelsea.png"].iloc[0]
     assert (cat["stage"], cat["reason"]) == ("faces", "no face found")

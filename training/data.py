@@ -74,18 +74,49 @@ def identity_keys(manifest: pd.DataFrame) -> pd.Series:
     return movie_keys.where(from_movie, "single/" + manifest["triplet_id"].astype(str))
 
 
-def split_by_identity(
-    manifest: pd.DataFrame, validation_fraction: float, seed: int
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A deterministic (train, validation) split in which no character is on both sides.
+def person_keys(manifest: pd.DataFrame, same_person_similarity: float | None) -> pd.Series:
+    """`identity_keys` joined into persons: identities whose mean reference face embeddings
+    have at least `same_person_similarity` cosine are one person (transitively), keyed by
+    their smallest identity key. None: every identity is its own person."""
+    keys = identity_keys(manifest)
+    if same_person_similarity is None:
+        return keys
+    unique = sorted(set(keys))
+    embeddings = np.stack(manifest["face_embedding"].to_numpy()).astype(np.float64)
+    means = np.stack([embeddings[(keys == key).to_numpy()].mean(axis=0) for key in unique])
+    means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+    similar = means @ means.T >= same_person_similarity
+    person = list(range(len(unique)))  # union-find over the identities
 
-    Each identity's side depends only on its key and the seed (a stable hash), so adding
-    movies never moves an existing character across the split. At least one identity stays
-    in training; with a positive fraction and two or more identities, at least one is held out.
+    def root(i: int) -> int:
+        while person[i] != i:
+            person[i] = person[person[i]]
+            i = person[i]
+        return i
+
+    for i, j in zip(*np.nonzero(np.triu(similar, 1)), strict=True):
+        person[max(root(i), root(j))] = min(root(i), root(j))
+    return keys.map({key: unique[root(i)] for i, key in enumerate(unique)})
+
+
+def split_by_identity(
+    manifest: pd.DataFrame,
+    validation_fraction: float,
+    seed: int,
+    same_person_similarity: float | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A deterministic (train, validation) split in which no person is on both sides: no
+    character, and, with `same_person_similarity`, no two identities of one person
+    (`person_keys`: a movie character and a single image of them).
+
+    Each person's side depends only on its key and the seed (a stable hash), so adding
+    movies moves no one across the split, except a person a new identity joins to another.
+    At least one person stays in training; with a positive fraction and two or more persons,
+    at least one is held out.
     """
     if not 0 <= validation_fraction < 1:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
-    keys = identity_keys(manifest)
+    keys = person_keys(manifest, same_person_similarity)
     unique = sorted(set(keys))
     score = {key: zlib.crc32(f"{seed}:{key}".encode()) / 2**32 for key in unique}
     held_out = {key for key in unique if score[key] < validation_fraction}

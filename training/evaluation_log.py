@@ -116,7 +116,9 @@ def evaluate_logged_model(
     training = training.updated("training", **logged)
     layout = DataLayout.from_env(data_root)
     manifest = load_manifest(layout.triplets_dir)
-    _, validation = split_by_identity(manifest, training.validation_fraction, training.seed)
+    _, validation = split_by_identity(
+        manifest, training.validation_fraction, training.seed, training.same_person_similarity
+    )
     if validation.empty:
         raise ValueError(f"no validation identities in {layout.triplets_dir}: nothing to score")
     buckets = resolve_buckets(training.buckets)

@@ -141,7 +141,7 @@ def train(
     manifest = load_manifest(layout.triplets_dir)
     md5 = dataset_version(layout.triplets_dir, Path(lock_file) if lock_file else None)
     train_rows, validation_rows = split_by_identity(
-        manifest, params.validation_fraction, params.seed
+        manifest, params.validation_fraction, params.seed, params.same_person_similarity
     )
     buckets = resolve_buckets(params.buckets)
 

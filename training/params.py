@@ -68,6 +68,10 @@ class TrainingParams(Section):
     config: ModelConfigName = "sdxl"
     seed: int = 0
     validation_fraction: float = Field(0.1, ge=0, lt=1)  # of the identities, held out
+    # Identities whose mean reference face embeddings (the profile's recogniser) reach this
+    # cosine are one person, kept on one side of the split (a single image of a movie's
+    # character, the same actor in two movies); null: each identity is split on its own.
+    same_person_similarity: float | None = Field(0.5, ge=-1, le=1)
     buckets: str | list[Any] = "pixart_1024"  # or "h,w;h,w;…"
     batch_size: int = Field(1, ge=1)  # per process (the article: one sample per GPU, 8 H100s)
     gradient_accumulation_steps: int = Field(1, ge=1)
@@ -145,6 +149,7 @@ class TrainingParams(Section):
             "batch_size": self.batch_size,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
             "validation_fraction": self.validation_fraction,
+            "same_person_similarity": self.same_person_similarity,
         }
 
 

@@ -17,6 +17,7 @@ from training.data import (
     drop_condition,
     identity_keys,
     load_manifest,
+    person_keys,
     place,
     resolve_buckets,
     split_by_identity,
@@ -42,6 +43,34 @@ def test_split_is_by_identity_deterministic_and_stable(triplets_root):
     _, fewer_validation = split_by_identity(both[both["character_id"] != 0], 0.3, seed=0)
     assert set(identity_keys(fewer_validation)) <= set(identity_keys(validation))
     assert len(split_by_identity(manifest, 0.0, seed=0)[1]) == 0
+
+
+def test_a_single_of_a_movie_character_lands_on_the_characters_side(triplets_root):
+    """A single image whose face is a movie character's (the same person, by the profile's
+    embedding) is one person with that character: never one in training and the other held
+    out, whatever the seed; with the rule off, each is split on its own."""
+    manifest = load_manifest(triplets_root / "triplets")
+    single = manifest["source"] == "single"
+    character = manifest.index[manifest["source"] == "movie"][0]
+    face = manifest.at[character, "face_embedding"]
+    manifest["face_embedding"] = [
+        face if is_single else own
+        for own, is_single in zip(manifest.face_embedding, single, strict=True)
+    ]
+    keys = person_keys(manifest, 0.6)
+    assert keys[single].tolist() == [keys[character]]
+    assert person_keys(manifest, None).tolist() == identity_keys(manifest).tolist()
+    apart = 0
+    for seed in range(20):
+        train, validation = split_by_identity(manifest, 0.5, seed, 0.6)
+        sides = [set(train.triplet_id), set(validation.triplet_id)]
+        pair = {manifest.at[character, "triplet_id"], manifest.loc[single, "triplet_id"].iloc[0]}
+        assert any(pair <= side for side in sides), seed
+        train, validation = split_by_identity(manifest, 0.5, seed, None)
+        apart += not any(
+            pair <= side for side in (set(train.triplet_id), set(validation.triplet_id))
+        )
+    assert apart > 0  # without the rule, some seed puts them on two sides
 
 
 def test_empty_and_missing_datasets_are_clear_errors(tmp_path, triplets_root):
