@@ -18,7 +18,7 @@ export DO_NOT_TRACK          := 1
 export MLFLOW_TRACKING_URI   ?= sqlite:///$(CURDIR)/mlruns.db
 export PATH                  := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv demo test lint ui mlflow-ui bench serve serve-check k8s-params clean
+.PHONY: venv demo test lint ui mlflow-ui bench serve serve-check k8s-params clean gpu-window gpu-wheels
 
 venv: $(STAMP)
 
@@ -90,6 +90,23 @@ bench: $(STAMP)
 
 # The params ConfigMap's source lives inside k8s/base, so `kubectl apply -k` reads it without
 # --load-restrictor; it is a copy of params.yaml (a test fails when the two differ).
+# A short window on a bare GPU machine (bench/gpu_window.py): its own Python and CUDA torch, no
+# venv, no network. OUT gets every figure as it is measured; SMOKE=1 rehearses on CPU.
+OUT      ?= gpu-window-out
+BUDGET_S ?= 540
+PART     ?= model
+gpu-window:
+	python3 -m bench.gpu_window --out $(OUT) --budget-s $(BUDGET_S) --part $(PART) \
+		$(if $(SMOKE),--smoke)
+
+# Beforehand, on a networked machine: the wheels gpu-window installs where the target lacks them,
+# for the target's Python (PY=3.12 by default), into gpu-wheels/ (git-ignored).
+PY ?= 3.12
+gpu-wheels:
+	python3 -m pip download --quiet --only-binary=:all: --no-deps --python-version $(PY) \
+		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux_2_28_x86_64 -d gpu-wheels -r requirements-gpu-window.txt
+
 k8s-params:
 	cp params.yaml k8s/base/params.yaml
 

@@ -53,9 +53,12 @@ from bench.model_gpu_run import (
     Results,
     Run,
     Timing,
+    Window,
     counted_flops,
+    run_part,
     synchronize,
     timed,
+    timing_line,
 )
 from bench.report import REPORT, write_section
 from training.acceleration import REPEATED_BLOCKS, accelerate
@@ -280,32 +283,125 @@ def build(run: Run) -> dict[str, Any]:
     return components
 
 
-def measure(run: Run, flush: Callable[[Results], None]) -> Results:
-    """Every part in order, `flush`ing the results after each."""
+def measure(run: Run, flush: Callable[[Results], None], window: Window) -> Results:
+    """Every part in order of value, each flushed and its figures printed as soon as it is
+    measured: the ceiling, today's training step, inference ours against the peer (eager),
+    each lever alone, the best combination by batch, the profile, inference with the levers.
+    A part whose estimate (from today's step once measured) exceeds the budget left is
+    skipped; one that fails loses only its own rows."""
     results = Results(torch.cuda.get_device_name() if run.device.type == "cuda" else "CPU")
-    results.ceiling_tflops = matmul_ceiling(run)
+    cuda = run.device.type == "cuda"
+    state: dict[str, Any] = {}
+
+    def ceiling() -> None:
+        results.ceiling_tflops = matmul_ceiling(run)
+        window.figure(f"ceiling: {results.ceiling_tflops:.1f} TFLOP/s (bf16 matmul)")
+
+    def build_model() -> None:
+        state["components"] = build(run)
+        state["bench"] = TrainingBench(state["components"], run)
+
+    def today() -> None:
+        timing = state["bench"].measure(LEVERS[0])
+        results.training.append(timing)
+        window.figure(timing_line(timing))
+
+    def inference_eager() -> None:
+        try:
+            figures = model_gpu_inference.eager(state["components"], run)
+        finally:  # inference cast everything to bf16: the trainables back to fp32 masters
+            counted = state["bench"].flops
+            state["bench"] = TrainingBench(state["components"], run)
+            state["bench"].flops = counted
+        results.inference = figures
+        ours, peer = figures["ours"], figures["peer"]
+        window.figure(
+            f"inference: ours {ours['seconds']:.3f} s, peer {peer['seconds']:.3f} s, ours / peer "
+            f"{ours['seconds'] / peer['seconds']:.3f} (prompt encoding inside ours: "
+            f"{figures['prompt_flops'] / 1e12:.3f} of its {ours['flops'] / 1e12:.2f} TFLOP)"
+        )
+
+    def lever(choice: Lever) -> Callable[[], None]:
+        def measure_lever() -> None:
+            timing = state["bench"].measure(choice)
+            results.training.append(timing)
+            window.figure(timing_line(timing))
+
+        return measure_lever
+
+    def best_at(batch: int) -> Callable[[], None]:
+        def measure_best() -> None:
+            best = replace(best_lever(results.training), name=f"best, batch {batch}", batch=batch)
+            timing = state["bench"].measure(best)
+            results.best.append(timing)
+            window.figure(timing_line(timing))
+
+        return measure_best
+
+    def profile() -> None:
+        step, undo = state["bench"].step(best_lever(results.training))
+        try:
+            results.breakdown, results.busy = profile_breakdown(step, run)
+        finally:
+            undo()
+        kinds = ", ".join(f"{k} {v:.4f}" for k, v in results.breakdown.items() if v)
+        window.figure(f"profile: s per step by kind: {kinds}")
+
+    def inference_levers() -> None:
+        best = best_lever(results.training).acceleration
+        figures = model_gpu_inference.with_levers(
+            state["components"], run, best, compile=window.no_compile is None
+        )
+        results.inference = {**(results.inference or {}), "ours_levers": figures}
+        peer = (results.inference or {}).get("peer")
+        ratio = f", / peer {figures['seconds'] / peer['seconds']:.3f}" if peer else ""
+        window.figure(
+            f"inference: ours with levers {figures['seconds']:.3f} s{ratio}, first call "
+            f"{figures['first_seconds']:.1f} s"
+        )
+
+    def step_s() -> float:
+        # Today's step once measured; a prior before (an H100 step at 1024^2 is about 1 s).
+        measured = results.training[0].seconds if results.training else None
+        return measured or (0.05 if run.smoke else 1.5)
+
+    compile_s = 0.0 if run.smoke else 150.0  # a regional compile's first step (cold caches)
+    timed_steps = run.warmup + run.steps + 1
+    parts: list[tuple[str, float, Callable[[], None]]] = [
+        ("ceiling", 2 if run.smoke else 15, ceiling),
+        ("building the model", 5 if run.smoke else 90, build_model),
+    ]
+    for name, estimate, fn in parts:
+        run_part(name, estimate, window, results, fn)
+        flush(results)
+    if "bench" not in state:
+        return results  # nothing to run the other parts on
+    run_part("today's training step", 5 if run.smoke else timed_steps * step_s(), window,
+             results, today)  # fmt: skip
     flush(results)
-
-    components = build(run)
-    bench = TrainingBench(components, run)
-    for lever in LEVERS:
-        results.training.append(bench.measure(lever))
+    call_s = step_s() / 2 * run.inference_steps  # a forward is about half a training step
+    parts = [
+        ("inference, ours vs the peer, eager", 4 * (run.inference_runs + 2) * call_s + 5,
+         inference_eager),
+        *[
+            (f"training: {choice.name}",
+             timed_steps * step_s() + compile_s * choice.acceleration.compile, lever(choice))
+            for choice in LEVERS[1:]
+        ],
+        *[
+            (f"best combination, batch {batch}", timed_steps * step_s() * batch + compile_s,
+             best_at(batch))
+            for batch in run.batches
+        ],
+        ("profile", (run.profiled_steps + 2) * step_s() + 10, profile),
+        ("inference, ours with the levers", 2 * compile_s + 2 * (run.inference_runs + 1) * call_s,
+         inference_levers),
+    ]  # fmt: skip
+    for name, estimate, fn in parts:
+        run_part(name, estimate, window, results, fn)
         flush(results)
-    best = best_lever(results.training)
-    for batch in run.batches:
-        results.best.append(bench.measure(replace(best, name=f"best, batch {batch}", batch=batch)))
-        flush(results)
-
-    step, undo = bench.step(best)
-    results.breakdown, results.busy = profile_breakdown(step, run)
-    undo()
-    bench.set_levers(Acceleration())  # inference starts eager
-    if run.device.type == "cuda":
+    if cuda:
         torch.cuda.empty_cache()
-    flush(results)
-
-    results.inference = model_gpu_inference.measure(components, run, best.acceleration)
-    flush(results)
     return results
 
 
@@ -317,6 +413,18 @@ def main(argv: list[str] | None = None) -> Results:
     parser.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
     parser.add_argument("--inference-steps", type=int, default=30)
     parser.add_argument("--inference-runs", type=int, default=3)
+    parser.add_argument(
+        "--budget-s", type=float, default=None, help="seconds for the whole run; parts that "
+        "would not fit are skipped with a line saying so"
+    )  # fmt: skip
+    parser.add_argument(
+        "--out", type=Path, default=None, help="folder for BENCHMARKS.md (this section) and "
+        "figures.txt (one line per figure, as measured)"
+    )  # fmt: skip
+    parser.add_argument("--fail-part", default=None, help="rehearsal: make this part raise")
+    parser.add_argument(
+        "--no-compile", default=None, metavar="WHY", help="skip the compile levers, saying why"
+    )
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available() and not args.smoke
     run = Run(
@@ -333,7 +441,13 @@ def main(argv: list[str] | None = None) -> Results:
         inference_runs=1 if args.smoke else args.inference_runs,
         smoke=args.smoke,
     )
-    report = args.report or (None if args.smoke else REPORT)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+    report = args.report or (
+        args.out / "BENCHMARKS.md" if args.out else None if args.smoke else REPORT
+    )
+    figures = args.out / "figures.txt" if args.out else None
+    window = Window(args.budget_s, figures, args.fail_part, args.no_compile)
     title = f"{SECTION} (smoke)" if args.smoke else SECTION
     stamp = (
         f"`python -m bench.model_gpu{' --smoke' if args.smoke else ''}`, torch "
@@ -348,7 +462,7 @@ def main(argv: list[str] | None = None) -> Results:
         flush(Results())  # nothing measured: every figure pending
         print(f"no CUDA device: wrote {SECTION!r} with every GPU figure pending")
         return Results()
-    return measure(run, flush)
+    return measure(run, flush, window)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,15 @@ its ControlNet attends to the 16 face tokens (Pose-IdentityNet) where the peer's
 
 Each pipeline is timed whole (prompt, denoising, VAE decode, compositing) and with
 `output_type="latent"` (the denoising loop without the decode): one untimed call, then the
-median of `run.inference_runs`. Ours is timed eager, then with the levers of
-`training.acceleration` (its first call, which compiles, is reported apart).
+median of `run.inference_runs`. Ours and the peer are timed eager (`eager`, early in the run:
+the comparison that matters most), ours later with the levers of `training.acceleration`
+(`with_levers`; its first call, which compiles, is reported apart).
 """
 
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -113,9 +115,17 @@ def median_seconds(call, run: Run) -> float:
     return statistics.median(timed(call, run.device) for _ in range(run.inference_runs))
 
 
-def measure(components: dict[str, Any], run: Run, training_best: Acceleration) -> dict[str, Any]:
-    """Seconds (whole call and denoising loop) of ours eager, the peer eager and ours with the
-    levers, the FLOPs of one call of each, and our prompt encoding's FLOPs."""
+@dataclass
+class Pipelines:
+    """Ours and the peer on the same modules, and their timed calls (whole, loop only)."""
+
+    ours: CharacterInpaintPipeline
+    calls: dict[str, dict[str, Any]]
+
+
+def pipelines(components: dict[str, Any], run: Run) -> Pipelines:
+    """Both pipelines on `components`, cast to bf16 for inference (the training bench casts
+    its trainables back when it runs again)."""
     for name in ("unet", "controlnet", "vae", "text_encoder", "text_encoder_2"):
         components[name].to(torch.bfloat16).eval()
     ours = CharacterInpaintPipeline(**components)
@@ -139,33 +149,46 @@ def measure(components: dict[str, Any], run: Run, training_best: Acceleration) -
         "ours": {out: ours_call(ours, request, run, out) for out in ("pil", "latent")},
         "peer": {out: peer_call(peer, ours, request, run, out) for out in ("pil", "latent")},
     }
+    return Pipelines(ours, calls)
+
+
+def eager(components: dict[str, Any], run: Run) -> dict[str, Any]:
+    """Seconds (whole call and denoising loop) of ours and the peer eager, the FLOPs of one
+    call of each, and our prompt encoding's FLOPs."""
+    pipes = pipelines(components, run)
     figures: dict[str, Any] = {}
     for name in ("ours", "peer"):
-        flops = flops_by_module(calls[name]["pil"])
+        flops = flops_by_module(pipes.calls[name]["pil"])
         figures[name] = {
-            "seconds": median_seconds(calls[name]["pil"], run),
-            "loop_seconds": median_seconds(calls[name]["latent"], run),
+            "seconds": median_seconds(pipes.calls[name]["pil"], run),
+            "loop_seconds": median_seconds(pipes.calls[name]["latent"], run),
             "flops": flops["Global"],
             # Where the two differ by design: the IdentityNet's cross-attention context.
             "controlnet_flops": flops["ControlNetModel"],
         }
     with torch.no_grad():
-        figures["prompt_flops"] = counted_flops(lambda: ours.encode_long_prompt(PROMPT))
+        figures["prompt_flops"] = counted_flops(lambda: pipes.ours.encode_long_prompt(PROMPT))
+    return figures
 
-    # Every layout and kernel lever, with the attention kernel training found faster.
+
+def with_levers(
+    components: dict[str, Any], run: Run, training_best: Acceleration, compile: bool = True
+) -> dict[str, Any]:
+    """Ours with every layout and kernel lever (compile where it can run) and the attention
+    kernel training found faster: its first call (which compiles) apart, then the medians."""
+    pipes = pipelines(components, run)
     levers = Acceleration(
         channels_last=True,
         cudnn_benchmark=True,
         attention_backend=training_best.attention_backend,
-        compile=True,
+        compile=compile,
         compile_backend=run.compile_backend,
     )
-    ours.enable_acceleration(levers)
-    first = timed(calls["ours"]["pil"], run.device)  # compiles the whole call's shapes
-    figures["ours_levers"] = {
+    pipes.ours.enable_acceleration(levers)
+    first = timed(pipes.calls["ours"]["pil"], run.device)  # compiles the whole call's shapes
+    return {
         "first_seconds": first,
-        "seconds": median_seconds(calls["ours"]["pil"], run),
-        "loop_seconds": median_seconds(calls["ours"]["latent"], run),
+        "seconds": median_seconds(pipes.calls["ours"]["pil"], run),
+        "loop_seconds": median_seconds(pipes.calls["ours"]["latent"], run),
         "acceleration": levers,
     }
-    return figures

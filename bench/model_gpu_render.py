@@ -112,6 +112,9 @@ def inference_table(inference: dict[str, Any] | None, run: Run) -> list[str]:
         return lines + [f"| {label} |" + f" {PENDING} |" * 5 for label in names.values()]
     peer = inference["peer"]
     for key, label in names.items():
+        if key not in inference:
+            lines.append(f"| {label} |" + f" {PENDING} |" * 5)
+            continue
         figures = inference[key]
         whole, loop = figures["seconds"], figures["loop_seconds"]
         lines.append(
@@ -126,14 +129,19 @@ def flops_line(inference: dict[str, Any] | None) -> str:
         return f"FLOPs of one call, ours and the peer's: {PENDING}."
     ours, peer = inference["ours"]["flops"], inference["peer"]["flops"]
     prompt = inference["prompt_flops"]
-    levers = inference["ours_levers"]
+    levers = inference.get("ours_levers")
+    compiled = (
+        f"The levers' first call (compiling): {levers['first_seconds']:.1f} s. Levers: "
+        f"{_levers_of(levers['acceleration'])}."
+        if levers
+        else f"Ours with the levers: {PENDING}."
+    )
     return (
         f"**FLOPs of one call** (`torch.utils.flop_counter`): ours {ours / 1e12:.2f} TFLOP, of "
         f"which {prompt / 1e12:.3f} encode the prompt; the peer {peer / 1e12:.2f} TFLOP (prompt "
         f"precomputed). Ours without the prompt / the peer: **{(ours - prompt) / peer:.3f}**; "
         "the rest of the difference is the ControlNet's cross-attention, over 16 face tokens in "
-        "ours and 154 text tokens in the peer's. The levers' first call (compiling): "
-        f"{levers['first_seconds']:.1f} s. Levers: {_levers_of(levers['acceleration'])}."
+        f"ours and 154 text tokens in the peer's. {compiled}"
     )
 
 
@@ -162,7 +170,8 @@ def goals_table(results: Results) -> list[str]:
     eager = levers = None
     if inference is not None:
         eager = inference["ours"]["seconds"] / inference["peer"]["seconds"]
-        levers = inference["ours_levers"]["seconds"] / inference["peer"]["seconds"]
+        if "ours_levers" in inference:
+            levers = inference["ours_levers"]["seconds"] / inference["peer"]["seconds"]
     return [
         '| figure | before (section "Model (GPU)") | goal | this run |',
         "| --- | --- | --- | --- |",
@@ -222,5 +231,13 @@ def render(results: Results, run: Run, stamp: str) -> str:
             flops_line(results.inference),
             "",
             *goals_table(results),
+            *unmeasured_lines(results),
         ]
     )
+
+
+def unmeasured_lines(results: Results) -> list[str]:
+    """The parts this run skipped (over its budget) or lost to an error, each on its line."""
+    lines = [f"- skipped: {part}: {why}" for part, why in results.skipped.items()]
+    lines += [f"- failed: {part}: {why}" for part, why in results.failed.items()]
+    return ["", "Not measured in this run:", "", *lines] if lines else []

@@ -5,9 +5,11 @@ step, their timings, everything measured, and how a call is timed and its FLOPs 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -113,7 +115,9 @@ class Results:
     best: list[Timing] = field(default_factory=list)
     breakdown: dict[str, float] | None = None  # seconds per step by kernel kind
     busy: float | None = None  # share of the profiled time the GPU computes
-    inference: dict[str, Any] | None = None  # bench.model_gpu_inference.measure
+    inference: dict[str, Any] | None = None  # bench.model_gpu_inference: eager, with_levers
+    skipped: dict[str, str] = field(default_factory=dict)  # part -> why (over the budget)
+    failed: dict[str, str] = field(default_factory=dict)  # part -> the error it raised
 
     @property
     def peak_tflops(self) -> float | None:
@@ -143,3 +147,68 @@ def flops_by_module(fn: Callable[[], Any]) -> dict[str, float]:
 
 def counted_flops(fn: Callable[[], Any]) -> float:
     return flops_by_module(fn)["Global"]
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's budget, and its parts
+
+
+@dataclass
+class Window:
+    """The run's time budget, and where each figure goes the moment it is measured: stdout
+    (what a short GPU window brings back) and `figures` (a file under its output folder)."""
+
+    budget_s: float | None  # None: no budget
+    figures: Path | None = None
+    fail_part: str | None = None  # a rehearsal: this part raises
+    no_compile: str | None = None  # why torch.compile cannot run here (its levers skipped)
+    start: float = field(default_factory=time.monotonic)
+
+    def left(self) -> float:
+        if self.budget_s is None:
+            return math.inf
+        return self.budget_s - (time.monotonic() - self.start)
+
+    def figure(self, line: str) -> None:
+        # Kept first, printed second: whoever reads the line can find it in the file.
+        if self.figures is not None:
+            with self.figures.open("a") as out:
+                out.write(line + "\n")
+        print(f"figure: {line}", flush=True)
+
+
+def run_part(
+    name: str, estimate_s: float, window: Window, results: Results, fn: Callable[[], None]
+) -> bool:
+    """One part of the run: skipped, with a line saying so, when its estimate exceeds the
+    budget left; an exception (out of memory included) costs only this part's rows."""
+    if window.no_compile and "compile" in name:
+        results.skipped[name] = f"torch.compile cannot run here: {window.no_compile}"
+        print(f"skipped: {name}: {results.skipped[name]}", flush=True)
+        return False
+    if estimate_s > window.left():
+        results.skipped[name] = f"estimated {estimate_s:.0f} s, {max(window.left(), 0):.0f} s left"
+        print(f"skipped: {name}: {results.skipped[name]}", flush=True)
+        return False
+    try:
+        if name == window.fail_part:
+            raise RuntimeError(f"forced to fail (--fail-part {name!r})")
+        fn()
+        return True
+    except Exception as error:  # any error of one part must spare the others
+        said = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+        results.failed[name] = f"{type(error).__name__}: {said}".rstrip(": ")
+        print(f"failed: {name}: {results.failed[name]}", flush=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return False
+
+
+def timing_line(timing: Timing) -> str:
+    if timing.seconds is None:
+        return f"training: {timing.lever.name}: {timing.error or 'not measured'}"
+    return (
+        f"training: {timing.lever.name}: {timing.seconds:.4f} s/step, "
+        f"{timing.per_sample:.4f} s/sample, {timing.tflops:.2f} TFLOP/s"
+        + (f", compile {timing.compile_seconds:.1f} s" if timing.compile_seconds else "")
+    )

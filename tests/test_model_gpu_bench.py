@@ -3,13 +3,19 @@ smoke run (the tiny config on CPU) goes through every part's code."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from bench import model_gpu
+from bench import gpu_window, model_gpu
+from bench.model_gpu_render import unmeasured_lines
+from tests.conftest import REPO
 
 torch.set_num_threads(1)
 
@@ -97,3 +103,83 @@ def test_smoke_run_goes_through_every_part(tmp_path):
     section = _section(report, f"{model_gpu.SECTION} (smoke)")
     assert "Smoke run" in section and "pending" not in section
     assert re.search(r"Ours without the prompt / the peer: \*\*0\.9\d\d\*\*", section)
+
+
+def test_a_part_over_the_budget_is_skipped_and_a_failing_one_costs_only_itself(tmp_path, capsys):
+    results = model_gpu.Results("CPU")
+    window = model_gpu.Window(10, tmp_path / "figures.txt", fail_part="forced")
+    ran = []
+
+    def out_of_memory() -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    assert model_gpu.run_part("fits", 1, window, results, lambda: ran.append("fits"))
+    assert not model_gpu.run_part("forced", 1, window, results, lambda: ran.append("forced"))
+    assert not model_gpu.run_part("too long", 60, window, results, lambda: ran.append("long"))
+    assert not model_gpu.run_part("out of memory", 1, window, results, out_of_memory)
+    no_compile = model_gpu.Window(None, no_compile="no C compiler")
+    compiled = "training: regional compile"
+    assert not model_gpu.run_part(compiled, 1, no_compile, results, lambda: ran.append("c"))
+    assert ran == ["fits"]
+    assert results.failed == {
+        "forced": "RuntimeError: forced to fail (--fail-part 'forced')",
+        "out of memory": "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+    }
+    assert results.skipped["too long"].startswith("estimated 60 s, ")
+    assert results.skipped[compiled] == "torch.compile cannot run here: no C compiler"
+    printed = capsys.readouterr().out.splitlines()
+    assert "failed: forced: RuntimeError: forced to fail (--fail-part 'forced')" in printed
+    assert any(line.startswith("skipped: too long: estimated 60 s") for line in printed)
+    window.figure("ceiling: 1.0 TFLOP/s (bf16 matmul)")
+    assert (tmp_path / "figures.txt").read_text() == "ceiling: 1.0 TFLOP/s (bf16 matmul)\n"
+    assert "- failed: forced: RuntimeError" in "\n".join(unmeasured_lines(results))
+
+
+def test_a_run_killed_half_way_keeps_what_it_measured(tmp_path):
+    """The smoke run as a window runs it, today's step forced to fail: the inference
+    comparison after it is still measured, printed at once, and kept under --out when the
+    run is killed right after."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "bench.model_gpu", "--smoke", "--out", str(out)]
+    command += ["--fail-part", "today's training step"]
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    seen = []
+    try:
+        for line in process.stdout:  # up to the line after the inference figure's (flushed)
+            if seen and seen[-1].startswith("figure: inference"):
+                break
+            seen.append(line)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+    printed = "".join(seen)
+    assert "failed: today's training step: RuntimeError: forced to fail" in printed, printed
+    figures = (out / "figures.txt").read_text().splitlines()
+    assert [line.split(":")[0] for line in figures][:2] == ["ceiling", "inference"]
+    section = (out / "BENCHMARKS.md").read_text()
+    assert "- failed: today's training step" in section
+    assert "| ours, eager | " in section and "| ours, eager | pending" not in section
+
+
+def test_the_gpu_window_preflights_and_keeps_to_its_budget(tmp_path):
+    """`make gpu-window SMOKE=1`'s launcher with no budget left after the preflight: every
+    finding on a line and in OUT, then every part of the bench skipped, saying why; the
+    section it leaves merges into a report."""
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.gpu_window", "--smoke", "--out", str(out),
+         "--budget-s", str(gpu_window.MARGIN_S)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    preflight = (out / "preflight.txt").read_text()
+    for finding in ("python", "torch", "gpu", "c compiler", "import diffusers", "torch.compile"):
+        assert f"preflight: {finding}: " in preflight
+    assert "skipped: ceiling: estimated 2 s, 0 s left" in done.stdout
+    assert done.stdout.rstrip().splitlines()[-1].startswith("gpu-window: done in ")
+    report = tmp_path / "BENCHMARKS.md"
+    assert gpu_window.merge(out / "BENCHMARKS.md", report) == [f"{model_gpu.SECTION} (smoke)"]
+    assert "- skipped: ceiling" in report.read_text()
