@@ -16,11 +16,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from bench.report import write_section
+from bench.report import REPO, write_section
 from core.layout import DataLayout
 from training.cpu_kernels import PORTABLE_CPU_KERNELS
 
-REPO = Path(__file__).resolve().parents[1]
 REPEATS = 3
 
 

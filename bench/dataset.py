@@ -23,11 +23,9 @@ from click.testing import CliRunner
 from assets.characters import group_characters
 from assets.frames import extract_frames
 from assets.sample_movie import write_sample_movie
-from bench.report import write_section
+from bench.report import PARAMS, write_section
 from core.layout import DataLayout
 from orchestration.cli.main import main as cameo
-
-PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
 def decode_only(video: Path) -> int:

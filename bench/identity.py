@@ -39,13 +39,12 @@ from assets.faces import detect_faces
 from assets.frames import extract_frames
 from assets.params import CharactersParams
 from assets.sample_movie import _portrait, compare_with_truth, identity_at, write_sample_movie
-from bench.report import write_section
+from bench.report import PARAMS, write_section
 from core.layout import DataLayout
 from orchestration.params import load_params
 from perception.faces import DlibFaceAnalyzer, FaceAnalyzer, TinyFaceAnalyzer
 from perception.priors import Priors
 
-PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 STRIDE = 10  # every 10th frame: 185 frames, more pairs than the pipeline's stride 50 gives
 DETECTOR_SECTION = "Tiny face detector: OpenCV's Haar cascade vs scikit-image's LBP cascade"
 BINS = np.round(np.arange(0.80, 1.0001, 0.01), 2)  # below 0.80: the first row

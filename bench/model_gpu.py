@@ -12,17 +12,23 @@ Run from the repository root:
 Weights are random (the `sdxl` config at real sizes): cost does not depend on their values,
 and nothing is read from the models directory. Latents, prompt embeddings, the face embedding
 and the body features come in precomputed, as the features stage feeds training. The parts,
-in order, each flushed to the report as soon as it is measured (a run cut short still reports):
+in order of value, each figure printed on a `figure:` line (and appended to `--out`'s
+figures.txt) the moment it is measured, the section rewritten after each part, so a run cut
+short still reports; with `--budget-s`, a part whose estimate exceeds the time left is skipped
+with a line saying so, and a part that fails loses only its own rows:
 
 1. the ceiling: an 8192³ bf16 matmul, against which (and against the datasheet's dense bf16
    peak) every MFU is given;
-2. training, the median of `--steps` timed steps after `--warmup`: today's step (bf16 autocast,
-   fused AdamW, gradient checkpointing off, batch 1), each lever of `training.acceleration` and
-   `mixed_precision: bf16_pure` alone, then the levers that were faster combined, at batch 1, 2
-   and 4. The first step's extra time is reported as compile time, apart from the step;
-3. a profiler breakdown of the best step by kind of kernel, and the share of time the GPU is
+2. today's training step, production's: bf16 autocast, the `full` profile's AdamW groups
+   (AdamW8bit where bitsandbytes can run), gradients clipped at `max_grad_norm`, gradient
+   checkpointing off, batch 1; the median of `--steps` timed steps after `--warmup`;
+3. inference ours against the peer, both eager (`bench.model_gpu_inference`);
+4. each lever of `training.acceleration` and `mixed_precision: bf16_pure` alone (the first
+   step's extra time reported as compile time), then the levers that were faster combined, at
+   batch 1, 2 and 4;
+5. a profiler breakdown of the best step by kind of kernel, and the share of time the GPU is
    busy;
-4. inference (`bench.model_gpu_inference`): ours eager and with the levers, and the peer.
+6. inference, ours with the levers.
 
 The DDP and optimiser-sharding levers need several GPUs; this one-GPU run does not time them.
 """
@@ -30,6 +36,7 @@ The DDP and optimiser-sharding levers need several GPUs; this one-GPU run does n
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import re
 import statistics
@@ -60,8 +67,10 @@ from bench.model_gpu_run import (
     timed,
     timing_line,
 )
-from bench.report import REPORT, write_section
-from training.acceleration import REPEATED_BLOCKS, accelerate
+from bench.report import PARAMS, REPORT, write_section
+from orchestration.params import load_params
+from training.acceleration import REPEATED_BLOCKS, accelerate, build_optimizer
+from training.checks import TrainingError, optimizer_class
 from training.denoising import Denoiser
 from training.model import SDXL, TINY, build_components, trainable_parameters
 from training.params import Acceleration
@@ -118,6 +127,13 @@ class TrainingBench:
 
     def __init__(self, components: dict[str, Any], run: Run) -> None:
         self.run = run
+        # Production's optimiser settings: the `full` profile's learning-rate groups and
+        # clipping, AdamW8bit where bitsandbytes can run, else AdamW (foreach, its default).
+        self.production = load_params(PARAMS, "full").training
+        try:
+            self.adam = optimizer_class(self.production.use_8bit_adam, run.device)
+        except TrainingError:
+            self.adam = torch.optim.AdamW
         self.unet, self.controlnet = components["unet"], components["controlnet"]
         # No body encoder here (its features come precomputed): the rest as the policy casts.
         policy = PrecisionPolicy.from_setting("bf16")
@@ -136,6 +152,9 @@ class TrainingBench:
             for block in module.modules():
                 if isinstance(block, REPEATED_BLOCKS):
                     block._compiled_call_impl = None
+        # Dynamo caches a block's graph by its code object, with the attention kernel fixed at
+        # trace time: without a reset, a lever would reuse the previous lever's graphs.
+        torch._dynamo.reset()
         backend = {"compile_backend": self.run.compile_backend}
         accelerate(acceleration.model_copy(update=backend), self.unet, self.controlnet)
 
@@ -144,8 +163,8 @@ class TrainingBench:
         self.set_levers(lever.acceleration)
         policy = PrecisionPolicy.from_setting("bf16_pure" if lever.pure_bf16 else "bf16")
         master = policy.master_weights(self.named)
-        fused = self.run.device.type == "cuda"
-        optimizer = torch.optim.AdamW(list(master.named.values()), lr=1e-5, fused=fused)
+        optimizer = build_optimizer(self.production, master.named, self.adam)
+        max_norm = self.production.max_grad_norm or math.inf
         model = Denoiser(self.unet, self.controlnet, lever.acceleration.attention_backend)
         inputs = training_inputs(self.run, lever.batch)
         target = torch.randn(inputs[0].shape, device=self.run.device)
@@ -155,6 +174,7 @@ class TrainingBench:
                 prediction = model(*inputs)
             F.mse_loss(prediction.float(), target).backward()
             master.gradients_to_master()
+            torch.nn.utils.clip_grad_norm_(list(master.named.values()), max_norm)
             optimizer.step()
             master.to_model()
             optimizer.zero_grad(set_to_none=True)

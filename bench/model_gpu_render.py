@@ -213,7 +213,9 @@ def render(results: Results, run: Run, stamp: str) -> str:
             *ceiling_table(results),
             "",
             f"Training step, median of {run.steps} after {run.warmup} untimed (the first "
-            "step's extra time is the compile time). Today: bf16 autocast, fused AdamW, "
+            "step's extra time is the compile time). Today: production's step, bf16 "
+            "autocast, the `full` profile's AdamW groups (AdamW8bit where bitsandbytes runs), "
+            "gradients clipped, "
             "gradient checkpointing off. The best combination: the levers faster alone, "
             "together. The DDP and optimiser-sharding levers need several GPUs: not timed here.",
             "",

@@ -39,15 +39,13 @@ import dagster as dg
 import yaml
 
 from assets.sample_movie import SHOTS, write_sample_movie
-from bench.report import write_section
+from bench.report import PARAMS, REPO, write_section
 from core.layout import DataLayout
 from orchestration.production import PostgresServer, dagster_home
 from orchestration.resources import DataResource
 from orchestration.sensors import movie_sensor
 from serving.server import free_port, wait_until_answering
 
-REPO = Path(__file__).resolve().parents[1]
-PARAMS = REPO / "params.yaml"
 SIZES = (300, 1200)
 SAMPLE_RUNS = 3
 REPEATS = 5  # timings of a step's work, an import or a query: their median

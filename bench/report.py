@@ -13,6 +13,7 @@ from core.io import atomic_path
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT = REPO / "BENCHMARKS.md"
+PARAMS = REPO / "params.yaml"
 HEADER = "# Benchmarks\n\nWritten by `make bench` (and `bench/*.py`); do not edit by hand.\n"
 
 

@@ -16,13 +16,12 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler
 
 from bench.model_gpu_run import BODY_TOKENS
-from bench.report import write_section
+from bench.report import REPO, write_section
 from core.layout import DataLayout
 from core.versioning import dvc_md5
 from orchestration.params import load_params
@@ -38,7 +37,6 @@ from training.features import FeatureDataset, StoredFeatures, bytes_per_triplet,
 from training.model import CONFIGS, base_components, trainable_parameters
 from training.text import MAX_PROMPT_TOKENS
 
-REPO = Path(__file__).resolve().parents[1]
 REPEATS = 15
 
 
