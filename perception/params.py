@@ -70,6 +70,13 @@ class DlibParams(Section):
     jitters: int = Field(0, ge=0)  # descriptor averaged over N jittered crops (dlib's num_jitters)
 
 
+class AnimeFacesParams(Section):
+    """The anime face detector (`perception.anime_faces`): OpenCV's cascade search."""
+
+    scale_factor: float = Field(1.1, gt=1.0)  # image pyramid step
+    min_neighbors: int = Field(5, ge=1)  # overlapping hits a face needs
+
+
 class FacesParams(Section):
     model: str = "antelopev2"  # folder under $CAMEO_MODELS (insightface layout)
     det_size: int = Field(640, ge=32)
@@ -83,6 +90,7 @@ class FacesParams(Section):
     # file whose batch axis is fixed at 1 runs frame by frame (face by face) instead.
     batch_size: int = Field(16, ge=1)
     dlib: DlibParams = DlibParams()
+    anime: AnimeFacesParams = AnimeFacesParams()
 
 
 class MasksParams(Section):
