@@ -95,13 +95,17 @@ def download(
             found = download_from_hub(entry, models_dir, endpoint, progress)
         else:
             found = download_from_url(entry, models_dir, progress, log)
-        if not entry.pinned():
+        if entry.pinned():
+            log(f"{entry.name}: {len(found.files)} files, sha256 checked against the lock")
+        else:
             pinned = replace(found, trusted_on_first_use=datetime.date.today().isoformat())
             lock = read_lock(lock_path)
             lock[entry.name] = pinned
             write_lock(lock.values(), lock_path)
-            log(f"{entry.name}: recorded in {lock_path} (trusted on first use)")
-        log(f"{entry.name}: {len(found.files)} files, sha256 checked")
+            log(
+                f"{entry.name}: {len(found.files)} files, their sha256 recorded in {lock_path} "
+                "(trusted on first use)"
+            )
         downloaded.append(entry.name)
     return downloaded
 

@@ -43,11 +43,11 @@ class LazyGroup(click.Group):
         self.lazy_commands = lazy_commands
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return [*self.lazy_commands, *super().list_commands(ctx)]
+        return list(self.lazy_commands)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.lazy_commands:
-            return super().get_command(ctx, cmd_name)
+            return None  # click then says "No such command" with the known ones
         module, _, attribute = self.lazy_commands[cmd_name].partition(":")
         command = getattr(importlib.import_module(module), attribute)
         if not isinstance(command, click.Command):

@@ -34,7 +34,8 @@ def materialize_command(
     import dagster as dg
 
     from core.layout import DataLayout
-    from orchestration.definitions import build_definitions, build_resources
+    from orchestration.dataset_definitions import build_resources
+    from orchestration.definitions import build_definitions
     from orchestration.runs import materialize
 
     layout = DataLayout.from_env(data_root)
