@@ -14,6 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY  := true
 export DVC_NO_ANALYTICS      := 1
 export GX_ANALYTICS_ENABLED  := false
 export DO_NOT_TRACK          := 1
+export GRADIO_ANALYTICS_ENABLED := False
 # MLflow: the repo's SQLite store (artifacts in mlruns/), unless the caller points elsewhere.
 export MLFLOW_TRACKING_URI   ?= sqlite:///$(CURDIR)/mlruns.db
 export PATH                  := $(CURDIR)/$(VENV)/bin:$(PATH)
@@ -22,7 +23,7 @@ export PATH                  := $(CURDIR)/$(VENV)/bin:$(PATH)
 # again: 13 of the 23 s a training process spent importing, 16 of the 27 s of test collection.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: venv demo test lint ui mlflow-ui bench serve serve-check k8s-params clean gpu-window gpu-wheels
+.PHONY: venv demo test lint ui mlflow-ui bench serve serve-check studio k8s-params clean gpu-window gpu-wheels
 
 venv: $(STAMP)
 
@@ -84,6 +85,11 @@ mlflow-ui: $(STAMP)
 PORT ?= 5000
 serve: $(STAMP)
 	cameo serve --port $(PORT)
+
+# The studio page (http://127.0.0.1:7860): paint characters into a panel through `make serve`'s
+# endpoint, which must be running.
+studio: $(STAMP)
+	cameo studio --endpoint http://127.0.0.1:$(PORT)
 
 # Serve the champion on a free port, one real HTTP request, the 5-panel grid, server stopped.
 serve-check: $(STAMP)

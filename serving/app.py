@@ -10,8 +10,10 @@ differs in three ways:
   beyond it), unknown keys refused, one-line error messages, a timeout that stops the work,
   one log line per request. MLflow's own timeout stays behind it as a backstop, a little later;
 - `/version` answers JSON naming the registered model and version (an alias is resolved when
-  the server starts), the MLflow run and logged model, and MLflow's version; every response row
-  carries `model_version` (e.g. `cameo-inpaint/3`), so that a saved picture can be traced back;
+  the server starts), the MLflow run and logged model, MLflow's version, the model's profile
+  and its inference params with their defaults and ranges (`cameo studio` shows them); every
+  response row carries `model_version` (e.g. `cameo-inpaint/3`), so that a saved picture can be
+  traced back;
 - it prints what it serves and where, then one line per worker when it is ready, then one line
   per request; uvicorn's own lines only from warnings up.
 
@@ -40,6 +42,7 @@ from serving.served import (
     SERVING_TOKEN_ENV,
     ServedModel,
     ServerLimits,
+    resolve_model,
 )
 
 # MLflow's own request timeout, behind serving.endpoint's: it answers only if ours failed to.
@@ -48,20 +51,6 @@ BACKSTOP_S = 30
 _DEFAULTS = ServingParams()
 
 log = logging.getLogger("serving")
-
-
-def resolve_model(model_uri: str) -> ServedModel:
-    """The registered version behind `model_uri` (aliases resolved now: moving the alias later
-    does not change what this server serves), with its run and logged model."""
-    import mlflow
-
-    from training.tracking import registered_version
-
-    # models:/<model id>, runs:/ and paths name no registered version: the label is the id.
-    registered = registered_version(model_uri)
-    name, version = (registered.name, str(registered.version)) if registered else (None, None)
-    info = mlflow.models.get_model_info(model_uri)
-    return ServedModel(model_uri, name, version, info.run_id, info.model_id)
 
 
 def _log_to_stderr() -> None:
@@ -120,7 +109,12 @@ def create_app():
         if not authorized(request, token):
             return JSONResponse({"message": UNAUTHORIZED}, 401, BEARER_CHALLENGE)
         return JSONResponse(
-            {**asdict(served), "model_version": served.label, "mlflow": mlflow.__version__}
+            {
+                **asdict(served),
+                "model_version": served.label,
+                "mlflow": mlflow.__version__,
+                **model.unwrap_python_model().describe(),
+            }
         )
 
     log.info("worker %d ready", os.getpid())

@@ -112,10 +112,20 @@ class InpaintResult:
 class ServingError(RuntimeError):
     """A non-200 answer of the scoring server: its status and the model's message."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.message = message
+        self.retry_after = retry_after  # seconds, from a 503's Retry-After
+
+    @classmethod
+    def from_response(cls, response: Any) -> ServingError:
+        retry_after = response.headers.get("Retry-After")
+        return cls(
+            response.status_code,
+            error_message(response.text),
+            int(retry_after) if retry_after and retry_after.isdigit() else None,
+        )
 
 
 def error_message(text: str) -> str:
@@ -166,8 +176,16 @@ class InpaintClient:
     ) -> list[InpaintResult]:
         response = self.invoke(request_body(rows, params, request_format))
         if response.status_code != 200:
-            raise ServingError(response.status_code, error_message(response.text))
+            raise ServingError.from_response(response)
         return [InpaintResult.from_row(row) for row in response.json()["predictions"]]
+
+    def version(self) -> dict[str, Any]:
+        """/version: the served model version, its profile and its inference params (defaults
+        and ranges)."""
+        response = self._session.get(f"{self.url}/version", timeout=10)
+        if response.status_code != 200:
+            raise ServingError.from_response(response)
+        return response.json()
 
 
 def predict_in_process(

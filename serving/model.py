@@ -46,6 +46,7 @@ from serving.schema import (
     decode_embedding,
     decode_image,
     encode_image,
+    painted_region,
 )
 from serving.served import (
     CURRENT_REQUEST,
@@ -240,7 +241,7 @@ def decode_row(row: Mapping[str, Any], config: ServingConfig) -> InpaintInputs:
     size = f"the base's {base.width}x{base.height}"
     if mask.size != base.size:
         raise RequestError("mask", f"{mask.width}x{mask.height} differs from {size}")
-    inside = np.asarray(mask) >= 128
+    inside = painted_region(mask)
     if not inside.any():
         raise RequestError("mask", "empty: no pixel is >= 128 (white marks the region to paint)")
     pose = images.get("pose")
@@ -313,6 +314,10 @@ class CameoInpaintModel(mlflow.pyfunc.PythonModel):
         # The pipeline (scheduler state, adapter scales) serves one call at a time: the scoring
         # server computes in one thread per worker, in-process callers may share the model.
         self._lock = threading.Lock()
+
+    def describe(self) -> dict[str, Any]:
+        """The profile and the inference params with their defaults and ranges (/version)."""
+        return {"profile": self.profile, "params": self.serving.to_dict()["params"]}
 
     def predict(
         self,

@@ -366,6 +366,11 @@ def decode_embedding(field: str, value: Any) -> np.ndarray:
     return embedding
 
 
+def painted_region(mask: PIL.Image.Image) -> np.ndarray:
+    """Where a mask paints: its pixels >= 128, as the pipeline binarises it."""
+    return np.asarray(mask.convert("L")) >= 128
+
+
 def encode_image(image: PIL.Image.Image, image_format: str = "png") -> str:
     buffer = io.BytesIO()
     if image_format == "jpeg":

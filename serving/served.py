@@ -92,3 +92,17 @@ class ServedRequest:
 # MLflow's `PyFuncModel.predict` carries only data and params, so this is how the request
 # reaches the model's `predict`, which hands it on explicitly.
 CURRENT_REQUEST: ContextVar[ServedRequest | None] = ContextVar("cameo_request", default=None)
+
+
+def resolve_model(model_uri: str) -> ServedModel:
+    """The registered version behind `model_uri` (aliases resolved now: moving the alias later
+    does not change what this server serves), with its run and logged model."""
+    import mlflow
+
+    from training.tracking import registered_version
+
+    # models:/<model id>, runs:/ and paths name no registered version: the label is the id.
+    registered = registered_version(model_uri)
+    name, version = (registered.name, str(registered.version)) if registered else (None, None)
+    info = mlflow.models.get_model_info(model_uri)
+    return ServedModel(model_uri, name, version, info.run_id, info.model_id)

@@ -18,6 +18,7 @@ os.environ.update(
     DVC_NO_ANALYTICS="1",
     GX_ANALYTICS_ENABLED="false",
     DO_NOT_TRACK="1",
+    GRADIO_ANALYTICS_ENABLED="False",
     MPLCONFIGDIR=str(_STATE / "matplotlib"),
     DAGSTER_HOME=str(_STATE / "dagster"),
     CAMEO_PROFILE="tiny",
@@ -27,6 +28,24 @@ os.environ.update(
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
+
+# The browser tests' headless Chromium: Debian's `chromium`, driven by Playwright's Python
+# package. Closed network: no background requests, no first-run or update checks (they stall
+# the page).
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+needs_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).is_file(),
+    reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it)",
+)
 
 _EMPTY_TRACKING_STORE = _STATE / "empty-tracking-store" / "mlruns.db"
 _EMPTY_TRACKING_STORE_LOCK = threading.Lock()
@@ -139,3 +158,14 @@ def sample_root(tmp_path_factory, worker_id: str) -> Path:
     root = tmp_path_factory.mktemp("data")
     shutil.copytree(written, root, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".complete"))
     return root
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium for the module's tests."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

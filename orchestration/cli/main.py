@@ -28,6 +28,7 @@ COMMANDS = {
     "serve": "orchestration.cli.serve:serve",
     "inpaint": "orchestration.cli.serve:inpaint",
     "serve-check": "orchestration.cli.serve:serve_check",
+    "studio": "orchestration.cli.studio:studio",
     "evaluate": "orchestration.cli.evaluate:evaluate",
     "identity": "orchestration.cli.identity:identity",
     "lineage": "orchestration.cli.lineage:lineage",

@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from orchestration.cli.options import data_option, image_path, params_option
+from orchestration.cli.options import (
+    data_option,
+    image_path,
+    models_option,
+    params_option,
+    profile_option,
+)
 from orchestration.cli.registered_model import champion_uri, checked_model
 
 if TYPE_CHECKING:
@@ -74,11 +80,20 @@ def serve(
 
 
 @click.command("inpaint")
-@click.option("--base", required=True, type=image_path, help="Base image (PNG/JPEG).")
-@click.option("--mask", required=True, type=image_path, help="Mask: white = paint here.")
-@click.option("--reference", required=True, type=image_path, help="The character to paint.")
-@click.option("--prompt", required=True)
-@click.option("--negative-prompt", default=None)
+@click.option("--base", required=True, type=image_path, help="Base image (the panel; PNG/JPEG).")
+@click.option("--mask", type=image_path, default=None, help="Mask: white = paint here.")
+@click.option("--reference", type=image_path, default=None, help="The character to paint.")
+@click.option("--prompt", default=None, help="What the character does.")
+@click.option(
+    "--character",
+    "characters",
+    type=(image_path, image_path, str),
+    multiple=True,
+    metavar="MASK REFERENCE PROMPT",
+    help="One more character; repeat for several. Each is painted on the previous result, "
+    "after --mask/--reference/--prompt if given.",
+)
+@click.option("--negative-prompt", default=None, help="For every character.")
 @click.option("--pose", default=None, type=image_path, help="Pose drawing; default: extracted.")
 @click.option("--url", default=None, help=f"The endpoint [default: {DEFAULT_URL}].")
 @click.option("--model", "model_uri", default=None, help="Predict in-process with this model URI.")
@@ -88,45 +103,102 @@ def serve(
 @click.option("--body-scale", type=float, default=None)
 @click.option("--controlnet-scale", type=float, default=None)
 @click.option("--seed", type=int, default=None)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="inpainted.png")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="inpainted.png",
+    show_default=True,
+    help="The painted panel (PNG, with how it was made: `cameo lineage OUT` reads it).",
+)
 @click.option(
     "--grid",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Also write the 5-panel figure (base, mask, pose, reference, output) here.",
+    help="Also write the 5-panel figure (base, mask, pose, reference, output) here, a row per "
+    "character.",
 )
+@params_option
+@profile_option
+@models_option
 def inpaint(
     base: Path,
-    mask: Path,
-    reference: Path,
-    prompt: str,
+    mask: Path | None,
+    reference: Path | None,
+    prompt: str | None,
+    characters: tuple[tuple[Path, Path, str], ...],
     negative_prompt: str | None,
     pose: Path | None,
     url: str | None,
     model_uri: str | None,
     out: Path,
     grid: Path | None,
+    params_path: str,
+    profile: str | None,
+    models_dir: Path,
     **inference: float | int | None,
 ) -> None:
     """Paint the reference character into the masked region of the base image, through the
-    HTTP endpoint (--url) or in-process (--model); unset params take the model's defaults."""
-    from serving.client import InpaintClient, ServingError, make_row, predict_in_process
+    HTTP endpoint (--url) or in-process (--model); unset params take the model's defaults.
+    With --character, several characters, one after another; every character's identity is
+    then scored again on the final panel (the profile's face recogniser)."""
+    import PIL.Image
+    import requests
+
+    from core.io import atomic_path
+    from orchestration.params import load_params
+    from serving.characters import Character, endpoint, in_process, paint_characters, save_panel
+    from serving.client import ServingError
 
     if url and model_uri:
         raise click.UsageError("pass --url or --model, not both")
-    row = make_row(base, mask, reference, prompt, negative_prompt, pose)
+    given = [mask, reference, prompt]
+    if any(v is not None for v in given) and not all(v is not None for v in given):
+        raise click.UsageError("--mask, --reference and --prompt go together")
+    rows = ([(mask, reference, prompt)] if mask is not None else []) + list(characters)
+    if not rows:
+        raise click.UsageError("give --mask, --reference and --prompt, or --character")
+    if pose is not None and len(rows) > 1:
+        raise click.UsageError("--pose is for one character only")
     params = {name: value for name, value in inference.items() if value is not None}
+    cast = [
+        Character(
+            PIL.Image.open(m),
+            PIL.Image.open(r).convert("RGB"),
+            text,
+            negative_prompt,
+            params=params,
+        )
+        for m, r, text in rows
+    ]
+    if pose is not None:
+        cast[0].pose = PIL.Image.open(pose)
+    analyzer = load_params(params_path, profile).priors(models_dir).face_analyzer()
     try:
         if model_uri:
             from training.tracking import configure_tracking
 
             configure_tracking()
-            [result] = predict_in_process(checked_model(model_uri), [row], params)
+            paint, _ = in_process(checked_model(model_uri))
         else:
-            [result] = InpaintClient(url or DEFAULT_URL).predict([row], params)
+            paint = endpoint(url or DEFAULT_URL)
+        panel = paint_characters(PIL.Image.open(base), cast, paint, analyzer)
     except ServingError as e:
         raise click.ClickException(str(e)) from None
-    write_result(result, out, grid, base, mask, reference, prompt)
+    except requests.ConnectionError:
+        raise click.ClickException(
+            f"no server answers at {url or DEFAULT_URL}: start one with `cameo serve` (make "
+            "serve), or paint in-process with --model"
+        ) from None
+    save_panel(panel, out)
+    seconds = sum(c.result.seconds for c in panel.characters)
+    versions = ", ".join(dict.fromkeys(str(c.result.model_version) for c in panel.characters))
+    click.echo(f"wrote {out} ({len(cast)} character(s), {seconds:.2f} s, model {versions})")
+    for line in panel.identity_lines():
+        click.echo(line)
+    if grid is not None:
+        with atomic_path(grid) as tmp:
+            panel.grid().save(tmp, format="PNG")
+        click.echo(f"wrote {grid} (base, mask, pose, reference, output; a row per character)")
 
 
 def write_result(result, out: Path, grid: Path | None, base, mask, reference, prompt: str) -> None:

@@ -71,7 +71,7 @@ def test_inpaint_over_http_and_in_process_agree(server, logged, files, tmp_path)
         "--grid",
         tmp_path / "grid.png",
     )
-    assert "identity score" in http and "grid.png" in http
+    assert "character 1: " in http and "when painted" in http and "grid.png" in http
     run("inpaint", *common, "--model", logged.model_uri, "--out", tmp_path / "local.png")
     over_http = np.asarray(PIL.Image.open(tmp_path / "http.png"))
     in_process = np.asarray(PIL.Image.open(tmp_path / "local.png"))

@@ -5,7 +5,6 @@ Chromium (Debian's `chromium`, driven by Playwright's Python package)."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,27 +15,11 @@ import pytest
 from conftest import precompute_features, write_triplets
 
 from serving.server import free_port, wait_until_answering
-from tests.conftest import tracking_store
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-REPO = Path(__file__).resolve().parents[2]
-# Closed network: no background requests, no first-run or update checks (they stall the page).
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from tests.conftest import REPO, needs_chromium, tracking_store
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not Path(CHROMIUM).is_file(),
-        reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it)",
-    ),
+    needs_chromium,
 ]
 
 
@@ -124,16 +107,6 @@ def mlflow_ui(evaluated_run) -> Iterator[str]:
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def _open(browser, url: str):
