@@ -1,7 +1,7 @@
 # The cameo image: training (torchrun), the Dagster code location and its step pods, the MLflow
 # tracking server, the scoring server and the weights Job all run it. No weights inside: they
 # live on the models claim ($CAMEO_MODELS=/models, filled by k8s/weights). Build and push it as
-# the README says ("Deploying to a GPU cluster"); k8s/components/image names the tag.
+# docs/deploying.md says ("Deploying to a GPU cluster"); k8s/components/image names the tag.
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
 
 ENV DEBIAN_FRONTEND=noninteractive \

@@ -23,7 +23,7 @@ export PATH                  := $(CURDIR)/$(VENV)/bin:$(PATH)
 # again: 13 of the 23 s a training process spent importing, 16 of the 27 s of test collection.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: venv demo test lint ui mlflow-ui bench serve serve-check studio k8s-params clean gpu-window gpu-wheels
+.PHONY: venv demo test lint ui mlflow-ui bench serve serve-check studio docs k8s-params clean gpu-window gpu-wheels
 
 venv: $(STAMP)
 
@@ -42,7 +42,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 # The sample inputs are written bit-identically on every machine, so `dvc add` finds them
 # equal to the committed data/movies.dvc and data/singles.dvc (and caches them for the push).
-# The second `cameo train` is a run to compare with in the MLflow UI (README, Comparing runs):
+# The second `cameo train` is a run to compare with in the MLflow UI (docs/training.md, Comparing runs):
 # the same data, seed and steps at a third of the learning rate, not registered.
 demo: $(STAMP)
 	cameo sample-movie
@@ -94,6 +94,10 @@ studio: $(STAMP)
 # Serve the champion on a free port, one real HTTP request, the 5-panel grid, server stopped.
 serve-check: $(STAMP)
 	cameo serve-check
+
+# The documentation (docs/, MkDocs) into site/; a broken link or anchor fails the build.
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --quiet
 
 bench: $(STAMP)
 	$(PY) bench/run.py

@@ -3,7 +3,7 @@
 - HTTP round trip through the scoring server (`serving.app`) vs in-process `predict` of the
   same loaded model version and the same request, alternately in one run, as a ratio
   (goal <= 1.10: the endpoint should cost little beyond the model);
-- the README's serving example on the tiny model: one 640 x 360 frame at the profile's 2 steps,
+- docs/serving.md's serving example on the tiny model: one 640 x 360 frame at the profile's 2 steps,
   HTTP round trip and in-process `predict`, beside a 128 x 72 one (25 times fewer pixels);
 - the request payload per 1024 x 1024 image (base64 PNG / JPEG in MLflow's JSON).
 
@@ -120,7 +120,7 @@ def bench_round_trip(repeats: int = 7) -> str:
 
 
 def bench_frame(repeats: int = 3) -> str:
-    """The README's serving example (one 640x360 frame at 2 steps) beside a 128x72 request."""
+    """docs/serving.md's serving example (one 640x360 frame at 2 steps) beside a 128x72 request."""
     sizes = {"640x360": (640, 360), "128x72": (128, 72)}
     with served_tiny_model() as (model, client):
         timed = {
@@ -135,7 +135,7 @@ def bench_frame(repeats: int = 3) -> str:
     ]
     frame, small = (statistics.median(timed[label][0]) for label in sizes)
     return (
-        "Tiny model, the README's serving example: one 640x360 request (demo inputs: a "
+        "Tiny model, docs/serving.md's serving example: one 640x360 request (demo inputs: a "
         "gradient base, a centred mask, the astronaut as reference) at the tiny profile's 2 "
         f"steps, beside a 128x72 one (25 times fewer pixels); torch on {THREADS} thread, "
         f"{repeats} alternating repeats after one untimed call, medians.\n\n"

@@ -80,7 +80,7 @@ class RequestStop:
     timesteps are set per call, the VAE's upcast is undone in a `finally`). What no hook
     stops is the one operation in progress when the request is cancelled: milliseconds on a
     GPU; on CPU, in the tiny profile, up to about a second at 1024x1024 and more beyond (the
-    README's Serving section has the figures). The face and pose stages run outside the
+    docs/serving.md has the figures). The face and pose stages run outside the
     networks (ONNX Runtime, scikit-image) and are bracketed by `check`.
 
     Outside the scoring server (in-process `predict`) there is no request: nothing cancels, and

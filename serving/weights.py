@@ -299,7 +299,7 @@ def status_table(rows: Sequence[EntryStatus]) -> str:
 
 
 def licence_table(entries: Iterable[LockEntry]) -> str:
-    """The README's licence table (Markdown), from the lock."""
+    """docs/models.md's licence table (Markdown), from the lock."""
     lines = [
         "| weights | source | licence | commercial use | needed for |",
         "|---|---|---|---|---|",

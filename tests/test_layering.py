@@ -13,7 +13,7 @@ from core.versioning import FIRST_PARTY, imported_modules, module_file, module_n
 from orchestration.cli.main import COMMANDS, main
 from tests.conftest import REPO
 
-# What each package may import of the others (README, Layout).
+# What each package may import of the others (docs/layout.md).
 ALLOWED = {
     "core": set(),
     "perception": {"core"},

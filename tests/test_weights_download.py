@@ -358,5 +358,5 @@ def test_status_sees_a_changed_file_and_names_the_command_for_what_is_missing(
 def test_the_readme_licence_table_is_the_lock_s():
     from serving.weights import licence_table
 
-    readme = (LOCK_FILE.parent / "README.md").read_text()
+    readme = (LOCK_FILE.parent / "docs" / "models.md").read_text()
     assert licence_table(read_lock().values()) in readme

@@ -135,7 +135,7 @@ def download_command(entries: list, needed_for: str | None) -> str:
 
 @weights.command("licences")
 def weights_licences() -> None:
-    """The licence table of models.lock.yaml, in Markdown (the README's)."""
+    """The licence table of models.lock.yaml, in Markdown (docs/models.md's)."""
     from serving.weights import licence_table, read_lock
 
     click.echo(licence_table(read_lock().values()))

@@ -101,12 +101,12 @@ def _demo_dataset(root: Path, scene) -> None:
 
 
 def test_the_readme_request_example_works_as_written(server, scene, tmp_path):
-    """The Serving section's request example, run by bash as written (only the URL is the test
+    """docs/serving.md's request example, run by bash as written (only the URL is the test
     server's), in a checkout where `make demo` built the dataset."""
     from serving.client import triplet_inputs
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme[readme.index("## Serving") : readme.index("### Lineage")]
+    page = (Path(__file__).resolve().parents[2] / "docs" / "serving.md").read_text()
+    section = page[: page.index("### Lineage")]
     [example] = [b for b in re.findall(r"```bash\n(.*?)```", section, re.S) if "curl" in b]
     _demo_dataset(tmp_path / "data", scene)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}

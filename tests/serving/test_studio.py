@@ -36,7 +36,7 @@ from serving.server import ModelServer, free_port, wait_until_answering
 from serving.studio import Session, Studio, StudioActions, StudioError, error_line
 from tests.conftest import REPO, needs_chromium
 
-SCREENSHOTS = os.environ.get("CAMEO_SCREENSHOTS")  # a folder: the README's pictures go there
+SCREENSHOTS = os.environ.get("CAMEO_SCREENSHOTS")  # a folder: docs/images: the docs' pictures
 
 
 @pytest.fixture(scope="module")

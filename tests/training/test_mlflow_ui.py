@@ -153,7 +153,7 @@ def test_the_experiment_opens_on_its_training_runs(browser, mlflow_ui, evaluated
 
 
 def test_two_runs_are_compared_in_the_chart_view(browser, mlflow_ui, evaluated_run, monkeypatch):
-    """The README's way: the runs table's chart view draws both runs in each metric's chart,
+    """docs/training.md's way: the runs table's chart view draws both runs in each metric's chart,
     the training curves among them."""
     from training.tracking import experiment_url
 
