@@ -34,7 +34,7 @@ log = logging.getLogger("serving.studio")
 
 # The params the page sets itself: a PNG it can save losslessly, and the pose to show.
 FIXED_PARAMS = {"output_format": "png", "return_pose": True}
-# The page's own limits on a pasted panel (the server refuses larger ones with its own).
+# One brush colour: any stroke marks the region to paint, whatever its colour.
 BRUSH_COLOUR = "#ffffff"
 
 

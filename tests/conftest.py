@@ -42,6 +42,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+# A folder: the browser tests save the docs' pictures there (docs/images; unset: none saved).
+SCREENSHOTS = os.environ.get("CAMEO_SCREENSHOTS")
 needs_chromium = pytest.mark.skipif(
     not Path(CHROMIUM).is_file(),
     reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it)",

@@ -33,10 +33,15 @@ from serving.characters import (
 from serving.client import ServingError, demo_inputs
 from serving.params import ServingParams
 from serving.server import ModelServer, free_port, wait_until_answering
-from serving.studio import Session, Studio, StudioActions, StudioError, error_line
-from tests.conftest import REPO, needs_chromium
-
-SCREENSHOTS = os.environ.get("CAMEO_SCREENSHOTS")  # a folder: docs/images: the docs' pictures
+from serving.studio import (
+    FIXED_PARAMS,
+    Session,
+    Studio,
+    StudioActions,
+    StudioError,
+    error_line,
+)
+from tests.conftest import REPO, SCREENSHOTS, needs_chromium
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +214,7 @@ def test_studio_handlers_add_rerun_reorder_and_remove(painter, analyzer, scene, 
     session, panel = add(Session(), str(tmp_path / "left.png"), "a knight", 1)
     session, panel = add(session, str(tmp_path / "right.png"), "a witch", 2)
     assert [c.character.prompt for c in panel.characters] == ["a knight", "a witch"]
-    assert panel.characters[0].character.params == {"seed": 1, **FIXED}
+    assert panel.characters[0].character.params == {"seed": 1, **FIXED_PARAMS}
     downloaded = read_panel_metadata(actions.saved(panel))["characters"]
     assert [c["prompt"] for c in downloaded] == ["a knight", "a witch"]
 
@@ -232,9 +237,6 @@ def test_studio_handlers_add_rerun_reorder_and_remove(painter, analyzer, scene, 
         session, editor, str(tmp_path / "left.png"), ref, "a cat", "", {}
     )
     assert [c.prompt for c in fresh.characters] == ["a cat"]
-
-
-FIXED = {"output_format": "png", "return_pose": True}
 
 
 def upload(page, element: str, path: Path) -> None:

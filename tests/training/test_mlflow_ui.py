@@ -15,7 +15,7 @@ import pytest
 from conftest import precompute_features, write_triplets
 
 from serving.server import free_port, wait_until_answering
-from tests.conftest import REPO, needs_chromium, tracking_store
+from tests.conftest import REPO, SCREENSHOTS, needs_chromium, tracking_store
 
 pytestmark = [
     pytest.mark.slow,
@@ -168,6 +168,8 @@ def test_two_runs_are_compared_in_the_chart_view(browser, mlflow_ui, evaluated_r
     page.get_by_placeholder("Search metric charts").fill("train/loss")
     for name in RUNS:
         page.get_by_text(f"{name} (train/loss)", exact=True).first.wait_for()
+    if SCREENSHOTS:
+        page.screenshot(path=Path(SCREENSHOTS) / "mlflow-charts.png")
 
 
 def test_the_run_page_lists_the_metrics_by_group(browser, mlflow_ui, evaluated_run, monkeypatch):
@@ -251,3 +253,5 @@ def test_the_grid_picture_is_visible_in_its_card_at_default_settings(
         }"""
     )
     assert shown, "the picture's centre is hidden in its card"
+    if SCREENSHOTS:
+        page.screenshot(path=Path(SCREENSHOTS) / "mlflow-grid.png")
