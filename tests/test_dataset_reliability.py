@@ -765,3 +765,22 @@ def test_a_folder_of_bad_footage_builds_what_it_can_and_says_why(sample_root: Pa
     assert manifest["triplet_id"].tolist() == ["single-eileen_collins"]
     assert incomplete_stage(layout, keys["映画.mp4"], movies / "映画.mp4", TINY) is None
     assert not list(root.glob("*/.tmp-*")) and not list(root.glob(".tmp-*"))
+
+
+def test_single_images_alone_build_a_dataset(tmp_path: Path):
+    """No movie, single images only (as the article's anime identities come): the triplets are
+    built from them; asking for a movie stage still says there is no movie."""
+    from assets.sample_movie import write_sample_singles
+
+    layout = DataLayout(tmp_path / "data")
+    write_sample_singles(layout)
+    options = ["--data", str(layout.root), "--params", str(PARAMS)]
+    built = CliRunner().invoke(main, ["dataset", "build", *options])
+    assert built.exit_code == 0, built.output
+    triplets = pd.read_parquet(layout.triplets_dir / "manifest.parquet")
+    assert len(triplets) >= 1 and set(triplets["source"]) == {"single"}
+    frames = CliRunner().invoke(main, ["dataset", "build", "--until", "frames", *options])
+    assert frames.exit_code == 2 and "no movie files under" in frames.output
+    empty = tmp_path / "empty"
+    nothing = CliRunner().invoke(main, ["dataset", "build", "--data", str(empty)])
+    assert nothing.exit_code == 2 and "and no single images under" in nothing.output

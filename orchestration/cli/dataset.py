@@ -117,8 +117,13 @@ def build(
                 + f" (movies under {layout.movies_dir})"
             )
         keys = list(movies) or sorted(found)
-        if not keys:
-            raise click.UsageError(f"no movie files under {layout.movies_dir}")
+        # Single images alone make a dataset (the article's anime identities are singles).
+        if not keys and (until != DATASET_STAGE or not layout.scan_singles()[0]):
+            where = f" and no single images under {layout.singles_dir}"
+            raise click.UsageError(
+                f"no movie files under {layout.movies_dir}"
+                + (where if until == DATASET_STAGE else "")
+            )
         sync_movie_partitions(instance, found)
         # Failures are summarised below, one line each; -v shows Dagster's logs and traces.
         log_level = "INFO" if verbose else "CRITICAL"
