@@ -12,6 +12,10 @@ libraries measures and saves the figures, and the development machine writes the
     python -m bench.dataset_gpu --figures figures.json --no-report     # on the GPU machine
     python -m bench.dataset_gpu --from-figures figures.json            # here
 
+`make gpu-window PART=dataset` runs it in a GPU window (`--out`, `--budget-s`): each figure
+printed and kept as it is measured, a part that would not fit skipped, a part that fails
+costing only its rows; OUT holds the section and `dataset_figures.json` for `--from-figures`.
+
 Every run counts each network's parameters and FLOPs per item at full size on the meta device
 (no memory, no GPU needed): those figures are measured on any machine. Throughput is measured
 only on CUDA; without a GPU its column says pending, and the capacity plan
@@ -48,6 +52,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench import standins
 from bench.dataset_gpu_figures import PROMPT_TOKENS, Figure
+from bench.window import Outcomes, Window, run_part
 from core.params import apply_profile
 from perception.params import CaptionsParams, FacesParams, MasksParams, PosesParams
 
@@ -284,49 +289,61 @@ def full_profile_params() -> tuple[FacesParams, MasksParams, PosesParams, Captio
     )
 
 
-def measure(run: Run) -> list[Figure]:
-    """Every stage's figures; `params.yaml`'s full profile gives the batch sizes."""
+# Seconds each part takes on an H100 at full size (its random weights' allocation included),
+# rounded up: what the window's budget is checked against. A smoke run takes about 1 s each.
+ESTIMATE_S = {"detector": 20, "recogniser": 20, "sam": 90, "pose": 20, "caption": 240}
+
+
+def measure(
+    run: Run, window: Window | None = None, outcomes: Outcomes | None = None
+) -> list[Figure]:
+    """Every stage's figures; `params.yaml`'s full profile gives the batch sizes. With a
+    `window` (`make gpu-window PART=dataset`), part by part within its budget: each figure is
+    kept and printed when measured, a part skipped or failed is in `outcomes`."""
     faces, masks, poses, captions = full_profile_params()
-    figures = [
-        convnet(
-            run,
-            "detector",
-            "faces",
-            "SCRFD-10GF layout, detector (fp16)",
-            "frame",
-            standins.ScrfdLike,
-            (3, 640, 640),
-            faces.batch_size,
-        ),
-        convnet(
-            run,
-            "recogniser",
-            "faces",
-            "ArcFace IResNet-100, recogniser (fp16)",
-            "face",
-            standins.arcface_r100,
-            (3, 112, 112),
-            64,
-        ),
-        *sam_figures(run, masks.batch_size, masks.dtype),
-        convnet(
-            run,
-            "pose",
-            "poses",
-            "RTMW-x layout, 384x288 (fp16)",
-            "crop",
-            standins.RtmwLike,
-            (3, *standins.POSE_INPUT),
-            poses.batch_size,
-        ),
-        *internvl_figures(run, captions.batch_size),
-    ]
+    parts: dict[str, Callable[[], list[Figure]]] = {
+        "detector": lambda: [
+            convnet(run, "detector", "faces", "SCRFD-10GF layout, detector (fp16)", "frame",
+                    standins.ScrfdLike, (3, 640, 640), faces.batch_size)
+        ],
+        "recogniser": lambda: [
+            convnet(run, "recogniser", "faces", "ArcFace IResNet-100, recogniser (fp16)", "face",
+                    standins.arcface_r100, (3, 112, 112), 64)
+        ],
+        "sam": lambda: sam_figures(run, masks.batch_size, masks.dtype),
+        "pose": lambda: [
+            convnet(run, "pose", "poses", "RTMW-x layout, 384x288 (fp16)", "crop",
+                    standins.RtmwLike, (3, *standins.POSE_INPUT), poses.batch_size)
+        ],
+        "caption": lambda: internvl_figures(run, captions.batch_size),
+    }  # fmt: skip
+    figures: list[Figure] = []
+    outcomes = outcomes if outcomes is not None else Outcomes()
+    for name, part in parts.items():
+        if window is None:
+            figures.extend(part())
+            continue
+
+        def measured(part: Callable[[], list[Figure]] = part, window: Window = window) -> None:
+            for figure in part():
+                figures.append(figure)
+                window.figure(figure_line(figure))
+
+        estimate = 1 if run.scale == "smoke" else ESTIMATE_S[name]
+        run_part(name, estimate, window, outcomes, measured)
     if run.device == "cuda":
         torch.cuda.empty_cache()
     return figures
 
 
-def render(figures: list[Figure], run: Run, device_name: str) -> str:
+def figure_line(figure: Figure) -> str:
+    speed = "not measured" if figure.per_second is None else f"{figure.per_second:,.1f}/s"
+    return f"{figure.stage}: {figure.network}: {speed} ({figure.unit}s, batch {figure.batch})"
+
+
+def render(
+    figures: list[Figure], run: Run, device_name: str, outcomes: Outcomes | None = None
+) -> str:
     rows = []
     for f in figures:
         if f.per_second is None:
@@ -352,7 +369,15 @@ def render(figures: list[Figure], run: Run, device_name: str) -> str:
         f"{run.warmup} untimed calls, then the mean of {run.repeats} "
         f"(the caption row: a quarter as many).\n\n"
         "| stage | network | item | batch | parameters (M) | weights (GB) | GFLOP per item | "
-        "items/s |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+        "items/s |\n|---|---|---|---|---|---|---|---|\n"
+        + "\n".join(rows)
+        + "\n"
+        + "".join(
+            f"\n- {kind}: {part}: {why}"
+            for kind, said in (("skipped", outcomes.skipped), ("failed", outcomes.failed))
+            if outcomes is not None
+            for part, why in said.items()
+        )
     )
 
 
@@ -367,7 +392,18 @@ def main(argv: list[str] | None = None) -> list[Figure]:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--tiles", type=int, default=9, help="448-px tiles per captioned frame")
     parser.add_argument("--new-tokens", type=int, default=200, help="tokens per caption")
+    # `make gpu-window PART=dataset` (bench/gpu_window.py) runs it with these.
+    parser.add_argument("--out", type=Path, help="write the section, figures and lines here")
+    parser.add_argument("--budget-s", type=float, help="skip the parts that would not fit")
+    parser.add_argument("--fail-part", help="rehearsal: make this part raise")
+    parser.add_argument("--no-compile", help="why torch.compile cannot run (nothing compiles here)")
     args = parser.parse_args(argv)
+    window, outcomes = None, Outcomes()
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        args.report = args.report or args.out / "BENCHMARKS.md"
+        args.figures = args.figures or args.out / "dataset_figures.json"
+        window = Window(args.budget_s, args.out / "dataset_figures.txt", args.fail_part)
     if args.from_figures:
         saved = json.loads(args.from_figures.read_text())
         run, device_name = Run(**saved["run"]), saved["device"]
@@ -385,7 +421,7 @@ def main(argv: list[str] | None = None) -> list[Figure]:
         )
         if cuda:  # fp32 rows measure fp32 as the stages run it, not TF32
             torch.backends.cuda.matmul.allow_tf32 = False
-        figures = measure(run)
+        figures = measure(run, window, outcomes)
         device_name = (
             torch.cuda.get_device_name() if cuda else "CPU (smoke: tiny sizes, not throughput)"
         )
@@ -405,7 +441,7 @@ def main(argv: list[str] | None = None) -> list[Figure]:
     report = args.report or (None if args.smoke else REPORT)
     if report is not None:
         title = f"{SECTION} (smoke)" if run.scale == "smoke" else SECTION
-        write_section(title, render(figures, run, device_name), report)
+        write_section(title, render(figures, run, device_name, outcomes), report)
         if run.scale == "full":
             write_section(capacity.SECTION, capacity.plan(figures), report)
     return figures

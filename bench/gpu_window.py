@@ -35,7 +35,7 @@ WHEEL_LOCK = REPO / "requirements-gpu-window.txt"
 # What the bench imports beyond torch, by module: checked before anything runs.
 IMPORTS = ("diffusers", "transformers", "accelerate", "pydantic", "yaml", "pandas", "safetensors")
 MARGIN_S = 20  # of the budget, kept back for the bench's imports and the launcher's report
-PARTS = {"model": "bench.model_gpu"}
+PARTS = {"model": "bench.model_gpu", "dataset": "bench.dataset_gpu"}
 
 
 class Preflight:
@@ -141,6 +141,16 @@ def preflight_checks(out: Path, wheels: Path, smoke: bool) -> tuple[Preflight, s
     return preflight, no_compile
 
 
+def bench_arguments(
+    out: Path, budget_s: float, smoke: bool, no_compile: str | None, fail_part: str | None
+) -> list[str]:
+    """What every bench of `PARTS` is run with."""
+    arguments = ["--out", str(out), "--budget-s", f"{budget_s:.0f}"]
+    arguments += ["--smoke"] if smoke else []
+    arguments += ["--no-compile", no_compile] if no_compile else []
+    return arguments + (["--fail-part", fail_part] if fail_part else [])
+
+
 def run_bench(
     part: str,
     out: Path,
@@ -151,18 +161,8 @@ def run_bench(
 ) -> int:
     """The bench as a child, its lines passed through as they come; killed (its group) when
     the budget runs out, which leaves under `out` what it measured."""
-    command = [
-        sys.executable,
-        "-m",
-        PARTS[part],
-        "--out",
-        str(out),
-        "--budget-s",
-        f"{budget_s:.0f}",
-    ]
-    command += ["--smoke"] if smoke else []
-    command += ["--no-compile", no_compile] if no_compile else []
-    command += ["--fail-part", fail_part] if fail_part else []
+    command = [sys.executable, "-m", PARTS[part]]
+    command += bench_arguments(out, budget_s, smoke, no_compile, fail_part)
     process = subprocess.Popen(
         command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,

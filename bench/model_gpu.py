@@ -60,14 +60,13 @@ from bench.model_gpu_run import (
     Results,
     Run,
     Timing,
-    Window,
     counted_flops,
-    run_part,
     synchronize,
     timed,
     timing_line,
 )
 from bench.report import PARAMS, REPORT, write_section
+from bench.window import Window, run_part
 from orchestration.params import load_params
 from training.acceleration import REPEATED_BLOCKS, accelerate, build_optimizer
 from training.checks import TrainingError, optimizer_class

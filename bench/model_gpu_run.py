@@ -5,16 +5,15 @@ step, their timings, everything measured, and how a call is timed and its FLOPs 
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.window import Outcomes
 from training.model import ModelConfig
 from training.params import Acceleration, CompileBackend
 
@@ -106,7 +105,7 @@ class Timing:
 
 
 @dataclass
-class Results:
+class Results(Outcomes):
     """Everything measured so far; `render` shows the rest as pending."""
 
     device_name: str | None = None
@@ -116,8 +115,6 @@ class Results:
     breakdown: dict[str, float] | None = None  # seconds per step by kernel kind
     busy: float | None = None  # share of the profiled time the GPU computes
     inference: dict[str, Any] | None = None  # bench.model_gpu_inference: eager, with_levers
-    skipped: dict[str, str] = field(default_factory=dict)  # part -> why (over the budget)
-    failed: dict[str, str] = field(default_factory=dict)  # part -> the error it raised
 
     @property
     def peak_tflops(self) -> float | None:
@@ -147,61 +144,6 @@ def flops_by_module(fn: Callable[[], Any]) -> dict[str, float]:
 
 def counted_flops(fn: Callable[[], Any]) -> float:
     return flops_by_module(fn)["Global"]
-
-
-# ---------------------------------------------------------------------------------------------
-# A run's budget, and its parts
-
-
-@dataclass
-class Window:
-    """The run's time budget, and where each figure goes the moment it is measured: stdout
-    (what a short GPU window brings back) and `figures` (a file under its output folder)."""
-
-    budget_s: float | None  # None: no budget
-    figures: Path | None = None
-    fail_part: str | None = None  # a rehearsal: this part raises
-    no_compile: str | None = None  # why torch.compile cannot run here (its levers skipped)
-    start: float = field(default_factory=time.monotonic)
-
-    def left(self) -> float:
-        if self.budget_s is None:
-            return math.inf
-        return self.budget_s - (time.monotonic() - self.start)
-
-    def figure(self, line: str) -> None:
-        # Kept first, printed second: whoever reads the line can find it in the file.
-        if self.figures is not None:
-            with self.figures.open("a") as out:
-                out.write(line + "\n")
-        print(f"figure: {line}", flush=True)
-
-
-def run_part(
-    name: str, estimate_s: float, window: Window, results: Results, fn: Callable[[], None]
-) -> bool:
-    """One part of the run: skipped, with a line saying so, when its estimate exceeds the
-    budget left; an exception (out of memory included) costs only this part's rows."""
-    if window.no_compile and "compile" in name:
-        results.skipped[name] = f"torch.compile cannot run here: {window.no_compile}"
-        print(f"skipped: {name}: {results.skipped[name]}", flush=True)
-        return False
-    if estimate_s > window.left():
-        results.skipped[name] = f"estimated {estimate_s:.0f} s, {max(window.left(), 0):.0f} s left"
-        print(f"skipped: {name}: {results.skipped[name]}", flush=True)
-        return False
-    try:
-        if name == window.fail_part:
-            raise RuntimeError(f"forced to fail (--fail-part {name!r})")
-        fn()
-        return True
-    except Exception as error:  # any error of one part must spare the others
-        said = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
-        results.failed[name] = f"{type(error).__name__}: {said}".rstrip(": ")
-        print(f"failed: {name}: {results.failed[name]}", flush=True)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        return False
 
 
 def timing_line(timing: Timing) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import capacity, dataset_gpu
+from bench import capacity, dataset_gpu, gpu_window
 from bench.dataset_gpu_figures import Figure
 
 torch.set_num_threads(1)
@@ -26,6 +26,28 @@ def test_smoke_run_writes_every_stage(tmp_path: Path) -> None:
     assert "## Dataset stages (GPU) (smoke)" in text
     assert text.count("(smoke) |") == len(figures)  # never presented as measured throughput
     assert "(measured)" not in text and capacity.SECTION not in text
+
+
+def test_a_gpu_window_runs_it_part_by_part(tmp_path: Path) -> None:
+    """`make gpu-window PART=dataset`'s arguments: each figure is kept in OUT as it is measured,
+    a part forced to fail costs only its rows, and with no budget every part is skipped, each
+    with a line in the section."""
+    assert gpu_window.PARTS["dataset"] == "bench.dataset_gpu"
+    out = tmp_path / "out"
+    arguments = gpu_window.bench_arguments(out, 600, True, None, "sam")
+    figures = dataset_gpu.main(arguments)
+    assert "sam" not in {f.key for f in figures} and "caption" in {f.key for f in figures}
+    kept = (out / "dataset_figures.txt").read_text().splitlines()
+    assert len(kept) == len(figures) and kept[0].startswith("faces: SCRFD-10GF layout")
+    section = (out / "BENCHMARKS.md").read_text()
+    assert "- failed: sam: RuntimeError: forced to fail" in section
+    assert (out / "dataset_figures.json").is_file()
+
+    broke = tmp_path / "broke"
+    assert dataset_gpu.main(gpu_window.bench_arguments(broke, 0, True, None, None)) == []
+    section = (broke / "BENCHMARKS.md").read_text()
+    for part in dataset_gpu.ESTIMATE_S:
+        assert f"- skipped: {part}: estimated 1 s, 0 s left" in section
 
 
 def test_figures_saved_on_one_machine_are_reported_on_another(tmp_path: Path) -> None:
