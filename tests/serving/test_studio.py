@@ -306,6 +306,8 @@ def test_the_studio_page_paints_two_characters_in_a_browser(logged, browser, tmp
             steps = page.locator("#num_inference_steps input[type=number]")
             steps.fill(str(FAST["num_inference_steps"]))
             steps.press("Tab")  # the slider takes a typed value when the box loses focus
+            slider = page.locator("#num_inference_steps input[type=range]")
+            expect(slider).to_have_value(str(FAST["num_inference_steps"]))
             page.locator("#paint").click()
             summary = page.locator("#summary")
             summary.get_by_text("character 1: ").wait_for(timeout=120_000)
