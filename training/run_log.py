@@ -97,7 +97,10 @@ class RunLog:
 
     def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """`fn(*args, **kwargs)` (an MLflow call that logs `what`), or None, recorded as not
-        done, while the server does not answer."""
+        done, while the server does not answer. A call always tries the server (calls are few,
+        unlike the per-step metrics the retry interval spaces out): a server back within the
+        interval gets the evaluation, the checkpoint and the registration."""
+        self.last_try = 0.0
         if self._flush():
             try:
                 return fn(*args, **kwargs)

@@ -286,6 +286,8 @@ def test_the_studio_page_paints_two_characters_in_a_browser(logged, browser, tmp
             url = f"http://127.0.0.1:{port}"
             wait_until_answering("cameo studio", url, studio, 120, log)
             page = browser.new_page(viewport={"width": 1400, "height": 1200})
+            page.set_default_timeout(60_000)  # a busy machine: the other worker trains
+            expect.set_options(timeout=60_000)
             page.goto(url)
             page.locator("#paint").wait_for()  # the app is built from its config, then mounted
             page.locator("#panel input[type=file]").set_input_files(tmp_path / "base.png")
