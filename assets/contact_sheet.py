@@ -125,5 +125,6 @@ def triplet_sheet(manifest: pd.DataFrame, triplets_dir: Path, tile: int = 160) -
             thumb.thumbnail((tile, tile))
             sheet.paste(thumb, (j * tile, i * row_height))
         words = " ".join(row.prompt.split()[:12])
-        draw.text((2, i * row_height + tile), f"{row.triplet_id}: {words}...", fill="black")
+        style = f" [{row.style}]" if row.style != "photo" else ""
+        draw.text((2, i * row_height + tile), f"{row.triplet_id}{style}: {words}...", fill="black")
     return sheet

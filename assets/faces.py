@@ -5,7 +5,9 @@ cosine similarity to the other faces of the frame is lowest (the most distinctiv
 Each face carries two embeddings: the profile's (`embedding`, what conditions the model:
 antelopev2's ArcFace in `full`) and the mining recogniser's (`identity_embedding`, what picks
 the distinctive face and groups characters): the same with `faces.recogniser: profile`,
-dlib's descriptor of the same box with `faces.recogniser: dlib`.
+dlib's descriptor of the same box with `faces.recogniser: dlib`. A movie listed in
+`faces.anime.movies` is drawn in anime style: the anime detector finds its faces
+(`perception.anime_faces`), whose embeddings were not shown to tell anime characters apart.
 """
 
 from pathlib import Path
@@ -168,7 +170,7 @@ def faces(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.Materializ
     df = detect_faces(
         frames_df,
         layout.root,
-        priors.face_analyzer(),
+        priors.face_analyzer_for(params.anime.style_of(movie)),
         params.min_face_px,
         recogniser=priors.dlib_faces() if params.recogniser == "dlib" else None,
         batch_size=params.batch_size,

@@ -4,7 +4,8 @@ SAM is prompted with the midpoint of the frame's face box, with multimask output
 mask with the largest area is kept. Optionally (the article's Note 1) the person box from a
 detector that overlaps the face box most is given to SAM as a box prompt too. Masks that are
 (nearly) empty, cover the whole frame or miss the face centre are kept on disk but marked
-skipped, with the reason.
+skipped, with the reason. A movie drawn in anime style (`faces.anime.movies`) is masked by the
+anime segmenter instead (Note 2, `perception.anime_segmentation`), prompted by the same point.
 """
 
 import dagster as dg
@@ -27,6 +28,12 @@ def mask_skip_reason(area_fraction: float, face_center_inside: bool, params: Mas
     if not face_center_inside:
         return "mask misses the face centre"
     return ""
+
+
+def mask_iou(mask: np.ndarray, truth: np.ndarray) -> float:
+    """Intersection over union of two boolean masks of one image (0 when both are empty)."""
+    union = np.logical_or(mask, truth).sum()
+    return float(np.logical_and(mask, truth).sum() / union) if union else 0.0
 
 
 def segment_characters(
@@ -168,9 +175,8 @@ def masks(context: dg.AssetExecutionContext, stage: MovieStage) -> dg.Materializ
     detector = perception.person_detector() if params.person_box_prompt else None
     mask_dir = layout.stage_dir("masks", movie)
     with atomic_path(mask_dir) as tmp_dir:
-        df = generate_masks(
-            characters_df, layout.root, tmp_dir, perception.segmenter(), detector, params
-        )
+        segmenter = perception.segmenter_for(stage.params.faces.anime.style_of(movie))
+        df = generate_masks(characters_df, layout.root, tmp_dir, segmenter, detector, params)
     write_table(df, layout.table("masks", movie))
     return dg.MaterializeResult(
         metadata={

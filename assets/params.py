@@ -51,6 +51,9 @@ class TripletsParams(Section):
     min_identity_similarity: float = Field(0.91, ge=-1.0, le=1.0)
     # The blocking check fails when more of the movie pairs than this fall below it.
     max_mismatched_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    # Where an input has its own alpha channel (a sprite), the blocking check wants its target
+    # mask to overlap it at least this much (IoU): below, the segmenter failed on it.
+    min_mask_alpha_iou: float = Field(0.5, ge=0.0, le=1.0)
 
 
 class DatasetParams(ParamsRoot):

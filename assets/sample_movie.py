@@ -9,6 +9,7 @@ visible and where each portrait lies in the frame.
 from __future__ import annotations
 
 import json
+import shutil
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -235,6 +236,35 @@ def write_sample_singles(layout: DataLayout) -> list[Path]:
     for name, image in images.items():
         path = layout.singles_dir / name
         save_image(image, path)
+        paths.append(path)
+    return paths
+
+
+# Real anime art: Debian's `renpy-thequestion` (Sylvie: 2 outfits x 4 expressions) and
+# `renpy-demo` (Eileen: 3 expressions) sprites, under the Expat licence, with alpha channels.
+SPRITE_FOLDERS = {
+    "sylvie": Path("/usr/share/games/renpy/the_question/game/images"),
+    "eileen": Path("/usr/share/games/renpy/demo/game/images"),
+}
+INSTALL_SPRITES = "apt-get install renpy-thequestion renpy-demo"
+
+
+def renpy_sprites() -> dict[str, list[Path]]:
+    """`{character: [sprite files]}` of the installed packages (empty where absent)."""
+    return {
+        name: sorted(folder.glob(f"{name} *.png")) if folder.is_dir() else []
+        for name, folder in SPRITE_FOLDERS.items()
+    }
+
+
+def write_anime_singles(layout: DataLayout) -> list[Path]:
+    """The installed sprites as anime single images under singles/anime/, byte for byte, named
+    without spaces (`sylvie-blue-giggle.png`); none where the packages are absent."""
+    paths = []
+    for sprite in (path for found in renpy_sprites().values() for path in found):
+        path = layout.anime_singles_dir / sprite.name.replace(" ", "-")
+        with atomic_path(path) as tmp:
+            shutil.copyfile(sprite, tmp)
         paths.append(path)
     return paths
 

@@ -17,9 +17,8 @@ single image left out on the way. A bad movie or image never stops the others.
 """
 
 import json
-import math
 import zlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import dagster as dg
@@ -27,7 +26,6 @@ import numpy as np
 import pandas as pd
 
 from assets.contact_sheet import markdown_preview, triplet_sheet
-from assets.faces import select_distinctive_face
 from assets.identity import STAGE as IDENTITY
 from assets.identity import (
     identity_expectation,
@@ -35,10 +33,9 @@ from assets.identity import (
     mismatch_reason,
     movie_pairs,
 )
-from assets.masks import segment_character
 from assets.params import DatasetParams, TripletsParams
 from assets.quality import check_result
-from assets.references import segment_reference
+from assets.singles import single_triplet
 from assets.stage import (
     PRIORS_MODULE,
     describe_error,
@@ -46,63 +43,24 @@ from assets.stage import (
     read_status,
     table_metadata,
 )
-from core.io import ImageReadError, atomic_path, load_rgb, read_table, save_image, write_json
+from assets.triplet import FILES, SKIPPED_COLUMNS, Triplet, skipped_record, write_triplet
+from core.io import atomic_path, load_rgb, read_table, write_json
 from core.layout import DataLayout, SkippedInput
 from core.versioning import dvc_md5, source_version
+from perception.anime_faces import STYLES
 from perception.captions import caption_problems
 from perception.faces import DlibFaceAnalyzer
 from perception.params import CaptionsParams
-from perception.pose import draw_openpose, extract_pose
 from perception.priors import Priors
 
 # The entry modules of the asset's code version: this one, and the perception resource's, whose
 # models make the single images' triplets.
 TRIPLETS_CODE_MODULES = (__name__, PRIORS_MODULE)
-FILES = ("reference.png", "reference_crop.png", "target.png", "target_mask.png", "target_pose.png")
-SKIPPED_COLUMNS = [
-    *("source", "movie", "file", "character_id", "frame_idx", "stage", "reason"),
-    "identity_similarity",  # of a pair dropped at stage `identity`; NaN for every other row
-]
-
-
-@dataclass
-class Triplet:
-    """One training example; image arrays are written into triplets/<triplet_id>/."""
-
-    triplet_id: str
-    source: str  # "movie" or "single"
-    movie: str
-    character_id: int
-    reference_frame: int
-    target_frame: int
-    prompt: str
-    face_embedding: list[float]  # unit norm
-    face_embedding_raw_norm: float  # times the unit embedding: the recogniser's raw output
-    reference_bbox: list[float]  # the character's face in the reference, x1, y1, x2, y2 px
-    target_bbox: list[float]  # and in the target
-    images: dict[str, np.ndarray]
-    # dlib's cosine of the character's face in the reference and the target (movies only)
-    identity_similarity: float = math.nan
 
 
 def _rng(seed: int, *key: object) -> np.random.Generator:
     # A stable per-character stream: the same seed picks the same frames whatever else changes.
     return np.random.default_rng([seed, zlib.crc32(repr(key).encode())])
-
-
-def skipped_record(
-    source: str, movie: str, character_id, frame_idx, stage: str, reason: str, file: str = ""
-) -> dict:
-    return {
-        "source": source,
-        "movie": movie,
-        "file": file,
-        "character_id": character_id,
-        "frame_idx": frame_idx,
-        "stage": stage,
-        "reason": reason,
-        "identity_similarity": math.nan,
-    }
 
 
 def movie_triplets(
@@ -194,90 +152,6 @@ def movie_triplets(
     return triplets, skipped
 
 
-def single_triplet(
-    single_id: str, path: Path, priors: Priors, params: DatasetParams
-) -> tuple[Triplet | None, str, str]:
-    """A single-image ID (`DataLayout.scan_singles`): the image is the reference, its
-    horizontal flip the target.
-
-    Returns the triplet, or None with the stage that stopped it and why.
-    """
-    try:
-        reference = load_rgb(path, params.images.max_pixels)
-    except ImageReadError as e:
-        return None, "read", str(e)
-    faces = priors.face_analyzer().detect(reference)
-    if not faces:
-        return None, "faces", "no face found"
-    face = faces[
-        select_distinctive_face(
-            np.stack([f.embedding for f in faces]), np.array([f.area for f in faces])
-        )
-    ]
-    target = np.ascontiguousarray(reference[:, ::-1])
-    width = reference.shape[1]
-    x1, y1, x2, y2 = face.bbox
-    flipped_box = np.array([width - x2, y1, width - x1, y2], dtype=np.float32)
-    detector = priors.person_detector() if priors.masks.person_box_prompt else None
-    person_boxes = detector.detect(target) if detector is not None else None
-    mask, record = segment_character(
-        target, flipped_box, priors.segmenter(), person_boxes, priors.masks
-    )
-    if record["status"] != "ok":
-        return None, "masks", record["skip_reason"]
-    pose, reason = extract_pose(
-        priors.pose_estimator(),
-        target,
-        mask,
-        priors.poses.score_threshold,
-        priors.poses.min_keypoints,
-    )
-    if pose is None:
-        return None, "poses", reason
-    prompt = priors.captioner().caption_batch([target])[0]
-    problems = caption_problems(prompt, priors.captions.min_words, priors.captions.max_words)
-    if problems:
-        return None, "captions", "; ".join(problems)
-    crop = segment_reference(reference, mask[:, ::-1], params.references)
-    height = reference.shape[0]
-    return (
-        Triplet(
-            triplet_id=f"single-{single_id}",
-            source="single",
-            movie="",
-            character_id=-1,
-            reference_frame=0,
-            target_frame=0,
-            prompt=prompt,
-            face_embedding=[float(v) for v in face.embedding],
-            face_embedding_raw_norm=float(face.raw_norm),
-            reference_bbox=[float(v) for v in face.bbox],
-            target_bbox=[float(v) for v in flipped_box],
-            images={
-                "reference.png": reference,
-                "reference_crop.png": crop,
-                "target.png": target,
-                "target_mask.png": np.repeat((mask.astype(np.uint8) * 255)[..., None], 3, axis=-1),
-                "target_pose.png": draw_openpose(
-                    pose, (width, height), priors.poses.score_threshold
-                ),
-            },
-        ),
-        "",
-        "",
-    )
-
-
-def write_triplet(triplet: Triplet, out_dir: Path) -> dict:
-    """Write one triplet's images into `out_dir/<triplet_id>/`; return its manifest row."""
-    folder = out_dir / triplet.triplet_id
-    folder.mkdir(parents=True)
-    for name, image in triplet.images.items():
-        save_image(image, folder / name)
-    record = {k: v for k, v in asdict(triplet).items() if k != "images"}
-    return {**record, **{n.removesuffix(".png"): f"{triplet.triplet_id}/{n}" for n in FILES}}
-
-
 def write_manifest(rows: list[dict], skipped: list[dict], out_dir: Path, summary: dict):
     """manifest.parquet, skipped.parquet and dataset.json beside the triplets' folders."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -305,6 +179,10 @@ def triplets_expectations(params: TripletsParams) -> list:
         e.ExpectColumnValuesToBeBetween(column="embedding_norm", min_value=0.999, max_value=1.001),
         e.ExpectColumnValuesToBeInSet(column="files_exist", value_set=[True]),
         identity_expectation(params),
+        # Null (no alpha channel) everywhere but on sprites.
+        e.ExpectColumnValuesToBeBetween(
+            column="mask_alpha_iou", min_value=params.min_mask_alpha_iou, max_value=1.0
+        ),
     ]
 
 
@@ -328,6 +206,7 @@ def check_triplets(
                 for p in manifest["prompt"]
             ],
             "embedding_norm": [float(np.linalg.norm(e)) for e in manifest["face_embedding"]],
+            "mask_alpha_iou": manifest["mask_alpha_iou"],
             "files_exist": [
                 all((root / row[n.removesuffix(".png")]).is_file() for n in FILES)
                 for _, row in manifest.iterrows()
@@ -371,12 +250,15 @@ def build_triplets(
                 )
             )
             continue
-        rows += [write_triplet(t, out_dir) for t in found]
+        style = params.faces.anime.style_of(movie)
+        drop = params.faces.anime.drops_face(style)
+        rows += [write_triplet(replace(t, style=style, face_dropped=drop), out_dir) for t in found]
         skipped += [{**s, "file": video.name} for s in lost]
         used.append(movie)
     for single_id, path in singles.items():
         try:
-            triplet, stage, reason = single_triplet(single_id, path, priors, params)
+            style = layout.single_style(path)
+            triplet, stage, reason = single_triplet(single_id, path, style, priors, params)
         except Exception as e:  # an image a model cannot take stops only that image
             triplet, stage, reason = None, "singles", describe_error(e)
         if triplet is None:
@@ -413,6 +295,7 @@ def dataset_metrics(layout: DataLayout, manifest: pd.DataFrame, skipped: list[di
         "triplets": len(manifest),
         "from_movies": int((manifest["source"] == "movie").sum()),
         "from_singles": int((manifest["source"] == "single").sum()),
+        "by_style": {style: int((manifest["style"] == style).sum()) for style in STYLES},
         "movies": len(used),
         "characters": int(characters),
         "skipped": {"total": len(skipped), **{k: int(v) for k, v in sorted(by_stage.items())}},
@@ -460,8 +343,13 @@ def triplets(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         metadata={
             "dvc_md5": version,
             "triplets": len(manifest),
-            "from_movies": int((manifest["source"] == "movie").sum()) if len(manifest) else 0,
-            "from_singles": int((manifest["source"] == "single").sum()) if len(manifest) else 0,
+            "from_movies": metrics["from_movies"],
+            "from_singles": metrics["from_singles"],
+            "by_style": dg.MetadataValue.json(metrics["by_style"]),
+            # Target masks against the inputs' own alpha channels, where they have one (sprites)
+            "mask_alpha_iou_mean": float(manifest["mask_alpha_iou"].mean())
+            if manifest["mask_alpha_iou"].notna().any()
+            else None,
             "skipped_by_stage": dg.MetadataValue.json(metrics["skipped"]),
             # dlib's similarity of each kept movie triplet's two frames; the dropped ones are in
             # skipped.parquet (stage identity).
@@ -488,7 +376,8 @@ def triplets(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
 )
 def triplets_check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
     """Distinct reference/target, prompts follow the template, unit face embeddings, every file
-    present, and at most `triplets.max_mismatched_fraction` of the movie pairs below
+    present, sprites' masks at least `triplets.min_mask_alpha_iou` IoU with their alpha, and at
+    most `triplets.max_mismatched_fraction` of the movie pairs below
     `triplets.min_identity_similarity` (the dropped ones included)."""
     layout = context.resources.data.layout
     manifest = read_table(layout.triplets_dir / "manifest.parquet")

@@ -15,28 +15,15 @@ import cv2
 import numpy as np
 from skimage import data
 
-from assets.sample_movie import _portrait
+from assets.sample_movie import INSTALL_SPRITES, _portrait, renpy_sprites
 from bench.report import PARAMS, write_section
+from core.io import load_rgb
 from orchestration.params import load_params
-from perception.anime_faces import AnimeFaceDetector, on_white
+from perception.anime_faces import AnimeFaceDetector
 from perception.priors import Priors
 
 SECTION = "Anime faces on real anime art"
-# Where Debian's packages put the sprites: the character's name, then the expression.
-SPRITE_FOLDERS = {
-    "sylvie": Path("/usr/share/games/renpy/the_question/game/images"),
-    "eileen": Path("/usr/share/games/renpy/demo/game/images"),
-}
 SIZES = (1.0, 0.5, 0.25)
-INSTALL = "apt-get install renpy-thequestion renpy-demo"
-
-
-def renpy_sprites() -> dict[str, list[Path]]:
-    """`{character: [sprite files]}` of the installed packages (empty where absent)."""
-    return {
-        name: sorted(folder.glob(f"{name} *.png")) if folder.is_dir() else []
-        for name, folder in SPRITE_FOLDERS.items()
-    }
 
 
 Detect = Callable[[np.ndarray], list]
@@ -44,7 +31,7 @@ Detect = Callable[[np.ndarray], list]
 
 def detection_rows(sprites: list[Path], detectors: dict[str, Detect]) -> list[str]:
     """One Markdown row per detector: sprites with a face found, at each size."""
-    images = [on_white(path) for path in sprites]
+    images = [load_rgb(path) for path in sprites]
     rows = []
     for name, detect in detectors.items():
         cells = []
@@ -75,7 +62,7 @@ def photo_false_hits(detect: Detect) -> str:
 def report(sprites: dict[str, list[Path]]) -> str:
     files = [path for paths in sprites.values() for path in paths]
     if not files:
-        return f"No sprites on this machine: `{INSTALL}` (Debian) installs them."
+        return f"No sprites on this machine: `{INSTALL_SPRITES}` (Debian) installs them."
     faces = load_params(PARAMS, "tiny").faces
     anime = AnimeFaceDetector(faces.anime, faces.min_face_px)
     priors = Priors("tiny", faces=faces)
@@ -87,7 +74,7 @@ def report(sprites: dict[str, list[Path]]) -> str:
     }
     sizes = " | ".join(f"at {size:g}x" for size in SIZES)
     counts = ", ".join(f"{name.title()} {len(paths)}" for name, paths in sprites.items())
-    shape = on_white(files[0]).shape
+    shape = load_rgb(files[0]).shape
     return "\n".join(
         [
             f"Sprites: {counts} ({shape[1]}x{shape[0]} and alike, composited on white), "

@@ -129,12 +129,20 @@ def atomic_path(target: Path) -> Iterator[Path]:
         shutil.rmtree(tmp_root, ignore_errors=True)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def _to_rgb(image: Image.Image, name: str) -> Image.Image:
     """8-bit RGB, scaling 16-bit grey (PNG: mode I;16, older Pillow: I) to 0-255 instead of
-    clipping it to white as `convert("RGB")` does."""
+    clipping it to white as `convert("RGB")` does. An image with transparency (a sprite: RGBA,
+    grey with alpha, a palette with a transparent entry) is composited on white, as a page
+    shows it; one with nothing visible is refused."""
     if image.mode.startswith("I;16") or image.mode == "I":
         values = np.clip(np.asarray(image), 0, 65535)
         image = Image.fromarray((values // 257).astype(np.uint8))
+    if image.has_transparency_data:
+        rgba = image.convert("RGBA")
+        if not rgba.getchannel("A").getbbox():
+            raise ImageReadError(f"{name}: fully transparent, nothing to see")
+        image = Image.new("RGBA", rgba.size, "white")
+        image.alpha_composite(rgba)
     return image.convert("RGB")
 
 
@@ -155,7 +163,7 @@ def load_rgb(path: Path, max_pixels: int | None = None) -> np.ndarray:
                         f"{path.name}: {width}x{height} = {width * height} pixels, over the "
                         f"limit of {limit} (images.max_pixels)"
                     )
-                return np.asarray(_to_rgb(ImageOps.exif_transpose(image)))
+                return np.asarray(_to_rgb(ImageOps.exif_transpose(image), path.name))
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -163,6 +171,16 @@ def load_rgb(path: Path, max_pixels: int | None = None) -> np.ndarray:
     except (OSError, ValueError, SyntaxError) as e:
         # Pillow raises these for unreadable, truncated or unsupported files.
         raise ImageReadError(f"{path.name}: unreadable image ({e})") from e
+
+
+def read_alpha(path: Path) -> np.ndarray | None:
+    """An image's transparency as a boolean mask (alpha at least half), upright, or None when
+    it has none: a sprite's ground-truth character mask. `load_rgb` has read the file first."""
+    with Image.open(path) as image:
+        if not image.has_transparency_data:
+            return None
+        alpha = ImageOps.exif_transpose(image).convert("RGBA").getchannel("A")
+        return np.asarray(alpha) >= 128
 
 
 def save_image(array: np.ndarray, target: Path, **options) -> None:

@@ -104,8 +104,9 @@ def partition_keys(names: list[str]) -> dict[str, str]:
 
 
 def single_ids(names: list[str]) -> dict[str, str]:
-    """File name → single-image ID: its stem, unique (`hero.png`, `hero.jpg`)."""
-    return unique_keys(names, lambda name: Path(name).stem)
+    """File name under singles/ → single-image ID: its stem, after its folder's name where it
+    lies in one (`anime/hero.png`: `anime-hero`), unique (`hero.png`, `hero.jpg`)."""
+    return unique_keys(names, lambda name: "-".join(Path(name).with_suffix("").parts))
 
 
 @dataclass(frozen=True)
@@ -116,8 +117,11 @@ class SkippedInput:
     reason: str
 
 
-def _scan(folder: Path, extensions: frozenset[str], kind: str) -> tuple[list[Path], list]:
-    """The usable files of an input folder and the skipped ones with reasons.
+def _scan(
+    folder: Path, extensions: frozenset[str], kind: str, subfolders: tuple[str, ...] = ()
+) -> tuple[list[Path], list]:
+    """The usable files of an input folder and the skipped ones with reasons; `subfolders`
+    are scanned the same way.
 
     Hidden files (a leading '.', e.g. our own temp files) are not inputs.
     """
@@ -131,17 +135,24 @@ def _scan(folder: Path, extensions: frozenset[str], kind: str) -> tuple[list[Pat
         suffix = path.suffix.lower()
         if path.is_symlink() and not path.exists():
             skipped.append(SkippedInput(path, f"dangling symlink to {os.readlink(path)}"))
+        elif path.is_dir() and path.name in subfolders:
+            inside, skipped_inside = _scan(path, extensions, kind)
+            usable += inside
+            skipped += skipped_inside
         elif path.is_dir():
-            skipped.append(SkippedInput(path, f"a folder, not a {kind} file"))
+            skipped.append(SkippedInput(path, f"a folder, not {_a(kind)} file"))
         elif suffix in extensions:
             usable.append(path)
         elif kind == "video" and suffix in AUDIO_EXTENSIONS:
             skipped.append(SkippedInput(path, f"audio-only file ({suffix}): no video to mine"))
         else:
-            skipped.append(
-                SkippedInput(path, f"not a {kind} format cameo reads ({suffix or 'no extension'})")
-            )
+            extension = suffix or "no extension"
+            skipped.append(SkippedInput(path, f"not {_a(kind)} format cameo reads ({extension})"))
     return usable, skipped
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
 
 
 def source_fingerprint(path: Path) -> dict[str, Any]:
@@ -183,11 +194,23 @@ class DataLayout:
     def singles_dir(self) -> Path:
         return self.root / "singles"
 
+    @property
+    def anime_singles_dir(self) -> Path:
+        """Single images drawn in anime style (the rest of singles/ are photographs)."""
+        return self.singles_dir / "anime"
+
+    def single_style(self, path: Path) -> str:
+        return "anime" if path.parent == self.anime_singles_dir else "photo"
+
     def scan_singles(self) -> tuple[dict[str, Path], list[SkippedInput]]:
-        """Every image file under singles/ keyed by single-image ID, and the files skipped."""
-        images, skipped = _scan(self.singles_dir, IMAGE_EXTENSIONS, "image")
-        ids = single_ids([p.name for p in images])
-        return {ids[p.name]: p for p in images}, skipped
+        """Every image file under singles/ and singles/anime/ keyed by single-image ID, and
+        the files skipped."""
+        images, skipped = _scan(
+            self.singles_dir, IMAGE_EXTENSIONS, "image", (self.anime_singles_dir.name,)
+        )
+        names = {p: p.relative_to(self.singles_dir).as_posix() for p in images}
+        ids = single_ids(list(names.values()))
+        return {ids[names[p]]: p for p in images}, skipped
 
     @property
     def triplets_dir(self) -> Path:

@@ -6,7 +6,12 @@ Photo detectors do not see these faces: on the 11 sprites of Debian's `renpy-the
 `renpy-demo` (real anime art, composited on white) dlib's HOG detector finds none, this
 cascade all of them, and it finds nothing in the sample's photographs (BENCHMARKS.md, "Anime
 faces on real anime art"). It is meant for anime inputs, and where a photo detector finds no
-face; it gives boxes, no landmarks and no identity.
+face. It gives boxes only: `AnimeFaceAnalyzer` aligns each face by the landmark template of an
+upright frontal face in its box and embeds it with a recogniser of the profile.
+
+No recogniser here was trained on anime, and dlib's does not tell the sprites' two characters
+apart (BENCHMARKS.md, "Anime identity"): by default an anime face does not condition the model
+(`faces.anime.identity: dropped`, the face branch dropped as classifier-free guidance drops it).
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
+from perception.faces import DetectedFace, FaceAnalyzer, template_keypoints
 from perception.params import AnimeFacesParams
+
+STYLES = ("photo", "anime")
 
 CASCADE = Path(__file__).with_name("data") / "lbpcascade_animeface.xml"
 
@@ -44,15 +51,27 @@ class AnimeFaceDetector:
         return sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
 
 
-def on_white(path: Path) -> np.ndarray:
-    """An image with transparency (a sprite: RGBA, grey with alpha, or a palette with a
-    transparent entry) composited on white, as RGB; one with nothing visible is refused with
-    the file's name."""
-    with Image.open(path) as image:
-        rgba = image.convert("RGBA")
-    alpha = np.asarray(rgba.getchannel("A"))
-    if not alpha.any():
-        raise ValueError(f"{path.name}: fully transparent, nothing to see")
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    white.alpha_composite(rgba)
-    return np.asarray(white.convert("RGB"))
+class AnimeFaceAnalyzer(FaceAnalyzer):
+    """Anime faces as `DetectedFace` records: the cascade's boxes, template landmarks, and the
+    embedding `recogniser` gives the face so aligned (`FaceAnalyzer.embed_at`). The cascade
+    has no confidence: every face scores 1."""
+
+    def __init__(self, detector: AnimeFaceDetector, recogniser: FaceAnalyzer) -> None:
+        self.detector, self.recogniser = detector, recogniser
+
+    def detect(self, image: np.ndarray) -> list[DetectedFace]:
+        faces = []
+        for bbox in self.detector.detect(image):
+            kps = template_keypoints(bbox)
+            embedding, raw_norm = self.recogniser.embed_at(image, bbox, kps)
+            faces.append(DetectedFace(bbox, kps, 1.0, embedding, raw_norm))
+        return faces
+
+
+def no_face_reason(style: str, anime: AnimeFacesParams) -> str:
+    """Why an input of `style` gave no face: which detectors looked."""
+    if style == "anime":
+        return "no face found by the anime detector"
+    if anime.fallback:
+        return "no face found by the photo detector or the anime detector"
+    return "no face found by the photo detector (faces.anime.fallback is off)"

@@ -27,10 +27,17 @@ EMBEDDING_DIM = 512
 DLIB_EMBEDDING_DIM = 128
 
 # Five-point landmark template (eyes, nose tip, mouth corners) relative to the face box,
-# used by the tiny profile whose cascade only gives boxes.
+# for detectors that only give boxes (the tiny profile's cascade, the anime cascade).
 _FIVE_POINT_TEMPLATE = np.array(
     [[0.31, 0.40], [0.69, 0.40], [0.50, 0.58], [0.35, 0.76], [0.65, 0.76]], dtype=np.float32
 )
+
+
+def template_keypoints(bbox: np.ndarray) -> np.ndarray:
+    """The (5, 2) landmarks of an upright frontal face filling `bbox` (x1, y1, x2, y2 px): how
+    a face found by a box-only detector is aligned for a recogniser."""
+    x1, y1, x2, y2 = (float(v) for v in bbox)
+    return np.float32([x1, y1]) + _FIVE_POINT_TEMPLATE * np.float32([x2 - x1, y2 - y1])
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,12 @@ class FaceAnalyzer(Protocol):
     def detect_batch(self, images: list[np.ndarray]) -> list[list[DetectedFace]]:
         """Every face of each image, in order; analyzers without batched models loop."""
         return [self.detect(image) for image in images]
+
+    def embed_at(
+        self, image: np.ndarray, bbox: np.ndarray, kps: np.ndarray
+    ) -> tuple[np.ndarray, float]:
+        """The unit embedding and raw norm of a face another detector found (its box and 5
+        landmarks in `image`), as this analyzer's recogniser sees it."""
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -202,6 +215,15 @@ class InsightFaceAnalyzer(FaceAnalyzer):
             for boxes, points in found
         ]
 
+    def embed_at(
+        self, image: np.ndarray, bbox: np.ndarray, kps: np.ndarray
+    ) -> tuple[np.ndarray, float]:
+        from perception.face_batch import embed_arcface
+
+        bgr = np.ascontiguousarray(image[:, :, ::-1])
+        raw = embed_arcface(self._app.models["recognition"], [(bgr, kps)])[0]
+        return l2_normalize(raw), float(np.linalg.norm(raw))
+
 
 class TinyFaceAnalyzer(FaceAnalyzer):
     """Offline stand-in: Haar cascade boxes and a deterministic HOG-projection descriptor.
@@ -262,18 +284,26 @@ class TinyFaceAnalyzer(FaceAnalyzer):
         faces = []
         for x, y, w, h in _suppress_nested(xywh):
             bbox = np.array([x, y, x + w, y + h], dtype=np.float32)
-            kps = bbox[:2] + _FIVE_POINT_TEMPLATE * np.array([w, h], dtype=np.float32)
+            raw = self.embed(gray, bbox)
+            # The cascade gives no confidence: every kept box scores 1.
             faces.append(
-                # The cascade gives no confidence: every kept box scores 1.
                 DetectedFace(
                     bbox=bbox,
-                    kps=kps,
+                    kps=template_keypoints(bbox),
                     det_score=1.0,
-                    embedding=l2_normalize(raw := self.embed(gray, bbox)),
+                    embedding=l2_normalize(raw),
                     raw_norm=float(np.linalg.norm(raw)),
                 )
             )
         return faces
+
+    def embed_at(
+        self, image: np.ndarray, bbox: np.ndarray, kps: np.ndarray
+    ) -> tuple[np.ndarray, float]:
+        from skimage.color import rgb2gray
+
+        raw = self.embed(rgb2gray(image).astype(np.float32), bbox)
+        return l2_normalize(raw), float(np.linalg.norm(raw))
 
 
 def dlib_model_file(name: str) -> Path:
@@ -374,6 +404,12 @@ class DlibFaceAnalyzer(FaceAnalyzer):
         """The unit 128-d descriptor of the face in `bbox`, and the descriptor's raw norm."""
         image = np.ascontiguousarray(image)
         return self._descriptor(image, self._shape(image, bbox, 5))
+
+    def embed_at(
+        self, image: np.ndarray, bbox: np.ndarray, kps: np.ndarray
+    ) -> tuple[np.ndarray, float]:
+        # dlib's ResNet was trained on chips aligned by its own 5-point predictor.
+        return self.describe(image, bbox)
 
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
         image = np.ascontiguousarray(image)

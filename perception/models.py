@@ -3,7 +3,9 @@ to use and whether an ONNX model takes batches."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -38,3 +40,18 @@ def by_profile(profile: str, full: Callable[[], T], tiny: Callable[[], T]) -> T:
     if profile == "tiny":
         return tiny()
     raise ValueError(f"unknown profile {profile!r}")
+
+
+def tiny_model_file(data: bytes, stem: str, cache_dir: str | Path | None = None) -> Path:
+    """A tiny profile's serialized model written once, atomically, under `cache_dir` (default:
+    `<tmp>/cameo-<stem>`), named by its content hash so a file from another builder version
+    is never used."""
+    folder = Path(cache_dir or Path(tempfile.gettempdir()) / f"cameo-{stem}")
+    path = folder / f"{stem}-{hashlib.sha256(data).hexdigest()[:12]}.onnx"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    return path

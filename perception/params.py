@@ -75,6 +75,24 @@ class AnimeFacesParams(Section):
 
     scale_factor: float = Field(1.1, gt=1.0)  # image pyramid step
     min_neighbors: int = Field(5, ge=1)  # overlapping hits a face needs
+    # Movies drawn in anime style, by partition key: the anime detector finds their faces.
+    # Single images are anime when they lie under singles/anime/.
+    movies: list[str] = Field(default_factory=list)
+    # A photo input whose photo detector finds no face is tried with the anime detector, and
+    # is anime if that finds one (it found none in the sample's photographs).
+    fallback: bool = True
+    # What an anime face gives the model: `dropped`, no face condition (zeros, as CFG dropout
+    # drops it), or `embedding`, the profile recogniser's embedding of its aligned crop.
+    # dlib does not tell the sprites' characters apart (BENCHMARKS.md, "Anime identity").
+    identity: Literal["dropped", "embedding"] = "dropped"
+
+    def style_of(self, movie: str) -> str:
+        """A movie's style, by its partition key."""
+        return "anime" if movie in self.movies else "photo"
+
+    def drops_face(self, style: str) -> bool:
+        """Whether a face found in an input of `style` conditions nothing."""
+        return style == "anime" and self.identity == "dropped"
 
 
 class FacesParams(Section):
@@ -93,6 +111,14 @@ class FacesParams(Section):
     anime: AnimeFacesParams = AnimeFacesParams()
 
 
+class AnimeMasksParams(Section):
+    """The anime character segmenter (`perception.anime_segmentation`, article Note 2)."""
+
+    model: str = "anime-seg"  # folder under $CAMEO_MODELS holding SkyTNT's isnetis.onnx
+    size: int = Field(1024, ge=32)  # the square side the image is letterboxed into
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)  # foreground probability of a mask pixel
+
+
 class MasksParams(Section):
     model: str = "sam"
     person_box_prompt: bool = False  # article Note 1
@@ -104,6 +130,8 @@ class MasksParams(Section):
     # SAM's precision. bfloat16 runs at a GPU's tensor-core rate (float32 has none on an
     # H100); its masks differ from float32's in a few edge pixels (tests/test_segmentation.py).
     dtype: Literal["float32", "bfloat16"] = "float32"
+    # Anime inputs are masked by a dedicated model instead (Note 2).
+    anime: AnimeMasksParams = AnimeMasksParams()
 
     @model_validator(mode="after")
     def _areas_ordered(self) -> MasksParams:

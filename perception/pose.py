@@ -9,10 +9,7 @@ run through the same rtmlib path on CPU. The article feeds the pose model the ma
 from __future__ import annotations
 
 import colorsys
-import hashlib
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -113,16 +110,10 @@ class RTMPoseEstimator:
     @classmethod
     def tiny(cls, cache_dir: str | Path | None = None, seed: int = 0) -> RTMPoseEstimator:
         """The offline stand-in: a random SimCC network written once to `cache_dir`, on CPU."""
+        from perception.models import tiny_model_file
+
         data = tiny_rtmpose_model(seed).SerializeToString()
-        folder = Path(cache_dir or Path(tempfile.gettempdir()) / "cameo-tiny-pose")
-        # The content hash in the name keeps a file from another builder version from being used.
-        path = folder / f"tiny-rtmpose-{seed}-{hashlib.sha256(data).hexdigest()[:12]}.onnx"
-        if not path.is_file():
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+        path = tiny_model_file(data, f"tiny-rtmpose-{seed}", cache_dir)
         return cls(path, device="cpu")
 
     def estimate(self, image: np.ndarray, box: tuple[float, float, float, float]) -> Pose:

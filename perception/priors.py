@@ -11,8 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
+from perception.anime_faces import AnimeFaceAnalyzer, AnimeFaceDetector, no_face_reason
+from perception.anime_segmentation import AnimeSegmenter, load_anime_segmenter
 from perception.captions import Captioner, load_captioner
-from perception.faces import DlibFaceAnalyzer, FaceAnalyzer, load_face_analyzer
+from perception.faces import DetectedFace, DlibFaceAnalyzer, FaceAnalyzer, load_face_analyzer
 from perception.models import models_dir as resolve_models_dir
 from perception.params import CaptionsParams, FacesParams, MasksParams, PosesParams
 from perception.pose import MaskedPoseExtractor, RTMPoseEstimator, load_pose_estimator
@@ -76,6 +80,41 @@ class Priors:
             ),
         )
 
+    def anime_face_analyzer(self) -> AnimeFaceAnalyzer:
+        """Anime faces (`faces.anime`), embedded by the profile's recogniser."""
+        return self._load(
+            "faces:anime",
+            lambda: AnimeFaceAnalyzer(
+                AnimeFaceDetector(self.faces.anime, self.faces.min_face_px), self.face_analyzer()
+            ),
+        )
+
+    def find_faces(self, image: np.ndarray, style: str) -> tuple[list[DetectedFace], str]:
+        """The faces of an input of `style` (photo or anime) and the style they were found in:
+        a photo in which the profile's detector finds none is anime if the anime detector
+        finds one (`faces.anime.fallback`)."""
+        if style == "photo":
+            faces = self.face_analyzer().detect(image)
+            if faces or not self.faces.anime.fallback:
+                return faces, style
+        faces = self.anime_face_analyzer().detect(image)
+        return faces, "anime" if faces else style
+
+    def reference_face(self, image: np.ndarray) -> tuple[np.ndarray, bool]:
+        """What a reference image's largest face conditions the model on: its raw-scale
+        embedding (unit x raw norm, as InstantID reads it), and whether it is dropped (an
+        anime face with `faces.anime.identity: dropped`: zeros, the unconditional input).
+        ValueError, naming the detectors that looked, when there is no face."""
+        faces, style = self.find_faces(image, "photo")
+        if not faces:
+            raise ValueError(no_face_reason(style, self.faces.anime))
+        face = max(faces, key=lambda f: f.area)
+        dropped = self.faces.anime.drops_face(style)
+        return face.embedding * np.float32(0.0 if dropped else face.raw_norm), dropped
+
+    def face_analyzer_for(self, style: str) -> FaceAnalyzer:
+        return self.anime_face_analyzer() if style == "anime" else self.face_analyzer()
+
     def dlib_faces(self) -> DlibFaceAnalyzer:
         """dlib's detector, landmarks and recogniser (`faces.dlib`), on every profile."""
         p = self.faces
@@ -106,6 +145,17 @@ class Priors:
                 self.profile, self.models_dir, self.masks.model, self.masks.dtype
             ),
         )
+
+    def anime_segmenter(self) -> AnimeSegmenter:
+        """The anime character segmenter (`masks.anime`, article Note 2)."""
+        return self._load(
+            "segmenter:anime",
+            lambda: load_anime_segmenter(self.profile, self.models_dir, self.masks.anime),
+        )
+
+    def segmenter_for(self, style: str) -> SamSegmenter | AnimeSegmenter:
+        """What masks an input of `style`: SAM for photographs, the anime segmenter for anime."""
+        return self.anime_segmenter() if style == "anime" else self.segmenter()
 
     def person_detector(self) -> GroundingDinoPersonDetector:
         return self._load(

@@ -302,6 +302,7 @@ class CameoInpaintModel(mlflow.pyfunc.PythonModel):
             poses=PosesParams.model_validate(config["poses"]),
             models_dir=models_dir,
         )
+        self.priors = priors
         self.pipeline = build_pipeline(
             context.artifacts[CHECKPOINT_ARTIFACT],
             priors,
@@ -367,11 +368,12 @@ class CameoInpaintModel(mlflow.pyfunc.PythonModel):
         for index, row in enumerate(rows):
             row_started = time.perf_counter()
             try:
-                embedding = row.face_embedding
+                embedding, dropped = row.face_embedding, False
                 if embedding is None:
                     stop.check()
                     try:
-                        embedding = pipe.encode_face(row.reference)
+                        reference = np.asarray(row.reference.convert("RGB"))
+                        embedding, dropped = self.priors.reference_face(reference)
                     except ValueError as e:
                         raise RequestError(
                             "reference",
@@ -389,10 +391,10 @@ class CameoInpaintModel(mlflow.pyfunc.PythonModel):
                         ) from None
             except RequestError as e:
                 raise _invalid(e, index, len(rows)) from None
-            conditions.append((embedding, pose, time.perf_counter() - row_started))
+            conditions.append((embedding, dropped, pose, time.perf_counter() - row_started))
 
         results = []
-        for row, (embedding, pose, seconds) in zip(rows, conditions, strict=True):
+        for row, (embedding, dropped, pose, seconds) in zip(rows, conditions, strict=True):
             stop.check()
             row_started = time.perf_counter()
             settings = PaintSettings(
@@ -415,7 +417,12 @@ class CameoInpaintModel(mlflow.pyfunc.PythonModel):
                 callback_on_step_end=stop,
             )
             stop.check()
-            score = identity_score(pipe.face_analyzer, embedding, output, row.inside)
+            # A dropped face (an anime reference) gives nothing to compare with.
+            score = (
+                None
+                if dropped
+                else identity_score(pipe.face_analyzer, embedding, output, row.inside)
+            )
             returned_pose = pose if inference.return_pose else None
             results.append(
                 {

@@ -26,7 +26,8 @@ import PIL.Image
 import PIL.ImageDraw
 
 from core.io import ImageReadError, load_rgb
-from perception.faces import FaceAnalyzer
+from perception.anime_faces import no_face_reason
+from perception.priors import Priors
 from serving.characters import Character, Paint, Panel, paint_characters, save_panel
 from serving.client import InpaintResult, ServingError
 
@@ -41,14 +42,14 @@ BRUSH_COLOUR = "#ffffff"
 @dataclass
 class Studio:
     """What the page paints with: `paint` (endpoint or in-process), the model it names, the
-    inference params' defaults and ranges (as /version gives them), and the face analyzer that
-    draws the reference's face and scores the final panel."""
+    inference params' defaults and ranges (as /version gives them), and the perception priors
+    whose face detectors draw the reference's face and score the final panel."""
 
     paint: Paint
     where: str  # "http://127.0.0.1:5000" or a model URI, for the page's header
     model_version: str
     params: Mapping[str, Mapping[str, Any]]
-    analyzer: FaceAnalyzer
+    priors: Priors
     work_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cameo-studio-")))
 
 
@@ -115,21 +116,23 @@ def same_image(a: PIL.Image.Image | None, b: PIL.Image.Image | None) -> bool:
 
 
 def describe_reference(
-    analyzer: FaceAnalyzer, reference: str | Path | None
+    priors: Priors, reference: str | Path | None
 ) -> tuple[PIL.Image.Image | None, str]:
-    """The reference with its largest face's box drawn, and a line about it (a warning when the
-    analyzer finds no face: the identity branch then has nothing to hold on to)."""
+    """The reference with its largest face's box drawn, and a line about it: a warning when no
+    detector finds a face (the identity branch then has nothing to hold on to), and a note
+    when the face is anime (by default it then conditions nothing, `faces.anime.identity`)."""
     try:
         image = open_picture(reference, "reference")
     except StudioError as e:
         return None, f"**{e}**"
     if image is None:
         return None, ""
-    faces = analyzer.detect(np.asarray(image))
+    faces, style = priors.find_faces(np.asarray(image), "photo")
     if not faces:
         return image, (
-            "**No face found in the reference.** The character's face identity cannot be "
-            "kept: pick a picture where the face is visible, large and roughly frontal."
+            f"**No face found in the reference** ({no_face_reason(style, priors.faces.anime)}). "
+            "The character's face identity cannot be kept: pick a picture where the face is "
+            "visible, large and roughly frontal."
         )
     face = max(faces, key=lambda f: f.area)
     drawn = image.copy()
@@ -137,7 +140,15 @@ def describe_reference(
     PIL.ImageDraw.Draw(drawn).rectangle([float(v) for v in face.bbox], outline="lime", width=width)
     x1, y1, x2, y2 = (round(float(v)) for v in face.bbox)
     others = f" ({len(faces) - 1} smaller face(s) ignored)" if len(faces) > 1 else ""
-    return drawn, f"Face found: {x2 - x1}x{y2 - y1} px at ({x1}, {y1}){others}."
+    line = f"Face found: {x2 - x1}x{y2 - y1} px at ({x1}, {y1}){others}."
+    if style == "anime":
+        line = f"Anime face found: {x2 - x1}x{y2 - y1} px at ({x1}, {y1}){others}." + (
+            " It does not condition the painting (faces.anime.identity: dropped): the body "
+            "and the prompt carry the character."
+            if priors.faces.anime.drops_face(style)
+            else ""
+        )
+    return drawn, line
 
 
 def error_line(error: Exception, where: str) -> str:
@@ -210,7 +221,7 @@ class StudioActions:
             session.base,
             characters,
             self.studio.paint,
-            self.studio.analyzer,
+            self.studio.priors.face_analyzer(),
             session.results[:kept],
             progress,
         )

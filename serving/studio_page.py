@@ -171,7 +171,7 @@ def build_page(studio: Studio) -> Any:
             return run(actions.remove, state, which, progress=progress)
 
         reference.change(
-            lambda image: describe_reference(studio.analyzer, image),
+            lambda image: describe_reference(studio.priors, image),
             inputs=reference,
             outputs=[face, face_note],
         )

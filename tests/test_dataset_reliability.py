@@ -1,6 +1,7 @@
 """Issue 11: bad footage, bad images, bad params and interrupted runs never crash a build,
 lose a good movie or drop anything silently. Every bad file here is made by the test."""
 
+import json
 import multiprocessing
 import os
 import shutil
@@ -769,16 +770,29 @@ def test_a_folder_of_bad_footage_builds_what_it_can_and_says_why(sample_root: Pa
 
 def test_single_images_alone_build_a_dataset(tmp_path: Path):
     """No movie, single images only (as the article's anime identities come): the triplets are
-    built from them; asking for a movie stage still says there is no movie."""
-    from assets.sample_movie import write_sample_singles
+    built from them, anime sprites among them where installed, with their style in the
+    manifest, the metrics and the summary; asking for a movie stage still says there is no
+    movie."""
+    from assets.sample_movie import renpy_sprites, write_sample_singles
 
     layout = DataLayout(tmp_path / "data")
     write_sample_singles(layout)
+    sprites = [found[0] for found in renpy_sprites().values() if found]
+    layout.anime_singles_dir.mkdir()
+    for sprite in sprites:
+        shutil.copyfile(sprite, layout.anime_singles_dir / sprite.name)
     options = ["--data", str(layout.root), "--params", str(PARAMS)]
     built = CliRunner().invoke(main, ["dataset", "build", *options])
     assert built.exit_code == 0, built.output
     triplets = pd.read_parquet(layout.triplets_dir / "manifest.parquet")
     assert len(triplets) >= 1 and set(triplets["source"]) == {"single"}
+    anime = triplets[triplets["style"] == "anime"]
+    assert len(anime) == len(sprites) and anime["face_dropped"].all()
+    assert (anime["mask_alpha_iou"] > 0.5).all() and triplets["mask_alpha_iou"].isna().sum() == 1
+    metrics = json.loads(layout.metrics_file.read_text())
+    assert metrics["by_style"] == {"photo": 1, "anime": len(sprites)}
+    summary = CliRunner().invoke(main, ["dataset", "summary", *options])
+    assert f"by style {{'anime': {len(sprites)}, 'photo': 1}}" in summary.output or not sprites
     frames = CliRunner().invoke(main, ["dataset", "build", "--until", "frames", *options])
     assert frames.exit_code == 2 and "no movie files under" in frames.output
     empty = tmp_path / "empty"

@@ -14,15 +14,10 @@ from assets.masks import MasksParams, mask_skip_reason, segment_character
 from assets.params import TripletsParams
 from assets.references import ReferencesParams, segment_reference
 from assets.sample_movie import _portrait
+from assets.singles import single_triplet
 from assets.stage import skipped_metadata
-from assets.triplets import (
-    check_triplets,
-    dvc_md5,
-    movie_triplets,
-    single_triplet,
-    write_manifest,
-    write_triplet,
-)
+from assets.triplet import write_triplet
+from assets.triplets import check_triplets, dvc_md5, movie_triplets, write_manifest
 from core.layout import DataLayout
 from orchestration.resources import ParamsResource, PerceptionResource
 from perception.captions import TinyCaptioner
@@ -118,14 +113,14 @@ def test_unreadable_single_image_is_skipped_with_its_name(tmp_path: Path, percep
     bad = tmp_path / "hero.png"
     bad.write_bytes(b"not a png")
     params = perception.params.values
-    triplet, stage, reason = single_triplet("hero", bad, perception.priors, params)
+    triplet, stage, reason = single_triplet("hero", bad, "photo", perception.priors, params)
     assert triplet is None and stage == "read" and "hero.png" in reason
 
 
 def test_single_image_becomes_a_flipped_triplet(sample_root: Path, perception):
     single = DataLayout(sample_root).singles_dir / "eileen_collins.png"
     triplet, stage, reason = single_triplet(
-        "eileen_collins", single, perception.priors, perception.params.values
+        "eileen_collins", single, "photo", perception.priors, perception.params.values
     )
     assert triplet is not None, (stage, reason)
     np.testing.assert_array_equal(

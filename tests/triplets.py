@@ -12,7 +12,8 @@ def write_triplets(root: Path, identities: int = 6, seed: int = 0) -> Path:
     """A small triplet dataset in the data contract's layout, written by the dataset's own
     writer: `identities` characters (the last one a single image), images of two aspect
     ratios, raw face-embedding norms like ArcFace's (about 20-30). Returns the data root."""
-    from assets.triplets import Triplet, write_manifest, write_triplet
+    from assets.triplet import Triplet, write_triplet
+    from assets.triplets import write_manifest
 
     rng = np.random.default_rng(seed)
     out = root / "triplets"

@@ -9,7 +9,8 @@ per-movie tables. One sample is what one training step sees of a triplet:
   size);
 - the segmented reference crop as the body encoder's pixel values;
 - the reference's face embedding on the recogniser's raw scale (unit × raw norm: what
-  InstantID's resampler was trained on, and what `CharacterInpaintPipeline.encode_face` gives);
+  InstantID's resampler was trained on, and what `CharacterInpaintPipeline.encode_face` gives),
+  zeros where the triplet's face is dropped (an anime face, `faces.anime.identity`);
 - the prompt (encoded later, 154 tokens, `training.text`).
 """
 
@@ -38,6 +39,8 @@ MANIFEST_COLUMNS = (
     "prompt",
     "face_embedding",
     "face_embedding_raw_norm",
+    "face_dropped",
+    "style",
     "reference_crop",
     "target",
     "target_mask",
@@ -65,6 +68,14 @@ def load_manifest(triplets_dir: str | Path) -> pd.DataFrame:
     if manifest.empty:
         raise ValueError(f"{path} holds no triplets: nothing to train on")
     return manifest
+
+
+def conditioning_face(row: Mapping[str, Any]) -> np.ndarray:
+    """The raw-scale face embedding a manifest row conditions on: its unit embedding times its
+    raw norm, or zeros (the unconditional face input, as CFG dropout makes it) where the
+    triplet's face is dropped."""
+    scale = 0.0 if row["face_dropped"] else row["face_embedding_raw_norm"]
+    return np.asarray(row["face_embedding"], dtype=np.float32) * np.float32(scale)
 
 
 def identity_keys(manifest: pd.DataFrame) -> pd.Series:
@@ -239,7 +250,6 @@ class TripletDataset(torch.utils.data.Dataset):
         pose = fit_to_bucket(self._image("target_pose", index, "RGB"), placement, bicubic)
         crop = self._image("reference_crop", index, "RGB")
         body = self.body_processor(images=crop, return_tensors="pt")["pixel_values"][0]
-        face = np.asarray(row["face_embedding"], dtype=np.float32)
         return {
             "triplet_id": row["triplet_id"],
             "prompt": row["prompt"],
@@ -253,7 +263,7 @@ class TripletDataset(torch.utils.data.Dataset):
             .permute(2, 0, 1)
             .contiguous(),
             "body_pixels": body,
-            "face_embedding": torch.from_numpy(face * np.float32(row["face_embedding_raw_norm"])),
+            "face_embedding": torch.from_numpy(conditioning_face(row)),
             "time_ids": torch.tensor(placement.time_ids, dtype=torch.float32),
         }
 

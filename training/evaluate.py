@@ -52,7 +52,7 @@ import torch
 from perception.faces import FaceAnalyzer, face_at
 from perception.pose import Pose, RTMPoseEstimator, extract_pose, mask_box, masked_image
 from perception.priors import Priors
-from training.data import Placement, fit_to_bucket, place
+from training.data import Placement, conditioning_face, fit_to_bucket, place
 from training.grid import Panels
 from training.metrics import (
     ClipScorer,
@@ -153,7 +153,6 @@ class ValidationSample:
         frame = images["target"]
         placement = place(frame.height, frame.width, buckets)
         bicubic, nearest = PIL.Image.Resampling.BICUBIC, PIL.Image.Resampling.NEAREST
-        unit = np.asarray(row.face_embedding, np.float32)
         return cls(
             triplet_id=row.triplet_id,
             source=row.source,
@@ -161,7 +160,7 @@ class ValidationSample:
             mask=fit_to_bucket(images["target_mask"], placement, nearest),
             pose=fit_to_bucket(images["target_pose"], placement, bicubic),
             reference=images["reference_crop"],
-            face_embedding=unit * np.float32(row.face_embedding_raw_norm),
+            face_embedding=conditioning_face(row._asdict()),
             prompt=row.prompt,
             frame=frame,
             frame_mask=images["target_mask"],

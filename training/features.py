@@ -63,13 +63,15 @@ def triplet_keys(
     manifest: pd.DataFrame, triplets_dir: Path, buckets: Sequence[tuple[int, int]]
 ) -> list[str]:
     """Each triplet's content key: the md5 of everything its features are made of (its image
-    files, prompt and face embedding) and of the bucket list."""
+    files, prompt, face embedding and whether it is dropped) and of the bucket list."""
     keys = []
     for row in manifest.itertuples(index=False):
         digest = hashlib.md5(repr([list(b) for b in buckets]).encode())
         digest.update(row.prompt.encode())
         digest.update(np.asarray(row.face_embedding, dtype=np.float32).tobytes())
         digest.update(np.float32(row.face_embedding_raw_norm).tobytes())
+        if row.face_dropped:  # kept out otherwise: the keys of datasets before the flag hold
+            digest.update(b"face dropped")
         for column in IMAGE_COLUMNS:
             digest.update((triplets_dir / getattr(row, column)).read_bytes())
         keys.append(digest.hexdigest())

@@ -26,9 +26,15 @@ from orchestration.runs import (
 @data_option
 @click.option("--name", default="sample", show_default=True, help="File stem of the movie.")
 def sample_movie(data_dir: Path, name: str) -> None:
-    """Write a deterministic sample movie under DATA/movies/ (with its ground truth) and
-    sample single-image IDs under DATA/singles/."""
-    from assets.sample_movie import write_sample_movie, write_sample_singles
+    """Write a deterministic sample movie under DATA/movies/ (with its ground truth), sample
+    single-image IDs under DATA/singles/ and, where Debian's renpy-thequestion and renpy-demo
+    are installed, their anime sprites under DATA/singles/anime/."""
+    from assets.sample_movie import (
+        INSTALL_SPRITES,
+        write_anime_singles,
+        write_sample_movie,
+        write_sample_singles,
+    )
     from core.layout import DataLayout
 
     layout = DataLayout.from_env(data_dir)
@@ -36,6 +42,14 @@ def sample_movie(data_dir: Path, name: str) -> None:
     click.echo(f"wrote {path}")
     for single in write_sample_singles(layout):
         click.echo(f"wrote {single}")
+    sprites = write_anime_singles(layout)
+    for single in sprites:
+        click.echo(f"wrote {single}")
+    if not sprites:
+        click.echo(
+            f"no anime sprites on this machine: `{INSTALL_SPRITES}` (Debian) adds them as anime "
+            "singles; the dataset (and dvc.lock) then differ from the committed ones"
+        )
     click.echo(f"ground truth: {layout.ground_truth(name)}")
 
 
@@ -203,10 +217,13 @@ def summary(data_dir: Path, params_path: str) -> None:
         triplets = pd.read_parquet(manifest)
         skipped = pd.read_parquet(layout.triplets_dir / "skipped.parquet")
         sources = triplets["source"].value_counts().to_dict()
+        styles = triplets["style"].value_counts().to_dict()
         click.echo(
-            f"triplets: {len(triplets)} ({sources}), {len(skipped)} skipped "
+            f"triplets: {len(triplets)} ({sources}; by style {styles}), {len(skipped)} skipped "
             f"(by stage: {skipped['stage'].value_counts().to_dict()})"
         )
+        if dropped := int(triplets["face_dropped"].sum()):
+            click.echo(f"  {dropped} anime triplet(s) condition on no face (faces.anime.identity)")
         click.echo(f"  dataset version (DVC md5): {dvc_md5(layout.triplets_dir)}")
         click.echo(
             f"  {layout.triplets_dir}  (sheet: {layout.root / 'triplets.contact_sheet.jpg'})"

@@ -72,8 +72,8 @@ def studio(
             raise click.ClickException(f"{url}/version: {e}") from None
         paint, where = endpoint_painter(url), url
     version = about["model_version"]
-    analyzer = load_params(params_path, about["profile"]).priors(models_dir).face_analyzer()
-    page = build_page(Studio(paint, where, version, about["params"], analyzer))
+    priors = load_params(params_path, about["profile"]).priors(models_dir)
+    page = build_page(Studio(paint, where, version, about["params"], priors))
     click.echo(f"cameo studio at http://{host}:{port} (painting with {version}, {where})")
     page.queue(default_concurrency_limit=1).launch(
         server_name=host, server_port=port, show_error=False, quiet=True

@@ -167,7 +167,7 @@ def test_inpaint_paints_several_characters_and_lineage_reads_the_panel(
 
 def test_studio_handlers_say_what_is_wrong_in_one_line(painter, analyzer, scene, tmp_path):
     base, _, reference, _ = scene
-    studio = Studio(painter, "in this process", "cameo-inpaint/1", {}, analyzer, tmp_path)
+    studio = Studio(painter, "in this process", "cameo-inpaint/1", {}, Priors("tiny"), tmp_path)
     actions = StudioActions(studio)
     (tmp_path / "notes.txt").write_text("not a picture")
     reference.save(tmp_path / "ref.png")
@@ -201,7 +201,9 @@ def test_studio_handlers_add_rerun_reorder_and_remove(painter, analyzer, scene, 
     left.save(tmp_path / "left.png")
     right.save(tmp_path / "right.png")
     reference.save(tmp_path / "ref.png")
-    studio = Studio(painter, "in this process", "v", {"seed": {"default": 0}}, analyzer, tmp_path)
+    studio = Studio(
+        painter, "in this process", "v", {"seed": {"default": 0}}, Priors("tiny"), tmp_path
+    )
     actions = StudioActions(studio)
     ref = str(tmp_path / "ref.png")
 

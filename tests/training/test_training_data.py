@@ -13,6 +13,7 @@ from training.data import (
     TripletDataset,
     check_buckets,
     collate,
+    conditioning_face,
     draw_condition_dropout,
     drop_condition,
     identity_keys,
@@ -22,6 +23,7 @@ from training.data import (
     resolve_buckets,
     split_by_identity,
 )
+from training.features import triplet_keys
 from training.model import TINY
 from training.pipeline import CharacterInpaintPipeline
 
@@ -111,6 +113,22 @@ def test_samples_fit_their_bucket_and_carry_raw_face_scale(triplets_root, tiny):
         assert torch.linalg.norm(sample["face_embedding"]).item() == pytest.approx(raw_norm, 1e-4)
     batch = collate([dataset[0], dataset[2]])
     assert batch["target"].shape[0] == 2 and len(batch["prompt"]) == 2
+
+
+def test_a_dropped_face_is_the_unconditional_input_and_keys_its_features(triplets_root):
+    """An anime triplet whose face conditions nothing (`face_dropped`) gives training and
+    evaluation zeros, as CFG dropout does, and a features key of its own."""
+    manifest = load_manifest(triplets_root / "triplets")
+    row = manifest.iloc[0].to_dict()
+    assert np.linalg.norm(conditioning_face(row)) == pytest.approx(
+        row["face_embedding_raw_norm"], 1e-4
+    )
+    assert not conditioning_face(row | {"face_dropped": True}).any()
+    buckets = resolve_buckets(TINY_BUCKETS)
+    dropped = manifest.assign(face_dropped=[True] + [False] * (len(manifest) - 1))
+    before = triplet_keys(manifest, triplets_root / "triplets", buckets)
+    after = triplet_keys(dropped, triplets_root / "triplets", buckets)
+    assert before[0] != after[0] and before[1:] == after[1:]
 
 
 def _bucket_ids(n: int = 53, buckets: int = 4) -> list[int]:
