@@ -15,7 +15,7 @@ from PIL import Image
 
 from assets.sample_movie import INSTALL_SPRITES, renpy_sprites
 from assets.singles import single_triplet
-from bench.anime import report
+from bench.anime import identity_report, report
 from bench.report import PARAMS
 from core.io import ImageReadError, load_rgb
 from core.layout import DataLayout
@@ -50,6 +50,18 @@ def test_the_anime_detector_finds_every_sprites_face_and_none_in_photographs():
     assert "| 11 of 11 | 11 of 11 |" in anime  # at full and half size
     assert "| 0 of 11 | 0 of 11 | 0 of 11 |" in rows["dlib's HOG (upsample 1)"]
     assert "Eileen Collins 0, Grace Hopper 0, Tom Hanks 0, Chelsea the cat 0" in text
+
+
+@needs_sprites
+def test_dlib_calls_the_two_anime_characters_one_person_so_anime_faces_are_dropped():
+    """What `faces.anime.identity: dropped` is chosen from (BENCHMARKS.md, "Anime identity")."""
+    rows = {
+        line.split(" | ")[0].strip("| "): line
+        for line in identity_report(renpy_sprites()).splitlines()
+        if line.startswith("| ")
+    }
+    assert rows["dlib's ResNet (its own 5-point alignment)"].endswith("| no | 24 of 24 at 0.91 |")
+    assert AnimeFacesParams().identity == "dropped"
 
 
 def test_without_the_packages_the_report_says_how_to_get_them():
