@@ -289,10 +289,10 @@ def test_the_studio_page_paints_two_characters_in_a_browser(logged, browser, tmp
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
         try:
             url = f"http://127.0.0.1:{port}"
             wait_until_answering("cameo studio", url, studio, 120, log)
-            page = browser.new_page(viewport={"width": 1400, "height": 1200})
             page.set_default_timeout(60_000)  # a busy machine: the other worker trains
             expect.set_options(timeout=60_000)
             page.goto(url)
@@ -351,6 +351,14 @@ def test_the_studio_page_paints_two_characters_in_a_browser(logged, browser, tmp
             page.locator("#rerun").click()
             page.locator("#status").get_by_text("No server answers at").wait_for(timeout=60_000)
             expect(page.locator("#characters")).to_contain_text("a witch laughs")  # kept
+        except Exception as e:
+            # What the page and the studio said when a step failed, in the test's report.
+            page.screenshot(path=tmp_path / "failed.png", full_page=True)
+            said = page.locator("body").inner_text()[-1500:]
+            raise AssertionError(
+                f"{e}\n--- page ({tmp_path / 'failed.png'}) ---\n{said}\n"
+                f"--- studio.log ---\n{log.read_text()[-3000:]}"
+            ) from e
         finally:
             studio.terminate()
             studio.wait(timeout=30)
