@@ -136,6 +136,7 @@ def required_models(priors: Priors) -> dict[str, str]:
         priors.faces.model: "faces.model: insightface detection and ArcFace",
         priors.masks.model: "masks.model: SAM",
         priors.masks.person_detector: "masks.person_detector: Grounding-DINO (Note 1)",
+        priors.masks.anime.model: "masks.anime.model: SkyTNT's anime segmentation ISNet (Note 2)",
         priors.poses.model: "poses.model: RTMW wholebody ONNX",
         priors.captions.model: "captions.model: the captioning VLM",
         SDXL_INPAINT_DIR: "training: SDXL 1.0 inpainting (diffusers layout)",

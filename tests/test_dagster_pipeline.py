@@ -242,7 +242,10 @@ def test_triplet_dataset_from_the_movie_and_the_singles(dataset, sample_root: Pa
     assert joined.startswith("sample/") and persons.nunique() == len(movie_rows)
     skipped = pd.read_parquet(layout.triplets_dir / "skipped.parquet")
     cat = skipped[skipped["movie"] == "chelsea.png"].iloc[0]
-    assert (cat["stage"], cat["reason"]) == ("faces", "no face found")
+    assert (cat["stage"], cat["reason"]) == (
+        "faces",
+        "no face found by the photo detector or the anime detector",
+    )
     event = next(iter(dataset.get_asset_materialization_events())).materialization
     assert event.metadata["dvc_md5"].value == dvc_md5(layout.triplets_dir)
     assert event.metadata["dvc_md5"].value.endswith(".dir")

@@ -375,7 +375,10 @@ def test_bad_singles_are_recorded_and_the_good_ones_kept(
     records = {s["file"]: (s["stage"], s["reason"]) for s in skipped}
     assert records["bomb.png"][0] == "read" and "decompression bomb" in records["bomb.png"][1]
     assert records["photo.png"][0] == "read" and "photo.png" in records["photo.png"][1]
-    assert records["plain.gif"] == ("faces", "no face found")
+    assert records["plain.gif"] == (
+        "faces",
+        "no face found by the photo detector or the anime detector",
+    )
     assert records["notes.txt"][0] == records["lost.jpg"][0] == "inputs"
     assert pd.read_parquet(tmp_path / "out" / "skipped.parquet")["file"].tolist() == [
         s["file"] for s in skipped

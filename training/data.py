@@ -70,12 +70,11 @@ def load_manifest(triplets_dir: str | Path) -> pd.DataFrame:
     return manifest
 
 
-def conditioning_face(row: Mapping[str, Any]) -> np.ndarray:
-    """The raw-scale face embedding a manifest row conditions on: its unit embedding times its
-    raw norm, or zeros (the unconditional face input, as CFG dropout makes it) where the
-    triplet's face is dropped."""
-    scale = 0.0 if row["face_dropped"] else row["face_embedding_raw_norm"]
-    return np.asarray(row["face_embedding"], dtype=np.float32) * np.float32(scale)
+def conditioning_face(embedding: Sequence[float], raw_norm: float, dropped: bool) -> np.ndarray:
+    """The raw-scale face embedding a triplet conditions on: its unit embedding times its raw
+    norm, or zeros (the unconditional face input, as CFG dropout makes it) where the triplet's
+    face is dropped."""
+    return np.asarray(embedding, dtype=np.float32) * np.float32(0.0 if dropped else raw_norm)
 
 
 def identity_keys(manifest: pd.DataFrame) -> pd.Series:
@@ -263,7 +262,11 @@ class TripletDataset(torch.utils.data.Dataset):
             .permute(2, 0, 1)
             .contiguous(),
             "body_pixels": body,
-            "face_embedding": torch.from_numpy(conditioning_face(row)),
+            "face_embedding": torch.from_numpy(
+                conditioning_face(
+                    row["face_embedding"], row["face_embedding_raw_norm"], row["face_dropped"]
+                )
+            ),
             "time_ids": torch.tensor(placement.time_ids, dtype=torch.float32),
         }
 

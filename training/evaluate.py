@@ -160,7 +160,9 @@ class ValidationSample:
             mask=fit_to_bucket(images["target_mask"], placement, nearest),
             pose=fit_to_bucket(images["target_pose"], placement, bicubic),
             reference=images["reference_crop"],
-            face_embedding=conditioning_face(row._asdict()),
+            face_embedding=conditioning_face(
+                row.face_embedding, row.face_embedding_raw_norm, row.face_dropped
+            ),
             prompt=row.prompt,
             frame=frame,
             frame_mask=images["target_mask"],

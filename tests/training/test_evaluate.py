@@ -151,6 +151,7 @@ def photo_sample(
         prompt="a person",
         face_embedding=np.ones(512, np.float32) / np.sqrt(512),
         face_embedding_raw_norm=25.0,
+        face_dropped=False,
         reference_bbox=face_boxes[0],
         target_bbox=face_boxes[1],
         **{name: f"{name}.png" for name in files},

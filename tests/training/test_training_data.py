@@ -119,11 +119,10 @@ def test_a_dropped_face_is_the_unconditional_input_and_keys_its_features(triplet
     """An anime triplet whose face conditions nothing (`face_dropped`) gives training and
     evaluation zeros, as CFG dropout does, and a features key of its own."""
     manifest = load_manifest(triplets_root / "triplets")
-    row = manifest.iloc[0].to_dict()
-    assert np.linalg.norm(conditioning_face(row)) == pytest.approx(
-        row["face_embedding_raw_norm"], 1e-4
-    )
-    assert not conditioning_face(row | {"face_dropped": True}).any()
+    row = manifest.iloc[0]
+    kept = conditioning_face(row["face_embedding"], row["face_embedding_raw_norm"], False)
+    assert np.linalg.norm(kept) == pytest.approx(row["face_embedding_raw_norm"], 1e-4)
+    assert not conditioning_face(row["face_embedding"], row["face_embedding_raw_norm"], True).any()
     buckets = resolve_buckets(TINY_BUCKETS)
     dropped = manifest.assign(face_dropped=[True] + [False] * (len(manifest) - 1))
     before = triplet_keys(manifest, triplets_root / "triplets", buckets)
