@@ -14,6 +14,7 @@ vocabularies and the template: a change to either is a new version.
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -103,6 +104,11 @@ def template_text(values: dict[str, str]) -> str:
     )
 
 
+def names_subject(text: str, subject: str) -> bool:
+    """Whether `text` has the subject word as a word of its own."""
+    return re.search(rf"\b{re.escape(subject)}\b", text, re.IGNORECASE) is not None
+
+
 class Describer(Protocol):
     def describe(self, values: dict[str, str]) -> str:
         """A one-sentence description of a character with these attributes."""
@@ -151,7 +157,7 @@ class LLMDescriber:
             return template_text(values)
         # The subject word locates the character in the generator's cross-attention.
         subject = GENDERS[values["gender"]]
-        return text if subject in text.lower().split() else f"a {subject}: {text}"
+        return text if names_subject(text, subject) else f"a {subject}, {text}"
 
 
 def describe_characters(
