@@ -99,9 +99,11 @@ SCORED_IDENTITY = IDENTITY_METRICS[:3]
 # Scored on movie triplets only: a single's target is its own reference, mirrored.
 MOVIE_ONLY = ("face_similarity_gt", "face_copy_paste")
 METRICS = (*IDENTITY_METRICS, "pck_body", "pck_face", "clip_score", "saturation_ratio")
-# What a metric needs of a sample, without which its score is NaN (face_found, clip_score
-# always have one); `Evaluation.unscored` says so for a metric no sample had it for.
+# What a metric needs of a sample, without which its score is NaN (clip_score always has one);
+# `Evaluation.unscored` says so for a metric no sample had it for. No recogniser here tells
+# anime faces apart (BENCHMARKS.md, "Anime identity"): anime triplets score no identity.
 NEEDS = {
+    "face_found": "a photo triplet (no recogniser here sees anime faces)",
     "face_similarity": "a face in the output and the reference where the faces stage found them",
     "face_similarity_gt": "a face in the output and the target frame (movie triplets only)",
     "face_copy_paste": (
@@ -125,6 +127,7 @@ class ValidationSample:
 
     triplet_id: str
     source: str  # movie or single (the manifest's column)
+    style: str  # photo or anime (the manifest's column)
     base: PIL.Image.Image  # the ground-truth target frame, in the bucket
     mask: PIL.Image.Image
     pose: PIL.Image.Image
@@ -156,6 +159,7 @@ class ValidationSample:
         return cls(
             triplet_id=row.triplet_id,
             source=row.source,
+            style=row.style,
             base=fit_to_bucket(frame, placement, bicubic),
             mask=fit_to_bucket(images["target_mask"], placement, nearest),
             pose=fit_to_bucket(images["target_pose"], placement, bicubic),
@@ -412,6 +416,8 @@ class Evaluator:
             scores |= dict(zip(columns, values, strict=True))
             if sample.source == "single":  # its target is the reference mirrored: no identity test
                 scores |= {c: math.nan for c in columns if c.startswith(MOVIE_ONLY)}
+            if sample.style == "anime":
+                scores |= {c: math.nan for c in columns}
         scores |= {
             "pck_body": math.nan,
             "pck_face": math.nan,

@@ -23,7 +23,9 @@ from tests.onnx_faces import save_model_pack
 from training.evaluate import (
     ABLATIONS,
     CALIBRATIONS,
+    IDENTITY_METRICS,
     METRICS,
+    NEEDS,
     Evaluation,
     Evaluator,
     ValidationSample,
@@ -122,6 +124,7 @@ def photo_sample(
     box: tuple[int, int, int, int] = (200, 20, 440, 340),
     face_boxes: tuple[list[float], list[float]] | None = None,
     source: str = "movie",
+    style: str = "photo",
 ) -> ValidationSample:
     """A validation triplet on disk, read back as the evaluation reads one: `target` placed in
     a 640x360 frame inside `box`, the mask a margin around it; `reference` placed in another
@@ -152,6 +155,7 @@ def photo_sample(
         face_embedding=np.ones(512, np.float32) / np.sqrt(512),
         face_embedding_raw_norm=25.0,
         face_dropped=False,
+        style=style,
         reference_bbox=face_boxes[0],
         target_bbox=face_boxes[1],
         **{name: f"{name}.png" for name in files},
@@ -221,6 +225,17 @@ def test_a_single_is_scored_on_sim_ref_only(evaluator, tmp_path):
     truth = score_calibrations(evaluator, sample)["ground_truth"]
     assert truth["face_found"] == 1.0 and truth["face_similarity"] > 0.9
     assert math.isnan(truth["face_similarity_gt"]) and math.isnan(truth["face_copy_paste"])
+
+
+def test_an_anime_triplet_scores_no_identity(evaluator, tmp_path):
+    """No recogniser here tells anime faces apart: an anime triplet's identity columns are
+    not scored, face_found included, and say why where no sample had them."""
+    astronaut = data.astronaut()
+    sample = photo_sample(tmp_path, astronaut, astronaut[:400, 60:460], [(272, 480)], style="anime")
+    truth = score_calibrations(evaluator, sample)["ground_truth"]
+    identity = [c for c in truth if c.startswith(IDENTITY_METRICS)]
+    assert identity and all(math.isnan(truth[c]) for c in identity)
+    assert "anime" in NEEDS["face_found"]
 
 
 def test_an_output_is_scored_in_the_frame_at_its_own_size(evaluator, tmp_path):
