@@ -52,7 +52,7 @@ class Run:
         """The smoke run checks code paths, not kernels: dynamo captures the compiled blocks
         and nothing is traced further (inductor's C++ builds, then AOTAutograd's tracing,
         dominated its time; tests/training/test_acceleration.py checks AOTAutograd's graphs
-        and the serving tests inductor's numbers)."""
+        and inductor's numbers)."""
         return "eager" if self.smoke else "inductor"
 
 
