@@ -100,8 +100,7 @@ SCORED_IDENTITY = IDENTITY_METRICS[:3]
 MOVIE_ONLY = ("face_similarity_gt", "face_copy_paste")
 METRICS = (*IDENTITY_METRICS, "pck_body", "pck_face", "clip_score", "saturation_ratio")
 # What a metric needs of a sample, without which its score is NaN (clip_score always has one);
-# `Evaluation.unscored` says so for a metric no sample had it for. No recogniser here tells
-# anime faces apart (BENCHMARKS.md, "Anime identity"): anime triplets score no identity.
+# `Evaluation.unscored` says so for a metric no sample had it for.
 NEEDS = {
     "face_found": "a photo triplet (no recogniser here sees anime faces)",
     "face_similarity": "a face in the output and the reference where the faces stage found them",
@@ -127,7 +126,7 @@ class ValidationSample:
 
     triplet_id: str
     source: str  # movie or single (the manifest's column)
-    style: str  # photo or anime (the manifest's column)
+    style: str  # photo or anime: no identity scored on anime (BENCHMARKS.md, "Anime identity")
     base: PIL.Image.Image  # the ground-truth target frame, in the bucket
     mask: PIL.Image.Image
     pose: PIL.Image.Image
@@ -155,6 +154,7 @@ class ValidationSample:
                 images[column] = image.convert(mode)
         frame = images["target"]
         placement = place(frame.height, frame.width, buckets)
+        face = row.face_embedding, row.face_embedding_raw_norm, row.face_dropped
         bicubic, nearest = PIL.Image.Resampling.BICUBIC, PIL.Image.Resampling.NEAREST
         return cls(
             triplet_id=row.triplet_id,
@@ -164,9 +164,7 @@ class ValidationSample:
             mask=fit_to_bucket(images["target_mask"], placement, nearest),
             pose=fit_to_bucket(images["target_pose"], placement, bicubic),
             reference=images["reference_crop"],
-            face_embedding=conditioning_face(
-                row.face_embedding, row.face_embedding_raw_norm, row.face_dropped
-            ),
+            face_embedding=conditioning_face(*face),
             prompt=row.prompt,
             frame=frame,
             frame_mask=images["target_mask"],
