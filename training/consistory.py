@@ -115,7 +115,6 @@ class ConsistencyState:
     queries: dict[str, torch.Tensor] = field(default_factory=dict)
     matches: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
     dift: torch.Tensor | None = None
-    sharing: bool = True
 
     def shape_of(self, patches: int) -> tuple[int, int] | None:
         h, w = self.latent_size
@@ -203,12 +202,8 @@ class SharedSelfAttnProcessor:
         key, value = attn.to_k(hidden_states), attn.to_v(hidden_states)
         patches = hidden_states.shape[1]
         subject = state.masks.get(patches)
-        if (
-            state.sharing
-            and state.query_mode != "cache"
-            and self.part in settings.parts
-            and (subject is not None)
-        ):
+        shares = state.query_mode != "cache" and self.part in settings.parts
+        if shares and subject is not None:
             halves = _halves(query, subject)
             out = torch.cat(
                 [

@@ -65,14 +65,15 @@ class RunLog:
                 "goes on, metrics are kept and logged when it is back"
             )
 
-    def _flush(self) -> bool:
-        """Log every buffered metric; True when nothing is left."""
+    def _flush(self, now: bool = False) -> bool:
+        """Log every buffered metric; True when nothing is left. While the server is down it
+        is tried again once the retry interval has passed, or `now`."""
         from mlflow import MlflowClient
         from mlflow.entities import Metric
 
         if not self.pending:
             return True
-        if not self._reachable_now():
+        if not now and not self._reachable_now():
             return False
         try:
             client = MlflowClient()
@@ -100,8 +101,7 @@ class RunLog:
         done, while the server does not answer. A call always tries the server (calls are few,
         unlike the per-step metrics the retry interval spaces out): a server back within the
         interval gets the evaluation, the checkpoint and the registration."""
-        self.last_try = 0.0
-        if self._flush():
+        if self._flush(now=True):
             try:
                 return fn(*args, **kwargs)
             except tracking_errors() as error:
@@ -112,8 +112,7 @@ class RunLog:
     def finish(self, output_dir: Path) -> Path | None:
         """Flush what is left; if the server still does not answer, write what was not logged
         to `unlogged.json` and say so in one line. Returns that file, or None."""
-        self.last_try = 0.0  # one last try now, whatever the interval
-        if self._flush() and not self.not_done:
+        if self._flush(now=True) and not self.not_done:  # one last try, whatever the interval
             return None
         path = output_dir / UNLOGGED_FILE
         record = {
