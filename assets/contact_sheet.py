@@ -128,3 +128,15 @@ def triplet_sheet(manifest: pd.DataFrame, triplets_dir: Path, tile: int = 160) -
         style = f" [{row.style}]" if row.style != "photo" else ""
         draw.text((2, i * row_height + tile), f"{row.triplet_id}{style}: {words}...", fill="black")
     return sheet
+
+
+def image_strip(images: list[np.ndarray], captions: list[str], tile: int = 160) -> Image.Image:
+    """The images side by side as thumbnails, each captioned (a synthetic batch)."""
+    sheet = Image.new("RGB", (tile * max(len(images), 1), tile + CAPTION_HEIGHT), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (image, caption) in enumerate(zip(images, captions, strict=True)):
+        thumb = Image.fromarray(image)
+        thumb.thumbnail((tile, tile))
+        sheet.paste(thumb, (i * tile, 0))
+        draw.text((i * tile + 2, tile), caption, fill="black")
+    return sheet

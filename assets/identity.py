@@ -46,7 +46,8 @@ def mismatch_reason(
 def movie_pairs(manifest: pd.DataFrame, skipped: pd.DataFrame) -> pd.DataFrame:
     """One row per movie pair, kept (a movie triplet) or dropped: its identity similarity."""
     kept = manifest.loc[manifest["source"] == "movie", ["identity_similarity"]]
-    dropped = skipped.loc[skipped["stage"] == STAGE, ["identity_similarity"]]
+    from_movies = (skipped["stage"] == STAGE) & (skipped["source"] == "movie")
+    dropped = skipped.loc[from_movies, ["identity_similarity"]]
     return pd.concat([kept, dropped], ignore_index=True).astype(float)
 
 

@@ -21,7 +21,7 @@ class Triplet:
     """One training example; image arrays are written into triplets/<triplet_id>/."""
 
     triplet_id: str
-    source: str  # "movie" or "single"
+    source: str  # "movie", "single" or "synthetic"
     movie: str
     character_id: int
     reference_frame: int
@@ -39,6 +39,11 @@ class Triplet:
     face_dropped: bool = False
     # The target mask's IoU with the image's own alpha channel, where it has one (a sprite)
     mask_alpha_iou: float = math.nan
+
+
+def mask_image(mask: np.ndarray) -> np.ndarray:
+    """A boolean mask as the RGB image a triplet stores (white: the character)."""
+    return np.repeat((mask.astype(np.uint8) * 255)[..., None], 3, axis=-1)
 
 
 def skipped_record(

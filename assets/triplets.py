@@ -1,19 +1,20 @@
 """The dataset (article 3.2.5): (reference, target, prompt) triplets, versioned with DVC.
 
 For each character, one frame is the reference and a different frame the target, chosen
-deterministically from the seed; the target's caption is the prompt. Each single-image ID
-under singles/ becomes a triplet whose target is the horizontally flipped reference. A
-triplet carries the reference image, its face embedding, the segmented reference crop, the
-target image, target mask, target pose control image and prompt. A movie triplet also
+deterministically from the seed; the target's caption is the prompt. Each single-image ID under
+singles/ becomes a triplet whose target is the horizontally flipped reference, and each
+synthetic character's batch (`cameo synthetic build`, assets/synthetic.py) the triplets its
+stages made. A triplet carries the reference image, its face embedding, the segmented reference
+crop, the target image, target mask, target pose control image and prompt. A movie triplet also
 records the identity similarity of its two frames: dlib's descriptors of the character's face
 in the reference and in the target frame. Below `triplets.min_identity_similarity` the pair
-shows two people (a mis-grouped character) and is dropped, so it never becomes a training
-pair; the blocking check fails when more than `triplets.max_mismatched_fraction` of the movie
-pairs fall below it. Everything that could not become a triplet is listed in skipped.parquet
-with the file, stage and reason: unusable files under movies/ and singles/ (stage `inputs`),
-movies whose stages did not all complete for the file present now (the first such stage,
-with its error), and every frame, character, pair (stage `identity`, with its similarity) or
-single image left out on the way. A bad movie or image never stops the others.
+shows two people (a mis-grouped character) and is dropped, so it never becomes a training pair;
+the blocking check fails when more than `triplets.max_mismatched_fraction` of the movie pairs
+fall below it. Everything that could not become a triplet is listed in skipped.parquet with the
+file, stage and reason: unusable files under movies/ and singles/ (stage `inputs`), movies
+whose stages did not all complete for the file present now (the first such stage, with its
+error), and every frame, character, pair (stage `identity`, with its similarity) or single
+image left out on the way. A bad movie or image never stops the others.
 """
 
 import json
@@ -43,6 +44,8 @@ from assets.stage import (
     read_status,
     table_metadata,
 )
+from assets.synthetic import SOURCE as SYNTHETIC
+from assets.synthetic import collect_synthetic
 from assets.triplet import FILES, SKIPPED_COLUMNS, Triplet, skipped_record, write_triplet
 from core.io import atomic_path, load_rgb, read_table, write_json
 from core.layout import DataLayout, SkippedInput
@@ -225,9 +228,10 @@ def _input_skip(source: str, skipped: SkippedInput) -> dict:
 def build_triplets(
     layout: DataLayout, priors: Priors, params: DatasetParams, out_dir: Path, log=None
 ) -> tuple[pd.DataFrame, list[dict]]:
-    """Every complete movie's and every single's triplets from the files under movies/ and
-    singles/ now, written into `out_dir` as they are made (one movie's images in memory at
-    a time). Whatever is left out is in the returned skip records, each also logged."""
+    """Every complete movie's, every single's and every synthetic character's triplets from
+    the files under movies/, singles/ and synthetic/ now, written into `out_dir` as they are
+    made (one movie's images in memory at a time). Whatever is left out is in the returned
+    skip records, each also logged."""
     seed = params.triplets.seed
     recogniser = priors.dlib_faces()
     movies, skipped_movies = layout.scan_movies()
@@ -267,6 +271,9 @@ def build_triplets(
             )
         else:
             rows.append(write_triplet(triplet, out_dir))
+    synthetic_rows, synthetic_skipped = collect_synthetic(layout, out_dir)
+    rows += synthetic_rows
+    skipped += synthetic_skipped
     if log is not None:
         for s in skipped:
             if s["stage"] == IDENTITY:  # a mis-grouped character: worth a look
@@ -277,6 +284,7 @@ def build_triplets(
         "seed": seed,
         "movies": used,
         "singles": [p.name for p in singles.values()],
+        "synthetic": layout.synthetic_characters(),
         "prompt_version": params.captions.prompt_version,
         "profile": params.profile,
     }
@@ -295,6 +303,7 @@ def dataset_metrics(layout: DataLayout, manifest: pd.DataFrame, skipped: list[di
         "triplets": len(manifest),
         "from_movies": int((manifest["source"] == "movie").sum()),
         "from_singles": int((manifest["source"] == "single").sum()),
+        "from_synthetic": int((manifest["source"] == SYNTHETIC).sum()),
         "by_style": {style: int((manifest["style"] == style).sum()) for style in STYLES},
         "movies": len(used),
         "characters": int(characters),
@@ -314,7 +323,9 @@ SYNC_WITH_MOVIES = (
 
 
 @dg.asset(
-    deps=["captions", "references"],
+    # synthetic_triplets: defined in the code location's training half (its generator is
+    # training code); the dataset's definitions alone see it as an external asset.
+    deps=["captions", "references", "synthetic_triplets"],
     required_resource_keys={"data", "params", "perception"},
     group_name="dataset",
     kinds={"dvc"},
@@ -345,6 +356,7 @@ def triplets(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             "triplets": len(manifest),
             "from_movies": metrics["from_movies"],
             "from_singles": metrics["from_singles"],
+            "from_synthetic": metrics["from_synthetic"],
             "by_style": dg.MetadataValue.json(metrics["by_style"]),
             # Target masks against the inputs' own alpha channels, where they have one (sprites)
             "mask_alpha_iou_mean": float(manifest["mask_alpha_iou"].mean())

@@ -205,3 +205,7 @@ def read_table(target: Path) -> pd.DataFrame:
 def write_json(data: dict[str, Any], target: Path) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(json.dumps(data, indent=2))
+
+
+def read_json(source: Path) -> Any:
+    return json.loads(source.read_text())

@@ -19,7 +19,7 @@ from typing import Any
 
 from PIL import Image
 
-from core.io import TMP_PREFIX, remove_path, temp_is_live
+from core.io import TMP_PREFIX, read_json, remove_path, temp_is_live
 
 # Containers PyAV (FFmpeg) demuxes that carry video. Anything else under movies/ is listed as
 # skipped with the reason, never dropped silently.
@@ -211,6 +211,28 @@ class DataLayout:
         names = {p: p.relative_to(self.singles_dir).as_posix() for p in images}
         ids = single_ids(list(names.values()))
         return {ids[names[p]]: p for p in images}, skipped
+
+    @property
+    def synthetic_dir(self) -> Path:
+        """Synthetic characters (article section 4.1): descriptions.json, and one folder per
+        character with its drawn batch and the triplets made from it."""
+        return self.root / "synthetic"
+
+    @property
+    def synthetic_descriptions(self) -> Path:
+        return self.synthetic_dir / "descriptions.json"
+
+    def synthetic_batch(self, character_id: str) -> Path:
+        """One character's folder: batch.json, image-<i>.png, and once its stages ran,
+        pairs.parquet, skipped.parquet and triplets/<triplet_id>/."""
+        return self.synthetic_dir / character_id
+
+    def synthetic_characters(self) -> list[str]:
+        """The characters descriptions.json lists now (none before it is written)."""
+        if not self.synthetic_descriptions.is_file():
+            return []
+        described = read_json(self.synthetic_descriptions)["characters"]
+        return [c["character_id"] for c in described]
 
     @property
     def triplets_dir(self) -> Path:

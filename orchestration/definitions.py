@@ -1,6 +1,7 @@
 """The Dagster code location: `dagster dev -m orchestration.definitions`. The dataset's
-definitions (`orchestration.dataset_definitions`) and the training side: the features, the
-model and its evaluation, in `training_job`.
+definitions (`orchestration.dataset_definitions`) and the training side: the synthetic
+characters (their generator is training code), and the features, the model and its
+evaluation, in `training_job`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import dagster as dg
 
 from orchestration.dataset_definitions import build_dataset_definitions, build_resources
 from orchestration.evaluation_assets import evaluation, identity_kept_without_copying
+from orchestration.synthetic_assets import SYNTHETIC_ASSETS, SYNTHETIC_JOBS
 from orchestration.training_assets import features, model
 
 training_job = dg.define_asset_job(
@@ -22,9 +24,9 @@ training_job = dg.define_asset_job(
 def build_definitions(resources: dict[str, dg.ConfigurableResource]) -> dg.Definitions:
     """The code location with these resources (the CLI passes its own)."""
     training = dg.Definitions(
-        assets=[features, model, evaluation],
+        assets=[*SYNTHETIC_ASSETS, features, model, evaluation],
         asset_checks=[identity_kept_without_copying],
-        jobs=[training_job],
+        jobs=[*SYNTHETIC_JOBS, training_job],
     )
     return dg.Definitions.merge(build_dataset_definitions(resources), training)
 

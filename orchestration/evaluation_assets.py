@@ -125,7 +125,7 @@ def evaluation(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     # Imported here: the code location loads in every step process and step pod, torch not.
     import mlflow
 
-    from training.evaluate import CALIBRATIONS, IDENTITY_METRICS, METRICS
+    from training.evaluate import CALIBRATIONS, FULL, IDENTITY_METRICS, METRICS
     from training.evaluation_log import evaluate_logged_model
 
     params = context.resources.params
@@ -162,6 +162,13 @@ def evaluation(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
                 result.readable_summary().to_markdown(index=False, floatfmt=".3f")
             ),
             "samples": len(result.samples) // max(len(table), 1),
+            # The model's means per triplet source (movie, single, synthetic).
+            "by_source": dg.MetadataValue.md(
+                result.readable_summary(by=("source", "ablation"))
+                .query(f"ablation == '{FULL}'")
+                .drop(columns="ablation")
+                .to_markdown(index=False, floatfmt=".3f")
+            ),
             "identity_share": identity_share(result.samples, values.evaluation.min_face_similarity),
             # The model's own (the `full` ablation's) metrics, for the gate and the UI, each
             # identity figure with its n and 95 % interval.

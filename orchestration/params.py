@@ -18,7 +18,7 @@ from orchestration.kubernetes import KubernetesParams
 from perception.params import similarity_scale_problem
 from perception.priors import Priors
 from serving.params import ServedSettings, ServingParams
-from training.params import EvaluationParams, TrainingParams
+from training.params import EvaluationParams, SyntheticParams, TrainingParams
 
 
 class ExecutorParams(Section):
@@ -34,9 +34,10 @@ class ExecutorParams(Section):
 
 
 class Params(DatasetParams):
-    """params.yaml: the dataset's sections, then training, evaluation, serving, Kubernetes,
-    the local executor."""
+    """params.yaml: the dataset's sections, the synthetic characters, then training,
+    evaluation, serving, Kubernetes, the local executor."""
 
+    synthetic: SyntheticParams = SyntheticParams()
     training: TrainingParams = TrainingParams()
     evaluation: EvaluationParams = EvaluationParams()
     serving: ServingParams = ServingParams()

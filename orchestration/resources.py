@@ -55,10 +55,14 @@ class PerceptionResource(dg.ConfigurableResource):
     _priors: Priors | None = PrivateAttr(default=None)
 
     @property
+    def models(self) -> str | None:
+        """The models directory: the resource's, else $CAMEO_MODELS (None: ./models)."""
+        return self.models_dir or os.environ.get("CAMEO_MODELS") or None
+
+    @property
     def priors(self) -> Priors:
         if self._priors is None:
-            models = self.models_dir or os.environ.get("CAMEO_MODELS") or None
-            self._priors = self.params.values.priors(models)
+            self._priors = self.params.values.priors(self.models)
         return self._priors
 
     def check_models(self, stages: Iterable[str]) -> None:

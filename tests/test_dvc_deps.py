@@ -19,6 +19,7 @@ from core.versioning import FIRST_PARTY, module_closure, source_version
 from orchestration.cli.main import main
 from orchestration.definitions import defs
 from orchestration.evaluation_assets import EVALUATION_CODE_MODULES
+from orchestration.synthetic_assets import SYNTHETIC_ASSETS, SYNTHETIC_CODE_MODULES
 from orchestration.training_assets import FEATURES_CODE_MODULES, MODEL_CODE_MODULES
 from tests.conftest import REPO
 
@@ -29,9 +30,11 @@ CODE_MODULES = {
     "features": FEATURES_CODE_MODULES,
     "model": MODEL_CODE_MODULES,
     "evaluation": EVALUATION_CODE_MODULES,
+    **{asset.key.to_user_string(): SYNTHETIC_CODE_MODULES for asset in SYNTHETIC_ASSETS},
 }
 # dvc.yaml's stages → the assets their command materialises.
 DVC_STAGE_ASSETS = {
+    "synthetic": [asset.key.to_user_string() for asset in SYNTHETIC_ASSETS],
     "dataset": [*STAGE_INPUTS, "triplets"],
     "features": ["features"],
     "train": ["model"],

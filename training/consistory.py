@@ -31,27 +31,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class ConsistencySettings:
-    """ConsiStory's settings; the defaults are those of NVIDIA's public code for SDXL."""
-
-    anchors: int = 2  # images whose subject patches every image attends to
-    mask_dropout: float = 0.5  # share of subject patches left out each step
-    parts: tuple[str, ...] = ("up",)  # U-Net parts whose self-attention is shared
-    mask_resolution: int = 32  # the side (longer) of the cross-attention maps the masks use
-    query_steps: float = 0.1  # fraction of the steps with query blending
-    query_strength: tuple[float, float] = (0.9, 0.818)  # vanilla queries' weight, first to last
-    inject_steps: tuple[float, float] = (0.1, 1 / 3)  # fractions of the steps with injection
-    inject_alpha: float = 0.8  # weight of the anchor's output at a matched patch
-    inject_parts: tuple[str, ...] = ("up", "down")
-    dift_timestep: int = 261  # the timestep whose decoder features give correspondences
-    dift_block: int = 1  # the decoder block whose output they are
+from perception.descriptions import CharacterDescription, setting_prompts
+from training.params import ConsistencyParams, SyntheticParams
 
 
 def shared_attention(
@@ -102,7 +89,7 @@ class ConsistencyState:
     """What the processors of one generation share: the step, the subject masks, the cached
     vanilla queries and the injection's matches."""
 
-    settings: ConsistencySettings
+    settings: ConsistencyParams
     latent_size: tuple[int, int]  # (h, w) of the latents
     subject_tokens: list[list[int]]  # per image, the subject's positions in its prompt
     steps: int
@@ -358,7 +345,7 @@ def generate_consistent(
     pipe: Any,
     prompts: list[str],
     subject: str,
-    settings: ConsistencySettings,
+    settings: ConsistencyParams,
     seed: int,
     steps: int,
     guidance_scale: float,
@@ -423,6 +410,52 @@ def generate_consistent(
             hook.remove()
         pipe.unet.set_attn_processor(before)
     return images, masks
+
+
+def draw_batch(
+    pipe: Any, character: CharacterDescription, params: SyntheticParams
+) -> tuple[list[Any], list[str]]:
+    """One character's batch: `synthetic.batch_size` images of it in distinct settings, drawn
+    together (ConsiStory unless `synthetic.consistent` is off), and their prompts. The seed of
+    the settings and the latents is the character's own, so a batch is redrawn alone."""
+    index = int(character.character_id.rsplit("-", 1)[1])
+    prompts = setting_prompts(character, params.batch_size, params.seed)
+    images, _ = generate_consistent(
+        pipe,
+        prompts,
+        character.subject,
+        params.consistency,
+        seed=params.seed * 1_000_003 + index,
+        steps=params.steps,
+        guidance_scale=params.guidance_scale,
+        size=(params.size, params.size),
+        consistent=params.consistent,
+    )
+    return images, prompts
+
+
+def load_text_to_image(profile: str, models_dir: str | Path | None, model: str) -> Any:
+    """The profile's SDXL text-to-image pipeline: in `full`, the diffusers folder `model` under
+    the models directory (bf16 on a GPU), in `tiny` the random wiring model."""
+    from perception.models import by_profile
+    from perception.models import models_dir as resolve_models_dir
+
+    def full() -> Any:
+        from diffusers import StableDiffusionXLPipeline
+
+        folder = resolve_models_dir(models_dir) / model
+        if not (folder / "model_index.json").is_file():
+            raise FileNotFoundError(
+                f"no diffusers pipeline (model_index.json) in {folder}: synthetic.model"
+            )
+        cuda = torch.cuda.is_available()
+        pipe = StableDiffusionXLPipeline.from_pretrained(
+            folder, torch_dtype=torch.bfloat16 if cuda else torch.float32
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe.to("cuda" if cuda else "cpu")
+
+    return by_profile(profile, full=full, tiny=tiny_text_to_image)
 
 
 def tiny_text_to_image(seed: int = 0) -> Any:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,8 +78,9 @@ def conditioning_face(embedding: Sequence[float], raw_norm: float, dropped: bool
 
 
 def identity_keys(manifest: pd.DataFrame) -> pd.Series:
-    """One key per character: movie + character id, or the single image's own triplet id."""
-    from_movie = manifest["source"] == "movie"
+    """One key per character: movie (or synthetic character) + character id, or the single
+    image's own triplet id."""
+    from_movie = manifest["source"].isin(["movie", "synthetic"])
     movie_keys = manifest["movie"].astype(str) + "/" + manifest["character_id"].astype(str)
     return movie_keys.where(from_movie, "single/" + manifest["triplet_id"].astype(str))
 
@@ -283,6 +284,20 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
 # Batches: one bucket each, disjoint across ranks, resumable
 
 
+def weighted_draws(indices: list[int], weights: Sequence[float], seed: list[int]) -> list[int]:
+    """`indices` drawn by weight: of the n indices of weight w, round(w × n) draws: each index
+    ⌊·/n⌋ times, the rest a seeded choice without repeats."""
+    by_weight: dict[float, list[int]] = defaultdict(list)
+    for index in indices:
+        by_weight[weights[index]].append(index)
+    rng = np.random.default_rng(seed)
+    drawn = []
+    for weight, group in sorted(by_weight.items()):
+        rounds, rest = divmod(round(weight * len(group)), len(group))
+        drawn += group * rounds + [group[i] for i in rng.permutation(len(group))[:rest]]
+    return drawn
+
+
 class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Batches of indices that share one bucket, the same number on every rank.
 
@@ -290,8 +305,12 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
     batches of `batch_size` (a bucket's last batch may be smaller); all batches are shuffled
     together, truncated to a multiple of `num_replicas`, and rank r takes every
     `num_replicas`-th batch from r. So no index appears twice in an epoch and the ranks'
-    batches are disjoint. `set_epoch(epoch, start)` resumes in the middle of an epoch; the
-    sampler itself keeps no position, because a DataLoader draws batches ahead of training.
+    batches are disjoint. With `weights` (one per index: its source's `training.source_weights`),
+    each bucket holds round(w × n) draws of its n indices of weight w: whole rounds of them, then
+    a part drawn anew each epoch (`weighted_draws`); the count per bucket, hence the epoch's
+    length, is the same every epoch. `set_epoch(epoch, start)` resumes in the middle of an
+    epoch; the sampler itself keeps no position, because a DataLoader draws batches ahead of
+    training.
     """
 
     def __init__(
@@ -301,12 +320,16 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         seed: int = 0,
+        weights: Sequence[float] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
         self.bucket_ids = list(bucket_ids)
+        # All ones: the unweighted epochs (and their random draws) exactly.
+        uniform = weights is None or all(w == 1 for w in weights)
+        self.weights = None if uniform else list(weights)
         self.batch_size = batch_size
         self.num_replicas = num_replicas
         self.rank = rank
@@ -328,6 +351,8 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
         batches = []
         for bucket in sorted(by_bucket):
             indices = by_bucket[bucket]
+            if self.weights is not None:
+                indices = weighted_draws(indices, self.weights, [self.seed, epoch, bucket])
             order = torch.randperm(len(indices), generator=generator).tolist()
             shuffled = [indices[i] for i in order]
             batches += [
@@ -341,6 +366,11 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
         counts: dict[int, int] = defaultdict(int)
         for bucket in self.bucket_ids:
             counts[bucket] += 1
+        if self.weights is not None:  # round(w × n) draws of each bucket's n of weight w
+            groups = Counter(zip(self.bucket_ids, self.weights, strict=True))
+            counts = defaultdict(int)
+            for (bucket, weight), n in groups.items():
+                counts[bucket] += round(weight * n)
         total = sum(math.ceil(n / self.batch_size) for n in counts.values())
         return total // self.num_replicas
 

@@ -90,6 +90,7 @@ ABLATIONS: dict[str, Scales] = {
     "full": Scales(face=1.0, body=1.0, pose=1.0),  # + Pose-IdentityNet: the model
 }
 FULL = "full"
+ROW_KEYS = ("ablation", "triplet_id", "source")  # which row is which: no metric
 # Rows without a model, first in every table: the target itself and the pasted reference.
 CALIBRATIONS = ("ground_truth", "paste")
 # Per recogniser: sim_ref, sim_gt, the copy-paste score, and whether a face was found.
@@ -125,7 +126,7 @@ class ValidationSample:
     at their own size with the character's face box in each, where identity is scored."""
 
     triplet_id: str
-    source: str  # movie or single (the manifest's column)
+    source: str  # movie, single or synthetic (the manifest's column)
     style: str  # photo or anime: no identity scored on anime (BENCHMARKS.md, "Anime identity")
     base: PIL.Image.Image  # the ground-truth target frame, in the bucket
     mask: PIL.Image.Image
@@ -237,15 +238,14 @@ class Evaluation:
     @property
     def metric_names(self) -> list[str]:
         """The scored columns: METRICS (those computed), then the second recogniser's."""
-        return [c for c in self.samples.columns if c not in ("ablation", "triplet_id")]
+        return [c for c in self.samples.columns if c not in ROW_KEYS]
 
-    def summary(self) -> pd.DataFrame:
-        """Means per row kind, calibrations first, then the ablations: the ablation table.
-        Each identity figure (sim_ref, sim_gt, copy-paste, per recogniser) has beside it the
-        number of samples it stands on and its 95 % bootstrap interval (`_n`, `_low`,
-        `_high`); copy-paste is aggregated as MultiID-Bench does (`benchmark_mean`), with its
-        median too."""
-        grouped = self.samples.groupby("ablation", sort=False)
+    def summary(self, by: tuple[str, ...] = ("ablation",)) -> pd.DataFrame:
+        """Means per row kind (calibrations, then ablations; `by` source too: per source).
+        Each identity figure (sim_ref, sim_gt, copy-paste, per recogniser) has beside it its n
+        and 95 % bootstrap interval (`_n`, `_low`, `_high`); copy-paste is aggregated as
+        MultiID-Bench does (`benchmark_mean`), with its median too."""
+        grouped = self.samples.groupby(list(by), sort=False)
         table = grouped[self.metric_names].mean()
         for name in self.metric_names:
             if name.startswith(SCORED_IDENTITY):
@@ -259,10 +259,10 @@ class Evaluation:
         table.insert(0, "samples", grouped.size())
         return table.reset_index()
 
-    def readable_summary(self) -> pd.DataFrame:
+    def readable_summary(self, by: tuple[str, ...] = ("ablation",)) -> pd.DataFrame:
         """The summary as people read it: each identity figure as `mean [low, high] n=N`."""
-        table = self.summary()
-        readable = table[["ablation", "samples", *self.metric_names]].astype(object)
+        table = self.summary(by)
+        readable = table[[*by, "samples", *self.metric_names]].astype(object)
         for name in (n for n in self.metric_names if f"{n}_n" in table):
             readable[name] = [
                 with_interval(*(row[f"{name}{end}"] for end in ("", "_low", "_high", "_n")))
@@ -488,7 +488,7 @@ class Evaluator:
                 outputs[name] = (painted, sample.in_frame(painted))
             for name, (output, output_in_frame) in outputs.items():
                 rows.append(
-                    {"ablation": name, "triplet_id": sample.triplet_id}
+                    {"ablation": name, "triplet_id": sample.triplet_id, "source": sample.source}
                     | self.score(sample, output, output_in_frame, identities, condition)
                 )
                 pose_panel = sample.pose if name in ABLATIONS and ABLATIONS[name].pose else None
@@ -496,5 +496,5 @@ class Evaluator:
                     sample.base, sample.mask, pose_panel, sample.reference, output, sample.prompt
                 )
                 grids.append((name, sample.triplet_id, panels))
-        samples_table = pd.DataFrame(rows, columns=["ablation", "triplet_id", *self.columns])
+        samples_table = pd.DataFrame(rows, columns=[*ROW_KEYS, *self.columns])
         return Evaluation(samples_table, grids, dict(self.notes), self.params.bootstrap_resamples)

@@ -72,6 +72,9 @@ def log_evaluation(
     ]
     summary.insert(0, "step", step)
     mlflow.log_table(summary, "evaluation/ablations.json")
+    by_source = evaluation.summary(by=("source", "ablation"))
+    by_source.insert(0, "step", step)
+    mlflow.log_table(by_source, "evaluation/by_source.json")
     mlflow.log_dict(evaluation.notes, "evaluation/notes.json")
     for (row, triplet_id, panels), sheet in zip(evaluation.grids, sheets, strict=True):
         mlflow.log_image(sheet, artifact_file=f"grids/step-{step}/{triplet_id}-{row}.png")

@@ -209,7 +209,12 @@ def train(
 
     dataset = dataset_of(train_rows)
     sampler = BucketBatchSampler(
-        dataset.bucket_ids, params.batch_size, env.world_size, env.rank, params.seed
+        dataset.bucket_ids,
+        params.batch_size,
+        env.world_size,
+        env.rank,
+        params.seed,
+        [params.source_weights[source] for source in train_rows["source"]],
     )
     loader = torch.utils.data.DataLoader(
         dataset,

@@ -24,6 +24,9 @@ AttentionBackend = Literal["default", "flash", "cudnn", "efficient", "math"]
 # compile problem; eager stops after dynamo's capture (graph breaks and recompiles show, no
 # backward is traced): for runs that check code paths rather than speed (a CPU smoke run).
 CompileBackend = Literal["inductor", "aot_eager", "eager"]
+TripletSource = Literal["movie", "single", "synthetic"]  # the manifest's `source`
+TRIPLET_SOURCES: tuple[TripletSource, ...] = ("movie", "single", "synthetic")
+UNetPart = Literal["down", "mid", "up"]  # the U-Net's block groups
 
 
 class Acceleration(Section):
@@ -72,6 +75,11 @@ class TrainingParams(Section):
     # cosine are one person, kept on one side of the split (a single image of a movie's
     # character, the same actor in two movies); null: each identity is split on its own.
     same_person_similarity: float | None = Field(0.5, ge=-1, le=1)
+    # Each source's share of an epoch, per triplet: 2 draws each of its triplets twice, 0.5
+    # half of them (a different half each epoch); the split is unchanged.
+    source_weights: dict[TripletSource, float] = Field(
+        default_factory=lambda: dict.fromkeys(TRIPLET_SOURCES, 1.0)
+    )
     buckets: str | list[Any] = "pixart_1024"  # or "h,w;h,w;…"
     batch_size: int = Field(1, ge=1)  # per process (the article: one sample per GPU, 8 H100s)
     gradient_accumulation_steps: int = Field(1, ge=1)
@@ -126,6 +134,14 @@ class TrainingParams(Section):
         # without the quotes.
         return "no" if value is False else value
 
+    @field_validator("source_weights")
+    @classmethod
+    def _non_negative_weights(cls, value: dict[str, float]) -> dict[str, float]:
+        negative = {source: w for source, w in value.items() if w < 0}
+        if negative:
+            raise ValueError(f"weights must be at least 0, got {negative}")
+        return {**dict.fromkeys(TRIPLET_SOURCES, 1.0), **value}
+
     @model_validator(mode="after")
     def _static_graph_without_accumulation(self) -> TrainingParams:
         # torch's DDP with a static graph fails on a backward pass under no_sync() (pytorch
@@ -150,7 +166,69 @@ class TrainingParams(Section):
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
             "validation_fraction": self.validation_fraction,
             "same_person_similarity": self.same_person_similarity,
+            "source_weights": self.source_weights,
         }
+
+
+class ConsistencyParams(Section):
+    """ConsiStory's settings (`training.consistory`, article section 4.1); the defaults are
+    those of NVIDIA's public code for SDXL."""
+
+    anchors: int = Field(2, ge=1)  # images whose subject patches every image attends to
+    mask_dropout: float = Field(0.5, ge=0.0, le=1.0)  # share of subject patches left out a step
+    parts: list[UNetPart] = Field(default_factory=lambda: ["up"])  # shared self-attention
+    mask_resolution: int = Field(32, ge=1)  # longer side of the maps the subject masks use
+    query_steps: float = Field(0.1, ge=0.0, le=1.0)  # fraction of the steps blending queries
+    # The vanilla queries' weight, at the first and at the last blended step.
+    query_strength: list[float] = Field(default_factory=lambda: [0.9, 0.818])
+    # Fractions of the steps, from and to, in which matched features are injected.
+    inject_steps: list[float] = Field(default_factory=lambda: [0.1, 1 / 3])
+    inject_alpha: float = Field(0.8, ge=0.0, le=1.0)  # the anchor's weight at a matched patch
+    inject_parts: list[UNetPart] = Field(default_factory=lambda: ["up", "down"])
+    dift_timestep: int = Field(261, ge=0)  # whose decoder features give correspondences
+    dift_block: int = Field(1, ge=0)  # the decoder block whose output they are
+
+    @field_validator("query_strength", "inject_steps")
+    @classmethod
+    def _pair(cls, value: list[float]) -> list[float]:
+        if len(value) != 2:
+            raise ValueError(f"needs two values (first, last), got {value}")
+        return value
+
+
+class SyntheticParams(Section):
+    """The `synthetic` section: characters made by a text-to-image model (article section 4.1),
+    a source of triplets beside the movies and the single images. Off with `count` 0."""
+
+    count: int = Field(0, ge=0)  # characters described and drawn; 0: no synthetic data
+    seed: int = Field(0, ge=0)  # of the descriptions, the settings and the initial latents
+    styles: list[Literal["photo", "anime"]] = Field(default_factory=lambda: ["photo", "anime"])
+    # A causal language model folder under $CAMEO_MODELS phrasing the descriptions (full);
+    # null: the template's sentences.
+    describer: str | None = None
+    model: str = "sdxl-base"  # SDXL text-to-image folder under $CAMEO_MODELS (diffusers layout)
+    batch_size: int = Field(4, ge=2)  # images of one character, drawn together: one batch
+    steps: int = Field(50, ge=1)
+    guidance_scale: float = Field(5.0, ge=0.0)
+    size: int = Field(1024, ge=16)  # pixels per side
+    consistent: bool = True  # false: plain, independent images (the method off)
+    consistency: ConsistencyParams = ConsistencyParams()
+    # dlib's cosine of each image's face to the first image's below which the batch shows
+    # more than one person and is dropped: the triplets' own identity threshold.
+    min_identity_similarity: float = Field(0.91, ge=-1.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _anchors_in_the_batch(self) -> SyntheticParams:
+        if self.consistency.anchors > self.batch_size:
+            raise ValueError(
+                f"consistency.anchors ({self.consistency.anchors}) > batch_size ({self.batch_size})"
+            )
+        problem = similarity_scale_problem(
+            "synthetic.min_identity_similarity", self.min_identity_similarity, "dlib"
+        )
+        if problem:
+            raise ValueError(problem)
+        return self
 
 
 class EvaluationParams(Section):

@@ -19,6 +19,7 @@ from orchestration.environment import configure_local_environment
 COMMANDS = {
     "sample-movie": "orchestration.cli.dataset:sample_movie",
     "dataset": "orchestration.cli.dataset:dataset",
+    "synthetic": "orchestration.cli.synthetic:synthetic",
     "features": "orchestration.cli.features:features",
     "materialize": "orchestration.cli.materialize:materialize_command",
     "train": "orchestration.cli.train:train_command",

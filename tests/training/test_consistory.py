@@ -10,7 +10,6 @@ import torch
 
 from training import consistory
 from training.consistory import (
-    ConsistencySettings,
     generate_consistent,
     match_subjects,
     otsu_mask,
@@ -19,6 +18,7 @@ from training.consistory import (
     subject_token_positions,
     tiny_text_to_image,
 )
+from training.params import ConsistencyParams
 
 HEADS = 2
 
@@ -105,7 +105,7 @@ def test_a_tiny_sdxl_batch_is_generated_consistently_and_deterministically(monke
     ]  # BOS, "a", then w-o-m-a-n
     with pytest.raises(ValueError, match="'woman' is not in the prompt 'a man'"):
         subject_token_positions(pipe.tokenizer, ["a man"], "woman")
-    settings = ConsistencySettings(mask_resolution=8, dift_timestep=500)
+    settings = ConsistencyParams(mask_resolution=8, dift_timestep=500)
     call = dict(subject="woman", settings=settings, seed=0, steps=4, guidance_scale=2.0)
     images, masks = generate_consistent(pipe, prompts, size=(128, 128), **call)
     again, _ = generate_consistent(pipe, prompts, size=(128, 128), **call)

@@ -448,6 +448,25 @@ def test_the_tiny_model_is_evaluated_in_training_and_as_a_logged_model(triplets_
     assert max(len(path) for path in sheets) < 60
 
 
+def test_the_evaluation_table_per_source():
+    """Each source's triplets (movie, single, synthetic) averaged apart, per row kind; the
+    source is a key of the row, not a metric."""
+    samples = pd.DataFrame(
+        {
+            "ablation": ["paste", "full", "full", "full"],
+            "triplet_id": ["m", "m", "s", "y"],
+            "source": ["movie", "movie", "synthetic", "synthetic"],
+            "face_found": [1.0, 1.0, 0.0, 1.0],
+        }
+    )
+    evaluation = Evaluation(samples, [], {})
+    assert evaluation.metric_names == ["face_found"]
+    table = evaluation.summary(by=("source", "ablation")).set_index(["source", "ablation"])
+    assert table.loc[("synthetic", "full"), "face_found"] == 0.5
+    assert table.loc[("synthetic", "full"), "samples"] == 2
+    assert table.loc[("movie", "paste"), "face_found"] == 1.0
+
+
 def test_copy_paste_is_aggregated_as_the_benchmark_does():
     """MultiID-Bench's aggregate: the mean within 1.5 x IQR of the quartiles (an outlier out,
     NaN ignored), beside the median and n in the summary and the MLflow metrics."""

@@ -165,6 +165,42 @@ def test_bucket_sampler_rules():
     assert list(resumed) == list(again)[2:]
 
 
+def test_source_weights_set_each_sources_share_of_an_epoch():
+    """`training.source_weights`: 2 draws each synthetic triplet twice, 0.5 half of the single
+    ones (another half each epoch), every epoch as long; all ones: the unweighted epochs."""
+    sources = ["movie"] * 12 + ["single"] * 8 + ["synthetic"] * 6
+    bucket_ids = [i % 2 for i in range(len(sources))]
+    weight = {"movie": 1.0, "single": 0.5, "synthetic": 2.0}
+    sampler = BucketBatchSampler(bucket_ids, 2, seed=1, weights=[weight[s] for s in sources])
+    halves = set()
+    for epoch in range(4):
+        drawn = [i for batch in sampler.epoch_batches(epoch) for i in batch]
+        counts = pd.Series([sources[i] for i in drawn]).value_counts()
+        assert counts.to_dict() == {"movie": 12, "single": 4, "synthetic": 12}
+        assert len(sampler.epoch_batches(epoch)) == len(sampler) == 14
+        halves.add(frozenset(i for i in drawn if sources[i] == "single"))
+    assert len(halves) > 1  # a different half of the singles across epochs
+    plain = BucketBatchSampler(bucket_ids, 2, seed=1)
+    ones = BucketBatchSampler(bucket_ids, 2, seed=1, weights=[1.0] * len(sources))
+    assert ones.epoch_batches(3) == plain.epoch_batches(3)
+
+
+def test_a_synthetic_character_is_on_one_side_of_the_split():
+    """A synthetic character's triplets (one batch: the manifest's `movie`) share one key."""
+    manifest = pd.DataFrame(
+        {
+            "triplet_id": [f"synthetic-0-{c:05d}-t{t:02d}" for c in range(10) for t in (1, 2, 3)],
+            "source": "synthetic",
+            "movie": [f"synthetic-0-{c:05d}" for c in range(10) for _ in range(3)],
+            "character_id": 0,
+        }
+    )
+    train, validation = split_by_identity(manifest, 0.3, seed=0)
+    assert len(train) and len(validation)
+    assert not set(train["movie"]) & set(validation["movie"])
+    assert identity_keys(manifest).nunique() == 10
+
+
 def test_bucket_sampler_refuses_too_few_batches():
     with pytest.raises(ValueError, match="fewer than 4 batches"):
         BucketBatchSampler([0, 0, 1], batch_size=2, num_replicas=4, rank=0)
