@@ -29,6 +29,7 @@ from assets.triplet import SKIPPED_COLUMNS, Triplet, mask_image, skipped_record,
 from core.io import atomic_path
 from core.layout import DataLayout
 from perception.anime_faces import no_face_reason
+from perception.faces import DetectedFace
 from perception.priors import Priors
 
 SOURCE = "synthetic"
@@ -38,6 +39,25 @@ SKIPPED = "skipped.parquet"
 
 def image_name(index: int) -> str:
     return f"image-{index:02d}.png"
+
+
+def batch_identity(
+    images: list[np.ndarray], style: str, priors: Priors
+) -> tuple[list[DetectedFace | None], str, dict[int, float]]:
+    """Each image's character face (None: no face), the batch's style (the reference's: a
+    photo batch may fall back to anime), and dlib's cosine of each other image's face to the
+    reference's, by image index: the identity-consistency check's figures."""
+    reference_face, style = main_face(images[0], style, priors)
+    faces = [reference_face] + [main_face(image, style, priors)[0] for image in images[1:]]
+    recogniser = priors.dlib_faces()
+    similarities = {}
+    if reference_face is not None:
+        for index, face in enumerate(faces[1:], start=1):
+            if face is not None:
+                similarities[index] = identity_similarity(
+                    recogniser, images[0], reference_face.bbox, images[index], face.bbox
+                )
+    return faces, style, similarities
 
 
 def batch_triplets(
@@ -56,23 +76,17 @@ def batch_triplets(
         return record | {"identity_similarity": similarity}
 
     reference = images[0]
-    # The reference's style rules the batch (a photo batch may fall back to anime).
-    reference_face, style = main_face(reference, style, priors)
+    faces, style, similarities = batch_identity(images, style, priors)
+    reference_face = faces[0]
     if reference_face is None:
         reason = no_face_reason(style, priors.faces.anime)
         return [], [skip(0, "faces", f"the reference image: {reason}")]
     targets, skipped = [], []
-    for index, image in enumerate(images[1:], start=1):
-        face, _ = main_face(image, style, priors)
+    for index, face in enumerate(faces[1:], start=1):
         if face is None:
             skipped.append(skip(index, "faces", no_face_reason(style, priors.faces.anime)))
         else:
-            targets.append((index, image, face))
-    recogniser = priors.dlib_faces()
-    similarities = {
-        index: identity_similarity(recogniser, reference, reference_face.bbox, image, face.bbox)
-        for index, image, face in targets
-    }
+            targets.append((index, images[index], face))
     if similarities and min(similarities.values()) < min_identity_similarity:
         index = min(similarities, key=similarities.__getitem__)
         reason = (

@@ -69,6 +69,14 @@ and torchvision 0.28.0 (never installed beside this torch); lmdeploy 0.18.0 want
 2.12.1 and torchvision <= 0.27.1. None installs beside `requirements-gpu.lock`, so none was
 measured. An engine would run the captions step in an image of its own, with its own pins;
 `perception/captions.py` hands its batches to vLLM's offline engine wherever vLLM imports.
+
+**Synthetic triplets** (article section 4.1, `synthetic.count`): a triplet costs the drawing of
+its batch (`synthetic.batch_size` images; ConsiStory denoises them twice, the second time with
+feature injection) divided by the triplets the batch keeps (at most `batch_size - 1`, none
+where the in-batch identity check drops it), plus the single images' stages on each target.
+Only the tiny profile's CPU wiring cost is measured ("Synthetic characters: consistency and
+cost"); the GPU cost per triplet on SDXL is pending (`python -m bench.synthetic --profile
+full` on a GPU with the weights), so it is not in the plan above.
 """
 
 

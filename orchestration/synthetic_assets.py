@@ -127,7 +127,6 @@ def synthetic_descriptions(context: dg.AssetExecutionContext) -> dg.MaterializeR
 def synthetic_images(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """One character's batch of `synthetic.batch_size` images in distinct settings, drawn
     together so that they show one person (ConsiStory); kept while its fingerprint holds."""
-    from core.io import read_json
     from training.consistory import draw_batch
 
     layout = context.resources.data.layout
