@@ -79,7 +79,8 @@ def build(
         if count == 0:
             click.echo("synthetic.count is 0: no synthetic characters (params.yaml turns it on)")
         outcomes = []
-        with tqdm(list(characters) or found, unit="character", desc="synthetic") as bar:
+        # No bar when there is nothing to draw.
+        with tqdm(list(characters) or found, unit="character", desc="synthetic", delay=0.1) as bar:
             for character in bar:
                 bar.set_postfix_str(character)
                 outcomes.append(
