@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from assets.contact_sheet import image_strip, markdown_preview
+from assets.identity import STAGE as IDENTITY
 from assets.synthetic import SOURCE, batch_triplets, image_name, write_batch_triplets
 from core.io import atomic_path, load_rgb, read_json, remove_path, save_image, write_json
 from core.versioning import source_version
@@ -165,12 +166,54 @@ def synthetic_images(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     )
 
 
+ONE_PERSON = "one_person_in_the_batch"
+
+
+def one_person_check(triplets: list, skipped: list[dict], threshold: float) -> dg.AssetCheckResult:
+    """The in-batch identity check as the UI shows it: passed where the batch's faces are one
+    person, a warning where it was dropped as two, and a warning (never a pass) where no pair
+    was left to check."""
+    dropped = [s for s in skipped if s["stage"] == IDENTITY]
+    if dropped:
+        similarity = float(dropped[0]["identity_similarity"])
+        return dg.AssetCheckResult(
+            check_name=ONE_PERSON,
+            passed=False,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=dropped[0]["reason"],
+            metadata={"lowest_similarity": similarity},
+        )
+    if triplets:
+        lowest = min(t.identity_similarity for t in triplets)
+        return dg.AssetCheckResult(
+            check_name=ONE_PERSON,
+            passed=True,
+            description=f"every face at least {threshold} of the reference's (lowest {lowest:.3f})",
+            metadata={"lowest_similarity": lowest},
+        )
+    return dg.AssetCheckResult(
+        check_name=ONE_PERSON,
+        passed=False,
+        severity=dg.AssetCheckSeverity.WARN,
+        description="not checked: no pair left, "
+        + "; ".join(f"{s['stage']}: {s['reason']}" for s in skipped),
+    )
+
+
 @dg.asset(
     group_name=SOURCE,
     partitions_def=synthetic_partitions,
     deps=[synthetic_images],
     required_resource_keys={"data", "params", "perception"},
     code_version=source_version(__name__),
+    check_specs=[
+        dg.AssetCheckSpec(
+            ONE_PERSON,
+            asset="synthetic_triplets",
+            description="dlib's cosine of every face of the batch to the reference's is at "
+            "least synthetic.min_identity_similarity",
+        )
+    ],
 )
 def synthetic_triplets(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """The batch's (reference, target) triplets: its first image the reference, each other a
@@ -194,7 +237,9 @@ def synthetic_triplets(context: dg.AssetExecutionContext) -> dg.MaterializeResul
     for s in skipped:
         context.log.warning(f"{character.character_id} left out at {s['stage']}: {s['reason']}")
     similarities = {t.triplet_id: round(t.identity_similarity, 4) for t in triplets}
+    threshold = values.synthetic.min_identity_similarity
     return dg.MaterializeResult(
+        check_results=[one_person_check(triplets, skipped, threshold)],
         metadata={
             "triplets": len(triplets),
             "skipped": len(skipped),
@@ -208,7 +253,7 @@ def synthetic_triplets(context: dg.AssetExecutionContext) -> dg.MaterializeResul
             }
             if skipped
             else {}
-        )
+        ),
     )
 
 

@@ -28,6 +28,7 @@ from orchestration.params import load_params
 from orchestration.resources import DataResource
 from orchestration.runs import STAGE_CHOICES
 from orchestration.sensors import movie_sensor
+from orchestration.synthetic_assets import SYNTHETIC_ASSETS
 from tests.conftest import PARAMS
 from training.data import person_keys
 
@@ -75,7 +76,8 @@ def test_definitions_load():
     dg.Definitions.validate_loadable(defs)
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert set(STAGE_NAMES) == set(STAGE_CHOICES)
-    assert keys == {*STAGE_NAMES, "features", "model", "evaluation"}
+    synthetic = {asset.key.to_user_string() for asset in SYNTHETIC_ASSETS}
+    assert keys == {*STAGE_NAMES, *synthetic, "features", "model", "evaluation"}
 
 
 def test_descriptions_render_as_text_not_code_blocks():

@@ -11,6 +11,7 @@ import dagster as dg
 import pytest
 
 from orchestration.dataset_definitions import STAGE_NAMES
+from orchestration.synthetic_assets import SYNTHETIC_ASSETS
 from serving.server import free_port, wait_until_answering
 from tests.conftest import REPO, tracking_store
 
@@ -212,7 +213,16 @@ def test_ui_shows_assets_partitions_and_blocking_checks(instance_env, trained):
         server.kill()  # the webserver ignores SIGTERM
         server.wait(timeout=30)
     by_name = {n["assetKey"]["path"][0]: n for n in nodes}
-    assert set(by_name) == {*STAGE_NAMES, "features", "model", "evaluation"}
+    synthetic = {asset.key.to_user_string() for asset in SYNTHETIC_ASSETS}
+    assert set(by_name) == {*STAGE_NAMES, *synthetic, "features", "model", "evaluation"}
+    # The synthetic group: off in the demo, so no character partition; its in-batch check
+    # warns, never blocks (a dropped batch is data, not a failure).
+    synthetic_nodes = [by_name.pop(name) for name in sorted(synthetic)]
+    assert [node["partitionKeys"] for node in synthetic_nodes] == [[], [], []]
+    assert [
+        [(c["name"], c["blocking"]) for c in node["assetChecksOrError"]["checks"]]
+        for node in synthetic_nodes
+    ] == [[], [], [("one_person_in_the_batch", False)]]
     features = by_name.pop("features")
     model, evaluation = by_name.pop("model"), by_name.pop("evaluation")
     assert model["partitionKeys"] == evaluation["partitionKeys"] == features["partitionKeys"] == []

@@ -22,9 +22,10 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-# What `dvc push`, `pull`, `checkout` and `status` look at here: the inputs and the dataset
-# (the clone trains nothing, so the train stage's outputs are not in its cache).
-DATASET = ("dataset", "data/movies.dvc", "data/singles.dvc")
+# What `dvc push`, `pull`, `checkout` and `status` look at here: the inputs, the synthetic
+# characters (none: off) and the dataset (the clone trains nothing, so the train stage's
+# outputs are not in its cache).
+DATASET = ("synthetic", "dataset", "data/movies.dvc", "data/singles.dvc")
 
 
 def run(cwd: Path, *args: str, env: dict[str, str]) -> str:
@@ -91,7 +92,7 @@ def test_a_fresh_clone_pulls_inputs_and_dataset(built: Path, tmp_path: Path, env
     run(tmp_path, "git", "clone", "-q", str(built), str(fresh), env=env)
     run(fresh, "dvc", "remote", "modify", "local", "url", str(built / ".dvc-remote"), env=env)
     run(fresh, "dvc", "pull", *DATASET, env=env)
-    for folder in ("movies", "singles", "triplets"):
+    for folder in ("movies", "singles", "synthetic", "triplets"):
         expected = sorted(p.relative_to(built) for p in (built / "data" / folder).rglob("*"))
         assert sorted(p.relative_to(fresh) for p in (fresh / "data" / folder).rglob("*")) == (
             expected

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import dagster as dg
 import matplotlib.cbook
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ from bench.report import PARAMS
 from core.layout import DataLayout
 from orchestration.cli.main import main
 from orchestration.params import load_params
+from orchestration.synthetic_assets import one_person_check
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +68,14 @@ def test_a_batch_of_one_person_makes_triplets_and_one_of_two_is_dropped(params, 
     assert none == [] and no_face[0]["stage"] == "faces"
     assert "reference image" in no_face[0]["reason"]
 
+    # The check the UI shows: passed, a warning for two people, a warning (not a pass) unchecked.
+    checks = [one_person_check(*case, threshold) for case in ((triplets, []), (dropped, why))]
+    checks.append(one_person_check(none, no_face, threshold))
+    assert [c.passed for c in checks] == [True, False, False]
+    assert {c.severity for c in checks[1:]} == {dg.AssetCheckSeverity.WARN}
+    assert "more than one person" in checks[1].description
+    assert checks[2].description.startswith("not checked")
+
     # Written per batch, then taken into the dataset's folder with the batch's skip records;
     # a described character whose stages have not run is listed as left out.
     layout = DataLayout(tmp_path / "data")
@@ -111,6 +121,7 @@ def test_cameo_synthetic_build_draws_keeps_and_forgets_batches(tmp_path):
     ids = layout.synthetic_characters()
     assert ids == ["synthetic-0-00000", "synthetic-0-00001"], output
     assert "ok     synthetic-0-00000: 0 triplets" in output
+    assert "warning: check synthetic_triplets.one_person_in_the_batch: not checked" in output
     assert "no face found" in output
     batch = layout.synthetic_batch(ids[0])
     images = sorted(batch.glob("image-*.png"))

@@ -91,10 +91,9 @@ def build(
             click.echo(f"FAILED {outcome.movie}: {outcome.message}")
             continue
         made = outcome.metadata.get("synthetic_triplets", {})
-        reasons = made.get("skipped_reasons", "")
         click.echo(f"ok     {outcome.movie}: {made.get('triplets', 0)} triplets")
-        for line in str(reasons).splitlines():
-            click.echo(f"       left out{line.removeprefix('-')}")
+        for warning in outcome.warnings:  # the in-batch check's, with what was left out
+            click.echo(f"       warning: {warning}")
     kept = sum(o.metadata.get("synthetic_triplets", {}).get("triplets", 0) for o in outcomes)
     click.echo(f"{kept} synthetic triplets under {layout.synthetic_dir} (`cameo dataset build`)")
     if not all(o.success for o in outcomes):

@@ -249,11 +249,29 @@ def upload(page, element: str, path: Path) -> None:
     page.locator(f"#{element} input[type=file]").set_input_files(path)
 
 
+def set_slider(page, element: str, value: int) -> None:
+    """Set a slider as a drag sets it (its range input's input and change events), again while
+    its number box does not show the value: on a busy machine the opening accordion's sliders
+    can take the first value before they are wired (a full suite's screenshot showed the
+    default kept)."""
+    slider = page.locator(f"#{element} input[type=range]")
+    shown = page.locator(f"#{element} input[type=number]")
+    slider.wait_for(state="visible")
+    for _ in range(5):
+        slider.fill(str(value))
+        try:
+            expect(shown).to_have_value(str(value), timeout=5_000)
+            return
+        except AssertionError:
+            continue
+    expect(shown).to_have_value(str(value))
+
+
 @pytest.mark.slow
 @needs_chromium
 @pytest.mark.xfail(
-    reason="issue 31: passes in a working copy, failed in 2 of 2 fresh clones' full suites "
-    "(cause not found yet: the run's output was not kept)",
+    reason="issue 31: passed in 5 of 6 fresh clones' full suites; the sixth kept the steps "
+    "slider at its default (now set again until it shows the value)",
     strict=False,
 )
 def test_the_studio_page_paints_two_characters_in_a_browser(logged, browser, tmp_path):
@@ -312,11 +330,7 @@ def test_the_studio_page_paints_two_characters_in_a_browser(logged, browser, tmp
             page.locator("#face-note").get_by_text("Face found").wait_for()
             page.locator("#prompt textarea").fill("a knight waves")
             page.get_by_text("Settings (the model's defaults)").click()
-            # The slider's own range input, set as a drag sets it (input and change events).
-            slider = page.locator("#num_inference_steps input[type=range]")
-            slider.fill(str(FAST["num_inference_steps"]))
-            steps = page.locator("#num_inference_steps input[type=number]")
-            expect(steps).to_have_value(str(FAST["num_inference_steps"]))
+            set_slider(page, "num_inference_steps", FAST["num_inference_steps"])
             page.locator("#paint").click()
             summary = page.locator("#summary")
             summary.get_by_text("character 1: ").wait_for(timeout=120_000)
