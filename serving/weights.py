@@ -29,7 +29,7 @@ import json
 import shutil
 import tarfile
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from training.model import BODY_ENCODER_DIR, INSTANTID_DIR, SDXL_INPAINT_DIR
 
 LOCK_FILE = Path(__file__).resolve().parents[1] / "models.lock.yaml"
 RECORDS_DIR = ".cameo-weights"  # under the models folder: one JSON record per download
-COMMANDS = ("dataset", "train", "serve")
+COMMANDS = ("dataset", "synthetic", "train", "serve")
 _CHUNK = 1 << 20
 _HEADER = """\
 # The `full` profile's weights under $CAMEO_MODELS: where each comes from (a Hub revision or a
@@ -130,8 +130,9 @@ def _tuple(mapping: dict[str, Any], key: str) -> dict[str, tuple]:
     return {key: tuple(mapping[key])} if mapping.get(key) is not None else {}
 
 
-def required_models(priors: Priors) -> dict[str, str]:
-    """`{entry under $CAMEO_MODELS: what loads it}` for the `full` profile of `priors`."""
+def required_models(priors: Priors, synthetic_model: str) -> dict[str, str]:
+    """`{entry under $CAMEO_MODELS: what loads it}` for the `full` profile of `priors` and the
+    synthetic characters' generator (`synthetic.model`)."""
     return {
         priors.faces.model: "faces.model: insightface detection and ArcFace",
         priors.masks.model: "masks.model: SAM",
@@ -142,6 +143,7 @@ def required_models(priors: Priors) -> dict[str, str]:
         SDXL_INPAINT_DIR: "training: SDXL 1.0 inpainting (diffusers layout)",
         INSTANTID_DIR: "training: InstantID IdentityNet and ip-adapter.bin",
         BODY_ENCODER_DIR: "training: InternViT body encoder",
+        synthetic_model: "synthetic.model: SDXL 1.0 text-to-image (synthetic characters)",
     }
 
 
@@ -165,10 +167,11 @@ def write_lock(entries: Iterable[LockEntry], path: str | Path = LOCK_FILE) -> No
     tmp.replace(path)
 
 
-def checked_lock(priors: Priors, path: str | Path = LOCK_FILE) -> dict[str, LockEntry]:
-    """The lock file's entries; WeightsError when it misses a model the params name."""
+def checked_lock(required: Mapping[str, str], path: str | Path = LOCK_FILE) -> dict[str, LockEntry]:
+    """The lock file's entries; WeightsError when it misses a model the params name
+    (`required`: `required_models`)."""
     entries = read_lock(path)
-    missing = sorted(set(required_models(priors)) - set(entries))
+    missing = sorted(set(required) - set(entries))
     if missing:
         raise WeightsError(
             f"{path} does not list {', '.join(missing)}, which params.yaml's `full` profile "
@@ -333,13 +336,13 @@ def _download(source, target: Path) -> str:
 def pack(
     models_dir: str | Path,
     mirror_dir: str | Path,
-    priors: Priors,
+    required: Mapping[str, str],
     lock_path: str | Path = LOCK_FILE,
 ) -> dict[str, str]:
     """Write `<entry>.tar` of every lock-file entry under `models_dir` into `mirror_dir` and
     record each archive's sha256 in the lock file. Returns `{entry: sha256}`."""
     models_dir, mirror_dir = Path(models_dir), Path(mirror_dir)
-    entries = checked_lock(priors, lock_path)
+    entries = checked_lock(required, lock_path)
     absent = [name for name in entries if not (models_dir / name).exists()]
     if absent:
         raise WeightsError(f"not in {models_dir}: {', '.join(absent)}")
@@ -360,7 +363,7 @@ def pack(
 def fetch(
     mirror: str,
     models_dir: str | Path,
-    priors: Priors,
+    required: Mapping[str, str],
     lock_path: str | Path = LOCK_FILE,
     log: Callable[[str], None] = print,
 ) -> list[str]:
@@ -369,7 +372,7 @@ def fetch(
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     fetched = []
-    for name, entry in checked_lock(priors, lock_path).items():
+    for name, entry in checked_lock(required, lock_path).items():
         target = models_dir / name
         if target.exists():
             log(f"{name}: present, skipped")

@@ -206,7 +206,8 @@ class SyntheticParams(Section):
     # A causal language model folder under $CAMEO_MODELS phrasing the descriptions (full);
     # null: the template's sentences.
     describer: str | None = None
-    model: str = "sdxl-base"  # SDXL text-to-image folder under $CAMEO_MODELS (diffusers layout)
+    # SDXL text-to-image folder under $CAMEO_MODELS (diffusers layout)
+    model: str = "stable-diffusion-xl-base-1.0"
     batch_size: int = Field(4, ge=2)  # images of one character, drawn together: one batch
     steps: int = Field(50, ge=1)
     guidance_scale: float = Field(5.0, ge=0.0)

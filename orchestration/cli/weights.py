@@ -18,9 +18,18 @@ lock_option = click.option(
 for_option = click.option(
     "--for",
     "needed_for",
-    type=click.Choice(["dataset", "train", "serve"]),
+    type=click.Choice(["dataset", "synthetic", "train", "serve"]),
     help="Only what this command loads.",
 )
+
+
+def full_models(params_path: str) -> dict[str, str]:
+    """What the `full` profile of these params loads (`serving.weights.required_models`)."""
+    from orchestration.params import load_params
+    from serving.weights import required_models
+
+    params = load_params(params_path, "full")
+    return required_models(params.priors(), params.synthetic.model)
 
 
 @click.group()
@@ -32,10 +41,9 @@ def weights() -> None:
 def _locked_entries(
     params_path: str, lock_file: Path, names: tuple[str, ...], needed_for: str | None
 ) -> list:
-    from orchestration.params import load_params
     from serving.weights import checked_lock, select
 
-    entries = checked_lock(load_params(params_path, "full").priors(), lock_file)
+    entries = checked_lock(full_models(params_path), lock_file)
     return select(entries, names, needed_for)
 
 
@@ -148,13 +156,10 @@ def weights_licences() -> None:
 def weights_fetch(mirror: str, models_dir: Path, params_path: str) -> None:
     """Download, check and unpack every entry missing from MODELS from a mirror that
     `cameo weights pack` wrote (clusters without internet)."""
-    from orchestration.params import load_params
     from serving.weights import WeightsError, fetch
 
     try:
-        fetched = fetch(
-            mirror, models_dir, load_params(params_path, "full").priors(), log=click.echo
-        )
+        fetched = fetch(mirror, models_dir, full_models(params_path), log=click.echo)
     except WeightsError as error:
         sys.exit(f"error: {error}")
     click.echo(f"{len(fetched)} fetched into {models_dir}")
@@ -167,11 +172,10 @@ def weights_fetch(mirror: str, models_dir: Path, params_path: str) -> None:
 def weights_pack(models_dir: Path, out: Path, params_path: str) -> None:
     """Write a mirror (one <entry>.tar each) from MODELS and record the sha256 of each archive
     in models.lock.yaml (`mirror_sha256`)."""
-    from orchestration.params import load_params
     from serving.weights import WeightsError, pack
 
     try:
-        digests = pack(models_dir, out, load_params(params_path, "full").priors())
+        digests = pack(models_dir, out, full_models(params_path))
     except WeightsError as error:
         sys.exit(f"error: {error}")
     for name, digest in digests.items():
