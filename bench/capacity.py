@@ -19,6 +19,9 @@ import numpy as np
 import pandas as pd
 
 from bench.dataset_gpu_figures import PROMPT_TOKENS, Figure
+from bench.report import PARAMS
+from orchestration.params import load_params
+from training.params import SyntheticParams
 
 SECTION = "Capacity plan: the article's corpus"
 
@@ -39,6 +42,10 @@ CPU_CORES_PER_GPU = 12  # an 8-GPU node of 96+ cores
 POD_START_S = 45.0  # step pod: schedule, container start (image cached), imports, CUDA init
 LOAD_GBPS = 2.0  # weights read from a node-local disk or a fast PVC
 FRAME_JPEG_MB = 0.35  # a 1920x1080 film frame at JPEG quality 95 (frames.jpeg_quality)
+# Measured: one denoising step of the inpainting pipeline at 1024², CFG, bf16, one image, on an
+# H100 (BENCHMARKS "Model (GPU)", 2026-11-26): SDXL's U-Net with the ControlNet, an upper
+# bound for the text-to-image U-Net the synthetic characters are drawn with.
+INPAINT_STEP_S = 0.132
 
 
 # What grouping movies per pod takes, and whether an inference engine for InternVL2 installs
@@ -70,14 +77,24 @@ and torchvision 0.28.0 (never installed beside this torch); lmdeploy 0.18.0 want
 measured. An engine would run the captions step in an image of its own, with its own pins;
 `perception/captions.py` hands its batches to vLLM's offline engine wherever vLLM imports.
 
-**Synthetic triplets** (article section 4.1, `synthetic.count`): a triplet costs the drawing of
-its batch (`synthetic.batch_size` images; ConsiStory denoises them twice, the second time with
-feature injection) divided by the triplets the batch keeps (at most `batch_size - 1`, none
-where the in-batch identity check drops it), plus the single images' stages on each target.
-Only the tiny profile's CPU wiring cost is measured ("Synthetic characters: consistency and
-cost"); the GPU cost per triplet on SDXL is pending (`python -m bench.synthetic --profile
-full` on a GPU with the weights), so it is not in the plan above.
+**Synthetic triplets** (article section 4.1, `synthetic.count`): the figure above is an
+estimate from another pipeline's measured step; the share of batches the in-batch identity
+check keeps, and ConsiStory's own GPU step (its shared attention reads the anchors' subject
+patches too), are not measured: `python -m bench.synthetic --profile full` on a GPU with the
+weights measures both ("Synthetic characters: consistency and cost", pending).
 """
+
+
+def synthetic_triplet_s(params: SyntheticParams) -> dict[str, float]:
+    """GPU seconds of drawing per triplet of a kept batch (batch_size - 1 triplets), with the
+    method on and off, from `INPAINT_STEP_S` per U-Net step of one image (estimated).
+    ConsiStory denoises the batch twice, and in the first `query_steps` of each pass once more
+    for the vanilla queries."""
+    consistent = 2 * (1 + params.consistency.query_steps)
+    return {
+        name: params.batch_size * params.steps * passes * INPAINT_STEP_S / (params.batch_size - 1)
+        for name, passes in (("ConsiStory", consistent), ("independent", 1.0))
+    }
 
 
 @dataclass
@@ -332,6 +349,8 @@ def plan(figures: list[Figure]) -> str:
     one_tile = caption_gflop(caption, vision, 1)
     one_tile_s = CHARACTER_FRAMES / _caption_speed(replace(caption, gflop_per_item=one_tile))
     sizes = measured_bytes()
+    synthetic = load_params(PARAMS, "full").synthetic
+    drawing = synthetic_triplet_s(synthetic)
     frames = MOVIES * FRAMES_PER_MOVIE
     png = "a synthetic 1080p"
     storage = [
@@ -388,6 +407,13 @@ def plan(figures: list[Figure]) -> str:
         "resolution (not measured).\n\n"
         f"SAM's GPU time, estimated from its counted FLOPs: {_hours(sam_s['fp32'])} GPU-hours in "
         f"float32, {_hours(sam_s['vit'])} in bfloat16 (`masks.dtype`).\n\n"
+        f"A synthetic triplet (`synthetic`, the `full` profile: batches of {synthetic.batch_size} "
+        f"images at {synthetic.size} px, {synthetic.steps} steps): about "
+        f"{drawing['ConsiStory']:,.0f} GPU-seconds of drawing with ConsiStory, "
+        f"{drawing['independent']:,.0f} without (estimated: {INPAINT_STEP_S * 1e3:.0f} ms per "
+        "image and U-Net step, the inpainting pipeline's measured step, ControlNet included; a "
+        "kept batch's images but the reference are targets), before the targets' stages, as "
+        "a movie's character frames go through them; a dropped batch costs its drawing too.\n\n"
         "| output | corpus size | per item |\n|---|---|---|\n"
         + "\n".join(f"| {name} | {size / 1e9:,.1f} GB | {how} |" for name, size, how in storage)
         + "\n"
