@@ -106,7 +106,8 @@ bench: $(STAMP)
 # --load-restrictor; it is a copy of params.yaml (a test fails when the two differ).
 # A short window on a bare GPU machine (bench/gpu_window.py): its own Python and CUDA torch, no
 # venv, no network. OUT gets every figure as it is measured; SMOKE=1 rehearses on CPU;
-# PART=dataset measures the dataset stages' networks instead of the model.
+# PART=dataset measures the dataset stages' networks instead of the model, PART=synthetic
+# ConsiStory's drawing of a synthetic character's batch.
 OUT      ?= gpu-window-out
 BUDGET_S ?= 540
 PART     ?= model

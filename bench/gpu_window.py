@@ -35,7 +35,11 @@ WHEEL_LOCK = REPO / "requirements-gpu-window.txt"
 # What the bench imports beyond torch, by module: checked before anything runs.
 IMPORTS = ("diffusers", "transformers", "accelerate", "pydantic", "yaml", "pandas", "safetensors")
 MARGIN_S = 20  # of the budget, kept back for the bench's imports and the launcher's report
-PARTS = {"model": "bench.model_gpu", "dataset": "bench.dataset_gpu"}
+PARTS = {
+    "model": "bench.model_gpu",
+    "dataset": "bench.dataset_gpu",
+    "synthetic": "bench.synthetic_gpu",
+}
 
 
 class Preflight:

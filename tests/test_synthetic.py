@@ -139,3 +139,19 @@ def test_cameo_synthetic_build_draws_keeps_and_forgets_batches(tmp_path):
     assert "synthetic.count is 0" in build(0) and layout.synthetic_characters() == []
     refused = build(1, anchors=4)  # the tiny profile draws 3
     assert "consistency.anchors (4) > batch_size (3)" in refused
+
+
+def test_the_gpu_cost_bench_draws_both_settings_in_its_smoke_run(tmp_path):
+    """bench/synthetic_gpu.py (the GPU window's `synthetic` part) on the tiny profile's batch on
+    the CPU: both settings timed, the section written under --out; a forced failure costs only
+    its own row."""
+    from bench.synthetic_gpu import main
+
+    main(["--smoke", "--out", str(tmp_path)])
+    section = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "| independent (method off) | " in section and "| ConsiStory | " in section
+    assert "pending" not in section and "ConsiStory draws a batch in" in section
+    assert len((tmp_path / "synthetic_figures.txt").read_text().splitlines()) == 2
+    main(["--smoke", "--out", str(tmp_path / "failed"), "--fail-part", "ConsiStory"])
+    failed = (tmp_path / "failed" / "BENCHMARKS.md").read_text()
+    assert "| ConsiStory | pending |" in failed and "Not run: ConsiStory: RuntimeError" in failed

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from perception.descriptions import CharacterDescription, setting_prompts
+from training.model.config import TINY, ModelConfig
 from training.params import ConsistencyParams, SyntheticParams
 
 
@@ -458,9 +459,10 @@ def load_text_to_image(profile: str, models_dir: str | Path | None, model: str) 
     return by_profile(profile, full=full, tiny=tiny_text_to_image)
 
 
-def tiny_text_to_image(seed: int = 0) -> Any:
-    """The `tiny` profile's SDXL text-to-image pipeline: the tiny model's architecture (a
-    4-channel U-Net), random weights, file-free tokenizers; a wiring model, offline on CPU."""
+def random_text_to_image(config: ModelConfig, seed: int = 0) -> Any:
+    """An SDXL text-to-image pipeline of `config`'s architecture (its U-Net with 4 input
+    channels) with random weights and file-free tokenizers: the `tiny` profile's wiring model,
+    and at the `sdxl` config a stand-in whose speed is SDXL's (bench/synthetic_gpu.py)."""
     from diffusers import (
         AutoencoderKL,
         EulerDiscreteScheduler,
@@ -469,18 +471,22 @@ def tiny_text_to_image(seed: int = 0) -> Any:
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from training.model.config import TINY
     from training.text import byte_level_tokenizer
 
     torch.manual_seed(seed)
     pipe = StableDiffusionXLPipeline(
-        vae=AutoencoderKL(**TINY.vae),
-        text_encoder=CLIPTextModel(CLIPTextConfig(**TINY.text_encoder)),
-        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**TINY.text_encoder_2)),
+        vae=AutoencoderKL(**config.vae),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**config.text_encoder)),
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**config.text_encoder_2)),
         tokenizer=byte_level_tokenizer(),
         tokenizer_2=byte_level_tokenizer(pad_token="!"),
-        unet=UNet2DConditionModel(**{**TINY.unet, "in_channels": 4}),
-        scheduler=EulerDiscreteScheduler(**TINY.scheduler),
+        unet=UNet2DConditionModel(**{**config.unet, "in_channels": 4}),
+        scheduler=EulerDiscreteScheduler(**config.scheduler),
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_text_to_image(seed: int = 0) -> Any:
+    """The `tiny` profile's generator: the tiny model's architecture, random weights."""
+    return random_text_to_image(TINY, seed)
