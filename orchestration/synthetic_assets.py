@@ -135,9 +135,9 @@ def synthetic_images(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     character = described(layout.synthetic_descriptions)[context.partition_key]
     batch_dir = layout.synthetic_batch(character.character_id)
     fingerprint = batch_fingerprint(character, values)
-    batch_file = batch_dir / BATCH_FILE
-    if batch_file.is_file() and read_json(batch_file)["fingerprint"] == fingerprint:
-        prompts = read_json(batch_file)["prompts"]
+    batch = read_json(batch_dir / BATCH_FILE) if (batch_dir / BATCH_FILE).is_file() else {}
+    if batch.get("fingerprint") == fingerprint:
+        prompts = batch["prompts"]
         images = [load_rgb(batch_dir / image_name(i)) for i in range(len(prompts))]
         reused = True
     else:
