@@ -155,3 +155,17 @@ def test_the_gpu_cost_bench_draws_both_settings_in_its_smoke_run(tmp_path):
     main(["--smoke", "--out", str(tmp_path / "failed"), "--fail-part", "ConsiStory"])
     failed = (tmp_path / "failed" / "BENCHMARKS.md").read_text()
     assert "| ConsiStory | pending |" in failed and "Not run: ConsiStory: RuntimeError" in failed
+
+
+def test_the_consistency_bench_runs_at_a_tiny_size(params):
+    """bench/synthetic.py's code on one tiny character, so that the benchmark cannot rot: both
+    settings drawn, checked and reported; the tiny generator's images hold no face, and the
+    report says its figures are wiring and what is pending."""
+    from bench.synthetic import measure, report
+
+    settings = measure(params, 1)
+    assert [(s.batches, s.images, s.faces, s.kept) for s in settings] == [(1, 3, 0, 0)] * 2
+    assert all(s.draw_s > 0 for s in settings)
+    text = report(params, settings)
+    assert "| ConsiStory | 0 of 3 | - | - | 0 of 1 | 0 |" in text
+    assert "Pending: the consistency and GPU cost of the `full` profile" in text
