@@ -26,7 +26,7 @@ from assets.params import DatasetParams
 from assets.references import segment_reference
 from assets.singles import character_mask, main_face, target_conditions
 from assets.triplet import SKIPPED_COLUMNS, Triplet, mask_image, skipped_record, write_triplet
-from core.io import atomic_path
+from core.io import atomic_path, load_rgb
 from core.layout import DataLayout
 from perception.anime_faces import no_face_reason
 from perception.faces import DetectedFace
@@ -39,6 +39,11 @@ SKIPPED = "skipped.parquet"
 
 def image_name(index: int) -> str:
     return f"image-{index:02d}.png"
+
+
+def read_batch_images(batch_dir: Path, count: int) -> list[np.ndarray]:
+    """The `count` images of a drawn batch, reference first."""
+    return [load_rgb(batch_dir / image_name(i)) for i in range(count)]
 
 
 def batch_identity(

@@ -22,8 +22,14 @@ import pandas as pd
 
 from assets.contact_sheet import image_strip, markdown_preview
 from assets.identity import STAGE as IDENTITY
-from assets.synthetic import SOURCE, batch_triplets, image_name, write_batch_triplets
-from core.io import atomic_path, load_rgb, read_json, remove_path, save_image, write_json
+from assets.synthetic import (
+    SOURCE,
+    batch_triplets,
+    image_name,
+    read_batch_images,
+    write_batch_triplets,
+)
+from core.io import atomic_path, read_json, remove_path, save_image, write_json
 from core.versioning import source_version
 from perception.descriptions import (
     DESCRIPTIONS_VERSION,
@@ -138,7 +144,7 @@ def synthetic_images(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     batch = read_json(batch_dir / BATCH_FILE) if (batch_dir / BATCH_FILE).is_file() else {}
     if batch.get("fingerprint") == fingerprint:
         prompts = batch["prompts"]
-        images = [load_rgb(batch_dir / image_name(i)) for i in range(len(prompts))]
+        images = read_batch_images(batch_dir, len(prompts))
         reused = True
     else:
         pipe = text_to_image(
@@ -224,7 +230,7 @@ def synthetic_triplets(context: dg.AssetExecutionContext) -> dg.MaterializeResul
     character = described(layout.synthetic_descriptions)[context.partition_key]
     batch_dir = layout.synthetic_batch(character.character_id)
     prompts = read_json(batch_dir / BATCH_FILE)["prompts"]
-    images = [load_rgb(batch_dir / image_name(i)) for i in range(len(prompts))]
+    images = read_batch_images(batch_dir, len(prompts))
     triplets, skipped = batch_triplets(
         character.character_id,
         images,

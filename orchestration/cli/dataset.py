@@ -9,7 +9,13 @@ from pathlib import Path
 
 import click
 
-from orchestration.cli.options import data_option, params_option, profile_option
+from orchestration.cli.options import (
+    data_option,
+    params_option,
+    profile_option,
+    verbose_option,
+    wait_option,
+)
 from orchestration.runs import (
     DATASET_STAGE,
     STAGE_CHOICES,
@@ -70,8 +76,8 @@ def dataset() -> None:
 @click.option("--movie", "movies", multiple=True, help="Only these partition keys (repeatable).")
 @params_option
 @profile_option
-@click.option("--wait", is_flag=True, help="Wait for another build of DATA instead of refusing.")
-@click.option("-v", "--verbose", is_flag=True, help="Print Dagster's step logs.")
+@wait_option
+@verbose_option
 def build(
     data_dir: Path,
     until: str,

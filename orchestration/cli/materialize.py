@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from orchestration.cli.options import params_option, profile_option
+from orchestration.cli.options import params_option, profile_option, verbose_option
 
 TRAINING_ASSETS = ("features", "model", "evaluation")
 
@@ -20,7 +20,7 @@ TRAINING_ASSETS = ("features", "model", "evaluation")
 @click.option(
     "--data", "data_root", default=None, help="Data root (default: $CAMEO_DATA or ./data)."
 )
-@click.option("-v", "--verbose", is_flag=True, help="Print Dagster's step logs.")
+@verbose_option
 def materialize_command(
     assets: tuple[str, ...],
     params_path: str,

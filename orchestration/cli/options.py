@@ -44,3 +44,9 @@ models_option = click.option(
 )
 
 image_path = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+wait_option = click.option(
+    "--wait", is_flag=True, help="Wait for another build of DATA instead of refusing."
+)
+
+verbose_option = click.option("-v", "--verbose", is_flag=True, help="Print Dagster's step logs.")

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import click
 
-from orchestration.cli.options import data_option, params_option, profile_option
+from orchestration.cli.options import (
+    data_option,
+    params_option,
+    profile_option,
+    verbose_option,
+    wait_option,
+)
 
 DESCRIPTIONS = ["synthetic_descriptions"]
 BATCH = ["synthetic_images", "synthetic_triplets"]  # one character's assets
@@ -27,8 +33,8 @@ def synthetic() -> None:
 )
 @params_option
 @profile_option
-@click.option("--wait", is_flag=True, help="Wait for another build of DATA instead of refusing.")
-@click.option("-v", "--verbose", is_flag=True, help="Print Dagster's step logs.")
+@wait_option
+@verbose_option
 def build(
     data_dir: Path,
     characters: tuple[str, ...],
