@@ -9,6 +9,7 @@ import ast
 import functools
 import hashlib
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -20,6 +21,8 @@ LOCK_FILE = "dvc.lock"
 FIRST_PARTY = ("core", "perception", "assets", "training", "serving", "orchestration")
 # The folder holding the first-party packages, whose files code versions are read from.
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
+# What the project (a wheel of cameo) is built from, beside the first-party packages.
+PROJECT_FILES = ("pyproject.toml", "README.md")
 
 
 def dvc_md5(path: Path) -> str:
@@ -120,12 +123,11 @@ def _statements(body: Iterable[ast.AST]) -> Iterator[ast.AST]:
             yield from _statements(getattr(node, field, ()))
 
 
-def imported_modules(path: Path, root: Path | None = None) -> set[str]:
-    """The first-party modules a source file imports, at module level or inside functions,
-    with the packages above each: `import a.b` names a.b; `from a import b` names a, and a.b
-    where b is a submodule; relative imports are resolved against the file's package. Read
-    with `ast`: nothing is imported."""
-    root = root or SOURCE_ROOT
+def _imports(path: Path, root: Path) -> tuple[set[str], set[str]]:
+    """What a source file's import statements name, at module level or inside functions: the
+    modules they require (`import a.b`: a.b; `from a import b`: a; relative imports resolved
+    against the file's package) and the names they take from them (`from a import b`: a.b,
+    a submodule or a name defined in a)."""
     name = module_name(path, root)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     required, submodules = set(), set()
@@ -143,6 +145,16 @@ def imported_modules(path: Path, root: Path | None = None) -> set[str]:
                 base = node.module
             required.add(base)
             submodules |= {f"{base}.{alias.name}" for alias in node.names}
+    return required, submodules
+
+
+def imported_modules(path: Path, root: Path | None = None) -> set[str]:
+    """The first-party modules a source file imports, at module level or inside functions,
+    with the packages above each: `import a.b` names a.b; `from a import b` names a, and a.b
+    where b is a submodule; relative imports are resolved against the file's package. Read
+    with `ast`: nothing is imported."""
+    root = root or SOURCE_ROOT
+    required, submodules = _imports(path, root)
     first_party = {m for m in required | submodules if m.split(".")[0] in FIRST_PARTY}
     for module in first_party & required:
         if module_file(module, root) is None:
@@ -176,6 +188,16 @@ def module_closure(*modules: str, root: Path | None = None) -> list[Path]:
     return sorted(files.values())
 
 
+def third_party_modules(*modules: str, root: Path | None = None) -> set[str]:
+    """The top-level names of the modules other than the standard library's and first-party
+    ones that `module_closure(*modules)` imports (inside functions too): what an environment
+    running those modules must install."""
+    root = (root or SOURCE_ROOT).resolve()
+    files = module_closure(*modules, root=root)
+    tops = {module.split(".")[0] for path in files for module in _imports(path, root)[0]}
+    return tops - set(sys.stdlib_module_names) - set(FIRST_PARTY) - {"__future__"}
+
+
 @functools.cache
 def _source_version(modules: tuple[str, ...], root: Path) -> str:
     digest = hashlib.sha256()
@@ -191,3 +213,18 @@ def source_version(*modules: str, root: Path | None = None) -> str:
     never imported: versioning `training.model` must not load torch. Computed once per process
     and root, like the code the process runs."""
     return _source_version(tuple(sorted(set(modules))), (root or SOURCE_ROOT).resolve())
+
+
+def project_digest(root: Path | None = None) -> str:
+    """A digest of every file the project is built from (`PROJECT_FILES` and the first-party
+    packages): the source version of a wheel of cameo, and of an installation."""
+    root = (root or SOURCE_ROOT).resolve()
+    files = [root / name for name in PROJECT_FILES]
+    for package in FIRST_PARTY:
+        files += sorted(p for p in (root / package).rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for path in files:
+        if "__pycache__" not in path.parts:
+            file_digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            digest.update(f"{path.relative_to(root).as_posix()} {file_digest}\n".encode())
+    return digest.hexdigest()[:16]

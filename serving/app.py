@@ -73,13 +73,14 @@ def create_app():
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from serving.endpoint import BEARER_CHALLENGE, UNAUTHORIZED, Invocations, authorized
+    from training.tracking import load_pyfunc
 
     _log_to_stderr()
     served = ServedModel(**json.loads(os.environ[SERVED_MODEL_ENV]))
     limits = ServerLimits(**json.loads(os.environ[SERVER_LIMITS_ENV]))
     # The perception libraries print each model file they load (rtmlib): not the server's news.
     with contextlib.redirect_stdout(io.StringIO()):
-        model = mlflow.pyfunc.load_model(os.environ[MODEL_PATH_ENV])
+        model = load_pyfunc(os.environ[MODEL_PATH_ENV])
     token = os.environ.get(SERVING_TOKEN_ENV) or None
     app = scoring_server.init(model)
     Invocations(model, limits, token).add_to(app)

@@ -51,11 +51,11 @@ def in_process(model_uri: str) -> tuple[Paint, dict[str, Any]]:
     """Paint with the model at `model_uri`, loaded in this process; with what a server's
     /version would say of it (`model_version`, `profile`, `params`). The results name the
     version, as a server's responses do."""
-    import mlflow
 
     from serving.served import resolve_model
+    from training.tracking import load_pyfunc
 
-    model = mlflow.pyfunc.load_model(model_uri)
+    model = load_pyfunc(model_uri)
     about = {"model_version": resolve_model(model_uri).label}
     about.update(model.unwrap_python_model().describe())
 

@@ -192,11 +192,12 @@ def predict_in_process(
     model: str | Any, rows: Sequence[Mapping[str, Any]], params: Mapping[str, Any] | None = None
 ) -> list[InpaintResult]:
     """The same prediction without a server: `model` is a model URI or a loaded pyfunc model."""
-    import mlflow
     import pandas as pd
 
+    from training.tracking import load_pyfunc
+
     if isinstance(model, str):
-        model = mlflow.pyfunc.load_model(model)
+        model = load_pyfunc(model)
     predictions = model.predict(pd.DataFrame(list(rows)), params=dict(params or {}))
     return [InpaintResult.from_row(row) for row in predictions.to_dict("records")]
 

@@ -11,7 +11,6 @@ import json
 import shutil
 import tempfile
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from serving.artifacts import (
     locate_model,
 )
 from serving.client import demo_inputs, make_row
+from serving.environment import model_environment
 from serving.manifest import record_base_models
 from serving.params import ServedSettings
 from serving.schema import ServingConfig
@@ -48,35 +48,7 @@ PROFILE_CONFIGS = {"tiny": "tiny", "full": "sdxl"}  # the model config each prof
 MODEL_NAME = "model"  # the logged model's name inside its run
 # The model metadata each registered version is also tagged with (searchable in the registry).
 VERSION_TAGS = ("training_run_id", "dataset_md5", "checkpoint_step", "profile", "weights_sha256")
-# What the model imports at load and predict time, pinned to the versions it was logged with.
-_REQUIREMENTS = (
-    "mlflow",
-    "torch",
-    "diffusers",
-    "transformers",
-    "accelerate",
-    "safetensors",
-    "numpy",
-    "pandas",
-    "pillow",
-    "scikit-image",
-    "onnx",
-    "onnxruntime",
-    "opencv-python-headless",
-    "rtmlib",
-    "insightface",
-)
-
-
-def _pip_requirements() -> list[str]:
-    # Given explicitly: MLflow would otherwise load the model in a subprocess to infer them.
-    pinned = []
-    for name in _REQUIREMENTS:
-        try:
-            pinned.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            continue
-    return pinned
+CAMEO_WHEEL = "cameo_wheel"  # the artifact cameo's own wheel is logged as (serving.environment)
 
 
 def _copy_checkpoint(source: Path, target: Path) -> None:
@@ -190,13 +162,17 @@ def log_model(
         checkpoint = Path(tmp) / CHECKPOINT_ARTIFACT
         _copy_checkpoint(checkpoint_dir, checkpoint)
         model_metadata["checkpoint_files"] = checkpoint_files(checkpoint)
+        environment = model_environment()
+        if environment.not_installed:
+            model_metadata["requirements_not_installed"] = environment.not_installed
         model_info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,
             python_model=str(MODEL_CODE),
-            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
+            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint), CAMEO_WHEEL: str(environment.wheel)},
             signature=serving.signature(),
             input_example=_input_example(),
-            pip_requirements=_pip_requirements(),
+            # Given in full: MLflow would otherwise load the model in a subprocess to infer them.
+            pip_requirements=environment.requirements,
             metadata=model_metadata,
             registered_model_name=registered_model_name,
         )

@@ -103,7 +103,7 @@ def evaluate_logged_model(
     import mlflow
 
     from training.data import load_manifest, resolve_buckets, split_by_identity
-    from training.tracking import configure_tracking, triplets_dataset
+    from training.tracking import configure_tracking, load_pyfunc, triplets_dataset
 
     configure_tracking()
     info = mlflow.models.get_model_info(model_uri)
@@ -125,7 +125,7 @@ def evaluate_logged_model(
     if validation.empty:
         raise ValueError(f"no validation identities in {layout.triplets_dir}: nothing to score")
     buckets = resolve_buckets(training.buckets)
-    model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    model = load_pyfunc(model_uri).unwrap_python_model()
     priors = Priors(model.profile, faces=faces, poses=poses, models_dir=models_dir)
     evaluator = Evaluator.build(evaluation, priors)
     samples = [

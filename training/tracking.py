@@ -88,6 +88,7 @@ HEADLINE_PARAMS = (
     "buckets",
 )
 TRAINING_CONFIG_FILE = "training_config.json"
+REQUIREMENTS_FILE = "requirements.txt"  # where MLflow writes a logged model's requirements
 
 
 def default_run_name(profile: str, params: TrainingParams, md5: str) -> str:
@@ -176,3 +177,40 @@ def flatten_params(prefix: str, value: Any) -> dict[str, str]:
             out.update(flatten_params(f"{prefix}{PARAM_SEPARATOR}{key}", item))
         return out
     return {prefix: str(value)}
+
+
+def _is_installed_cameo(line: str) -> bool:
+    """Whether requirement `line` is a model's requirement of cameo (`cameo==<version>+<source
+    digest>`, serving.environment) met by this installation's source."""
+    from packaging.utils import canonicalize_name
+    from packaging.version import InvalidVersion, Version
+
+    from core.versioning import project_digest
+
+    name, _, version = line.partition("==")
+    if canonicalize_name(name.strip()) != "cameo" or not version:
+        return False
+    try:
+        return Version(version.strip()).local == project_digest()
+    except InvalidVersion:
+        return False
+
+
+def load_pyfunc(model: str | Path) -> Any:
+    """`mlflow.pyfunc.load_model` of a model URI or folder, whose check of the model's
+    requirements against this environment is exact for cameo's own: an installation whose
+    source digest is the one the model's wheel was built from meets it, whatever version it
+    declares (an editable install's carries no digest). Any other mismatch is MLflow's
+    warning, as ever."""
+    import mlflow
+    from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
+
+    folder = Path(model) if Path(model).is_dir() else None
+    if folder is None:
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(model)))
+    listed = folder / REQUIREMENTS_FILE
+    requirements = listed.read_text().splitlines() if listed.is_file() else []
+    warn_dependency_requirement_mismatches(
+        [line for line in requirements if not _is_installed_cameo(line)]
+    )
+    return mlflow.pyfunc.load_model(str(folder), suppress_warnings=True)
