@@ -70,8 +70,9 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# Dagster's `dg dev` (what `dagster dev` now points to), for the dg project [tool.dg] declares.
 ui: $(STAMP)
-	dagster dev --host 127.0.0.1 --port 3000
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) dg dev --host 127.0.0.1 --port 3000
 
 # MLflow 3.17's UI opens in GenAI mode unless the link asks for model training: open this one.
 mlflow-ui: $(STAMP)

@@ -1,4 +1,4 @@
-"""The Dagster code location: `dagster dev -m orchestration.definitions`. The dataset's
+"""The Dagster code location: `dg dev` (make ui; [tool.dg] names it). The dataset's
 definitions (`orchestration.dataset_definitions`) and the training side: the synthetic
 characters (their generator is training code), and the features, the model and its
 evaluation, in `training_job`.

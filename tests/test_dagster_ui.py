@@ -256,17 +256,20 @@ def test_ui_shows_assets_partitions_and_blocking_checks(instance_env, trained):
 
 
 def test_the_project_config_finds_the_code_location(instance_env):
-    # `dagster dev` / `dagster definitions validate` with no -m: [tool.dagster] names it.
+    # `dg dev` (make ui) and `dg check defs` with no -m: [tool.dg] names the code location
+    # [tool.dagster] also names for `dagster` commands; the venv is the project's.
     done = subprocess.run(
-        [BIN / "dagster", "definitions", "validate"],
+        [BIN / "dg", "check", "defs"],
         cwd=REPO,
-        env=instance_env,
+        env={**instance_env, "VIRTUAL_ENV": str(BIN.parent)},
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    assert "Validation successful for code location cameo" in done.stdout + done.stderr
+    said = done.stdout + done.stderr
+    assert "All definitions loaded successfully" in said
+    assert "does not match" not in said  # dg's warning of another venv than the project's
 
 
 def test_the_activated_venv_uses_the_repos_instance():
