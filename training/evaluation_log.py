@@ -103,7 +103,12 @@ def evaluate_logged_model(
     import mlflow
 
     from training.data import load_manifest, resolve_buckets, split_by_identity
-    from training.tracking import configure_tracking, load_pyfunc, triplets_dataset
+    from training.tracking import (
+        TRAINING_CONFIG_FILE,
+        configure_tracking,
+        load_pyfunc,
+        triplets_dataset,
+    )
 
     configure_tracking()
     info = mlflow.models.get_model_info(model_uri)
@@ -111,12 +116,10 @@ def evaluate_logged_model(
     client = mlflow.MlflowClient()
     # The run that trained it: a checkpoint logged later (`cameo model log`) names it.
     run = client.get_run(metadata.get("training_run_id") or info.run_id)
-    logged = {
-        key: cast(run.data.params[f"training.{key}"])
-        for key, cast in (("seed", int), ("validation_fraction", float), ("buckets", str))
-        if f"training.{key}" in run.data.params
-    }
-    training = training.updated("training", **logged)
+    logged = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{TRAINING_CONFIG_FILE}")
+    training = training.updated(
+        "training", **{key: logged[key] for key in ("seed", "validation_fraction", "buckets")}
+    )
     layout = DataLayout.from_env(data_root)
     manifest = load_manifest(layout.triplets_dir)
     _, validation = split_by_identity(

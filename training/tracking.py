@@ -73,20 +73,10 @@ def triplets_dataset(rows: pd.DataFrame, source: Path, name: str, md5: str) -> A
         )
 
 
-# The `training` params logged as MLflow params; the rest are in TRAINING_CONFIG_FILE.
-HEADLINE_PARAMS = (
-    "config",
-    "learning_rate",
-    "body_learning_rate",
-    "lr_scheduler",
-    "max_steps",
-    "batch_size",
-    "gradient_accumulation_steps",
-    "mixed_precision",
-    "seed",
-    "validation_fraction",
-    "buckets",
-)
+# The `training` params logged as MLflow params, what runs are compared by; the rest are in
+# TRAINING_CONFIG_FILE. Few: MLflow's image cards list a run's params above the picture, and
+# more than six of them (these and `model.config`) push it out of the card.
+HEADLINE_PARAMS = ("learning_rate", "max_steps", "batch_size", "mixed_precision", "seed")
 TRAINING_CONFIG_FILE = "training_config.json"
 REQUIREMENTS_FILE = "requirements.txt"  # where MLflow writes a logged model's requirements
 
@@ -106,11 +96,11 @@ def log_run_definition(
     triplets_dir: Path,
     md5: str,
 ) -> None:
-    """What a training run is, logged once at its step 0: the headline `training` params as
-    params (what runs are compared by; the UI's image cards list them) and all of them as
-    `training_config.json`, the model config, the optimiser class that ran (not only the one
-    asked for: `use_8bit_adam`), `tags`, and the training and validation splits as MLflow
-    datasets."""
+    """What a training run is, logged once at its step 0: the headline `training` params and
+    the model config's name as params (what runs are compared by; the UI's image cards list
+    them) and all of them as `training_config.json`, the model config, `tags` and the
+    optimiser class that ran (not only the one asked for: `use_8bit_adam`) as tags, and the
+    training and validation splits as MLflow datasets."""
     import json
 
     import mlflow
@@ -118,10 +108,10 @@ def log_run_definition(
     values = params.model_dump(mode="json")
     mlflow.log_params(flatten_params("training", {key: values[key] for key in HEADLINE_PARAMS}))
     mlflow.log_dict(values, TRAINING_CONFIG_FILE)
+    mlflow.log_param("model.config", config.name)
     optimizer_name = f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"
-    mlflow.log_params({"model.config": config.name, "optimizer.class": optimizer_name})
+    mlflow.set_tags({**tags, "optimizer.class": optimizer_name})
     mlflow.log_dict(json.loads(config.to_json()), "model_config.json")
-    mlflow.set_tags(tags)
     # MLflow keys datasets by (name, digest): the validation split gets a name of its own.
     for context, rows in splits.items():
         name = "triplets" if context == "training" else f"triplets-{context}"
