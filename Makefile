@@ -51,7 +51,6 @@ demo: $(STAMP)
 	dvc push
 	cameo dataset summary
 	cameo model promote latest
-	cameo materialize evaluation
 	cameo train --learning-rate 1e-3 --run-name lr-1e-3 --output-dir checkpoints/lr-1e-3 \
 		--no-register --no-progress
 	cameo serve-check

@@ -24,6 +24,7 @@ from assets.poses import poses, poses_check
 from assets.references import references, references_check
 from assets.triplets import triplets, triplets_check
 from core.params import ParamsError
+from orchestration.environment import cameo_environment
 from orchestration.params import ExecutorParams
 from orchestration.resources import DataResource, ParamsResource, PerceptionResource
 from orchestration.sensors import movie_sensor
@@ -117,7 +118,5 @@ def build_dataset_definitions(resources: dict[str, dg.ConfigurableResource]) -> 
         jobs=list(DATASET_JOBS),
         sensors=list(DATASET_SENSORS),
         resources=resources,
-        executor=executor_for(
-            os.environ.get("CAMEO_ENV", "local"), local_executor_params(resources["params"])
-        ),
+        executor=executor_for(cameo_environment(), local_executor_params(resources["params"])),
     )

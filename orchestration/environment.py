@@ -1,4 +1,5 @@
-"""Keep every tool's state inside the repo (or the given folders) and telemetry off."""
+"""Which environment runs the code (CAMEO_ENV: `local`, the default, or `k8s`); keep every
+tool's state inside the repo (or the given folders) and telemetry off."""
 
 from __future__ import annotations
 
@@ -12,6 +13,15 @@ TELEMETRY_OFF = {
     "GX_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
 }
+
+ENVIRONMENT_VARIABLE = "CAMEO_ENV"
+
+
+def cameo_environment() -> str:
+    """`local` (a run's steps on this machine) or `k8s` (each step a Kubernetes Job, data
+    and checkpoints on the pods' volumes)."""
+    return os.environ.get(ENVIRONMENT_VARIABLE, "local")
+
 
 DAGSTER_YAML = (
     "# Local Dagster instance (SQLite under this folder).\ntelemetry:\n  enabled: false\n"

@@ -12,12 +12,16 @@ With `min_face_similarity` null (the `tiny` profile) it warns that it judged not
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dagster as dg
 
+from core.io import write_json
 from core.versioning import source_version
+from orchestration.environment import cameo_environment
 from orchestration.training_assets import REGISTERED_MODEL_KEYS
+from training.outputs import EVALUATION_FILE
 from training.params import EvaluationParams
 from training.tracking import configure_tracking, run_url
 
@@ -25,6 +29,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 IDENTITY_CHECK = "identity_kept_without_copying"
+# Decimals of the figures the DVC metrics file keeps: the figures' own noise is far larger.
+METRICS_DECIMALS = 4
 # The entry modules of the asset's code version: this module, and the served model's code file
 # (`serving.artifacts.MODEL_CODE`), which MLflow runs when the asset loads the trained model.
 EVALUATION_CODE_MODULES = (__name__, "serving.logged_model")
@@ -151,6 +157,15 @@ def evaluation(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         data_root=context.resources.data.layout.root,
     )
     table, metrics = result.summary(), result.metrics()
+    figures = {
+        key.removeprefix("eval/"): value
+        for key, value in metrics.items()
+        if key.count("/") == 1 and key.removeprefix("eval/").startswith(METRICS)
+    }
+    if cameo_environment() == "local":  # on a cluster, DVC's chain is not this one
+        # DVC's metrics of the `evaluate` stage, beside training's (`dvc metrics show`).
+        rounded = {key: round(value, METRICS_DECIMALS) for key, value in figures.items()}
+        write_json(rounded, Path(values.training.output_dir).resolve() / EVALUATION_FILE)
     return dg.MaterializeResult(
         metadata={
             "mlflow_run_id": run_id,
@@ -172,11 +187,7 @@ def evaluation(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             "identity_share": identity_share(result.samples, values.evaluation.min_face_similarity),
             # The model's own (the `full` ablation's) metrics, for the gate and the UI, each
             # identity figure with its n and 95 % interval.
-            **{
-                key.removeprefix("eval/"): value
-                for key, value in metrics.items()
-                if key.count("/") == 1 and key.removeprefix("eval/").startswith(METRICS)
-            },
+            **figures,
             # The calibrations' identity: the scale the model's similarity is read against.
             **{
                 key.removeprefix("eval/"): value

@@ -20,6 +20,7 @@ import pandas as pd
 
 from core.io import write_json
 from core.versioning import LOCK_FILE, dvc_md5, locked_md5, source_version
+from orchestration.environment import cameo_environment
 from orchestration.kubernetes import TrainingJob, TrainingJobFailed, submit_training
 from orchestration.params import Params
 from training.outputs import FINAL_DIR, METRICS_FILE, RUN_FILE
@@ -181,7 +182,7 @@ def model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
 
     params = context.resources.params
     layout = context.resources.data.layout
-    k8s = os.environ.get("CAMEO_ENV", "local") == "k8s"
+    k8s = cameo_environment() == "k8s"
     local_output = Path(params.values.training.output_dir).resolve()
     if not k8s:  # on a cluster the data and checkpoints are the pods' volumes, not here
         try:

@@ -148,6 +148,11 @@ def test_training_materialises_in_dagster_and_a_current_model_is_not_retrained(
     assert run.data.tags["dataset_md5"] == metadata["dataset_md5"].value
     assert f"/runs/{run.info.run_id}?workflowType=machine_learning" in metadata["mlflow_run"].value
     assert (trained["checkpoints"] / "final" / "cameo_checkpoint.json").is_file()
+    # DVC's metrics of the `evaluate` stage: the full model's figures the asset recorded.
+    figures = json.loads((trained["checkpoints"] / "evaluation.json").read_text())
+    assert figures and figures.items() <= {
+        key: round(float(value.value), 4) for key, value in scored.items() if key in figures
+    }.items()
 
     with (
         pytest.MonkeyPatch.context() as patch,

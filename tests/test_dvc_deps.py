@@ -38,6 +38,7 @@ DVC_STAGE_ASSETS = {
     "dataset": [*STAGE_INPUTS, "triplets"],
     "features": ["features"],
     "train": ["model"],
+    "evaluate": ["evaluation"],
 }
 
 

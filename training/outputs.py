@@ -8,4 +8,5 @@ STATE_FILE = "training_state.pt"  # optimiser, schedule, sampler and RNG state o
 CHECKPOINT_PREFIX = "checkpoint-"  # checkpoint-<step>/: resumable
 FINAL_DIR = "final"  # the trained weights, a DVC output
 METRICS_FILE = "metrics.json"  # DVC metrics of the train stage
+EVALUATION_FILE = "evaluation.json"  # DVC metrics of the evaluate stage: the model's figures
 RUN_FILE = "run.json"  # the MLflow run that made `final/`
