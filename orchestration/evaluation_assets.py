@@ -36,9 +36,14 @@ METRICS_DECIMALS = 4
 EVALUATION_CODE_MODULES = (__name__, "serving.logged_model")
 
 
-def logged_model_uri(run_id: str, experiment_id: str) -> str:
-    """The newest model logged by training run `run_id`, as a `models:/<model id>` URI."""
+def logged_model_uri(run_id: str, experiment_id: str, checkpoint: Path | None = None) -> str:
+    """The newest model logged by training run `run_id`, as a `models:/<model id>` URI; where
+    the run logged none because its weights were registered already (training again gave the
+    same weights, which `cameo train` does not register twice), the registered version that
+    holds the weights in `checkpoint`."""
     import mlflow
+
+    from serving.registry import registered_weights, weights_sha256
 
     models = mlflow.search_logged_models(
         experiment_ids=[experiment_id],
@@ -46,11 +51,16 @@ def logged_model_uri(run_id: str, experiment_id: str) -> str:
         order_by=[{"field_name": "creation_time", "ascending": False}],
         output_format="list",
     )
-    if not models:
+    if models:
+        return f"models:/{models[0].model_id}"
+    version = None
+    if checkpoint is not None and checkpoint.is_dir():
+        version = registered_weights(weights_sha256(checkpoint))
+    if version is None:
         raise dg.Failure(
             description=f"training run {run_id} logged no model: train without --no-register"
         )
-    return f"models:/{models[0].model_id}"
+    return f"models:/{version.name}/{version.version}"
 
 
 @dataclass(frozen=True)
@@ -145,7 +155,8 @@ def evaluation(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     registered = {key: recorded[key] for key in REGISTERED_MODEL_KEYS if key in recorded}
     configure_tracking()
     experiment_id = mlflow.get_run(training_run).info.experiment_id
-    model_uri = logged_model_uri(training_run, experiment_id)
+    checkpoint = Path(str(recorded["checkpoint"].value)) if "checkpoint" in recorded else None
+    model_uri = logged_model_uri(training_run, experiment_id, checkpoint)
     context.log.info(f"evaluating {model_uri} of run {training_run}")
     values = params.values
     result, run_id = evaluate_logged_model(

@@ -177,3 +177,26 @@ def test_weights_registered_before_point_to_their_version(tracking, logged, chec
     changed = retrained(checkpoint, tmp_path / "retrained", shift=0.5)
     assert weights_sha256(changed) != weights_sha256(checkpoint)
     assert registered_weights(weights_sha256(changed)) is None
+
+
+def test_a_training_run_that_registered_nothing_is_evaluated_by_its_registered_weights(
+    tracking, logged, checkpoint, tmp_path
+):
+    """Training again to the same weights logs no model (they are registered already): the
+    `evaluation` asset then scores the version holding them; with no such version it says
+    what to do."""
+    import dagster as dg
+    import mlflow
+
+    from orchestration.evaluation_assets import logged_model_uri
+
+    with mlflow.start_run(run_name="same weights again") as run:
+        pass
+    experiment = run.info.experiment_id
+    version = logged.registered_model_version
+    uri = logged_model_uri(run.info.run_id, experiment, checkpoint)
+    assert uri == f"models:/{REGISTERED_MODEL}/{version}"
+    assert logged_model_uri(logged.run_id, experiment, checkpoint) == logged.model_uri
+    changed = retrained(checkpoint, tmp_path / "retrained", shift=0.5)
+    with pytest.raises(dg.Failure, match="logged no model: train without --no-register"):
+        logged_model_uri(run.info.run_id, experiment, changed)
