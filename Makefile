@@ -23,6 +23,9 @@ export PATH                  := $(CURDIR)/$(VENV)/bin:$(PATH)
 # again: 13 of the 23 s a training process spent importing, 16 of the 27 s of test collection.
 unexport PYTHONDONTWRITEBYTECODE
 
+# pytest-xdist workers of the parallel part of `make test`.
+TEST_WORKERS ?= 2
+
 .PHONY: venv demo test lint ui mlflow-ui bench serve serve-check studio docs k8s-params clean gpu-window gpu-wheels
 
 venv: $(STAMP)
@@ -62,7 +65,7 @@ demo: $(STAMP)
 # the groups with most tests first, which left the long two-test files for the end.
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -m "not serial" -n 2 --dist loadgroup --no-loadscope-reorder
+	$(PY) -m pytest -m "not serial" -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 	$(PY) -m pytest -m serial
 
 lint: $(STAMP)
