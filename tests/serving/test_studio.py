@@ -269,11 +269,6 @@ def set_slider(page, element: str, value: int) -> None:
 
 @pytest.mark.slow
 @needs_chromium
-@pytest.mark.xfail(
-    reason="issue 31: passed in 5 of 6 fresh clones' full suites; the sixth kept the steps "
-    "slider at its default (now set again until it shows the value)",
-    strict=False,
-)
 def test_the_studio_page_paints_two_characters_in_a_browser(logged, browser, tmp_path):
     """`cameo studio` against its own scoring server: upload a panel and a reference, brush a
     stroke, paint; a second character from an uploaded mask; a text file as a reference; then
