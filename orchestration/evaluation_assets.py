@@ -88,7 +88,8 @@ def identity_gate(figures: IdentityFigures, params: EvaluationParams) -> dg.Asse
     """Passes when the outputs have faces, keep the target's identity often enough, and copy
     less than pasting the reference does; each failure names its number. Without a
     similarity threshold: a warning that nothing was judged (yellow, blocking nothing)."""
-    metadata = {k: float(v) for k, v in asdict(figures).items()}
+    # A figure not scored is left out: the UI would show an empty row.
+    metadata = {k: float(v) for k, v in asdict(figures).items() if not math.isnan(v)}
     if params.min_face_similarity is None:
         return dg.AssetCheckResult(
             check_name=IDENTITY_CHECK,

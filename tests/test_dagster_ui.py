@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -13,7 +14,7 @@ import pytest
 from orchestration.dataset_definitions import STAGE_NAMES
 from orchestration.synthetic_assets import SYNTHETIC_ASSETS
 from serving.server import free_port, wait_until_answering
-from tests.conftest import REPO, tracking_store
+from tests.conftest import REPO, SCREENSHOTS, needs_chromium, tracking_store
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -150,9 +151,13 @@ def test_training_materialises_in_dagster_and_a_current_model_is_not_retrained(
     assert (trained["checkpoints"] / "final" / "cameo_checkpoint.json").is_file()
     # DVC's metrics of the `evaluate` stage: the full model's figures the asset recorded.
     figures = json.loads((trained["checkpoints"] / "evaluation.json").read_text())
-    assert figures and figures.items() <= {
-        key: round(float(value.value), 4) for key, value in scored.items() if key in figures
-    }.items()
+    assert (
+        figures
+        and figures.items()
+        <= {
+            key: round(float(value.value), 4) for key, value in scored.items() if key in figures
+        }.items()
+    )
 
     with (
         pytest.MonkeyPatch.context() as patch,
@@ -181,7 +186,9 @@ def test_training_materialises_in_dagster_and_a_current_model_is_not_retrained(
     assert all(line.strip() and "Downloading artifacts" not in line for line in lines)
 
 
-def test_ui_shows_assets_partitions_and_blocking_checks(instance_env, trained):
+@pytest.fixture(scope="module")
+def webserver(instance_env, trained) -> Iterator[str]:
+    """Dagster's webserver on the instance `trained` materialised; its URL."""
     port = free_port()
     server = subprocess.Popen(
         [
@@ -201,22 +208,26 @@ def test_ui_shows_assets_partitions_and_blocking_checks(instance_env, trained):
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until_answering("dagster-webserver", f"{url}/server_info", server, 120)
-        query = (
-            "{ assetNodes { assetKey { path } partitionKeys "
-            "assetMaterializations(limit: 1) { runId "
-            "metadataEntries { label ... on TextMetadataEntry { text } } } "
-            "assetChecksOrError { ... on AssetChecks { checks { name blocking "
-            "executionForLatestMaterialization { status evaluation { severity } } } } } } }"
-        )
-        request = urllib.request.Request(
-            f"{url}/graphql",
-            data=json.dumps({"query": query}).encode(),
-            headers={"content-type": "application/json"},
-        )
-        nodes = json.load(urllib.request.urlopen(request, timeout=30))["data"]["assetNodes"]
+        yield url
     finally:
         server.kill()  # the webserver ignores SIGTERM
         server.wait(timeout=30)
+
+
+def test_ui_shows_assets_partitions_and_blocking_checks(webserver):
+    query = (
+        "{ assetNodes { assetKey { path } partitionKeys "
+        "assetMaterializations(limit: 1) { runId "
+        "metadataEntries { label ... on TextMetadataEntry { text } } } "
+        "assetChecksOrError { ... on AssetChecks { checks { name blocking "
+        "executionForLatestMaterialization { status evaluation { severity } } } } } } }"
+    )
+    request = urllib.request.Request(
+        f"{webserver}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"content-type": "application/json"},
+    )
+    nodes = json.load(urllib.request.urlopen(request, timeout=30))["data"]["assetNodes"]
     by_name = {n["assetKey"]["path"][0]: n for n in nodes}
     synthetic = {asset.key.to_user_string() for asset in SYNTHETIC_ASSETS}
     assert set(by_name) == {*STAGE_NAMES, *synthetic, "features", "model", "evaluation"}
@@ -290,3 +301,23 @@ def test_the_activated_venv_uses_the_repos_instance():
         check=True,
     )
     assert shell.stdout.strip() == str(REPO / ".dagster")
+
+
+@needs_chromium
+def test_a_check_that_judged_nothing_is_not_shown_as_passed_in_the_page(webserver, browser):
+    """In headless Chromium, the `evaluation` asset's checks tab, as a user opens it: the
+    identity gate the tiny profile switches off is not shown as passed, and says why."""
+    from orchestration.evaluation_assets import IDENTITY_CHECK
+
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(f"{webserver}/assets/evaluation?view=checks")
+    page.get_by_text(IDENTITY_CHECK).first.wait_for(timeout=60_000)
+    skip = page.get_by_role("button", name="Skip")  # Dagster's community dialog, first visit
+    if skip.count():
+        skip.first.click()
+    page.get_by_text("not checked: evaluation.min_face_similarity is null").first.wait_for()
+    shown = page.inner_text("body")
+    # Dagster labels a check failed at WARN severity "Failed" in its yellow tag (red at ERROR).
+    assert "Failed" in shown and "Passed" not in shown and "Not evaluated" not in shown, shown
+    if SCREENSHOTS:
+        page.screenshot(path=Path(SCREENSHOTS) / "dagster-evaluation-check.png")

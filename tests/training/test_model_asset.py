@@ -55,6 +55,7 @@ def test_the_identity_gate_punishes_copying_and_missing_faces_and_names_each_num
     # Copy-paste not scored (reference and target too close): judged on the rest, and said.
     unscored = identity_gate(replace(good, copy_paste=math.nan), params)
     assert unscored.passed and "copy-paste not scored" in unscored.description
+    assert "copy_paste" not in unscored.metadata and "face_found" in unscored.metadata
     # No threshold: a warning that nothing was judged, which blocks nothing; never a pass.
     off = identity_gate(good, EvaluationParams(min_face_similarity=None))
     assert not off.passed and off.severity == dg.AssetCheckSeverity.WARN
