@@ -198,13 +198,18 @@ def third_party_modules(*modules: str, root: Path | None = None) -> set[str]:
     return tops - set(sys.stdlib_module_names) - set(FIRST_PARTY) - {"__future__"}
 
 
-@functools.cache
-def _source_version(modules: tuple[str, ...], root: Path) -> str:
+def _files_digest(files: Iterable[Path], root: Path) -> str:
+    """One digest of `files`: their paths under `root` and their contents."""
     digest = hashlib.sha256()
-    for path in module_closure(*modules, root=root):
+    for path in files:
         file_digest = hashlib.sha256(path.read_bytes()).hexdigest()
         digest.update(f"{path.relative_to(root).as_posix()} {file_digest}\n".encode())
     return digest.hexdigest()[:16]
+
+
+@functools.cache
+def _source_version(modules: tuple[str, ...], root: Path) -> str:
+    return _files_digest(module_closure(*modules, root=root), root)
 
 
 def source_version(*modules: str, root: Path | None = None) -> str:
@@ -221,10 +226,6 @@ def project_digest(root: Path | None = None) -> str:
     root = (root or SOURCE_ROOT).resolve()
     files = [root / name for name in PROJECT_FILES]
     for package in FIRST_PARTY:
-        files += sorted(p for p in (root / package).rglob("*") if p.is_file())
-    digest = hashlib.sha256()
-    for path in files:
-        if "__pycache__" not in path.parts:
-            file_digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            digest.update(f"{path.relative_to(root).as_posix()} {file_digest}\n".encode())
-    return digest.hexdigest()[:16]
+        found = (root / package).rglob("*")
+        files += sorted(p for p in found if p.is_file() and "__pycache__" not in p.parts)
+    return _files_digest(files, root)

@@ -43,13 +43,14 @@ from core.versioning import (
     FIRST_PARTY,
     PROJECT_FILES,
     SOURCE_ROOT,
+    module_name,
     project_digest,
     third_party_modules,
 )
-from serving.artifacts import ARTIFACTS_DIR
+from serving.artifacts import ARTIFACTS_DIR, MODEL_CODE
 
-# The served code's entry module: the code file MLflow runs (serving.artifacts.MODEL_CODE).
-MODEL_CODE_MODULE = "serving.logged_model"
+# The served code's entry module: the code file MLflow runs.
+MODEL_CODE_MODULE = module_name(MODEL_CODE)
 # Packages the served code opens by name rather than imports (dlib's model files).
 DATA_PACKAGES = ("face-recognition-models",)
 # Where torch's builds other than PyPI's default are served, per local version label.
@@ -126,17 +127,16 @@ def _wheel_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cameo" / "wheels"
 
 
-def _local_version(pyproject: Path, label: str) -> str:
+def _local_version(pyproject: Path, label: str) -> None:
     """Give the project file's version the local label `label` (0.1.0 -> 0.1.0+<label>):
     a version no index can serve (they refuse local labels), naming the code it was built
     from."""
-    version = tomllib.loads(pyproject.read_text())["project"]["version"]
     text = pyproject.read_text()
+    version = tomllib.loads(text)["project"]["version"]
     declared = f'version = "{version}"'
     if text.count(declared) != 1:
         raise ValueError(f"{pyproject}: expected one line {declared}")
     pyproject.write_text(text.replace(declared, f'version = "{version}+{label}"'))
-    return f"{version}+{label}"
 
 
 def cameo_wheel(root: Path = SOURCE_ROOT) -> Path:
@@ -175,7 +175,6 @@ def model_environment() -> ModelEnvironment:
     the folder where MLflow puts a model's file artifacts."""
     distributions, not_installed = served_distributions(third_party_modules(MODEL_CODE_MODULE))
     pinned = requirement_closure([*distributions, *DATA_PACKAGES])
-    pinned.pop("cameo", None)
     wheel = cameo_wheel()
     cameo_version = wheel.name.split("-")[1]
     requirements = [

@@ -195,8 +195,9 @@ def load_pyfunc(model: str | Path) -> Any:
     import mlflow
     from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
 
-    folder = Path(model) if Path(model).is_dir() else None
-    if folder is None:
+    if Path(model).is_dir():
+        folder = Path(model)
+    else:
         folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(model)))
     listed = folder / REQUIREMENTS_FILE
     requirements = listed.read_text().splitlines() if listed.is_file() else []
