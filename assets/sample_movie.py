@@ -1,7 +1,7 @@
 """A deterministic sample movie, composed from face photos that ship inside installed packages.
 
-Three characters (Grace Hopper from matplotlib, Eileen Collins from scikit-image, Tom Hanks
-from insightface), shots with one face, two or three faces and none, under a moving camera
+Three characters (Grace Hopper from matplotlib, Eileen Collins from scikit-image, Luis Pedro
+Coelho from mahotas), shots with one face, two or three faces and none, under a moving camera
 (pan and zoom over a larger canvas). The ground truth records, for every frame, who is
 visible and where each portrait lies in the frame.
 """
@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib import resources
+from importlib.metadata import distribution
 from pathlib import Path
 
 import av
@@ -42,11 +42,11 @@ def _portrait(identity: str) -> np.ndarray:
         from skimage import data
 
         return data.astronaut()
-    if identity == "tom_hanks":
-        path = resources.files("insightface") / "data" / "images" / "Tom_Hanks_54745.png"
-        face = np.asarray(Image.open(str(path)).convert("RGB"))
-        # The shipped image is a tight 112x112 face crop: give it shoulders' worth of margin.
-        return cv2.copyMakeBorder(face, 40, 72, 48, 48, cv2.BORDER_REPLICATE)
+    if identity == "luis_pedro_coelho":
+        # mahotas's author's photograph, in its MIT-licensed package: located by the package's
+        # file list, since only the file is needed, not mahotas's compiled extensions.
+        path = distribution("mahotas").locate_file("mahotas/demos/data/luispedro.jpg")
+        return np.asarray(Image.open(str(path)).convert("RGB"))
     raise KeyError(identity)
 
 
@@ -82,14 +82,14 @@ SHOTS = (
         (640, 380, 1.0),
         (640, 380, 1.1),
     ),
-    Shot(300, "coffee", (("tom_hanks", 470, 110, 540),), (660, 380, 1.25), (620, 360, 1.0)),
+    Shot(300, "coffee", (("luis_pedro_coelho", 470, 110, 540),), (660, 380, 1.25), (620, 360, 1.0)),
     Shot(
         200,
         "gravel",
         (
             ("grace_hopper", 40, 200, 420),
             ("eileen_collins", 460, 200, 400),
-            ("tom_hanks", 880, 220, 400),
+            ("luis_pedro_coelho", 880, 220, 400),
         ),
         (640, 400, 1.0),
         (660, 400, 1.05),

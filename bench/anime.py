@@ -61,7 +61,7 @@ def photo_false_hits(detect: Detect) -> str:
     photos = {
         "Eileen Collins": _portrait("eileen_collins"),
         "Grace Hopper": _portrait("grace_hopper"),
-        "Tom Hanks": _portrait("tom_hanks"),
+        "Luis Pedro Coelho": _portrait("luis_pedro_coelho"),
         "Chelsea the cat": data.chelsea(),
     }
     said = ", ".join(f"{name} {len(detect(image))}" for name, image in photos.items())

@@ -418,7 +418,7 @@ def labelled_faces_at_hand(root: Path, dlib: DlibFaceAnalyzer) -> Path:
 
     from core.io import load_rgb
 
-    for name in ("eileen_collins", "grace_hopper", "tom_hanks"):
+    for name in ("eileen_collins", "grace_hopper", "luis_pedro_coelho"):
         (root / name).mkdir(parents=True)
         Image.fromarray(_portrait(name)).save(root / name / "1.png")
     group = load_rgb(Path(str(resources.files("insightface") / "data" / "images" / "t1.jpg")))

@@ -49,7 +49,7 @@ def test_the_anime_detector_finds_every_sprites_face_and_none_in_photographs():
     anime = next(row for name, row in rows.items() if name.startswith("lbpcascade"))
     assert "| 11 of 11 | 11 of 11 |" in anime  # at full and half size
     assert "| 0 of 11 | 0 of 11 | 0 of 11 |" in rows["dlib's HOG (upsample 1)"]
-    assert "Eileen Collins 0, Grace Hopper 0, Tom Hanks 0, Chelsea the cat 0" in text
+    assert "Eileen Collins 0, Grace Hopper 0, Luis Pedro Coelho 0, Chelsea the cat 0" in text
 
 
 @needs_sprites

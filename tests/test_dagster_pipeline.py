@@ -147,7 +147,7 @@ def test_characters_match_the_ground_truth(built, sample_root: Path):
         characters, truth, params.frames.stride, params.characters.min_frames
     )
     assert report["pure"], report["groups"]  # each group is one identity
-    assert report["expected"] == ["eileen_collins", "grace_hopper", "tom_hanks"]
+    assert report["expected"] == ["eileen_collins", "grace_hopper", "luis_pedro_coelho"]
     assert report["found"] == report["expected"]  # every identity with enough frames found
 
 

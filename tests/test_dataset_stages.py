@@ -143,7 +143,13 @@ def test_dvc_md5_is_the_hash_dvc_records(tmp_path: Path):
 
 ONE_PERSON = ("eileen_collins",) * 3 + ("grace_hopper",) * 2
 # Character 0's frames show three people: every (reference, target) pair it can form crosses.
-MIS_GROUPED = ("eileen_collins", "grace_hopper", "tom_hanks", "grace_hopper", "grace_hopper")
+MIS_GROUPED = (
+    "eileen_collins",
+    "grace_hopper",
+    "luis_pedro_coelho",
+    "grace_hopper",
+    "grace_hopper",
+)
 
 
 def small_movie_dataset(root: Path, people: tuple[str, ...] = ONE_PERSON) -> DataLayout:

@@ -58,7 +58,7 @@ def test_calibrate_reports_the_rates_and_what_they_stand_on(tmp_path):
     people = {
         "eileen_collins": data.astronaut(),
         "grace_hopper": _portrait("grace_hopper"),
-        "tom_hanks": _portrait("tom_hanks"),
+        "luis_pedro_coelho": _portrait("luis_pedro_coelho"),
         "chelsea": data.chelsea(),
     }
     for name, image in people.items():

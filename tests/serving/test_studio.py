@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -249,22 +250,32 @@ def upload(page, element: str, path: Path) -> None:
     page.locator(f"#{element} input[type=file]").set_input_files(path)
 
 
-def set_slider(page, element: str, value: int) -> None:
-    """Set a slider as a drag sets it (its range input's input and change events), again while
-    its number box does not show the value: on a busy machine the opening accordion's sliders
-    can take the first value before they are wired (a full suite's screenshot showed the
-    default kept)."""
-    slider = page.locator(f"#{element} input[type=range]")
-    shown = page.locator(f"#{element} input[type=number]")
-    slider.wait_for(state="visible")
-    for _ in range(5):
-        slider.fill(str(value))
+def until_shown(act: Callable[[], None], shown: Callable[[float], None], tries: int = 4) -> None:
+    """Do `act` again while `shown` (an expectation, given its timeout in ms) fails: on a busy
+    machine a component can take its first event before it is wired and drop it (full suites'
+    screenshots showed a slider's default kept, and a panel upload the image editor never
+    took)."""
+    for _ in range(tries - 1):
+        act()
         try:
-            expect(shown).to_have_value(str(value), timeout=5_000)
+            shown(10_000)
             return
         except AssertionError:
             continue
-    expect(shown).to_have_value(str(value))
+    act()
+    shown(60_000)
+
+
+def set_slider(page, element: str, value: int) -> None:
+    """Set a slider as a drag sets it (its range input's input and change events) until its
+    number box shows the value."""
+    slider = page.locator(f"#{element} input[type=range]")
+    shown = page.locator(f"#{element} input[type=number]")
+    slider.wait_for(state="visible")
+    until_shown(
+        lambda: slider.fill(str(value)),
+        lambda timeout: expect(shown).to_have_value(str(value), timeout=timeout),
+    )
 
 
 @pytest.mark.slow
@@ -284,6 +295,7 @@ def test_the_studio_page_paints_two_characters_in_a_browser(logged, browser, tmp
     for name, image in files.items():
         image.save(tmp_path / f"{name}.png")
     (tmp_path / "notes.txt").write_text("not a picture")
+    base_file = tmp_path / "base.png"
     settings = ServingParams(timeout_s=120)
     version = f"models:/cameo-inpaint/{logged.registered_model_version}"
     with ModelServer(version, settings=settings, env=ONE_THREAD) as endpoint:
@@ -315,9 +327,13 @@ def test_the_studio_page_paints_two_characters_in_a_browser(logged, browser, tmp
             expect.set_options(timeout=60_000)
             page.goto(url)
             page.locator("#paint").wait_for()  # the app is built from its config, then mounted
-            page.locator("#panel input[type=file]").set_input_files(tmp_path / "base.png")
             # Brushing before the editor holds the panel would paint an empty canvas.
-            expect(page.locator("#panel")).not_to_contain_text("Upload an image")
+            until_shown(
+                lambda: page.locator("#panel input[type=file]").set_input_files(base_file),
+                lambda timeout: expect(page.locator("#panel")).not_to_contain_text(
+                    "Upload an image", timeout=timeout
+                ),
+            )
             page.locator("#panel button[aria-label='Brush']").first.click()
             box = page.locator("#panel canvas").first.bounding_box()
             x, y = box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.3
