@@ -280,11 +280,10 @@ def set_slider(page, element: str, value: int) -> None:
 
 @pytest.mark.slow
 @needs_chromium
-@pytest.mark.xfail(
-    reason="issue 31: after the steps-slider fix it passed in seven full suites, then the "
-    "eighth's panel upload was never taken by Gradio's image editor within 60 s",
-    strict=False,
-)
+# A real browser on a busy machine: in about one full suite in ten a page event was dropped
+# despite the waits (the slider's value, then the panel upload; both are now set again until
+# shown). One rerun, reported in the summary; a page that is broken fails both runs.
+@pytest.mark.flaky(reruns=1)
 def test_the_studio_page_paints_two_characters_in_a_browser(logged, browser, tmp_path):
     """`cameo studio` against its own scoring server: upload a panel and a reference, brush a
     stroke, paint; a second character from an uploaded mask; a text file as a reference; then
