@@ -4,11 +4,18 @@ import atexit
 import fcntl
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from pathlib import Path
 
 import pytest
+
+# Byte-code caches on for this run and every process it starts, whatever the caller's shell
+# says (make test unsets it too): with PYTHONDONTWRITEBYTECODE every process compiles torch,
+# diffusers, Dagster and MLflow again, and a hand-run suite took 16 min instead of 11.5.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 
 _STATE = Path(tempfile.mkdtemp(prefix="cameo-test-state-"))
 atexit.register(shutil.rmtree, _STATE, ignore_errors=True)
