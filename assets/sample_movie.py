@@ -98,6 +98,9 @@ SHOTS = (
     Shot(300, "grass", (("eileen_collins", 260, 100, 560),), (560, 380, 1.0), (520, 360, 1.3)),
 )
 
+# The people the sample movie shows, each from one portrait (`_portrait`).
+PEOPLE = tuple(sorted({who for shot in SHOTS for who, *_ in shot.cast}))
+
 
 def _compose(shot: Shot) -> tuple[np.ndarray, dict[str, tuple[int, int, int, int]]]:
     canvas = _background(shot.background).copy()

@@ -40,7 +40,13 @@ from assets.characters import build_characters
 from assets.faces import detect_faces
 from assets.frames import extract_frames
 from assets.params import CharactersParams
-from assets.sample_movie import _portrait, compare_with_truth, identity_at, write_sample_movie
+from assets.sample_movie import (
+    PEOPLE,
+    _portrait,
+    compare_with_truth,
+    identity_at,
+    write_sample_movie,
+)
 from bench.report import PARAMS, write_section
 from core.layout import DataLayout
 from orchestration.params import load_params
@@ -418,7 +424,7 @@ def labelled_faces_at_hand(root: Path, dlib: DlibFaceAnalyzer) -> Path:
 
     from core.io import load_rgb
 
-    for name in ("eileen_collins", "grace_hopper", "luis_pedro_coelho"):
+    for name in PEOPLE:
         (root / name).mkdir(parents=True)
         Image.fromarray(_portrait(name)).save(root / name / "1.png")
     group = load_rgb(Path(str(resources.files("insightface") / "data" / "images" / "t1.jpg")))

@@ -14,7 +14,7 @@ import pytest
 from assets.characters import build_characters
 from assets.faces import detect_faces
 from assets.frames import extract_frames
-from assets.sample_movie import _portrait, compare_with_truth, identity_at
+from assets.sample_movie import PEOPLE, _portrait, compare_with_truth, identity_at
 from core.layout import DataLayout
 from orchestration.params import load_params
 from perception.faces import (
@@ -30,7 +30,7 @@ from perception.params import FacesParams
 from perception.priors import Priors
 from tests.conftest import PARAMS
 
-IDENTITIES = ("grace_hopper", "eileen_collins", "luis_pedro_coelho")
+IDENTITIES = PEOPLE
 # Frames of the sample movie: one from each single-person shot, and the three-person shot.
 FRAMES = (150, 600, 1100, 1350, 1700)
 
