@@ -14,7 +14,6 @@ single images' target stages (mask, pose, caption) and its reference through the
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from assets.params import DatasetParams
 from assets.references import segment_reference
 from assets.singles import character_mask, main_face, target_conditions
 from assets.triplet import SKIPPED_COLUMNS, Triplet, mask_image, skipped_record, write_triplet
-from core.io import atomic_path, load_rgb
+from core.io import atomic_path, link_tree, load_rgb
 from core.layout import DataLayout
 from perception.anime_faces import no_face_reason
 from perception.faces import DetectedFace
@@ -155,7 +154,7 @@ def write_batch_triplets(triplets: list[Triplet], skipped: list[dict], batch_dir
 
 
 def collect_synthetic(layout: DataLayout, out_dir: Path) -> tuple[list[dict], list[dict]]:
-    """The manifest rows of every described character's triplets, their folders copied into
+    """The manifest rows of every described character's triplets, their folders linked into
     `out_dir`, and what was left out of each batch (a character whose stages have not run,
     too)."""
     rows, skipped = [], []
@@ -166,7 +165,7 @@ def collect_synthetic(layout: DataLayout, out_dir: Path) -> tuple[list[dict], li
             skipped.append(skipped_record(SOURCE, character_id, None, None, SOURCE, reason))
             continue
         for row in pd.read_parquet(folder / PAIRS).to_dict(orient="records"):
-            shutil.copytree(folder / row["triplet_id"], out_dir / row["triplet_id"])
+            link_tree(folder / row["triplet_id"], out_dir / row["triplet_id"])
             rows.append(row)
         skipped += pd.read_parquet(folder / SKIPPED).to_dict(orient="records")
     return rows, skipped

@@ -20,6 +20,7 @@ image left out on the way. A bad movie or image never stops the others.
 import json
 import zlib
 from dataclasses import fields, replace
+from functools import partial
 from pathlib import Path
 
 import dagster as dg
@@ -47,6 +48,7 @@ from assets.stage import (
 from assets.synthetic import SOURCE as SYNTHETIC
 from assets.synthetic import collect_synthetic
 from assets.triplet import FILES, SKIPPED_COLUMNS, Triplet, skipped_record, write_triplet
+from assets.triplet_cache import TripletCache, movie_fingerprint, single_fingerprint
 from core.io import atomic_path, load_rgb, read_table, write_json
 from core.layout import DataLayout, SkippedInput
 from core.versioning import dvc_md5, source_version
@@ -59,6 +61,7 @@ from perception.priors import Priors
 # The entry modules of the asset's code version: this one, and the perception resource's, whose
 # models make the single images' triplets.
 TRIPLETS_CODE_MODULES = (__name__, PRIORS_MODULE)
+TRIPLETS_CODE_VERSION = source_version(*TRIPLETS_CODE_MODULES)
 
 
 def _rng(seed: int, *key: object) -> np.random.Generator:
@@ -225,6 +228,34 @@ def _input_skip(source: str, skipped: SkippedInput) -> dict:
     return skipped_record(source, name, None, None, "inputs", skipped.reason, name)
 
 
+def _movie_rows(
+    layout: DataLayout,
+    movie: str,
+    video: Path,
+    params: DatasetParams,
+    priors: Priors,
+    out_dir: Path,
+) -> tuple[list[dict], list[dict]]:
+    """A complete movie's triplets written into `out_dir`: their manifest rows, and the skip
+    records of whatever was left out on the way."""
+    found, lost = movie_triplets(layout, movie, params.triplets, priors.dlib_faces())
+    style = params.faces.anime.style_of(movie)
+    drop = params.faces.anime.drops_face(style)
+    rows = [write_triplet(replace(t, style=style, face_dropped=drop), out_dir) for t in found]
+    return rows, [{**s, "file": video.name} for s in lost]
+
+
+def _single_rows(
+    single_id: str, path: Path, style: str, priors: Priors, params: DatasetParams, out_dir: Path
+) -> tuple[list[dict], list[dict]]:
+    """A single image's triplet written into `out_dir` (its manifest row), or the record of
+    why it is none."""
+    triplet, stage, reason = single_triplet(single_id, path, style, priors, params)
+    if triplet is None:
+        return [], [skipped_record("single", path.name, None, None, stage, reason, path.name)]
+    return [write_triplet(triplet, out_dir)], []
+
+
 def build_triplets(
     layout: DataLayout, priors: Priors, params: DatasetParams, out_dir: Path, log=None
 ) -> tuple[pd.DataFrame, list[dict]]:
@@ -233,48 +264,56 @@ def build_triplets(
     made (one movie's images in memory at a time). Whatever is left out is in the returned
     skip records, each also logged."""
     seed = params.triplets.seed
-    recogniser = priors.dlib_faces()
     movies, skipped_movies = layout.scan_movies()
     singles, skipped_singles = layout.scan_singles()
     rows: list[dict] = []
     skipped = [_input_skip("movie", s) for s in skipped_movies]
     skipped += [_input_skip("single", s) for s in skipped_singles]
+    cache = TripletCache(layout.triplets_cache_dir)
     used = []
     for movie, video in movies.items():
         if incomplete := incomplete_stage(layout, movie, video, params):
             stage, reason = incomplete
             skipped.append(skipped_record("movie", movie, None, None, stage, reason, video.name))
             continue
+        unit = f"movie-{movie}"
+        make = partial(_movie_rows, layout, movie, video, params, priors, out_dir)
         try:
-            found, lost = movie_triplets(layout, movie, params.triplets, recogniser)
+            fingerprint = movie_fingerprint(layout, movie, video, TRIPLETS_CODE_VERSION, params)
+            found, lost = cache.kept_or_made(unit, fingerprint, out_dir, make)
         except Exception as e:  # one movie's bad files (e.g. removed by hand) stop only it
+            error = describe_error(e)
             skipped.append(
-                skipped_record(
-                    "movie", movie, None, None, "triplets", describe_error(e), video.name
-                )
+                skipped_record("movie", movie, None, None, "triplets", error, video.name)
             )
             continue
-        style = params.faces.anime.style_of(movie)
-        drop = params.faces.anime.drops_face(style)
-        rows += [write_triplet(replace(t, style=style, face_dropped=drop), out_dir) for t in found]
-        skipped += [{**s, "file": video.name} for s in lost]
+        rows += found
+        skipped += lost
         used.append(movie)
     for single_id, path in singles.items():
+        unit = f"single-{single_id}"
+        style = layout.single_style(path)
+        make = partial(_single_rows, single_id, path, style, priors, params, out_dir)
         try:
-            style = layout.single_style(path)
-            triplet, stage, reason = single_triplet(single_id, path, style, priors, params)
+            fingerprint = single_fingerprint(path, style, TRIPLETS_CODE_VERSION, params)
+            found, lost = cache.kept_or_made(unit, fingerprint, out_dir, make)
         except Exception as e:  # an image a model cannot take stops only that image
-            triplet, stage, reason = None, "singles", describe_error(e)
-        if triplet is None:
+            error = describe_error(e)
             skipped.append(
-                skipped_record("single", path.name, None, None, stage, reason, path.name)
+                skipped_record("single", path.name, None, None, "singles", error, path.name)
             )
-        else:
-            rows.append(write_triplet(triplet, out_dir))
+            continue
+        rows += found
+        skipped += lost
+    cache.prune()
     synthetic_rows, synthetic_skipped = collect_synthetic(layout, out_dir)
     rows += synthetic_rows
     skipped += synthetic_skipped
     if log is not None:
+        log.info(
+            f"kept from the last build: the triplets of {len(cache.taken)} movies and single "
+            f"images; made anew: {', '.join(cache.made) or 'none'}"
+        )
         for s in skipped:
             if s["stage"] == IDENTITY:  # a mis-grouped character: worth a look
                 log.warning(f"dropped {s['movie']} character {s['character_id']}: {s['reason']}")
@@ -329,7 +368,7 @@ SYNC_WITH_MOVIES = (
     required_resource_keys={"data", "params", "perception"},
     group_name="dataset",
     kinds={"dvc"},
-    code_version=source_version(*TRIPLETS_CODE_MODULES),
+    code_version=TRIPLETS_CODE_VERSION,
     automation_condition=SYNC_WITH_MOVIES,
 )
 def triplets(context: dg.AssetExecutionContext) -> dg.MaterializeResult:

@@ -60,6 +60,20 @@ def remove_path(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or one without hard links
+        shutil.copy2(source, target)
+
+
+def link_tree(source: Path, target: Path) -> None:
+    """Copy the folder `source` to `target` as hard links to its files where the file system
+    allows (no second copy on disk), as copies where not. Only for files that are replaced,
+    never written in place: an in-place write would change both."""
+    shutil.copytree(source, target, copy_function=_link_or_copy)
+
+
 _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
 

@@ -239,6 +239,12 @@ class DataLayout:
         return self.root / "triplets"
 
     @property
+    def triplets_cache_dir(self) -> Path:
+        """Each movie's and single image's triplets, kept between builds
+        (assets/triplet_cache.py)."""
+        return self.root / "triplets-cache"
+
+    @property
     def features_dir(self) -> Path:
         """Precomputed conditioning features of the triplets, one folder per encoder identity."""
         return self.root / "features"

@@ -2,6 +2,7 @@
 lose a good movie or drop anything silently. Every bad file here is made by the test."""
 
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -12,6 +13,7 @@ import sys
 import zlib
 from fractions import Fraction
 from pathlib import Path
+from unittest.mock import patch
 
 import av
 import dagster as dg
@@ -291,6 +293,18 @@ def mark_complete(layout: DataLayout, movie: str, video: Path) -> None:
         )
 
 
+def built_movie_and_no_singles(root: Path) -> DataLayout:
+    """`small_movie_dataset`'s movie m, its file present and every stage complete, and an
+    empty singles/ folder."""
+    layout = small_movie_dataset(root)
+    layout.movies_dir.mkdir()
+    video = layout.movies_dir / "m.mp4"
+    video.write_bytes(b"a movie whose stages all completed")
+    mark_complete(layout, "m", video)
+    layout.singles_dir.mkdir()
+    return layout
+
+
 @pytest.fixture(scope="module")
 def perception() -> PerceptionResource:
     return PerceptionResource(params=ParamsResource(path=str(PARAMS), profile="tiny"))
@@ -388,12 +402,7 @@ def test_bad_singles_are_recorded_and_the_good_ones_kept(
 def test_singles_of_one_stem_get_an_id_each_and_the_movies_keep_theirs(
     sample_root: Path, tmp_path: Path, perception
 ):
-    layout = small_movie_dataset(tmp_path / "data")
-    layout.movies_dir.mkdir()
-    video = layout.movies_dir / "m.mp4"
-    video.write_bytes(b"a movie whose stages all completed")
-    mark_complete(layout, "m", video)
-    layout.singles_dir.mkdir()
+    layout = built_movie_and_no_singles(tmp_path / "data")
     portrait = Image.open(sample_root / "singles" / "eileen_collins.png")
     portrait.save(layout.singles_dir / "hero.png")
     portrait.save(layout.singles_dir / "hero.jpg", quality=95)
@@ -407,6 +416,64 @@ def test_singles_of_one_stem_get_an_id_each_and_the_movies_keep_theirs(
     singles = [i for i in ids if i.startswith("single-hero-")]
     assert "m-c0000" in ids and len(singles) == len(set(singles)) == 2
     assert triplet_ids(tmp_path / "again") == ids
+
+
+def test_a_rebuild_takes_unchanged_units_triplets_from_the_last_build(
+    sample_root: Path, tmp_path: Path, perception
+):
+    """A movie whose stage outputs, and a single image whose bytes, are unchanged give the
+    triplets the last build made (the same bytes, no model run); a changed unit is made anew,
+    a unit whose files were removed by hand fails alone and is not kept, a unit gone leaves
+    the cache, and a param change makes everything anew."""
+    layout = built_movie_and_no_singles(tmp_path / "data")
+    for name in ("eileen_collins.png", "chelsea.png"):  # a triplet, and a skip record
+        shutil.copy(sample_root / "singles" / name, layout.singles_dir)
+    params = perception.params.values
+    builds = iter(range(100))
+
+    def build(values: Params = params) -> tuple[str, list[dict], list[str]]:
+        """The dataset's md5, its skip records and the units made anew."""
+        out = tmp_path / f"out{next(builds)}"
+        log = logging.getLogger("triplets-test")
+        with patch.object(log, "info") as info:
+            _, skipped = build_triplets(layout, perception.priors, values, out, log)
+        (message,) = [c.args[0] for c in info.call_args_list if "made anew" in c.args[0]]
+        made = message.split("made anew: ")[1]
+        return dvc_md5(out), skipped, [] if made == "none" else made.split(", ")
+
+    everything = ["movie-m", "single-chelsea", "single-eileen_collins"]
+    first, first_skipped, made = build()
+    assert made == everything
+    again, again_skipped, made = build()
+    assert made == [] and again == first
+    assert pd.DataFrame(again_skipped).equals(pd.DataFrame(first_skipped))
+
+    (layout.singles_dir / "chelsea.png").unlink()
+    Image.open(sample_root / "singles" / "eileen_collins.png").transpose(
+        Image.Transpose.FLIP_LEFT_RIGHT
+    ).save(layout.singles_dir / "eileen_collins.png")
+    _, _, made = build()
+    assert made == ["single-eileen_collins"]
+    kept = sorted(p.name for p in layout.triplets_cache_dir.iterdir())
+    assert kept == ["movie-m", "single-eileen_collins"]
+
+    pose = layout.stage_dir("poses", "m") / "pose0.png"
+    Image.open(pose).rotate(90).save(pose)
+    _, _, made = build()
+    assert made == ["movie-m"]
+
+    mask = layout.stage_dir("masks", "m") / "mask0.png"
+    mask_bytes = mask.read_bytes()
+    mask.unlink()
+    _, skipped, made = build()
+    assert made == [] and not (layout.triplets_cache_dir / "movie-m").exists()
+    (lost,) = [s for s in skipped if s["movie"] == "m" and s["stage"] == "triplets"]
+    assert "mask0.png" in lost["reason"]
+    mask.write_bytes(mask_bytes)
+
+    other = params.model_copy(update={"triplets": params.triplets.model_copy(update={"seed": 7})})
+    _, _, made = build(other)
+    assert made == ["movie-m", "single-eileen_collins"]
 
 
 def test_a_decode_limit_from_params_refuses_large_singles(tmp_path: Path, perception):
