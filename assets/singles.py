@@ -26,6 +26,11 @@ from perception.faces import DetectedFace
 from perception.pose import draw_openpose, extract_pose
 from perception.priors import Priors
 
+# The params sections a single image's triplet reads: its own (`images`, `references`) and
+# those of the models its Priors run. Not `triplets` (the movies' pairs) nor the movie stages'
+# own: drawing the movies' pairs with another seed keeps every single's triplet.
+SINGLE_PARAMS = ("profile", "images", "faces", "masks", "poses", "captions", "references")
+
 
 def main_face(image: np.ndarray, style: str, priors: Priors) -> tuple[DetectedFace | None, str]:
     """The image's character face (the most distinctive of those found) and the image's style

@@ -10,12 +10,12 @@ image runs the face detector, the segmenter, the pose estimator and the captione
 
 A fingerprint covers everything a unit's triplets are a function of: the triplets asset's
 code version (the first-party source it imports, the perception code the singles run
-included), every dataset param, and the unit's inputs (`movie_fingerprint`,
-`single_fingerprint`). Only what a unit's code returned is kept; a unit that raised is made
-again next time. Entries of units a build did not use are removed, so the cache holds the
-current dataset's units only. Files are hard links where the file system allows, so the
-cache costs no second copy: the dataset's files are only ever replaced, never written in
-place.
+included), the dataset params (a single's: the sections it reads, so a new seed for the
+movies' pairs keeps them), and the unit's inputs (`movie_fingerprint`, `single_fingerprint`).
+Only what a unit's code returned is kept; a unit that raised is made again next time. Entries
+of units a build did not use are removed, so the cache holds the current dataset's units
+only. Files are hard links where the file system allows, so the cache costs no second copy:
+the dataset's files are only ever replaced, never written in place.
 """
 
 import json
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from assets.params import DatasetParams
+from assets.singles import SINGLE_PARAMS
 from assets.stage import MOVIE_STAGE_DEPS, output_version, recorded_warnings
 from core.io import TMP_PREFIX, atomic_path, link_tree, read_json, remove_path, write_json
 from core.layout import DataLayout
@@ -33,8 +34,20 @@ from core.versioning import dvc_md5
 RECORD = "kept.json"
 
 
-def _common(code_version: str, params: DatasetParams) -> dict[str, Any]:
-    return {"code_version": code_version, "params": params.model_dump(mode="json")}
+def _as_read_back(value: Any) -> Any:
+    """`value` as it reads back from the record's JSON (tuples as lists, numpy floats as
+    floats), so kept and newly made units give the same manifest bytes."""
+    return json.loads(json.dumps(value))
+
+
+def _common(
+    code_version: str, params: DatasetParams, sections: set[str] | None = None
+) -> dict[str, Any]:
+    """The code version, and the params `sections` (default: every one)."""
+    return {
+        "code_version": code_version,
+        "params": params.model_dump(mode="json", include=sections),
+    }
 
 
 def movie_fingerprint(
@@ -54,9 +67,10 @@ def movie_fingerprint(
 def single_fingerprint(
     path: Path, style: str, code_version: str, params: DatasetParams
 ) -> dict[str, Any]:
-    """What a single image's triplet is made from: the image's name, folder style and md5."""
+    """What a single image's triplet is made from: the params it reads (`SINGLE_PARAMS`), the
+    image's name, folder style and md5."""
     return {
-        **_common(code_version, params),
+        **_common(code_version, params, set(SINGLE_PARAMS)),
         "file": path.name,
         "style": style,
         "md5": dvc_md5(path),
@@ -77,12 +91,11 @@ class TripletCache:
     ) -> tuple[list[dict], list[dict]] | None:
         """The manifest rows and skip records kept for `unit`, its triplets' folders linked
         into `out_dir`; None when nothing is kept for this fingerprint."""
-        record_file = self.folder / unit / RECORD
-        if not record_file.is_file():
+        try:
+            record = read_json(self.folder / unit / RECORD)
+        except (OSError, ValueError):  # none, or not one this code wrote: make the unit
             return None
-        record = read_json(record_file)
-        # Compared as JSON, as it was written (tuples read back as lists).
-        if record["fingerprint"] != json.loads(json.dumps(fingerprint)):
+        if record.get("fingerprint") != _as_read_back(fingerprint):
             return None
         linked = []
         try:
@@ -124,10 +137,10 @@ class TripletCache:
         if (kept := self.take(unit, fingerprint, out_dir)) is not None:
             self.taken.append(unit)
             return kept
-        made = make()
-        self.keep(unit, fingerprint, *made, out_dir)
+        rows, skipped = _as_read_back(make())
+        self.keep(unit, fingerprint, rows, skipped, out_dir)
         self.made.append(unit)
-        return made
+        return rows, skipped
 
     def prune(self) -> None:
         """Remove the entries of every unit this build neither took nor made."""

@@ -423,8 +423,9 @@ def test_a_rebuild_takes_unchanged_units_triplets_from_the_last_build(
 ):
     """A movie whose stage outputs, and a single image whose bytes, are unchanged give the
     triplets the last build made (the same bytes, no model run); a changed unit is made anew,
-    a unit whose files were removed by hand fails alone and is not kept, a unit gone leaves
-    the cache, and a param change makes everything anew."""
+    a unit whose files were removed by hand fails alone and is not kept, an unreadable record
+    is made anew, a unit gone leaves the cache, and a change to a param a unit reads makes it
+    anew."""
     layout = built_movie_and_no_singles(tmp_path / "data")
     for name in ("eileen_collins.png", "chelsea.png"):  # a triplet, and a skip record
         shutil.copy(sample_root / "singles" / name, layout.singles_dir)
@@ -454,8 +455,8 @@ def test_a_rebuild_takes_unchanged_units_triplets_from_the_last_build(
     ).save(layout.singles_dir / "eileen_collins.png")
     _, _, made = build()
     assert made == ["single-eileen_collins"]
-    kept = sorted(p.name for p in layout.triplets_cache_dir.iterdir())
-    assert kept == ["movie-m", "single-eileen_collins"]
+    present = ["movie-m", "single-eileen_collins"]  # chelsea.png is gone
+    assert sorted(p.name for p in layout.triplets_cache_dir.iterdir()) == present
 
     pose = layout.stage_dir("poses", "m") / "pose0.png"
     Image.open(pose).rotate(90).save(pose)
@@ -470,10 +471,17 @@ def test_a_rebuild_takes_unchanged_units_triplets_from_the_last_build(
     (lost,) = [s for s in skipped if s["movie"] == "m" and s["stage"] == "triplets"]
     assert "mask0.png" in lost["reason"]
     mask.write_bytes(mask_bytes)
+    (layout.triplets_cache_dir / "single-eileen_collins" / "kept.json").write_text("{trunc")
+    _, _, made = build()
+    assert made == present  # the movie's entry went with its failure
 
-    other = params.model_copy(update={"triplets": params.triplets.model_copy(update={"seed": 7})})
-    _, _, made = build(other)
-    assert made == ["movie-m", "single-eileen_collins"]
+    # A new seed for the movies' pairs: a single's triplet does not read it.
+    seed = params.model_copy(update={"triplets": params.triplets.model_copy(update={"seed": 7})})
+    _, _, made = build(seed)
+    assert made == ["movie-m"]
+    padding = params.references.model_copy(update={"padding": params.references.padding + 0.1})
+    _, _, made = build(params.model_copy(update={"references": padding}))
+    assert made == ["single-eileen_collins"]  # the movie's references stage is out of date
 
 
 def test_a_decode_limit_from_params_refuses_large_singles(tmp_path: Path, perception):
