@@ -29,7 +29,7 @@ from tests.conftest import tracking_store
 
 # A few losses are logged before the kill; the rest of the run goes on without the server.
 pytestmark = pytest.mark.slow
-OUTAGE_STEPS = 30
+OUTAGE_STEPS = 12
 
 
 class TrackingServer:
