@@ -137,9 +137,14 @@ def experiments(shown: list[dict]) -> list[dict]:
 
 
 def test_an_experiment_and_going_back(built: Path, env):
-    # The triplet stage's seed: the movie's stages are current, only the triplets are redrawn.
+    # The triplet stage's seed: the movie's stages are current, only the movie's pairs are
+    # redrawn; the single images' triplets are kept from the last build, not made again.
+    kept_singles = {
+        p: p.stat().st_mtime_ns for p in (built / "data/triplets-cache").glob("single-*/kept.json")
+    }
     out = run(built, "dvc", "exp", "run", "dataset", "-S", "triplets.seed=1", env=env)
     assert "sample (sample.mp4): up to date" in out
+    assert kept_singles and {p: p.stat().st_mtime_ns for p in kept_singles} == kept_singles
     shown = json.loads(run(built, "dvc", "exp", "show", "--json", env=env))
     triplets_by_seed = {
         data["params"]["params.yaml"]["data"]["triplets"]["seed"]: data["metrics"][
