@@ -14,7 +14,9 @@ fall below it. Everything that could not become a triplet is listed in skipped.p
 file, stage and reason: unusable files under movies/ and singles/ (stage `inputs`), movies
 whose stages did not all complete for the file present now (the first such stage, with its
 error), and every frame, character, pair (stage `identity`, with its similarity) or single
-image left out on the way. A bad movie or image never stops the others.
+image left out on the way. A bad movie or image never stops the others. Each movie's and
+single image's triplets are kept between builds and reused while what they were made from is
+unchanged (assets/triplet_cache.py).
 """
 
 import json
