@@ -24,6 +24,7 @@ import zlib
 from dataclasses import fields, replace
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import dagster as dg
 import numpy as np
@@ -258,9 +259,19 @@ def _single_rows(
     return [write_triplet(triplet, out_dir)], []
 
 
+class BuiltTriplets(NamedTuple):
+    """What a build of the triplets made: the manifest, the skip records, and the units
+    (`movie-<key>`, `single-<id>`) whose triplets were kept from the last build or made anew."""
+
+    manifest: pd.DataFrame
+    skipped: list[dict]
+    kept: list[str]
+    made: list[str]
+
+
 def build_triplets(
     layout: DataLayout, priors: Priors, params: DatasetParams, out_dir: Path, log=None
-) -> tuple[pd.DataFrame, list[dict]]:
+) -> BuiltTriplets:
     """Every complete movie's, every single's and every synthetic character's triplets from
     the files under movies/, singles/ and synthetic/ now, written into `out_dir` as they are
     made (one movie's images in memory at a time). Whatever is left out is in the returned
@@ -329,7 +340,8 @@ def build_triplets(
         "prompt_version": params.captions.prompt_version,
         "profile": params.profile,
     }
-    return write_manifest(rows, skipped, out_dir, summary), skipped
+    manifest = write_manifest(rows, skipped, out_dir, summary)
+    return BuiltTriplets(manifest, skipped, cache.taken, cache.made)
 
 
 def dataset_metrics(layout: DataLayout, manifest: pd.DataFrame, skipped: list[dict]) -> dict:
@@ -380,9 +392,10 @@ def triplets(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     params = context.resources.params.values
     layout.clean_stale_temps()
     with atomic_path(layout.triplets_dir) as tmp_dir:
-        manifest, skipped = build_triplets(
+        built = build_triplets(
             layout, context.resources.perception.priors, params, tmp_dir, context.log
         )
+    manifest, skipped = built.manifest, built.skipped
     version = dvc_md5(layout.triplets_dir)
     sheet = triplet_sheet(manifest, layout.triplets_dir)
     sheet_path = layout.root / "triplets.contact_sheet.jpg"
@@ -404,6 +417,9 @@ def triplets(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             if manifest["mask_alpha_iou"].notna().any()
             else None,
             "skipped_by_stage": dg.MetadataValue.json(metrics["skipped"]),
+            # Movies and single images whose triplets the last build had made, unchanged since
+            "kept_from_last_build": len(built.kept),
+            "made_anew": dg.MetadataValue.json(built.made),
             # dlib's similarity of each kept movie triplet's two frames; the dropped ones are in
             # skipped.parquet (stage identity).
             "identity_similarity": dg.MetadataValue.json(

@@ -251,3 +251,10 @@ def test_triplet_dataset_from_the_movie_and_the_singles(dataset, sample_root: Pa
     event = next(iter(dataset.get_asset_materialization_events())).materialization
     assert event.metadata["dvc_md5"].value == dvc_md5(layout.triplets_dir)
     assert event.metadata["dvc_md5"].value.endswith(".dir")
+    # The first build of this data root made every unit; the page says which.
+    assert event.metadata["kept_from_last_build"].value == 0
+    assert event.metadata["made_anew"].value == [
+        "movie-sample",
+        "single-chelsea",
+        "single-eileen_collins",
+    ]

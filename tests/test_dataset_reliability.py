@@ -2,7 +2,6 @@
 lose a good movie or drop anything silently. Every bad file here is made by the test."""
 
 import json
-import logging
 import multiprocessing
 import os
 import shutil
@@ -13,7 +12,6 @@ import sys
 import zlib
 from fractions import Fraction
 from pathlib import Path
-from unittest.mock import patch
 
 import av
 import dagster as dg
@@ -320,8 +318,8 @@ def test_triplets_come_only_from_present_complete_movies(tmp_path: Path, percept
     def build(values: Params = params) -> tuple[pd.DataFrame, pd.DataFrame]:
         out = tmp_path / "out"
         shutil.rmtree(out, ignore_errors=True)
-        manifest, skipped = build_triplets(layout, perception.priors, values, out)
-        return manifest, pd.DataFrame(skipped)
+        built = build_triplets(layout, perception.priors, values, out)
+        return built.manifest, pd.DataFrame(built.skipped)
 
     # Tables on disk but no stage record: a run that never finished.
     manifest, skipped = build()
@@ -382,7 +380,7 @@ def test_bad_singles_are_recorded_and_the_good_ones_kept(
     (layout.singles_dir / "lost.jpg").symlink_to(tmp_path / "nowhere.jpg")
     (layout.singles_dir / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
 
-    manifest, skipped = build_triplets(
+    manifest, skipped, _, _ = build_triplets(
         layout, perception.priors, perception.params.values, tmp_path / "out"
     )
     assert manifest["triplet_id"].tolist() == ["single-eileen_collins"]
@@ -408,7 +406,7 @@ def test_singles_of_one_stem_get_an_id_each_and_the_movies_keep_theirs(
     portrait.save(layout.singles_dir / "hero.jpg", quality=95)
 
     def triplet_ids(out: Path) -> list[str]:
-        manifest, _ = build_triplets(layout, perception.priors, perception.params.values, out)
+        manifest = build_triplets(layout, perception.priors, perception.params.values, out).manifest
         assert sorted(manifest["triplet_id"]) == sorted(p.name for p in out.glob("*/"))
         return sorted(manifest["triplet_id"])
 
@@ -435,12 +433,8 @@ def test_a_rebuild_takes_unchanged_units_triplets_from_the_last_build(
     def build(values: Params = params) -> tuple[str, list[dict], list[str]]:
         """The dataset's md5, its skip records and the units made anew."""
         out = tmp_path / f"out{next(builds)}"
-        log = logging.getLogger("triplets-test")
-        with patch.object(log, "info") as info:
-            _, skipped = build_triplets(layout, perception.priors, values, out, log)
-        (message,) = [c.args[0] for c in info.call_args_list if "made anew" in c.args[0]]
-        made = message.split("made anew: ")[1]
-        return dvc_md5(out), skipped, [] if made == "none" else made.split(", ")
+        built = build_triplets(layout, perception.priors, values, out)
+        return dvc_md5(out), built.skipped, built.made
 
     everything = ["movie-m", "single-chelsea", "single-eileen_collins"]
     first, first_skipped, made = build()
@@ -489,7 +483,7 @@ def test_a_decode_limit_from_params_refuses_large_singles(tmp_path: Path, percep
     layout.singles_dir.mkdir(parents=True)
     Image.new("RGB", (200, 100)).save(layout.singles_dir / "wide.png")
     params = perception.params.values.model_copy(update={"images": ImagesParams(max_pixels=10_000)})
-    _, skipped = build_triplets(layout, perception.priors, params, tmp_path / "out")
+    skipped = build_triplets(layout, perception.priors, params, tmp_path / "out").skipped
     assert skipped[0]["stage"] == "read" and "200x100 = 20000 pixels" in skipped[0]["reason"]
 
 
