@@ -98,8 +98,13 @@ SHOTS = (
     Shot(300, "grass", (("eileen_collins", 260, 100, 560),), (560, 380, 1.0), (520, 360, 1.3)),
 )
 
-# The people the sample movie shows, each from one portrait (`_portrait`).
-PEOPLE = tuple(sorted({who for shot in SHOTS for who, *_ in shot.cast}))
+
+def people_in(shots: Sequence[Shot]) -> tuple[str, ...]:
+    """The people `shots` show, each from one portrait (`_portrait`), sorted."""
+    return tuple(sorted({who for shot in shots for who, *_ in shot.cast}))
+
+
+PEOPLE = people_in(SHOTS)  # the sample movie's
 
 
 def _compose(shot: Shot) -> tuple[np.ndarray, dict[str, tuple[int, int, int, int]]]:
@@ -208,7 +213,7 @@ def write_sample_movie(
         "movie": name,
         "fps": FPS,
         "frame_size": list(FRAME_SIZE),
-        "identities": sorted({who for shot in shots for who, *_ in shot.cast}),
+        "identities": list(people_in(shots)),
         "frames": truth_frames,
     }
     truth_path = layout.ground_truth(name)

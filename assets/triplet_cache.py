@@ -29,7 +29,7 @@ from assets.singles import SINGLE_PARAMS
 from assets.stage import MOVIE_STAGE_DEPS, output_version, recorded_warnings
 from core.io import TMP_PREFIX, atomic_path, link_tree, read_json, remove_path, write_json
 from core.layout import DataLayout
-from core.versioning import dvc_md5
+from core.versioning import sha256
 
 RECORD = "kept.json"
 
@@ -68,12 +68,12 @@ def single_fingerprint(
     path: Path, style: str, code_version: str, params: DatasetParams
 ) -> dict[str, Any]:
     """What a single image's triplet is made from: the params it reads (`SINGLE_PARAMS`), the
-    image's name, folder style and md5."""
+    image's name, folder style and bytes (their sha256)."""
     return {
         **_common(code_version, params, set(SINGLE_PARAMS)),
         "file": path.name,
         "style": style,
-        "md5": dvc_md5(path),
+        "sha256": sha256(path),
     }
 
 

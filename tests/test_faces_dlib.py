@@ -30,7 +30,6 @@ from perception.params import FacesParams
 from perception.priors import Priors
 from tests.conftest import PARAMS
 
-IDENTITIES = PEOPLE
 # Frames of the sample movie: one from each single-person shot, and the three-person shot.
 FRAMES = (150, 600, 1100, 1350, 1700)
 
@@ -54,7 +53,7 @@ def movie_frames(sample_root: Path) -> dict[int, np.ndarray]:
 
 
 def test_each_portrait_has_one_face_with_landmarks_and_a_unit_descriptor(dlib_faces):
-    for identity in IDENTITIES:
+    for identity in PEOPLE:
         portrait = _portrait(identity)
         # The astronaut's suit holds a face-like patch that HOG scores 0.12: under det_thresh.
         [face] = dlib_faces.detect(portrait)
@@ -89,7 +88,7 @@ def test_every_face_of_the_movie_frames_is_found_and_same_people_are_closer(
         expected = sorted(p["identity"] for p in truth["frames"][index]["people"])
         assert sorted(map(str, who)) == expected, index  # each person once, nothing else
         found += zip(who, (face.embedding for face in faces), strict=True)
-    assert {who for who, _ in found} == set(IDENTITIES)
+    assert {who for who, _ in found} == set(PEOPLE)
     same, different = [], []
     for (a, ea), (b, eb) in itertools.combinations(found, 2):
         (same if a == b else different).append(cosine(ea, eb))
@@ -100,7 +99,7 @@ def test_every_face_of_the_movie_frames_is_found_and_same_people_are_closer(
 def test_describe_embeds_a_box_another_detector_found(dlib_faces):
     """dlib can score faces the tiny cascade (or SCRFD) found: its descriptor of the cascade's
     box is the descriptor of its own box, near enough to tell the person."""
-    portraits = {identity: _portrait(identity) for identity in IDENTITIES}
+    portraits = {identity: _portrait(identity) for identity in PEOPLE}
     cascade = TinyFaceAnalyzer()
     own = {identity: dlib_faces.detect(image)[0].embedding for identity, image in portraits.items()}
     for identity, image in portraits.items():
@@ -163,4 +162,4 @@ def test_characters_mined_with_dlib_match_the_ground_truth(dlib_faces, sample_ro
     truth = json.loads(DataLayout(sample_root).ground_truth("sample").read_text())
     report = compare_with_truth(characters, truth, values.frames.stride, params.min_frames)
     assert report["pure"], report["groups"]
-    assert report["found"] == report["expected"] == sorted(IDENTITIES)
+    assert report["found"] == report["expected"] == sorted(PEOPLE)
